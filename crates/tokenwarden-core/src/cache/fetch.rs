@@ -1,0 +1,121 @@
+//! One attempt at a token: timeout, panic capture, expiry arithmetic.
+
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, SystemTime};
+
+use futures_util::FutureExt;
+use tokio::time::Instant;
+
+use crate::{CacheConfig, Error, Expiry, Token, TokenSource};
+
+/// Why a fetch started; shown in logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FetchReason {
+    /// No token yet.
+    Empty,
+    /// The token passed its mandatory margin.
+    Expired,
+    /// Background refresh in the advisory window.
+    AheadOfExpiry,
+    /// A request carrying the token was rejected.
+    Invalidated,
+    /// The token was revoked.
+    Revoked,
+    /// Single-use mode: every caller gets its own token.
+    SingleUse,
+}
+
+impl fmt::Display for FetchReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FetchReason::Empty => "empty",
+            FetchReason::Expired => "expired",
+            FetchReason::AheadOfExpiry => "ahead-of-expiry",
+            FetchReason::Invalidated => "invalidated",
+            FetchReason::Revoked => "revoked",
+            FetchReason::SingleUse => "single-use",
+        })
+    }
+}
+
+/// A token that arrived alive, with its lifetime after the skew margin.
+pub(crate) struct Fetched {
+    pub(crate) token: Token,
+    pub(crate) sent_at: Instant,
+    pub(crate) lifetime: Duration,
+}
+
+/// The points in a token's life, on the monotonic clock.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Schedule {
+    pub(crate) advisory_at: Instant,
+    pub(crate) mandatory_at: Instant,
+}
+
+impl Schedule {
+    pub(crate) fn new(cfg: &CacheConfig, sent_at: Instant, lifetime: Duration) -> Self {
+        let deadline = sent_at + lifetime;
+        let mandatory_at = deadline - cfg.mandatory_margin.min(lifetime / 4);
+        let ahead = lifetime.mul_f64(cfg.refresh_ahead + cfg.refresh_jitter * fastrand::f64());
+        let advisory_at = deadline.checked_sub(ahead).unwrap_or(sent_at).max(sent_at).min(mandatory_at);
+        Self {
+            advisory_at,
+            mandatory_at,
+        }
+    }
+}
+
+/// Calls the source once. Expiry is counted from when the request was sent.
+pub(crate) async fn fetch_once(source: &dyn TokenSource, cfg: &CacheConfig) -> Result<Fetched, Error> {
+    let sent_at = Instant::now();
+    let wall = SystemTime::now();
+    tracing::debug!("fetching token");
+    let attempt = AssertUnwindSafe(source.fetch()).catch_unwind();
+    let token = match tokio::time::timeout(cfg.fetch_timeout, attempt).await {
+        Err(_) => Err(Error::Timeout(cfg.fetch_timeout)),
+        Ok(Err(_panic)) => Err(Error::SourcePanicked),
+        Ok(Ok(result)) => result.map_err(Error::from),
+    }?;
+    let stated = match token.expiry() {
+        Expiry::Unknown => cfg.default_lifetime,
+        Expiry::In(lifetime) => lifetime,
+        Expiry::At(at) => at.duration_since(wall).unwrap_or_default(),
+    };
+    let lifetime = stated.saturating_sub(cfg.clock_skew);
+    if lifetime.is_zero() || sent_at + lifetime <= Instant::now() {
+        return Err(Error::AlreadyExpired {
+            lifetime: stated,
+            skew: cfg.clock_skew,
+        });
+    }
+    Ok(Fetched {
+        token,
+        sent_at,
+        lifetime,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn schedule_orders_its_points() {
+        let cfg = CacheConfig::default();
+        let now = Instant::now();
+        for lifetime in [1, 4, 60, 900, 28_800].map(Duration::from_secs) {
+            for _ in 0..50 {
+                let s = Schedule::new(&cfg, now, lifetime);
+                assert!(now <= s.advisory_at && s.advisory_at <= s.mandatory_at);
+                assert!(s.mandatory_at < now + lifetime);
+                if lifetime >= Duration::from_secs(60) {
+                    // the advisory window is 20-30 % of the lifetime
+                    let window = (now + lifetime) - s.advisory_at;
+                    assert!(window >= lifetime.mul_f64(0.2) && window <= lifetime.mul_f64(0.3));
+                    assert_eq!((now + lifetime) - s.mandatory_at, Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}

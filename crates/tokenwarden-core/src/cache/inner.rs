@@ -1,0 +1,633 @@
+//! The cache's state machine. The hot path is [`Inner::cached`]; everything else runs under
+//! one mutex, rarely (once per token per thread, or per fetch).
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+
+use thread_local::ThreadLocal;
+use tokio::runtime::Handle;
+use tokio::sync::{Notify, watch};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::fetch::{FetchReason, Fetched, Schedule, fetch_once};
+use crate::stats::Counters;
+use crate::{CacheConfig, CacheStats, Error, Presentation, Snapshot, TokenId, TokenSource};
+
+/// Low bit of [`Inner::state`]: the current token may be served without looking at the clock.
+const USABLE: u64 = 1;
+
+pub(crate) struct Inner {
+    /// `generation << 1 | USABLE`. Changes whenever the current token or its usability does;
+    /// the hot path reads only this shared word.
+    state: AtomicU64,
+    /// Per-thread copies of the current snapshot, tagged with the state they were made under.
+    locals: ThreadLocal<RefCell<Local>>,
+    /// Per-thread hit counters: written only by their own thread.
+    hits: ThreadLocal<AtomicU64>,
+    shared: Mutex<State>,
+    source: Arc<dyn TokenSource>,
+    presentation: Presentation,
+    config: Arc<CacheConfig>,
+    /// `Some(pool size)` in single-use mode.
+    single_use: Option<usize>,
+    counters: Counters,
+    /// Wakes the driver task when the schedule changes.
+    notify: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct Local {
+    state: u64,
+    snapshot: Option<Snapshot>,
+}
+
+#[derive(Default)]
+struct State {
+    generation: u64,
+    next_id: u64,
+    next_task: u64,
+    current: Option<Current>,
+    /// Why there is no current token (for logs).
+    empty_reason: Option<FetchReason>,
+    flight: Option<Flight>,
+    /// Bumped by revocation: a fetch sent under an older epoch is never installed.
+    epoch: u64,
+    /// Failures in a row (fetches, or fresh tokens rejected).
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: Option<Error>,
+    fresh_rejections: u32,
+    driver: Option<(u64, AbortHandle)>,
+    pool: VecDeque<Pooled>,
+    refill: Option<(u64, AbortHandle)>,
+}
+
+struct Current {
+    snapshot: Snapshot,
+    installed_at: Instant,
+    schedule: Schedule,
+}
+
+struct Pooled {
+    snapshot: Snapshot,
+    usable_until: Instant,
+}
+
+struct Flight {
+    id: u64,
+    reason: FetchReason,
+    tx: watch::Sender<Outcome>,
+    abort: AbortHandle,
+}
+
+#[derive(Clone)]
+enum Outcome {
+    Pending,
+    Ready(Result<Snapshot, Error>),
+    /// The fetch was revoked; waiters start over.
+    Superseded,
+}
+
+enum Step {
+    Ready(Snapshot, u64),
+    Wait(watch::Receiver<Outcome>),
+}
+
+/// What a background task clears from [`State`] when it ends, however it ends.
+#[derive(Clone, Copy)]
+enum TaskKind {
+    Flight,
+    Driver,
+    Refill,
+}
+
+struct TaskGuard {
+    inner: Weak<Inner>,
+    kind: TaskKind,
+    id: u64,
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        let mut st = inner.lock();
+        match self.kind {
+            // Only reached when the flight task was dropped before it completed (its runtime
+            // shut down): waiters must not hang.
+            TaskKind::Flight => {
+                if let Some(flight) = st.flight.take_if(|f| f.id == self.id) {
+                    flight.tx.send_replace(Outcome::Ready(Err(Error::Cancelled)));
+                }
+            }
+            // Without a driver nobody enforces expiry: stop serving from the hot path.
+            TaskKind::Driver => {
+                if st.driver.as_ref().is_some_and(|(id, _)| *id == self.id) {
+                    st.driver = None;
+                    inner.publish(&mut st);
+                }
+            }
+            TaskKind::Refill => {
+                if st.refill.as_ref().is_some_and(|(id, _)| *id == self.id) {
+                    st.refill = None;
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    pub(crate) fn new(
+        source: Arc<dyn TokenSource>,
+        presentation: Presentation,
+        config: CacheConfig,
+        single_use: Option<usize>,
+    ) -> Self {
+        Self {
+            state: AtomicU64::new(0),
+            locals: ThreadLocal::new(),
+            hits: ThreadLocal::new(),
+            shared: Mutex::new(State::default()),
+            source,
+            presentation,
+            config: Arc::new(config),
+            single_use,
+            counters: Counters::default(),
+            notify: Arc::new(Notify::new()),
+        }
+    }
+
+    pub(crate) fn config(&self) -> &CacheConfig {
+        &self.config
+    }
+
+    pub(crate) fn presentation(&self) -> &Presentation {
+        &self.presentation
+    }
+
+    pub(crate) fn is_single_use(&self) -> bool {
+        self.single_use.is_some()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No user code runs under this lock; a poisoned lock still holds consistent state.
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The hot path: one shared atomic read, then thread-private memory only.
+    #[inline]
+    pub(crate) fn cached(&self) -> Option<Snapshot> {
+        let state = self.state.load(Ordering::Acquire);
+        if state & USABLE == 0 {
+            return None;
+        }
+        let local = self.locals.get()?.try_borrow().ok()?;
+        if local.state != state {
+            return None;
+        }
+        let snapshot = local.snapshot.clone();
+        drop(local);
+        let hits = self.hits.get_or_default();
+        // Only this thread writes its counter: a plain store, no read-modify-write.
+        hits.store(hits.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        snapshot
+    }
+
+    pub(crate) fn stats(&self) -> CacheStats {
+        let fast = self.hits.iter().map(|h| h.load(Ordering::Relaxed)).sum();
+        self.counters.read(fast)
+    }
+
+    /// Publishes a new state word. Called under the lock after every change.
+    fn publish(&self, st: &mut State) {
+        st.generation += 1;
+        let usable = st.current.is_some() && st.driver.is_some();
+        self.state
+            .store(st.generation << 1 | u64::from(usable), Ordering::Release);
+    }
+
+    fn fill_local(&self, state: u64, snapshot: &Snapshot) {
+        if state & USABLE == 0 {
+            return;
+        }
+        let cell = self.locals.get_or(RefCell::default);
+        if let Ok(mut local) = cell.try_borrow_mut()
+            && local.state != state
+        {
+            local.state = state;
+            local.snapshot = Some(snapshot.deep_copy());
+        }
+    }
+
+    fn discard(&self, st: &mut State, reason: FetchReason) {
+        if let Some(current) = st.current.take() {
+            tracing::debug!(cache = %self.config.name, token = %current.snapshot.id(), %reason, "token discarded");
+        }
+        st.empty_reason = Some(reason);
+        self.publish(st);
+        self.notify.notify_one();
+    }
+
+    fn gate(&self, st: &State, now: Instant) -> Result<(), Error> {
+        match st.retry_at {
+            Some(at) if now < at => Err(Error::BackingOff {
+                retry_in: at - now,
+                failures: st.failures,
+                last: Box::new(st.last_error.clone().unwrap_or(Error::Cancelled)),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn record_success(&self, st: &mut State) {
+        st.failures = 0;
+        st.retry_at = None;
+        st.last_error = None;
+    }
+
+    fn record_failure(&self, st: &mut State, error: &Error, now: Instant) {
+        Counters::bump(&self.counters.fetch_failures);
+        st.failures = st.failures.saturating_add(1);
+        let wait = if error.is_rejected() {
+            self.config.rejection_hold
+        } else {
+            self.config.backoff(st.failures)
+        };
+        st.retry_at = Some(now + wait);
+        st.last_error = Some(error.clone());
+        tracing::warn!(
+            cache = %self.config.name,
+            error = %error,
+            retryable = error.is_retryable(),
+            retry_in_ms = wait.as_millis() as u64,
+            "token fetch failed"
+        );
+    }
+
+    /// Gives the fetched token an id and builds its headers.
+    fn prepare(&self, st: &mut State, fetched: Fetched) -> Result<(Snapshot, Schedule), Error> {
+        let Fetched {
+            mut token,
+            sent_at,
+            lifetime,
+        } = fetched;
+        let headers = self.presentation.render(token.secret())?;
+        st.next_id += 1;
+        token.set_id(TokenId(st.next_id));
+        let schedule = Schedule::new(&self.config, sent_at, lifetime);
+        tracing::info!(
+            cache = %self.config.name,
+            token = %token.id(),
+            lifetime_ms = lifetime.as_millis() as u64,
+            "token fetched"
+        );
+        Ok((Snapshot::new(token, headers), schedule))
+    }
+
+    // ---- shared mode -------------------------------------------------------------------
+
+    pub(crate) async fn get_slow(self: &Arc<Self>) -> Result<Snapshot, Error> {
+        if let Some(pool) = self.single_use {
+            return self.get_single(pool).await;
+        }
+        loop {
+            let step = {
+                let mut st = self.lock();
+                self.step(&mut st, Instant::now())?
+            };
+            let mut rx = match step {
+                Step::Ready(snapshot, state) => {
+                    Counters::bump(&self.counters.slow_hits);
+                    self.fill_local(state, &snapshot);
+                    return Ok(snapshot);
+                }
+                Step::Wait(rx) => rx,
+            };
+            Counters::bump(&self.counters.waits);
+            let outcome = match rx.wait_for(|o| !matches!(o, Outcome::Pending)).await {
+                Ok(outcome) => outcome.clone(),
+                Err(_) => return Err(Error::Cancelled),
+            };
+            match outcome {
+                Outcome::Ready(result) => return result,
+                Outcome::Pending | Outcome::Superseded => continue,
+            }
+        }
+    }
+
+    fn step(self: &Arc<Self>, st: &mut State, now: Instant) -> Result<Step, Error> {
+        if let Some(current) = &st.current {
+            if now < current.schedule.mandatory_at {
+                let snapshot = current.snapshot.clone();
+                if st.driver.is_none() {
+                    // The driver's runtime went away: start one on this one.
+                    self.spawn_driver(st);
+                    self.publish(st);
+                }
+                return Ok(Step::Ready(snapshot, self.state.load(Ordering::Relaxed)));
+            }
+            self.discard(st, FetchReason::Expired);
+        }
+        if let Some(flight) = &st.flight {
+            return Ok(Step::Wait(flight.tx.subscribe()));
+        }
+        self.gate(st, now)?;
+        let reason = st.empty_reason.unwrap_or(FetchReason::Empty);
+        self.start_flight(st, reason).map(Step::Wait)
+    }
+
+    fn start_flight(
+        self: &Arc<Self>,
+        st: &mut State,
+        reason: FetchReason,
+    ) -> Result<watch::Receiver<Outcome>, Error> {
+        let runtime = Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        st.next_task += 1;
+        let id = st.next_task;
+        let (tx, rx) = watch::channel(Outcome::Pending);
+        let weak = Arc::downgrade(self);
+        let source = Arc::clone(&self.source);
+        let config = Arc::clone(&self.config);
+        let span = tracing::info_span!("tokenwarden.fetch", cache = %config.name, %reason, flight = id);
+        Counters::bump(&self.counters.fetches);
+        let task = runtime.spawn(
+            async move {
+                // Completing the flight takes it out of the state, which leaves the guard
+                // nothing to do; it acts only if the task is dropped half-way.
+                let _guard = TaskGuard {
+                    inner: weak.clone(),
+                    kind: TaskKind::Flight,
+                    id,
+                };
+                let result = fetch_once(&*source, &config).await;
+                if let Some(inner) = weak.upgrade() {
+                    inner.complete_flight(id, result);
+                }
+            }
+            .instrument(span),
+        );
+        st.flight = Some(Flight {
+            id,
+            reason,
+            tx,
+            abort: task.abort_handle(),
+        });
+        Ok(rx)
+    }
+
+    fn complete_flight(self: &Arc<Self>, id: u64, result: Result<Fetched, Error>) {
+        let mut st = self.lock();
+        let Some(flight) = st.flight.take_if(|f| f.id == id) else {
+            tracing::debug!(cache = %self.config.name, "dropping a token fetched before a revocation");
+            return;
+        };
+        let now = Instant::now();
+        let outcome = match result.and_then(|fetched| self.prepare(&mut st, fetched)) {
+            Ok((snapshot, schedule)) => {
+                self.record_success(&mut st);
+                if matches!(flight.reason, FetchReason::AheadOfExpiry | FetchReason::Expired) {
+                    st.fresh_rejections = 0;
+                }
+                st.current = Some(Current {
+                    snapshot: snapshot.clone(),
+                    installed_at: now,
+                    schedule,
+                });
+                st.empty_reason = None;
+                if st.driver.is_none() {
+                    self.spawn_driver(&mut st);
+                }
+                self.publish(&mut st);
+                Ok(snapshot)
+            }
+            Err(error) => {
+                self.record_failure(&mut st, &error, now);
+                Err(error)
+            }
+        };
+        flight.tx.send_replace(Outcome::Ready(outcome));
+        self.notify.notify_one();
+    }
+
+    fn spawn_driver(self: &Arc<Self>, st: &mut State) {
+        let Ok(runtime) = Handle::try_current() else {
+            return;
+        };
+        st.next_task += 1;
+        let id = st.next_task;
+        let weak = Arc::downgrade(self);
+        let notify = Arc::clone(&self.notify);
+        let task = runtime.spawn(async move {
+            let _guard = TaskGuard {
+                inner: weak.clone(),
+                kind: TaskKind::Driver,
+                id,
+            };
+            loop {
+                let next = match weak.upgrade() {
+                    Some(inner) => inner.tick(Instant::now()),
+                    None => return,
+                };
+                match next {
+                    Some(at) => {
+                        let _ = tokio::time::timeout_at(at, notify.notified()).await;
+                    }
+                    None => notify.notified().await,
+                }
+            }
+        });
+        st.driver = Some((id, task.abort_handle()));
+    }
+
+    /// The driver's step: starts the background refresh in the advisory window and retires the
+    /// token at its mandatory margin. Returns when to look again.
+    fn tick(self: &Arc<Self>, now: Instant) -> Option<Instant> {
+        let mut st = self.lock();
+        let schedule = st.current.as_ref()?.schedule;
+        if now >= schedule.mandatory_at {
+            self.discard(&mut st, FetchReason::Expired);
+            return None;
+        }
+        if now < schedule.advisory_at {
+            return Some(schedule.advisory_at);
+        }
+        if st.flight.is_none() {
+            if let Some(at) = st.retry_at.filter(|at| now < *at) {
+                return Some(at.min(schedule.mandatory_at));
+            }
+            Counters::bump(&self.counters.refreshes_ahead);
+            // We run on a runtime, so this cannot fail for want of one.
+            let _ = self.start_flight(&mut st, FetchReason::AheadOfExpiry);
+        }
+        Some(schedule.mandatory_at)
+    }
+
+    pub(crate) fn invalidate(&self, id: TokenId) -> bool {
+        if self.single_use.is_some() {
+            return false;
+        }
+        let mut st = self.lock();
+        let Some(current) = st.current.as_ref().filter(|c| c.snapshot.id() == id) else {
+            Counters::bump(&self.counters.coalesced_invalidations);
+            return false;
+        };
+        let now = Instant::now();
+        if now - current.installed_at < self.config.fresh_rejection_window {
+            st.fresh_rejections = st.fresh_rejections.saturating_add(1);
+        } else {
+            st.fresh_rejections = 0;
+        }
+        if st.fresh_rejections >= 2 {
+            let count = st.fresh_rejections;
+            let wait = self.config.backoff(count - 1);
+            st.failures = count - 1;
+            st.retry_at = Some(st.retry_at.map_or(now + wait, |at| at.max(now + wait)));
+            st.last_error = Some(Error::RepeatedlyRejected { count });
+            tracing::warn!(
+                cache = %self.config.name,
+                count,
+                retry_in_ms = wait.as_millis() as u64,
+                "fresh tokens keep being rejected; backing off"
+            );
+        }
+        Counters::bump(&self.counters.invalidations);
+        self.discard(&mut st, FetchReason::Invalidated);
+        true
+    }
+
+    pub(crate) fn revoke(&self) {
+        let mut st = self.lock();
+        st.epoch += 1;
+        Counters::bump(&self.counters.revocations);
+        if let Some(flight) = st.flight.take() {
+            flight.abort.abort();
+            flight.tx.send_replace(Outcome::Superseded);
+        }
+        if let Some((_, refill)) = st.refill.take() {
+            refill.abort();
+        }
+        st.pool.clear();
+        self.discard(&mut st, FetchReason::Revoked);
+        tracing::info!(cache = %self.config.name, "tokens revoked");
+    }
+
+    pub(crate) fn current(&self) -> Option<Snapshot> {
+        let st = self.lock();
+        st.current
+            .as_ref()
+            .filter(|c| Instant::now() < c.schedule.mandatory_at)
+            .map(|c| c.snapshot.clone())
+    }
+
+    // ---- single-use mode ----------------------------------------------------------------
+
+    async fn get_single(self: &Arc<Self>, pool: usize) -> Result<Snapshot, Error> {
+        Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        loop {
+            let epoch = {
+                let mut st = self.lock();
+                let now = Instant::now();
+                while let Some(pooled) = st.pool.pop_front() {
+                    if now < pooled.usable_until {
+                        self.ensure_refill(&mut st, pool);
+                        Counters::bump(&self.counters.slow_hits);
+                        return Ok(pooled.snapshot);
+                    }
+                }
+                self.gate(&st, now)?;
+                self.ensure_refill(&mut st, pool);
+                Counters::bump(&self.counters.fetches);
+                Counters::bump(&self.counters.waits);
+                st.epoch
+            };
+            let reason = FetchReason::SingleUse;
+            let span = tracing::info_span!("tokenwarden.fetch", cache = %self.config.name, %reason);
+            let result = fetch_once(&*self.source, &self.config).instrument(span).await;
+            let mut st = self.lock();
+            if st.epoch != epoch {
+                // Revoked while fetching: this token was minted before the revocation.
+                continue;
+            }
+            return match result.and_then(|fetched| self.prepare(&mut st, fetched)) {
+                Ok((snapshot, _)) => {
+                    self.record_success(&mut st);
+                    Ok(snapshot)
+                }
+                Err(error) => {
+                    self.record_failure(&mut st, &error, Instant::now());
+                    Err(error)
+                }
+            };
+        }
+    }
+
+    /// Keeps the pool of single-use tokens full with one background fetch at a time.
+    fn ensure_refill(self: &Arc<Self>, st: &mut State, pool: usize) {
+        if pool == 0 || st.refill.is_some() || st.pool.len() >= pool {
+            return;
+        }
+        let Ok(runtime) = Handle::try_current() else {
+            return;
+        };
+        st.next_task += 1;
+        let id = st.next_task;
+        let weak = Arc::downgrade(self);
+        let source = Arc::clone(&self.source);
+        let config = Arc::clone(&self.config);
+        let task = runtime.spawn(async move {
+            let _guard = TaskGuard {
+                inner: weak.clone(),
+                kind: TaskKind::Refill,
+                id,
+            };
+            loop {
+                let epoch = {
+                    let Some(inner) = weak.upgrade() else { return };
+                    let st = inner.lock();
+                    if st.pool.len() >= pool || inner.gate(&st, Instant::now()).is_err() {
+                        return;
+                    }
+                    Counters::bump(&inner.counters.fetches);
+                    st.epoch
+                };
+                let span = tracing::info_span!("tokenwarden.fetch", cache = %config.name, reason = "pool");
+                let result = fetch_once(&*source, &config).instrument(span).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let mut st = inner.lock();
+                if st.epoch != epoch {
+                    return;
+                }
+                match result.and_then(|fetched| inner.prepare(&mut st, fetched)) {
+                    Ok((snapshot, schedule)) => {
+                        inner.record_success(&mut st);
+                        st.pool.push_back(Pooled {
+                            snapshot,
+                            usable_until: schedule.mandatory_at,
+                        });
+                    }
+                    Err(error) => inner.record_failure(&mut st, &error, Instant::now()),
+                }
+            }
+        });
+        st.refill = Some((id, task.abort_handle()));
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Background work never outlives the cache.
+        let st = self.shared.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let Some(flight) = st.flight.take() {
+            flight.abort.abort();
+            flight.tx.send_replace(Outcome::Ready(Err(Error::Cancelled)));
+        }
+        for (_, task) in [st.driver.take(), st.refill.take()].into_iter().flatten() {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Errors of the token cache.
+
+use std::time::Duration;
+
+use http::HeaderName;
+
+use crate::FetchError;
+
+/// Why the cache could not hand out a token.
+///
+/// Cloneable, because one failed fetch is reported to every caller that waited for it.
+/// Never contains a secret. [`Error::is_retryable`] says whether trying again later can help.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The issuer rejected the credentials. Retrying with the same credentials cannot help:
+    /// fix the configuration.
+    #[error("the token issuer rejected the credentials ({0}); retrying cannot help, check the credentials")]
+    Rejected(#[source] FetchError),
+    /// A fetch failed in a way a later attempt may not.
+    #[error("token fetch failed: {0}; it will be retried with backoff")]
+    Fetch(#[source] FetchError),
+    /// The source did not answer within the fetch timeout.
+    #[error("token fetch timed out after {0:?}; the issuer is slow or unreachable")]
+    Timeout(Duration),
+    /// The source returned a token that is expired, or would be within the clock-skew
+    /// margin, by the time it arrived.
+    #[error(
+        "the token source returned a token that is already expired (stated lifetime {lifetime:?}, \
+         clock-skew margin {skew:?}); check the issuer's clock and the expiry parsing, or lower the margin"
+    )]
+    AlreadyExpired {
+        /// The lifetime the issuer stated, counted from when the fetch was sent.
+        lifetime: Duration,
+        /// The configured clock-skew margin.
+        skew: Duration,
+    },
+    /// The token contains bytes that cannot be sent in an HTTP header.
+    #[error("the token cannot be sent in header `{header}`: it contains characters not allowed in HTTP headers")]
+    InvalidHeaderValue {
+        /// The header the presentation tried to fill.
+        header: HeaderName,
+    },
+    /// The token source panicked. This is a bug in the source; the cache keeps working.
+    #[error("the token source panicked; this is a bug in the source")]
+    SourcePanicked,
+    /// The fetch was cancelled before it finished (its runtime shut down).
+    #[error("the token fetch was cancelled before it finished (its runtime shut down)")]
+    Cancelled,
+    /// Recent attempts failed and the cache will not call the issuer again before
+    /// `retry_in` has passed; `last` says what failed.
+    #[error("not asking the token issuer again for another {retry_in:?} after {failures} failure(s): {last}")]
+    BackingOff {
+        /// How long until the next attempt is allowed.
+        retry_in: Duration,
+        /// Failures in a row so far.
+        failures: u32,
+        /// The failure that caused the wait.
+        #[source]
+        last: Box<Error>,
+    },
+    /// The API kept rejecting freshly fetched tokens: the token is valid but not accepted,
+    /// which fetching more tokens cannot fix (check scopes, permissions and the presentation).
+    #[error(
+        "the API rejected {count} freshly fetched tokens in a row; fetching more will not help: \
+         check the token's scope and permissions and how it is presented"
+    )]
+    RepeatedlyRejected {
+        /// Fresh tokens rejected in a row.
+        count: u32,
+    },
+    /// No Tokio runtime is running on this thread.
+    #[error("tokenwarden needs a Tokio runtime (with time enabled) to fetch tokens; call it from within one")]
+    NoRuntime,
+}
+
+impl Error {
+    /// Whether trying again later can succeed (`false` for rejected credentials, invalid tokens
+    /// and bugs).
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Fetch(_) | Error::Timeout(_) | Error::Cancelled | Error::AlreadyExpired { .. } => {
+                true
+            }
+            Error::BackingOff { last, .. } => last.is_retryable(),
+            Error::Rejected(_)
+            | Error::InvalidHeaderValue { .. }
+            | Error::SourcePanicked
+            | Error::RepeatedlyRejected { .. }
+            | Error::NoRuntime => false,
+        }
+    }
+
+    /// Whether the issuer rejected the credentials (directly or as the reason for a backoff).
+    #[must_use]
+    pub fn is_rejected(&self) -> bool {
+        match self {
+            Error::Rejected(_) => true,
+            Error::BackingOff { last, .. } => last.is_rejected(),
+            _ => false,
+        }
+    }
+
+    /// The [`FetchError`] the source returned, if this error came from one.
+    #[must_use]
+    pub fn fetch_error(&self) -> Option<&FetchError> {
+        match self {
+            Error::Rejected(e) | Error::Fetch(e) => Some(e),
+            Error::BackingOff { last, .. } => last.fetch_error(),
+            _ => None,
+        }
+    }
+}
+
+impl From<FetchError> for Error {
+    fn from(e: FetchError) -> Self {
+        if e.is_retryable() {
+            Error::Fetch(e)
+        } else {
+            Error::Rejected(e)
+        }
+    }
+}
+
+/// A configuration value that cannot work.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A setting is out of its range.
+    #[error("invalid setting `{name}`: {reason}")]
+    Invalid {
+        /// The setting.
+        name: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A header template lacks the `{{token}}` placeholder or has it more than once.
+    #[error("header template for `{header}` must contain `{{token}}` exactly once")]
+    Template {
+        /// The header the template is for.
+        header: HeaderName,
+    },
+    /// A template's fixed text cannot be sent in an HTTP header.
+    #[error("header template for `{header}` contains characters not allowed in HTTP headers")]
+    TemplateValue {
+        /// The header the template is for.
+        header: HeaderName,
+    },
+}

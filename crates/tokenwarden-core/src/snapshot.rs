@@ -1,0 +1,124 @@
+//! One token with its prebuilt header values, as handed to a request.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::{Token, TokenId};
+
+/// A token and the header values built from it, handed out by
+/// [`TokenCache::get`](crate::TokenCache::get).
+///
+/// All headers of one request come from one snapshot, so they always belong to the same token.
+/// Cloning is a reference-count increment. `Debug` shows the token id and header names, never
+/// the values.
+#[derive(Clone)]
+pub struct Snapshot(Arc<Inner>);
+
+struct Inner {
+    token: Token,
+    headers: Box<[(HeaderName, HeaderValue)]>,
+}
+
+impl Snapshot {
+    pub(crate) fn new(token: Token, headers: Box<[(HeaderName, HeaderValue)]>) -> Self {
+        Self(Arc::new(Inner { token, headers }))
+    }
+
+    /// A copy whose header values live in allocations of their own, so that cloning them on
+    /// one thread does not write to memory another thread's copy uses.
+    pub(crate) fn deep_copy(&self) -> Self {
+        let headers = self
+            .0
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let name = HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or_else(|_| name.clone());
+                let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+                copy.set_sensitive(value.is_sensitive());
+                (name, copy)
+            })
+            .collect();
+        Self::new(self.0.token.clone(), headers)
+    }
+
+    /// The id of the token, to pass to [`TokenCache::invalidate`](crate::TokenCache::invalidate)
+    /// when a request carrying it is rejected.
+    #[must_use]
+    pub fn id(&self) -> TokenId {
+        self.0.token.id()
+    }
+
+    /// The token.
+    #[must_use]
+    pub fn token(&self) -> &Token {
+        &self.0.token
+    }
+
+    /// The headers to send, values prebuilt and marked sensitive.
+    pub fn headers(&self) -> impl ExactSizeIterator<Item = (&HeaderName, &HeaderValue)> {
+        self.0.headers.iter().map(|(n, v)| (n, v))
+    }
+
+    /// Inserts every header the map does not have yet, keeping any the caller set; returns how
+    /// many were inserted.
+    pub fn apply_to(&self, headers: &mut HeaderMap) -> usize {
+        let mut inserted = 0;
+        for (name, value) in self.headers() {
+            if let http::header::Entry::Vacant(slot) = headers.entry(name) {
+                slot.insert(value.clone());
+                inserted += 1;
+            }
+        }
+        inserted
+    }
+
+    /// Inserts every header, replacing what the map had under those names.
+    pub fn apply_overwriting(&self, headers: &mut HeaderMap) {
+        for (name, value) in self.headers() {
+            headers.insert(name, value.clone());
+        }
+    }
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("id", &self.id())
+            .field("headers", &self.0.headers.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Presentation, Secret};
+
+    fn snapshot() -> Snapshot {
+        let p = Presentation::bearer().with_header(HeaderName::from_static("token"));
+        Snapshot::new(Token::new("s3cr3t"), p.render(&Secret::new("s3cr3t")).unwrap())
+    }
+
+    #[test]
+    fn apply_keeps_caller_headers() {
+        let mut map = HeaderMap::new();
+        map.insert("token", HeaderValue::from_static("mine"));
+        assert_eq!(snapshot().apply_to(&mut map), 1);
+        assert_eq!(map["token"], "mine");
+        assert_eq!(map["authorization"], "Bearer s3cr3t");
+        snapshot().apply_overwriting(&mut map);
+        assert_eq!(map["token"], "s3cr3t");
+    }
+
+    #[test]
+    fn deep_copy_keeps_values_and_sensitivity() {
+        let s = snapshot();
+        let c = s.deep_copy();
+        let a: Vec<_> = s.headers().map(|(n, v)| (n.clone(), v.clone(), v.is_sensitive())).collect();
+        let b: Vec<_> = c.headers().map(|(n, v)| (n.clone(), v.clone(), v.is_sensitive())).collect();
+        assert_eq!(a, b);
+        assert!(!format!("{s:?}").contains("s3cr3t"));
+    }
+}

@@ -1,0 +1,57 @@
+//! Counters a user can read.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// What a cache has done since it was built. Read with
+/// [`TokenCache::stats`](crate::TokenCache::stats).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Fetches started (one per call to the source).
+    pub fetches: u64,
+    /// Fetches that failed (error, timeout, panic, expired or unusable token).
+    pub fetch_failures: u64,
+    /// Calls served a token without waiting.
+    pub hits: u64,
+    /// Calls that waited for a fetch.
+    pub waits: u64,
+    /// Invalidations that discarded the current token.
+    pub invalidations: u64,
+    /// Invalidations ignored because the token was no longer current.
+    pub coalesced_invalidations: u64,
+    /// Background refreshes started ahead of expiry.
+    pub refreshes_ahead: u64,
+    /// Calls to [`TokenCache::revoke`](crate::TokenCache::revoke).
+    pub revocations: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) fetches: AtomicU64,
+    pub(crate) fetch_failures: AtomicU64,
+    pub(crate) slow_hits: AtomicU64,
+    pub(crate) waits: AtomicU64,
+    pub(crate) invalidations: AtomicU64,
+    pub(crate) coalesced_invalidations: AtomicU64,
+    pub(crate) refreshes_ahead: AtomicU64,
+    pub(crate) revocations: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn read(&self, fast_hits: u64) -> CacheStats {
+        CacheStats {
+            fetches: self.fetches.load(Relaxed),
+            fetch_failures: self.fetch_failures.load(Relaxed),
+            hits: self.slow_hits.load(Relaxed) + fast_hits,
+            waits: self.waits.load(Relaxed),
+            invalidations: self.invalidations.load(Relaxed),
+            coalesced_invalidations: self.coalesced_invalidations.load(Relaxed),
+            refreshes_ahead: self.refreshes_ahead.load(Relaxed),
+            revocations: self.revocations.load(Relaxed),
+        }
+    }
+}
