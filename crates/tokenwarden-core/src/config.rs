@@ -19,7 +19,8 @@ use crate::ConfigError;
 /// ```
 ///
 /// The advisory point lies `L × (refresh_ahead + refresh_jitter × random)` before `L`; the
-/// mandatory point lies `min(mandatory_margin, L / 4)` before it.
+/// mandatory point lies `min(mandatory_margin, L / 10)` before it. The background refresh runs
+/// only if the token was used since it was fetched: an idle cache does not call the issuer.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct CacheConfig {
@@ -32,7 +33,7 @@ pub struct CacheConfig {
     /// A token is treated as expired this long before its stated expiry. Default 5 s.
     pub clock_skew: Duration,
     /// Past this margin before expiry (capped at a quarter of the lifetime), callers wait for a
-    /// fresh token instead of getting the current one. Default 5 s.
+    /// fresh token instead of getting the current one. Capped at a tenth of the lifetime. Default 5 s.
     pub mandatory_margin: Duration,
     /// The fraction of the lifetime, before expiry, at which a background refresh starts.
     /// Default 0.2.

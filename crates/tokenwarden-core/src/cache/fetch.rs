@@ -56,7 +56,7 @@ pub(crate) struct Schedule {
 impl Schedule {
     pub(crate) fn new(cfg: &CacheConfig, sent_at: Instant, lifetime: Duration) -> Self {
         let deadline = sent_at + lifetime;
-        let mandatory_at = deadline - cfg.mandatory_margin.min(lifetime / 4);
+        let mandatory_at = deadline - cfg.mandatory_margin.min(lifetime / 10);
         let ahead = lifetime.mul_f64(cfg.refresh_ahead + cfg.refresh_jitter * fastrand::f64());
         let advisory_at = deadline.checked_sub(ahead).unwrap_or(sent_at).max(sent_at).min(mandatory_at);
         Self {

@@ -69,6 +69,8 @@ struct State {
 struct Current {
     snapshot: Snapshot,
     installed_at: Instant,
+    /// Hits counted when it was installed: unchanged means nobody used it.
+    hits_at_install: u64,
     schedule: Schedule,
 }
 
@@ -396,6 +398,7 @@ impl Inner {
                 st.current = Some(Current {
                     snapshot: snapshot.clone(),
                     installed_at: now,
+                    hits_at_install: self.stats().hits,
                     schedule,
                 });
                 st.empty_reason = None;
@@ -448,7 +451,8 @@ impl Inner {
     /// token at its mandatory margin. Returns when to look again.
     fn tick(self: &Arc<Self>, now: Instant) -> Option<Instant> {
         let mut st = self.lock();
-        let schedule = st.current.as_ref()?.schedule;
+        let current = st.current.as_ref()?;
+        let (schedule, hits_at_install) = (current.schedule, current.hits_at_install);
         if now >= schedule.mandatory_at {
             self.discard(&mut st, FetchReason::Expired);
             return None;
@@ -457,6 +461,10 @@ impl Inner {
             return Some(schedule.advisory_at);
         }
         if st.flight.is_none() {
+            if self.stats().hits == hits_at_install {
+                // Unused since it was fetched: let it lapse; the next caller fetches.
+                return Some(schedule.mandatory_at);
+            }
             if let Some(at) = st.retry_at.filter(|at| now < *at) {
                 return Some(at.min(schedule.mandatory_at));
             }
@@ -516,12 +524,21 @@ impl Inner {
         tracing::info!(cache = %self.config.name, "tokens revoked");
     }
 
+    /// The current token if it is within its usable life, without fetching.
     pub(crate) fn current(&self) -> Option<Snapshot> {
+        if let Some(snapshot) = self.cached() {
+            return Some(snapshot);
+        }
         let st = self.lock();
-        st.current
+        let current = st
+            .current
             .as_ref()
-            .filter(|c| Instant::now() < c.schedule.mandatory_at)
-            .map(|c| c.snapshot.clone())
+            .filter(|c| Instant::now() < c.schedule.mandatory_at)?;
+        let snapshot = current.snapshot.clone();
+        let state = self.state.load(Ordering::Relaxed);
+        drop(st);
+        self.fill_local(state, &snapshot);
+        Some(snapshot)
     }
 
     // ---- single-use mode ----------------------------------------------------------------

@@ -126,16 +126,9 @@ impl TokenCache {
         self.inner.get_slow().await
     }
 
-    /// The cached token if one can be served right now without waiting, from the hot path only.
-    #[inline]
+    /// The cached token if it can be served now, without fetching or waiting.
     #[must_use]
     pub fn cached(&self) -> Option<Snapshot> {
-        self.inner.cached()
-    }
-
-    /// The current token, if it is still within its usable life (slow path: takes the lock).
-    #[must_use]
-    pub fn current(&self) -> Option<Snapshot> {
         self.inner.current()
     }
 
@@ -188,7 +181,7 @@ impl fmt::Debug for TokenCache {
         f.debug_struct("TokenCache")
             .field("name", &self.config().name)
             .field("single_use", &self.is_single_use())
-            .field("current", &self.current().map(|s| s.id()))
+            .field("current", &self.cached().map(|s| s.id()))
             .field("stats", &self.stats())
             .finish()
     }

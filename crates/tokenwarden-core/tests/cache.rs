@@ -1,0 +1,606 @@
+//! Behaviour of the token cache, asserted by counts, on tokio's paused clock where time matters.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
+
+use tokenwarden_core::{Error, FetchError, Token, TokenCache, TokenSource};
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, advance, sleep};
+
+/// A source that mints `tok-1`, `tok-2`, ... with a fixed lifetime after an optional delay,
+/// counting its calls.
+#[derive(Clone)]
+struct Minting {
+    calls: Arc<AtomicUsize>,
+    delay: Duration,
+    lifetime: Option<Duration>,
+}
+
+impl Minting {
+    fn new(lifetime: Duration) -> Self {
+        Self {
+            calls: Arc::default(),
+            delay: Duration::ZERO,
+            lifetime: Some(lifetime),
+        }
+    }
+
+    fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl TokenSource for Minting {
+    async fn fetch(&self) -> Result<Token, FetchError> {
+        let n = self.calls.fetch_add(1, SeqCst) + 1;
+        sleep(self.delay).await;
+        let token = Token::new(format!("tok-{n}"));
+        Ok(match self.lifetime {
+            Some(l) => token.with_expires_in(l),
+            None => token,
+        })
+    }
+}
+
+fn cache(source: impl TokenSource) -> TokenCache {
+    TokenCache::builder(source).build().unwrap()
+}
+
+fn secret(cache_result: &tokenwarden_core::Snapshot) -> String {
+    cache_result.token().secret().expose().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stampede_of_1000_callers_on_an_empty_cache_fetches_once() {
+    let source = Minting::new(Duration::from_secs(300)).with_delay(Duration::from_millis(20));
+    let cache = cache(source.clone());
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get().await.map(|s| s.id()) })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap().unwrap());
+    }
+    assert_eq!(source.calls(), 1);
+    assert!(ids.iter().all(|id| *id == ids[0]));
+    let stats = cache.stats();
+    assert_eq!(stats.fetches, 1);
+    assert_eq!(stats.waits + stats.hits, 1000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stampede_on_an_expired_token_fetches_once() {
+    let source = Minting::new(Duration::from_secs(60)).with_delay(Duration::from_millis(50));
+    let cache = cache(source.clone());
+    let first = cache.get().await.unwrap();
+    // Unused since its fetch, it gets no background refresh and lapses.
+    advance(Duration::from_secs(61)).await;
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get().await.unwrap().id() })
+        })
+        .collect();
+    for t in tasks {
+        assert_ne!(t.await.unwrap(), first.id());
+    }
+    assert_eq!(source.calls(), 2, "one fetch for the 1000 callers");
+    assert_eq!(cache.stats().refreshes_ahead, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_ahead_runs_one_background_fetch_and_no_caller_waits() {
+    // 100 s tokens, a 5 s skew: usable life 95 s, advisory window starts between 66.5 and 76 s,
+    // mandatory margin at 90 s. The issuer takes 3 s to answer.
+    let source = Minting::new(Duration::from_secs(100)).with_delay(Duration::from_secs(3));
+    let cache = cache(source.clone());
+    let first = cache.get().await.unwrap();
+    assert_eq!(source.calls(), 1);
+    let waits_before = cache.stats().waits;
+
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(86) {
+        let asked = Instant::now();
+        let s = cache.get().await.unwrap();
+        assert_eq!(asked.elapsed(), Duration::ZERO, "a caller waited");
+        if seen.last() != Some(&s.id()) {
+            seen.push(s.id());
+        }
+        sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(source.calls(), 2, "exactly one background refresh");
+    assert_eq!(cache.stats().refreshes_ahead, 1);
+    assert_eq!(cache.stats().waits, waits_before, "no caller waited");
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0], first.id());
+}
+
+#[tokio::test(start_paused = true)]
+async fn past_the_mandatory_margin_callers_wait_for_a_fresh_token() {
+    let source = Minting::new(Duration::from_secs(100));
+    let cache = TokenCache::builder(source.clone())
+        .with_refresh_ahead(0.0, 0.0)
+        .build()
+        .unwrap();
+    let first = cache.get().await.unwrap();
+    // No refresh ahead: the token is served until 90 s (stated 100 - skew 5 - margin 5).
+    sleep(Duration::from_secs(89)).await;
+    assert_eq!(cache.get().await.unwrap().id(), first.id());
+    sleep(Duration::from_secs(2)).await;
+    assert!(cache.cached().is_none(), "retired at the mandatory margin");
+    let second = cache.get().await.unwrap();
+    assert_ne!(second.id(), first.id());
+    assert_eq!(source.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_stated_expiry_gets_the_default_lifetime_and_skew_is_applied() {
+    let source = Minting {
+        lifetime: None,
+        ..Minting::new(Duration::ZERO)
+    };
+    let cache = TokenCache::builder(source.clone())
+        .with_default_lifetime(Duration::from_secs(60))
+        .with_clock_skew(Duration::from_secs(20))
+        .with_mandatory_margin(Duration::from_secs(1))
+        .with_refresh_ahead(0.0, 0.0)
+        .build()
+        .unwrap();
+    let first = cache.get().await.unwrap();
+    // 60 s default - 20 s skew - 1 s margin = usable until 39 s
+    sleep(Duration::from_millis(38_900)).await;
+    assert_eq!(cache.get().await.unwrap().id(), first.id());
+    sleep(Duration::from_millis(200)).await;
+    assert_ne!(cache.get().await.unwrap().id(), first.id());
+    assert_eq!(source.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn wall_clock_expiry_is_converted_from_the_send_time() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let cache = TokenCache::builder(move || {
+        let c = c.clone();
+        async move {
+            c.fetch_add(1, SeqCst);
+            let at = std::time::SystemTime::now() + Duration::from_secs(30);
+            Ok(Token::new("jwt").with_expires_at(at))
+        }
+    })
+    .with_refresh_ahead(0.0, 0.0)
+    .build()
+    .unwrap();
+    let first = cache.get().await.unwrap();
+    sleep(Duration::from_millis(22_400)).await; // 30 - 5 skew - 2.5 margin (a tenth) = 22.5
+    assert_eq!(cache.get().await.unwrap().id(), first.id());
+    sleep(Duration::from_millis(200)).await;
+    assert_ne!(cache.get().await.unwrap().id(), first.id());
+    assert_eq!(calls.load(SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalidate_if_current_storm_fetches_once_and_stale_invalidations_none() {
+    let source = Minting::new(Duration::from_secs(300)).with_delay(Duration::from_millis(30));
+    let cache = cache(source.clone());
+    let rejected = cache.get().await.unwrap().id();
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache.invalidate(rejected);
+                cache.get().await.unwrap().id()
+            })
+        })
+        .collect();
+    let mut fresh = Vec::new();
+    for t in tasks {
+        fresh.push(t.await.unwrap());
+    }
+    assert_eq!(source.calls(), 2, "one initial fetch, one for the whole storm");
+    assert!(fresh.iter().all(|id| *id == fresh[0] && *id != rejected));
+    let stats = cache.stats();
+    assert_eq!(stats.invalidations, 1);
+    assert_eq!(stats.coalesced_invalidations, 999);
+
+    // A late 401 for the replaced token changes nothing.
+    assert!(!cache.invalidate(rejected));
+    assert_eq!(cache.get().await.unwrap().id(), fresh[0]);
+    assert_eq!(source.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_error_is_shared_by_every_waiter() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let cache = cache(move || {
+        let c = c.clone();
+        async move {
+            c.fetch_add(1, SeqCst);
+            sleep(Duration::from_millis(100)).await;
+            Err::<Token, _>(FetchError::transient("issuer answered 503"))
+        }
+    });
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get().await })
+        })
+        .collect();
+    for t in tasks {
+        let err = t.await.unwrap().unwrap_err();
+        assert!(matches!(err, Error::Fetch(_)), "{err}");
+        assert!(err.is_retryable());
+        assert!(err.to_string().contains("issuer answered 503"));
+    }
+    assert_eq!(calls.load(SeqCst), 1);
+    // Right after, the cache backs off instead of calling the issuer again.
+    let err = cache.get().await.unwrap_err();
+    assert!(matches!(err, Error::BackingOff { .. }), "{err}");
+    assert_eq!(calls.load(SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_issuer_sees_bounded_attempts_over_a_minute_one_at_a_time() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let max_in_flight = Arc::new(AtomicUsize::new(0));
+    let (c, f, m) = (calls.clone(), in_flight.clone(), max_in_flight.clone());
+    let cache = cache(move || {
+        let (c, f, m) = (c.clone(), f.clone(), m.clone());
+        async move {
+            c.fetch_add(1, SeqCst);
+            let now = f.fetch_add(1, SeqCst) + 1;
+            m.fetch_max(now, SeqCst);
+            sleep(Duration::from_millis(10)).await;
+            f.fetch_sub(1, SeqCst);
+            Err::<Token, _>(FetchError::transient("connection refused"))
+        }
+    });
+    // 20 tasks each asking every 10 ms for a simulated minute: 120,000 calls.
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                let mut errors = 0;
+                while start.elapsed() < Duration::from_secs(60) {
+                    errors += usize::from(cache.get().await.is_err());
+                    sleep(Duration::from_millis(10)).await;
+                }
+                errors
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert!(t.await.unwrap() > 0);
+    }
+    // base 250 ms doubling to 30 s with jitter: 8 to 11 attempts fit in a minute.
+    let attempts = calls.load(SeqCst);
+    assert!((8..=11).contains(&attempts), "{attempts} attempts");
+    assert_eq!(max_in_flight.load(SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_refresh_keeps_serving_the_valid_token_and_retries_with_backoff() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let cache = TokenCache::builder(move || {
+        let c = c.clone();
+        async move {
+            match c.fetch_add(1, SeqCst) {
+                0 => Ok(Token::new("good").with_expires_in(Duration::from_secs(600))),
+                _ => Err(FetchError::transient("503")),
+            }
+        }
+    })
+    .build()
+    .unwrap();
+    let first = cache.get().await.unwrap();
+    // Usable life 595 s, advisory from ~416-476 s, mandatory at 590 s.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(589) {
+        assert_eq!(cache.get().await.unwrap().id(), first.id());
+        sleep(Duration::from_secs(1)).await;
+    }
+    let retries = calls.load(SeqCst) - 1;
+    // ~114-174 s of refresh window with backoff 0.25 s doubling to 30 s: a handful of tries.
+    assert!((5..=14).contains(&retries), "{retries} background retries");
+    assert!(cache.stats().fetch_failures as usize == retries);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejected_credentials_are_terminal_and_remembered() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let cache = TokenCache::builder(move || {
+        let c = c.clone();
+        async move {
+            c.fetch_add(1, SeqCst);
+            Err::<Token, _>(FetchError::rejected("issuer answered 401: invalid request token"))
+        }
+    })
+    .with_rejection_hold(Duration::from_secs(5))
+    .build()
+    .unwrap();
+    let err = cache.get().await.unwrap_err();
+    assert!(matches!(err, Error::Rejected(_)));
+    assert!(!err.is_retryable() && err.is_rejected());
+    // An application that swallows the error and retries in a tight loop.
+    for _ in 0..10_000 {
+        let err = cache.get().await.unwrap_err();
+        assert!(err.is_rejected() && !err.is_retryable(), "{err}");
+    }
+    assert_eq!(calls.load(SeqCst), 1);
+    advance(Duration::from_secs(5)).await;
+    assert!(cache.get().await.is_err());
+    assert_eq!(calls.load(SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_issuer_times_out() {
+    let cache = TokenCache::builder(|| std::future::pending::<Result<Token, FetchError>>())
+        .with_fetch_timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let err = cache.get().await.unwrap_err();
+    assert!(matches!(err, Error::Timeout(d) if d == Duration::from_secs(3)), "{err}");
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    assert!(err.is_retryable());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_already_expired_token_is_a_failed_fetch() {
+    let cache = cache(|| async { Ok(Token::new("old").with_expires_in(Duration::from_secs(2))) });
+    let err = cache.get().await.unwrap_err();
+    assert!(matches!(err, Error::AlreadyExpired { .. }), "{err}");
+    assert_eq!(cache.stats().fetch_failures, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_source_poisons_nothing() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let cache = TokenCache::builder(move || {
+        let c = c.clone();
+        async move {
+            if c.fetch_add(1, SeqCst) == 0 {
+                panic!("bug in the source");
+            }
+            Ok(Token::new("ok").with_expires_in(Duration::from_secs(60)))
+        }
+    })
+    .build()
+    .unwrap();
+    let waiters: Vec<_> = (0..10)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get().await })
+        })
+        .collect();
+    for w in waiters {
+        assert!(matches!(w.await.unwrap(), Err(Error::SourcePanicked)));
+    }
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(secret(&cache.get().await.unwrap()), "ok");
+    assert_eq!(calls.load(SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_first_caller_does_not_cancel_the_fetch() {
+    let source = Minting::new(Duration::from_secs(60)).with_delay(Duration::from_secs(1));
+    let cache = cache(source.clone());
+    let first = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.get().await })
+    };
+    tokio::task::yield_now().await; // the first caller starts the fetch
+    assert_eq!(source.calls(), 1);
+    let second = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.get().await })
+    };
+    tokio::task::yield_now().await;
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    let got = second.await.unwrap().unwrap();
+    assert_eq!(secret(&got), "tok-1");
+    assert_eq!(source.calls(), 1);
+
+    // Alone and cancelled, the fetch still completes and is installed.
+    cache.revoke();
+    let lonely = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.get().await })
+    };
+    tokio::task::yield_now().await;
+    lonely.abort();
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(secret(&cache.cached().expect("installed")), "tok-2");
+    assert_eq!(source.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn single_use_gives_every_caller_its_own_token() {
+    let source = Minting::new(Duration::from_secs(60)).with_delay(Duration::from_millis(5));
+    let cache = TokenCache::builder(source.clone()).single_use().build().unwrap();
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { secret(&cache.get().await.unwrap()) })
+        })
+        .collect();
+    let mut tokens = std::collections::HashSet::new();
+    for t in tasks {
+        assert!(tokens.insert(t.await.unwrap()), "a token was handed out twice");
+    }
+    assert_eq!(tokens.len(), 100);
+    assert_eq!(source.calls(), 100);
+    assert!(cache.cached().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_single_use_pool_hides_the_fetch_latency() {
+    let source = Minting::new(Duration::from_secs(60)).with_delay(Duration::from_millis(200));
+    let cache = TokenCache::builder(source.clone()).with_pool(3).build().unwrap();
+    let first = cache.get().await.unwrap(); // waits; starts filling the pool
+    sleep(Duration::from_secs(1)).await; // 3 × 200 ms: pool full
+    let mut seen = std::collections::HashSet::from([secret(&first)]);
+    for _ in 0..3 {
+        let asked = Instant::now();
+        let s = cache.get().await.unwrap();
+        assert_eq!(asked.elapsed(), Duration::ZERO, "served from the pool");
+        assert!(seen.insert(secret(&s)));
+    }
+    // Pooled tokens past their mandatory margin are never handed out.
+    sleep(Duration::from_secs(120)).await;
+    let s = cache.get().await.unwrap();
+    assert!(seen.insert(secret(&s)));
+    assert!(s.id().get() > 6, "an expired pooled token was served");
+}
+
+#[tokio::test(start_paused = true)]
+async fn revoke_racing_an_in_flight_fetch_never_installs_the_old_token() {
+    let gate = Arc::new(Semaphore::new(0));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (g, c) = (gate.clone(), calls.clone());
+    let cache = cache(move || {
+        let (g, c) = (g.clone(), c.clone());
+        async move {
+            let n = c.fetch_add(1, SeqCst) + 1;
+            if n == 1 {
+                // the first fetch is held until the test releases it
+                g.acquire().await.unwrap().forget();
+            }
+            Ok(Token::new(format!("minted-{n}")).with_expires_in(Duration::from_secs(60)))
+        }
+    });
+    let waiter = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.get().await })
+    };
+    tokio::task::yield_now().await;
+    assert_eq!(calls.load(SeqCst), 1);
+    cache.revoke();
+    gate.add_permits(1); // the pre-revocation fetch would now complete
+    let got = waiter.await.unwrap().unwrap();
+    assert_eq!(secret(&got), "minted-2");
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(secret(&cache.get().await.unwrap()), "minted-2");
+    assert_eq!(calls.load(SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn revoke_drops_the_current_token() {
+    let source = Minting::new(Duration::from_secs(60));
+    let cache = cache(source.clone());
+    let first = cache.get().await.unwrap();
+    cache.revoke();
+    assert!(cache.cached().is_none());
+    assert_ne!(cache.get().await.unwrap().id(), first.id());
+    assert_eq!(cache.stats().revocations, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_api_rejecting_every_fresh_token_cannot_make_the_cache_hammer_the_issuer() {
+    let source = Minting::new(Duration::from_secs(3600));
+    let cache = cache(source.clone());
+    // Every request is rejected: invalidate the token it carried, get another, for a minute.
+    let start = Instant::now();
+    let mut backing_off = 0;
+    while start.elapsed() < Duration::from_secs(60) {
+        match cache.get().await {
+            Ok(s) => {
+                cache.invalidate(s.id());
+            }
+            Err(e) => {
+                assert!(matches!(e, Error::BackingOff { ref last, .. } if matches!(**last, Error::RepeatedlyRejected { .. })), "{e}");
+                backing_off += 1;
+            }
+        }
+        sleep(Duration::from_millis(10)).await;
+    }
+    // The first rejection refetches at once; then 0.25 s doubling to 30 s.
+    assert!((8..=12).contains(&source.calls()), "{} fetches", source.calls());
+    assert!(backing_off > 1000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_last_handle_stops_background_work() {
+    let source = Minting::new(Duration::from_secs(10));
+    let cache = cache(source.clone());
+    let clone = cache.clone();
+    // Refreshes run ahead of expiry while the token is in use and a handle lives.
+    for _ in 0..60 {
+        clone.get().await.unwrap();
+        sleep(Duration::from_secs(1)).await;
+    }
+    drop(cache);
+    let with_a_handle = source.calls();
+    assert!(with_a_handle >= 5, "refreshes ran while a handle lived: {with_a_handle}");
+    drop(clone);
+    sleep(Duration::from_secs(600)).await;
+    assert_eq!(source.calls(), with_a_handle, "no refresh after the last handle dropped");
+}
+
+#[test]
+fn outside_a_runtime_get_reports_the_missing_runtime() {
+    let cache = cache(Minting::new(Duration::from_secs(60)));
+    let result = futures_executor_block_on(cache.get());
+    assert!(matches!(result, Err(Error::NoRuntime)));
+}
+
+/// Polls a future to completion on this thread without any runtime.
+fn futures_executor_block_on<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(out) = f.as_mut().poll(&mut cx) {
+            return out;
+        }
+    }
+}
+
+#[test]
+fn a_runtime_shutting_down_mid_fetch_leaves_no_waiter_hanging() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let cache = cache(move || {
+        let c = c.clone();
+        async move {
+            if c.fetch_add(1, SeqCst) == 0 {
+                std::future::pending::<()>().await;
+            }
+            Ok(Token::new("second").with_expires_in(Duration::from_secs(60)))
+        }
+    });
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    let first = runtime();
+    first.block_on(async {
+        let c = cache.clone();
+        tokio::spawn(async move { c.get().await });
+        tokio::task::yield_now().await;
+    });
+    drop(first); // the fetch task dies with its runtime
+    let got = runtime().block_on(async { tokio::time::timeout(Duration::from_secs(5), cache.get()).await });
+    // The dead fetch was cleared, so this call started a new one instead of waiting forever.
+    assert_eq!(secret(&got.expect("no hang").unwrap()), "second");
+    assert_eq!(calls.load(SeqCst), 2);
+}
