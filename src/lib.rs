@@ -1,1 +1,31 @@
-//! x
+//! tokenwarden takes session and access tokens off the hands of HTTP-client code: tokens are
+//! fetched once, shared by every task, renewed before they expire, and a request the API
+//! rejects with 401 is replayed with a fresh token.
+//!
+//! This crate re-exports the workspace's crates:
+//!
+//! - [`core`] (always): the token cache, token sources, presentations and errors.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tokenwarden::{FetchError, Token, TokenCache};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tokenwarden::Error> {
+//! let cache = TokenCache::new(|| async {
+//!     Ok::<_, FetchError>(Token::new("abc").with_expires_in(Duration::from_secs(900)))
+//! });
+//! let snapshot = cache.get().await?;
+//! assert_eq!(snapshot.token().secret().expose(), "abc");
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+#![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+
+pub use tokenwarden_core as core;
+pub use tokenwarden_core::{
+    CacheConfig, CacheStats, ConfigError, Error, Expiry, FetchError, Presentation, Secret,
+    Snapshot, Token, TokenCache, TokenCacheBuilder, TokenId, TokenSource,
+};

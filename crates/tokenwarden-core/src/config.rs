@@ -81,16 +81,25 @@ impl CacheConfig {
             return invalid("fetch_timeout", "must be greater than zero");
         }
         if self.default_lifetime <= self.clock_skew {
-            return invalid("default_lifetime", "must be longer than the clock-skew margin");
+            return invalid(
+                "default_lifetime",
+                "must be longer than the clock-skew margin",
+            );
         }
         if !(0.0..1.0).contains(&self.refresh_ahead) || !(0.0..1.0).contains(&self.refresh_jitter) {
             return invalid("refresh_ahead", "fractions must lie in 0.0..1.0");
         }
         if self.refresh_ahead + self.refresh_jitter >= 1.0 {
-            return invalid("refresh_ahead", "refresh_ahead + refresh_jitter must be below 1.0");
+            return invalid(
+                "refresh_ahead",
+                "refresh_ahead + refresh_jitter must be below 1.0",
+            );
         }
         if self.backoff_base.is_zero() || self.backoff_max < self.backoff_base {
-            return invalid("backoff_base", "must be greater than zero and at most backoff_max");
+            return invalid(
+                "backoff_base",
+                "must be greater than zero and at most backoff_max",
+            );
         }
         Ok(())
     }
@@ -99,7 +108,10 @@ impl CacheConfig {
     /// capped, with "equal jitter" (between half and all of the exponential delay).
     pub(crate) fn backoff(&self, failures: u32) -> Duration {
         let doublings = failures.saturating_sub(1).min(20);
-        let delay = self.backoff_base.saturating_mul(1 << doublings).min(self.backoff_max);
+        let delay = self
+            .backoff_base
+            .saturating_mul(1 << doublings)
+            .min(self.backoff_max);
         delay / 2 + delay.mul_f64(fastrand::f64() / 2.0)
     }
 }

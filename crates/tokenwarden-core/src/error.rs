@@ -15,7 +15,9 @@ use crate::FetchError;
 pub enum Error {
     /// The issuer rejected the credentials. Retrying with the same credentials cannot help:
     /// fix the configuration.
-    #[error("the token issuer rejected the credentials ({0}); retrying cannot help, check the credentials")]
+    #[error(
+        "the token issuer rejected the credentials ({0}); retrying cannot help, check the credentials"
+    )]
     Rejected(#[source] FetchError),
     /// A fetch failed in a way a later attempt may not.
     #[error("token fetch failed: {0}; it will be retried with backoff")]
@@ -36,7 +38,9 @@ pub enum Error {
         skew: Duration,
     },
     /// The token contains bytes that cannot be sent in an HTTP header.
-    #[error("the token cannot be sent in header `{header}`: it contains characters not allowed in HTTP headers")]
+    #[error(
+        "the token cannot be sent in header `{header}`: it contains characters not allowed in HTTP headers"
+    )]
     InvalidHeaderValue {
         /// The header the presentation tried to fill.
         header: HeaderName,
@@ -49,7 +53,9 @@ pub enum Error {
     Cancelled,
     /// Recent attempts failed and the cache will not call the issuer again before
     /// `retry_in` has passed; `last` says what failed.
-    #[error("not asking the token issuer again for another {retry_in:?} after {failures} failure(s): {last}")]
+    #[error(
+        "not asking the token issuer again for another {retry_in:?} after {failures} failure(s): {last}"
+    )]
     BackingOff {
         /// How long until the next attempt is allowed.
         retry_in: Duration,
@@ -70,7 +76,9 @@ pub enum Error {
         count: u32,
     },
     /// No Tokio runtime is running on this thread.
-    #[error("tokenwarden needs a Tokio runtime (with time enabled) to fetch tokens; call it from within one")]
+    #[error(
+        "tokenwarden needs a Tokio runtime (with time enabled) to fetch tokens; call it from within one"
+    )]
     NoRuntime,
 }
 
@@ -80,9 +88,10 @@ impl Error {
     #[must_use]
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Fetch(_) | Error::Timeout(_) | Error::Cancelled | Error::AlreadyExpired { .. } => {
-                true
-            }
+            Error::Fetch(_)
+            | Error::Timeout(_)
+            | Error::Cancelled
+            | Error::AlreadyExpired { .. } => true,
             Error::BackingOff { last, .. } => last.is_retryable(),
             Error::Rejected(_)
             | Error::InvalidHeaderValue { .. }

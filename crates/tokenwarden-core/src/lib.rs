@@ -42,7 +42,7 @@ mod source;
 mod stats;
 mod token;
 
-pub use cache::{TokenCache, TokenCacheBuilder};
+pub use cache::{TokenCache, TokenCacheBuilder, future};
 pub use config::CacheConfig;
 pub use error::{ConfigError, Error};
 pub use presentation::Presentation;

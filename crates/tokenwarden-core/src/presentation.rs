@@ -124,10 +124,14 @@ impl Presentation {
     }
 
     /// Builds the header values for one token.
-    pub(crate) fn render(&self, secret: &Secret) -> Result<Box<[(HeaderName, HeaderValue)]>, Error> {
+    pub(crate) fn render(
+        &self,
+        secret: &Secret,
+    ) -> Result<Box<[(HeaderName, HeaderValue)]>, Error> {
         let mut out = Vec::with_capacity(self.templates.len() + self.fixed.len());
         for t in &self.templates {
-            let mut text = String::with_capacity(t.prefix.len() + secret.expose().len() + t.suffix.len());
+            let mut text =
+                String::with_capacity(t.prefix.len() + secret.expose().len() + t.suffix.len());
             text.push_str(&t.prefix);
             text.push_str(secret.expose());
             text.push_str(&t.suffix);

@@ -34,8 +34,10 @@ impl Snapshot {
             .headers
             .iter()
             .map(|(name, value)| {
-                let name = HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or_else(|_| name.clone());
-                let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+                let name = HeaderName::from_bytes(name.as_str().as_bytes())
+                    .unwrap_or_else(|_| name.clone());
+                let mut copy =
+                    HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
                 copy.set_sensitive(value.is_sensitive());
                 (name, copy)
             })
@@ -86,7 +88,10 @@ impl fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Snapshot")
             .field("id", &self.id())
-            .field("headers", &self.0.headers.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .field(
+                "headers",
+                &self.0.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -98,7 +103,10 @@ mod tests {
 
     fn snapshot() -> Snapshot {
         let p = Presentation::bearer().with_header(HeaderName::from_static("token"));
-        Snapshot::new(Token::new("s3cr3t"), p.render(&Secret::new("s3cr3t")).unwrap())
+        Snapshot::new(
+            Token::new("s3cr3t"),
+            p.render(&Secret::new("s3cr3t")).unwrap(),
+        )
     }
 
     #[test]
@@ -116,8 +124,14 @@ mod tests {
     fn deep_copy_keeps_values_and_sensitivity() {
         let s = snapshot();
         let c = s.deep_copy();
-        let a: Vec<_> = s.headers().map(|(n, v)| (n.clone(), v.clone(), v.is_sensitive())).collect();
-        let b: Vec<_> = c.headers().map(|(n, v)| (n.clone(), v.clone(), v.is_sensitive())).collect();
+        let a: Vec<_> = s
+            .headers()
+            .map(|(n, v)| (n.clone(), v.clone(), v.is_sensitive()))
+            .collect();
+        let b: Vec<_> = c
+            .headers()
+            .map(|(n, v)| (n.clone(), v.clone(), v.is_sensitive()))
+            .collect();
         assert_eq!(a, b);
         assert!(!format!("{s:?}").contains("s3cr3t"));
     }

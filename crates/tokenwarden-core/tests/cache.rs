@@ -207,7 +207,11 @@ async fn invalidate_if_current_storm_fetches_once_and_stale_invalidations_none()
     for t in tasks {
         fresh.push(t.await.unwrap());
     }
-    assert_eq!(source.calls(), 2, "one initial fetch, one for the whole storm");
+    assert_eq!(
+        source.calls(),
+        2,
+        "one initial fetch, one for the whole storm"
+    );
     assert!(fresh.iter().all(|id| *id == fresh[0] && *id != rejected));
     let stats = cache.stats();
     assert_eq!(stats.invalidations, 1);
@@ -327,7 +331,9 @@ async fn rejected_credentials_are_terminal_and_remembered() {
         let c = c.clone();
         async move {
             c.fetch_add(1, SeqCst);
-            Err::<Token, _>(FetchError::rejected("issuer answered 401: invalid request token"))
+            Err::<Token, _>(FetchError::rejected(
+                "issuer answered 401: invalid request token",
+            ))
         }
     })
     .with_rejection_hold(Duration::from_secs(5))
@@ -349,13 +355,16 @@ async fn rejected_credentials_are_terminal_and_remembered() {
 
 #[tokio::test(start_paused = true)]
 async fn a_hanging_issuer_times_out() {
-    let cache = TokenCache::builder(|| std::future::pending::<Result<Token, FetchError>>())
+    let cache = TokenCache::builder(std::future::pending::<Result<Token, FetchError>>)
         .with_fetch_timeout(Duration::from_secs(3))
         .build()
         .unwrap();
     let start = Instant::now();
     let err = cache.get().await.unwrap_err();
-    assert!(matches!(err, Error::Timeout(d) if d == Duration::from_secs(3)), "{err}");
+    assert!(
+        matches!(err, Error::Timeout(d) if d == Duration::from_secs(3)),
+        "{err}"
+    );
     assert_eq!(start.elapsed(), Duration::from_secs(3));
     assert!(err.is_retryable());
 }
@@ -434,7 +443,10 @@ async fn a_cancelled_first_caller_does_not_cancel_the_fetch() {
 #[tokio::test(start_paused = true)]
 async fn single_use_gives_every_caller_its_own_token() {
     let source = Minting::new(Duration::from_secs(60)).with_delay(Duration::from_millis(5));
-    let cache = TokenCache::builder(source.clone()).single_use().build().unwrap();
+    let cache = TokenCache::builder(source.clone())
+        .single_use()
+        .build()
+        .unwrap();
     let tasks: Vec<_> = (0..100)
         .map(|_| {
             let cache = cache.clone();
@@ -443,7 +455,10 @@ async fn single_use_gives_every_caller_its_own_token() {
         .collect();
     let mut tokens = std::collections::HashSet::new();
     for t in tasks {
-        assert!(tokens.insert(t.await.unwrap()), "a token was handed out twice");
+        assert!(
+            tokens.insert(t.await.unwrap()),
+            "a token was handed out twice"
+        );
     }
     assert_eq!(tokens.len(), 100);
     assert_eq!(source.calls(), 100);
@@ -453,7 +468,10 @@ async fn single_use_gives_every_caller_its_own_token() {
 #[tokio::test(start_paused = true)]
 async fn a_single_use_pool_hides_the_fetch_latency() {
     let source = Minting::new(Duration::from_secs(60)).with_delay(Duration::from_millis(200));
-    let cache = TokenCache::builder(source.clone()).with_pool(3).build().unwrap();
+    let cache = TokenCache::builder(source.clone())
+        .with_pool(3)
+        .build()
+        .unwrap();
     let first = cache.get().await.unwrap(); // waits; starts filling the pool
     sleep(Duration::from_secs(1)).await; // 3 × 200 ms: pool full
     let mut seen = std::collections::HashSet::from([secret(&first)]);
@@ -525,14 +543,21 @@ async fn an_api_rejecting_every_fresh_token_cannot_make_the_cache_hammer_the_iss
                 cache.invalidate(s.id());
             }
             Err(e) => {
-                assert!(matches!(e, Error::BackingOff { ref last, .. } if matches!(**last, Error::RepeatedlyRejected { .. })), "{e}");
+                assert!(
+                    matches!(e, Error::BackingOff { ref last, .. } if matches!(**last, Error::RepeatedlyRejected { .. })),
+                    "{e}"
+                );
                 backing_off += 1;
             }
         }
         sleep(Duration::from_millis(10)).await;
     }
     // The first rejection refetches at once; then 0.25 s doubling to 30 s.
-    assert!((8..=12).contains(&source.calls()), "{} fetches", source.calls());
+    assert!(
+        (8..=12).contains(&source.calls()),
+        "{} fetches",
+        source.calls()
+    );
     assert!(backing_off > 1000);
 }
 
@@ -548,10 +573,17 @@ async fn dropping_the_last_handle_stops_background_work() {
     }
     drop(cache);
     let with_a_handle = source.calls();
-    assert!(with_a_handle >= 5, "refreshes ran while a handle lived: {with_a_handle}");
+    assert!(
+        with_a_handle >= 5,
+        "refreshes ran while a handle lived: {with_a_handle}"
+    );
     drop(clone);
     sleep(Duration::from_secs(600)).await;
-    assert_eq!(source.calls(), with_a_handle, "no refresh after the last handle dropped");
+    assert_eq!(
+        source.calls(),
+        with_a_handle,
+        "no refresh after the last handle dropped"
+    );
 }
 
 #[test]
@@ -599,7 +631,8 @@ fn a_runtime_shutting_down_mid_fetch_leaves_no_waiter_hanging() {
         tokio::task::yield_now().await;
     });
     drop(first); // the fetch task dies with its runtime
-    let got = runtime().block_on(async { tokio::time::timeout(Duration::from_secs(5), cache.get()).await });
+    let got = runtime()
+        .block_on(async { tokio::time::timeout(Duration::from_secs(5), cache.get()).await });
     // The dead fetch was cleared, so this call started a new one instead of waiting forever.
     assert_eq!(secret(&got.expect("no hang").unwrap()), "second");
     assert_eq!(calls.load(SeqCst), 2);

@@ -58,7 +58,11 @@ impl Schedule {
         let deadline = sent_at + lifetime;
         let mandatory_at = deadline - cfg.mandatory_margin.min(lifetime / 10);
         let ahead = lifetime.mul_f64(cfg.refresh_ahead + cfg.refresh_jitter * fastrand::f64());
-        let advisory_at = deadline.checked_sub(ahead).unwrap_or(sent_at).max(sent_at).min(mandatory_at);
+        let advisory_at = deadline
+            .checked_sub(ahead)
+            .unwrap_or(sent_at)
+            .max(sent_at)
+            .min(mandatory_at);
         Self {
             advisory_at,
             mandatory_at,
@@ -67,7 +71,10 @@ impl Schedule {
 }
 
 /// Calls the source once. Expiry is counted from when the request was sent.
-pub(crate) async fn fetch_once(source: &dyn TokenSource, cfg: &CacheConfig) -> Result<Fetched, Error> {
+pub(crate) async fn fetch_once(
+    source: &dyn TokenSource,
+    cfg: &CacheConfig,
+) -> Result<Fetched, Error> {
     let sent_at = Instant::now();
     let wall = SystemTime::now();
     tracing::debug!("fetching token");

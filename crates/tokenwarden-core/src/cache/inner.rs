@@ -25,9 +25,9 @@ pub(crate) struct Inner {
     /// the hot path reads only this shared word.
     state: AtomicU64,
     /// Per-thread copies of the current snapshot, tagged with the state they were made under.
-    locals: ThreadLocal<RefCell<Local>>,
-    /// Per-thread hit counters: written only by their own thread.
-    hits: ThreadLocal<AtomicU64>,
+    locals: ThreadLocal<Padded<RefCell<Local>>>,
+    /// Every thread's hit counter (each written only by its own thread), for [`Inner::stats`].
+    hit_counters: Mutex<Vec<Arc<Padded<AtomicU64>>>>,
     shared: Mutex<State>,
     source: Arc<dyn TokenSource>,
     presentation: Presentation,
@@ -39,10 +39,16 @@ pub(crate) struct Inner {
     notify: Arc<Notify>,
 }
 
+/// Keeps each thread's slot on cache lines of its own: `ThreadLocal` stores the slots of
+/// consecutive threads side by side, and a write to one would otherwise slow the others.
 #[derive(Default)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
 struct Local {
     state: u64,
     snapshot: Option<Snapshot>,
+    hits: Arc<Padded<AtomicU64>>,
 }
 
 #[derive(Default)]
@@ -124,7 +130,9 @@ impl Drop for TaskGuard {
             // shut down): waiters must not hang.
             TaskKind::Flight => {
                 if let Some(flight) = st.flight.take_if(|f| f.id == self.id) {
-                    flight.tx.send_replace(Outcome::Ready(Err(Error::Cancelled)));
+                    flight
+                        .tx
+                        .send_replace(Outcome::Ready(Err(Error::Cancelled)));
                 }
             }
             // Without a driver nobody enforces expiry: stop serving from the hot path.
@@ -153,7 +161,7 @@ impl Inner {
         Self {
             state: AtomicU64::new(0),
             locals: ThreadLocal::new(),
-            hits: ThreadLocal::new(),
+            hit_counters: Mutex::default(),
             shared: Mutex::new(State::default()),
             source,
             presentation,
@@ -188,20 +196,24 @@ impl Inner {
         if state & USABLE == 0 {
             return None;
         }
-        let local = self.locals.get()?.try_borrow().ok()?;
+        let local = self.locals.get()?.0.try_borrow().ok()?;
         if local.state != state {
             return None;
         }
-        let snapshot = local.snapshot.clone();
-        drop(local);
-        let hits = self.hits.get_or_default();
         // Only this thread writes its counter: a plain store, no read-modify-write.
+        let hits = &local.hits.0;
         hits.store(hits.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        snapshot
+        local.snapshot.clone()
     }
 
     pub(crate) fn stats(&self) -> CacheStats {
-        let fast = self.hits.iter().map(|h| h.load(Ordering::Relaxed)).sum();
+        let fast = (self
+            .hit_counters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter())
+        .map(|h| h.0.load(Ordering::Relaxed))
+        .sum();
         self.counters.read(fast)
     }
 
@@ -217,8 +229,20 @@ impl Inner {
         if state & USABLE == 0 {
             return;
         }
-        let cell = self.locals.get_or(RefCell::default);
-        if let Ok(mut local) = cell.try_borrow_mut()
+        let cell = self.locals.get_or(|| {
+            let hits = Arc::new(Padded(AtomicU64::new(0)));
+            (self
+                .hit_counters
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner))
+            .push(Arc::clone(&hits));
+            Padded(RefCell::new(Local {
+                state: 0,
+                snapshot: None,
+                hits,
+            }))
+        });
+        if let Ok(mut local) = cell.0.try_borrow_mut()
             && local.state != state
         {
             local.state = state;
@@ -355,7 +379,8 @@ impl Inner {
         let weak = Arc::downgrade(self);
         let source = Arc::clone(&self.source);
         let config = Arc::clone(&self.config);
-        let span = tracing::info_span!("tokenwarden.fetch", cache = %config.name, %reason, flight = id);
+        let span =
+            tracing::info_span!("tokenwarden.fetch", cache = %config.name, %reason, flight = id);
         Counters::bump(&self.counters.fetches);
         let task = runtime.spawn(
             async move {
@@ -392,7 +417,10 @@ impl Inner {
         let outcome = match result.and_then(|fetched| self.prepare(&mut st, fetched)) {
             Ok((snapshot, schedule)) => {
                 self.record_success(&mut st);
-                if matches!(flight.reason, FetchReason::AheadOfExpiry | FetchReason::Expired) {
+                if matches!(
+                    flight.reason,
+                    FetchReason::AheadOfExpiry | FetchReason::Expired
+                ) {
                     st.fresh_rejections = 0;
                 }
                 st.current = Some(Current {
@@ -564,7 +592,9 @@ impl Inner {
             };
             let reason = FetchReason::SingleUse;
             let span = tracing::info_span!("tokenwarden.fetch", cache = %self.config.name, %reason);
-            let result = fetch_once(&*self.source, &self.config).instrument(span).await;
+            let result = fetch_once(&*self.source, &self.config)
+                .instrument(span)
+                .await;
             let mut st = self.lock();
             if st.epoch != epoch {
                 // Revoked while fetching: this token was minted before the revocation.
@@ -612,7 +642,8 @@ impl Inner {
                     Counters::bump(&inner.counters.fetches);
                     st.epoch
                 };
-                let span = tracing::info_span!("tokenwarden.fetch", cache = %config.name, reason = "pool");
+                let span =
+                    tracing::info_span!("tokenwarden.fetch", cache = %config.name, reason = "pool");
                 let result = fetch_once(&*source, &config).instrument(span).await;
                 let Some(inner) = weak.upgrade() else { return };
                 let mut st = inner.lock();
@@ -638,10 +669,15 @@ impl Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         // Background work never outlives the cache.
-        let st = self.shared.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let st = self
+            .shared
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(flight) = st.flight.take() {
             flight.abort.abort();
-            flight.tx.send_replace(Outcome::Ready(Err(Error::Cancelled)));
+            flight
+                .tx
+                .send_replace(Outcome::Ready(Err(Error::Cancelled)));
         }
         for (_, task) in [st.driver.take(), st.refill.take()].into_iter().flatten() {
             task.abort();

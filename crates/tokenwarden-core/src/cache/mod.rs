@@ -1,6 +1,7 @@
 //! The token cache.
 
 mod fetch;
+pub mod future;
 mod inner;
 
 use std::fmt;
@@ -9,7 +10,9 @@ use std::time::Duration;
 
 use inner::Inner;
 
-use crate::{CacheConfig, CacheStats, ConfigError, Error, Presentation, Snapshot, TokenId, TokenSource};
+#[cfg(doc)]
+use crate::Error;
+use crate::{CacheConfig, CacheStats, ConfigError, Presentation, Snapshot, TokenId, TokenSource};
 
 /// One token cache, shared by every task and every clone.
 ///
@@ -119,11 +122,9 @@ impl TokenCache {
     ///
     /// The fetch's [`Error`], shared by every caller that waited for it;
     /// [`Error::BackingOff`] while the cache waits out a failing issuer.
-    pub async fn get(&self) -> Result<Snapshot, Error> {
-        if let Some(snapshot) = self.inner.cached() {
-            return Ok(snapshot);
-        }
-        self.inner.get_slow().await
+    #[inline]
+    pub fn get(&self) -> future::Get<'_> {
+        future::Get::new(&self.inner)
     }
 
     /// The cached token if it can be served now, without fetching or waiting.
