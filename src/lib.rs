@@ -29,3 +29,7 @@ pub use tokenwarden_core::{
     CacheConfig, CacheStats, ConfigError, Error, Expiry, FetchError, Presentation, Secret,
     Snapshot, Token, TokenCache, TokenCacheBuilder, TokenId, TokenSource,
 };
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

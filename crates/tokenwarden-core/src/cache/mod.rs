@@ -66,14 +66,19 @@ use crate::{CacheConfig, CacheStats, ConfigError, Presentation, Snapshot, TokenI
 ///
 /// # Performance
 ///
-/// `cargo bench --bench contention` on the project's 2-core machine (ns per `get` per thread,
-/// the baselines holding the same token in an `Arc` they clone):
+/// `cargo bench --bench contention` (in the workspace root) on the project's 2-core machine:
+/// each operation obtains the token and its `Authorization` value; nanoseconds per operation
+/// per thread, the baselines holding the same token in an `Arc` they clone, same run:
 ///
 /// | threads | `TokenCache::get` | `std::sync::RwLock` | `std::sync::Mutex` | `tokio::sync::RwLock` |
 /// |---|---|---|---|---|
-/// | 1 | see README | | | |
+/// | 1 | 13.0 | 20.3 | 20.2 | 51.0 |
+/// | 2 | 13.8 | 78.0 | 107.5 | 135.6 |
+/// | 4 | 26.6 | 152.2 | 246.9 | 288.3 |
 ///
-/// The figures and the ratio to each baseline are in the README.
+/// The cost stays flat as threads are added because the only shared memory the hot path
+/// touches is read, never written; each thread clones its own copy of the header values.
+/// The slow path (a new token, once per thread; a fetch; an invalidation) takes a mutex.
 ///
 /// # Limitations
 ///
