@@ -3,6 +3,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
@@ -353,7 +354,9 @@ impl Inner {
                 if st.driver.is_none() {
                     // The driver's runtime went away: start one on this one.
                     self.spawn_driver(st);
-                    self.publish(st);
+                    if st.driver.is_some() {
+                        self.publish(st);
+                    }
                 }
                 return Ok(Step::Ready(snapshot, self.state.load(Ordering::Relaxed)));
             }
@@ -372,37 +375,27 @@ impl Inner {
         st: &mut State,
         reason: FetchReason,
     ) -> Result<watch::Receiver<Outcome>, Error> {
-        let runtime = Handle::try_current().map_err(|_| Error::NoRuntime)?;
-        st.next_task += 1;
-        let id = st.next_task;
         let (tx, rx) = watch::channel(Outcome::Pending);
-        let weak = Arc::downgrade(self);
         let source = Arc::clone(&self.source);
         let config = Arc::clone(&self.config);
-        let span =
-            tracing::info_span!("tokenwarden.fetch", cache = %config.name, %reason, flight = id);
-        Counters::bump(&self.counters.fetches);
-        let task = runtime.spawn(
-            async move {
-                // Completing the flight takes it out of the state, which leaves the guard
-                // nothing to do; it acts only if the task is dropped half-way.
-                let _guard = TaskGuard {
-                    inner: weak.clone(),
-                    kind: TaskKind::Flight,
-                    id,
-                };
-                let result = fetch_once(&*source, &config).await;
-                if let Some(inner) = weak.upgrade() {
-                    inner.complete_flight(id, result);
+        let (id, abort) = self
+            .spawn_task(st, TaskKind::Flight, move |weak, id| {
+                let span = tracing::info_span!("tokenwarden.fetch", cache = %config.name, %reason, flight = id);
+                async move {
+                    let result = fetch_once(&*source, &config).await;
+                    if let Some(inner) = weak.upgrade() {
+                        inner.complete_flight(id, result);
+                    }
                 }
-            }
-            .instrument(span),
-        );
+                .instrument(span)
+            })
+            .ok_or(Error::NoRuntime)?;
+        Counters::bump(&self.counters.fetches);
         st.flight = Some(Flight {
             id,
             reason,
             tx,
-            abort: task.abort_handle(),
+            abort,
         });
         Ok(rx)
     }
@@ -445,20 +438,37 @@ impl Inner {
         self.notify.notify_one();
     }
 
-    fn spawn_driver(self: &Arc<Self>, st: &mut State) {
-        let Ok(runtime) = Handle::try_current() else {
-            return;
-        };
+    /// Spawns background work on the current runtime, with a guard that clears its slot in the
+    /// state however the work ends (finished, aborted, or dropped with its runtime).
+    fn spawn_task<F>(
+        self: &Arc<Self>,
+        st: &mut State,
+        kind: TaskKind,
+        work: impl FnOnce(Weak<Inner>, u64) -> F,
+    ) -> Option<(u64, AbortHandle)>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let runtime = Handle::try_current().ok()?;
         st.next_task += 1;
         let id = st.next_task;
         let weak = Arc::downgrade(self);
-        let notify = Arc::clone(&self.notify);
+        let guard = TaskGuard {
+            inner: weak.clone(),
+            kind,
+            id,
+        };
+        let work = work(weak, id);
         let task = runtime.spawn(async move {
-            let _guard = TaskGuard {
-                inner: weak.clone(),
-                kind: TaskKind::Driver,
-                id,
-            };
+            let _guard = guard;
+            work.await;
+        });
+        Some((id, task.abort_handle()))
+    }
+
+    fn spawn_driver(self: &Arc<Self>, st: &mut State) {
+        let notify = Arc::clone(&self.notify);
+        st.driver = self.spawn_task(st, TaskKind::Driver, |weak, _| async move {
             loop {
                 let next = match weak.upgrade() {
                     Some(inner) => inner.tick(Instant::now()),
@@ -472,7 +482,6 @@ impl Inner {
                 }
             }
         });
-        st.driver = Some((id, task.abort_handle()));
     }
 
     /// The driver's step: starts the background refresh in the advisory window and retires the
@@ -618,20 +627,9 @@ impl Inner {
         if pool == 0 || st.refill.is_some() || st.pool.len() >= pool {
             return;
         }
-        let Ok(runtime) = Handle::try_current() else {
-            return;
-        };
-        st.next_task += 1;
-        let id = st.next_task;
-        let weak = Arc::downgrade(self);
         let source = Arc::clone(&self.source);
         let config = Arc::clone(&self.config);
-        let task = runtime.spawn(async move {
-            let _guard = TaskGuard {
-                inner: weak.clone(),
-                kind: TaskKind::Refill,
-                id,
-            };
+        st.refill = self.spawn_task(st, TaskKind::Refill, move |weak, _| async move {
             loop {
                 let epoch = {
                     let Some(inner) = weak.upgrade() else { return };
@@ -662,7 +660,6 @@ impl Inner {
                 }
             }
         });
-        st.refill = Some((id, task.abort_handle()));
     }
 }
 
