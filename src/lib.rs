@@ -5,6 +5,8 @@
 //! This crate re-exports the workspace's crates:
 //!
 //! - [`core`] (always): the token cache, token sources, presentations and errors.
+//! - [`tower`] (feature `tower`): the tower layer for hyper-util clients and any tower
+//!   service taking `http` requests.
 //!
 //! ```
 //! use std::time::Duration;
@@ -29,6 +31,8 @@ pub use tokenwarden_core::{
     CacheConfig, CacheStats, ConfigError, Error, Expiry, FetchError, Presentation, Secret,
     Snapshot, Token, TokenCache, TokenCacheBuilder, TokenId, TokenSource,
 };
+#[cfg(feature = "tower")]
+pub use tokenwarden_tower as tower;
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

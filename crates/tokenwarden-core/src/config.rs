@@ -50,9 +50,9 @@ pub struct CacheConfig {
     /// Default 5 s.
     pub rejection_hold: Duration,
     /// A token rejected (invalidated) within this time of being fetched counts as a *fresh*
-    /// rejection; the second fresh rejection in a row and the ones after it delay the next
-    /// fetch with backoff, so an API that rejects every token cannot make the cache hammer the
-    /// issuer. Default 10 s.
+    /// rejection. After one, further invalidations of fresh tokens are held off with backoff
+    /// (the token is kept) so an API that rejects every token — or one route that answers 401
+    /// for another reason — cannot make the cache hammer the issuer. Default 10 s.
     pub fresh_rejection_window: Duration,
 }
 

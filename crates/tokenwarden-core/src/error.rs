@@ -65,16 +65,6 @@ pub enum Error {
         #[source]
         last: Box<Error>,
     },
-    /// The API kept rejecting freshly fetched tokens: the token is valid but not accepted,
-    /// which fetching more tokens cannot fix (check scopes, permissions and the presentation).
-    #[error(
-        "the API rejected {count} freshly fetched tokens in a row; fetching more will not help: \
-         check the token's scope and permissions and how it is presented"
-    )]
-    RepeatedlyRejected {
-        /// Fresh tokens rejected in a row.
-        count: u32,
-    },
     /// No Tokio runtime is running on this thread.
     #[error(
         "tokenwarden needs a Tokio runtime (with time enabled) to fetch tokens; call it from within one"
@@ -96,7 +86,6 @@ impl Error {
             Error::Rejected(_)
             | Error::InvalidHeaderValue { .. }
             | Error::SourcePanicked
-            | Error::RepeatedlyRejected { .. }
             | Error::NoRuntime => false,
         }
     }

@@ -35,6 +35,7 @@
 mod cache;
 mod config;
 mod error;
+mod policy;
 mod presentation;
 mod secret;
 mod snapshot;
@@ -45,6 +46,10 @@ mod token;
 pub use cache::{TokenCache, TokenCacheBuilder, future};
 pub use config::CacheConfig;
 pub use error::{ConfigError, Error};
+pub use policy::{
+    Classifier, DEFAULT_MAX_REPLAY_BODY, DefaultClassifier, InsecureTransport, NotReplayed, Replay,
+    SkipToken, Verdict, challenge_allows_refresh, challenge_errors, check_transport,
+};
 pub use presentation::Presentation;
 pub use secret::Secret;
 pub use snapshot::Snapshot;

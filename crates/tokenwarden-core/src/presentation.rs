@@ -115,6 +115,11 @@ impl Presentation {
         self
     }
 
+    /// How many of the rendered headers carry the token (they come first).
+    pub(crate) fn token_headers(&self) -> usize {
+        self.templates.len()
+    }
+
     /// The names of every header this presentation sets.
     pub fn header_names(&self) -> impl Iterator<Item = &HeaderName> {
         self.templates
@@ -123,7 +128,7 @@ impl Presentation {
             .chain(self.fixed.iter().map(|(n, _)| n))
     }
 
-    /// Builds the header values for one token.
+    /// Builds the header values for one token: the token's headers first, then the fixed ones.
     pub(crate) fn render(
         &self,
         secret: &Secret,

@@ -19,11 +19,21 @@ pub struct Snapshot(Arc<Inner>);
 struct Inner {
     token: Token,
     headers: Box<[(HeaderName, HeaderValue)]>,
+    /// The first this many headers carry the token; the rest are fixed.
+    token_headers: usize,
 }
 
 impl Snapshot {
-    pub(crate) fn new(token: Token, headers: Box<[(HeaderName, HeaderValue)]>) -> Self {
-        Self(Arc::new(Inner { token, headers }))
+    pub(crate) fn new(
+        token: Token,
+        headers: Box<[(HeaderName, HeaderValue)]>,
+        token_headers: usize,
+    ) -> Self {
+        Self(Arc::new(Inner {
+            token,
+            headers,
+            token_headers,
+        }))
     }
 
     /// A copy whose header values live in allocations of their own, so that cloning them on
@@ -42,7 +52,7 @@ impl Snapshot {
                 (name, copy)
             })
             .collect();
-        Self::new(self.0.token.clone(), headers)
+        Self::new(self.0.token.clone(), headers, self.0.token_headers)
     }
 
     /// The id of the token, to pass to [`TokenCache::invalidate`](crate::TokenCache::invalidate)
@@ -63,17 +73,18 @@ impl Snapshot {
         self.0.headers.iter().map(|(n, v)| (n, v))
     }
 
-    /// Inserts every header the map does not have yet, keeping any the caller set; returns how
-    /// many were inserted.
-    pub fn apply_to(&self, headers: &mut HeaderMap) -> usize {
-        let mut inserted = 0;
-        for (name, value) in self.headers() {
+    /// Inserts every header the map does not have yet, keeping any the caller set. Returns
+    /// whether the token went on the request (at least one of its headers was inserted): if
+    /// not, the caller supplied its own credentials and a rejection is not about this token.
+    pub fn apply_to(&self, headers: &mut HeaderMap) -> bool {
+        let mut token_applied = false;
+        for (i, (name, value)) in self.0.headers.iter().enumerate() {
             if let http::header::Entry::Vacant(slot) = headers.entry(name) {
                 slot.insert(value.clone());
-                inserted += 1;
+                token_applied |= i < self.0.token_headers;
             }
         }
-        inserted
+        token_applied
     }
 
     /// Inserts every header, replacing what the map had under those names.
@@ -103,9 +114,14 @@ mod tests {
 
     fn snapshot() -> Snapshot {
         let p = Presentation::bearer().with_header(HeaderName::from_static("token"));
+        let p = p.with_fixed_header(
+            HeaderName::from_static("merchant-account"),
+            HeaderValue::from_static("1"),
+        );
         Snapshot::new(
             Token::new("s3cr3t"),
             p.render(&Secret::new("s3cr3t")).unwrap(),
+            2,
         )
     }
 
@@ -113,7 +129,16 @@ mod tests {
     fn apply_keeps_caller_headers() {
         let mut map = HeaderMap::new();
         map.insert("token", HeaderValue::from_static("mine"));
-        assert_eq!(snapshot().apply_to(&mut map), 1);
+        assert!(snapshot().apply_to(&mut map), "the bearer header went on");
+        assert_eq!(map["merchant-account"], "1");
+        let mut own = HeaderMap::new();
+        own.insert("token", HeaderValue::from_static("mine"));
+        own.insert("authorization", HeaderValue::from_static("Bearer mine"));
+        assert!(
+            !snapshot().apply_to(&mut own),
+            "only the fixed header went on"
+        );
+        assert_eq!(own["merchant-account"], "1");
         assert_eq!(map["token"], "mine");
         assert_eq!(map["authorization"], "Bearer s3cr3t");
         snapshot().apply_overwriting(&mut map);

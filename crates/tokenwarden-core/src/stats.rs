@@ -19,6 +19,8 @@ pub struct CacheStats {
     pub invalidations: u64,
     /// Invalidations ignored because the token was no longer current.
     pub coalesced_invalidations: u64,
+    /// Invalidations held off because freshly fetched tokens kept being rejected.
+    pub suppressed_invalidations: u64,
     /// Background refreshes started ahead of expiry.
     pub refreshes_ahead: u64,
     /// Calls to [`TokenCache::revoke`](crate::TokenCache::revoke).
@@ -33,6 +35,7 @@ pub(crate) struct Counters {
     pub(crate) waits: AtomicU64,
     pub(crate) invalidations: AtomicU64,
     pub(crate) coalesced_invalidations: AtomicU64,
+    pub(crate) suppressed_invalidations: AtomicU64,
     pub(crate) refreshes_ahead: AtomicU64,
     pub(crate) revocations: AtomicU64,
 }
@@ -50,6 +53,7 @@ impl Counters {
             waits: self.waits.load(Relaxed),
             invalidations: self.invalidations.load(Relaxed),
             coalesced_invalidations: self.coalesced_invalidations.load(Relaxed),
+            suppressed_invalidations: self.suppressed_invalidations.load(Relaxed),
             refreshes_ahead: self.refreshes_ahead.load(Relaxed),
             revocations: self.revocations.load(Relaxed),
         }

@@ -537,29 +537,41 @@ async fn an_api_rejecting_every_fresh_token_cannot_make_the_cache_hammer_the_iss
     let cache = cache(source.clone());
     // Every request is rejected: invalidate the token it carried, get another, for a minute.
     let start = Instant::now();
-    let mut backing_off = 0;
+    let mut held_off = 0;
     while start.elapsed() < Duration::from_secs(60) {
-        match cache.get().await {
-            Ok(s) => {
-                cache.invalidate(s.id());
-            }
-            Err(e) => {
-                assert!(
-                    matches!(e, Error::BackingOff { ref last, .. } if matches!(**last, Error::RepeatedlyRejected { .. })),
-                    "{e}"
-                );
-                backing_off += 1;
-            }
+        let s = cache.get().await.expect("a token is always served");
+        if !cache.invalidate(s.id()) {
+            held_off += 1;
         }
         sleep(Duration::from_millis(10)).await;
     }
-    // The first rejection refetches at once; then 0.25 s doubling to 30 s.
+    // The first rejection refetches at once; later ones wait 0.25 s doubling to 30 s.
     assert!(
         (8..=12).contains(&source.calls()),
         "{} fetches",
         source.calls()
     );
-    assert!(backing_off > 1000);
+    assert!(held_off > 5000);
+    assert_eq!(cache.stats().suppressed_invalidations, held_off);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fresh_token_rejected_once_is_replaced_at_once() {
+    let source = Minting::new(Duration::from_secs(3600));
+    let cache = cache(source.clone());
+    for _ in 0..3 {
+        // each token is rejected once, then accepted for a while: no backoff applies
+        let s = cache.get().await.unwrap();
+        assert!(cache.invalidate(s.id()));
+        let fresh = cache.get().await.unwrap();
+        assert_ne!(fresh.id(), s.id());
+        sleep(Duration::from_secs(11)).await;
+        assert!(
+            cache.invalidate(fresh.id()),
+            "an old token's rejection is never held off"
+        );
+    }
+    assert_eq!(cache.stats().suppressed_invalidations, 0);
 }
 
 #[tokio::test(start_paused = true)]

@@ -68,6 +68,8 @@ struct State {
     retry_at: Option<Instant>,
     last_error: Option<Error>,
     fresh_rejections: u32,
+    /// While fresh tokens keep being rejected, invalidations before this are held off.
+    quiet_until: Option<Instant>,
     driver: Option<(u64, AbortHandle)>,
     pool: VecDeque<Pooled>,
     refill: Option<(u64, AbortHandle)>,
@@ -78,6 +80,8 @@ struct Current {
     installed_at: Instant,
     /// Hits counted when it was installed: unchanged means nobody used it.
     hits_at_install: u64,
+    /// An invalidation of it was held off (fresh tokens kept being rejected).
+    held_off: bool,
     schedule: Schedule,
 }
 
@@ -313,7 +317,10 @@ impl Inner {
             lifetime_ms = lifetime.as_millis() as u64,
             "token fetched"
         );
-        Ok((Snapshot::new(token, headers), schedule))
+        Ok((
+            Snapshot::new(token, headers, self.presentation.token_headers()),
+            schedule,
+        ))
     }
 
     // ---- shared mode -------------------------------------------------------------------
@@ -420,6 +427,7 @@ impl Inner {
                     snapshot: snapshot.clone(),
                     installed_at: now,
                     hits_at_install: self.stats().hits,
+                    held_off: false,
                     schedule,
                 });
                 st.empty_reason = None;
@@ -522,23 +530,37 @@ impl Inner {
             return false;
         };
         let now = Instant::now();
-        if now - current.installed_at < self.config.fresh_rejection_window {
-            st.fresh_rejections = st.fresh_rejections.saturating_add(1);
+        // A token kept through a held-off invalidation continues the streak however old it is.
+        let fresh =
+            current.held_off || now - current.installed_at < self.config.fresh_rejection_window;
+        let count = if fresh {
+            st.fresh_rejections.saturating_add(1)
         } else {
-            st.fresh_rejections = 0;
+            0
+        };
+        if count >= 2 && st.quiet_until.is_some_and(|until| now < until) {
+            // Fresh tokens keep being rejected: the fault is not the token's age, and
+            // fetching more would only hammer the issuer. Keep this one (other requests may
+            // well accept it) until the backoff has passed.
+            if let Some(current) = st.current.as_mut() {
+                current.held_off = true;
+            }
+            Counters::bump(&self.counters.suppressed_invalidations);
+            tracing::debug!(cache = %self.config.name, token = %id, "invalidation held off");
+            return false;
         }
-        if st.fresh_rejections >= 2 {
-            let count = st.fresh_rejections;
-            let wait = self.config.backoff(count - 1);
-            st.failures = count - 1;
-            st.retry_at = Some(st.retry_at.map_or(now + wait, |at| at.max(now + wait)));
-            st.last_error = Some(Error::RepeatedlyRejected { count });
-            tracing::warn!(
-                cache = %self.config.name,
-                count,
-                retry_in_ms = wait.as_millis() as u64,
-                "fresh tokens keep being rejected; backing off"
-            );
+        st.fresh_rejections = count;
+        if count >= 1 {
+            let wait = self.config.backoff(count);
+            st.quiet_until = Some(now + wait);
+            if count >= 2 {
+                tracing::warn!(
+                    cache = %self.config.name,
+                    count,
+                    quiet_ms = wait.as_millis() as u64,
+                    "freshly fetched tokens keep being rejected; holding off further invalidations"
+                );
+            }
         }
         Counters::bump(&self.counters.invalidations);
         self.discard(&mut st, FetchReason::Invalidated);

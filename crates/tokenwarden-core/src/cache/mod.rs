@@ -142,9 +142,12 @@ impl TokenCache {
     /// fetches a fresh one; returns whether it was discarded. Call it with the id a rejected
     /// request carried: a late rejection of a token that was already replaced changes nothing.
     ///
-    /// A token rejected within [`CacheConfig::fresh_rejection_window`] of being fetched, for
-    /// the second time in a row or more, delays the next fetch with backoff: an API that rejects
-    /// every token then gets [`Error::BackingOff`] answers instead of a fetch per request.
+    /// While freshly fetched tokens keep being rejected (within
+    /// [`CacheConfig::fresh_rejection_window`] of their fetch), the second such invalidation and
+    /// those after it are held off with exponential backoff: the token is kept and `false`
+    /// returned. An API that rejects every token — or one route that answers 401 for another
+    /// reason — then costs the issuer one fetch per backoff period, and other requests keep
+    /// their token.
     ///
     /// Does nothing in single-use mode, where no token is used twice.
     pub fn invalidate(&self, id: TokenId) -> bool {

@@ -1,0 +1,299 @@
+//! Request and response bodies: a request body copied aside as it is sent, so the request can be
+//! sent again; a response body whose start was read to classify it.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokenwarden_core::NotReplayed;
+use tower::BoxError;
+
+/// A frame kept for a replay.
+#[derive(Clone)]
+enum Kept {
+    Data(Bytes),
+    Trailers(HeaderMap),
+}
+
+impl Kept {
+    fn of(frame: &Frame<Bytes>) -> Option<Self> {
+        if let Some(data) = frame.data_ref() {
+            Some(Kept::Data(data.clone()))
+        } else {
+            frame.trailers_ref().map(|t| Kept::Trailers(t.clone()))
+        }
+    }
+
+    fn into_frame(self) -> Frame<Bytes> {
+        match self {
+            Kept::Data(d) => Frame::data(d),
+            Kept::Trailers(t) => Frame::trailers(t),
+        }
+    }
+}
+
+/// What a request body left behind for a replay.
+#[derive(Default)]
+pub(crate) struct Tee {
+    frames: Vec<Kept>,
+    bytes: usize,
+    state: TeeState,
+}
+
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+enum TeeState {
+    /// Still being sent (or never finished).
+    #[default]
+    Sending,
+    /// Sent to its end and every frame kept.
+    Complete,
+    /// Larger than the cap: nothing kept.
+    TooLarge,
+}
+
+impl Tee {
+    /// The kept body, if the whole of it was sent and kept.
+    pub(crate) fn replay(shared: &Mutex<Tee>) -> Result<RequestBodyReplay, NotReplayed> {
+        let tee = shared.lock().unwrap_or_else(PoisonError::into_inner);
+        match tee.state {
+            TeeState::Complete => Ok(RequestBodyReplay(tee.frames.clone().into())),
+            TeeState::TooLarge => Err(NotReplayed::BodyTooLarge),
+            TeeState::Sending => Err(NotReplayed::BodyNotReplayable),
+        }
+    }
+}
+
+/// A kept request body, ready to be sent again.
+pub(crate) struct RequestBodyReplay(VecDeque<Kept>);
+
+pin_project! {
+    /// The request body the inner service receives: the caller's body, passed through (and
+    /// copied aside, up to the replay cap, so the request can be replayed), or a replay of it.
+    pub struct RequestBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B> {
+        Passthrough { #[pin] body: B },
+        Teed { #[pin] body: B, tee: Arc<Mutex<Tee>>, cap: usize },
+        Replay { frames: VecDeque<Kept>, remaining: u64 },
+    }
+}
+
+impl<B> RequestBody<B> {
+    /// The caller's body, untouched.
+    pub(crate) fn passthrough(body: B) -> Self {
+        Self {
+            kind: Kind::Passthrough { body },
+        }
+    }
+
+    /// The caller's body, copied aside into `tee` while it is sent, up to `cap` bytes.
+    pub(crate) fn teed(body: B, tee: Arc<Mutex<Tee>>, cap: usize) -> Self
+    where
+        B: Body,
+    {
+        if body.is_end_stream() {
+            // Clients do not poll a body that says it is empty.
+            tee.lock().unwrap_or_else(PoisonError::into_inner).state = TeeState::Complete;
+        }
+        Self {
+            kind: Kind::Teed { body, tee, cap },
+        }
+    }
+
+    pub(crate) fn replay(replay: RequestBodyReplay) -> Self {
+        let remaining = replay
+            .0
+            .iter()
+            .map(|k| match k {
+                Kept::Data(d) => d.len() as u64,
+                Kept::Trailers(_) => 0,
+            })
+            .sum();
+        Self {
+            kind: Kind::Replay {
+                frames: replay.0,
+                remaining,
+            },
+        }
+    }
+}
+
+impl<B> Body for RequestBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project().kind.project() {
+            KindProj::Passthrough { body } => body.poll_frame(cx).map_err(Into::into),
+            KindProj::Teed { mut body, tee, cap } => {
+                let frame = ready!(body.as_mut().poll_frame(cx));
+                let mut tee = tee.lock().unwrap_or_else(PoisonError::into_inner);
+                match &frame {
+                    Some(Ok(frame)) if tee.state == TeeState::Sending => {
+                        tee.bytes += frame.data_ref().map_or(0, Bytes::len);
+                        if tee.bytes > *cap {
+                            tee.state = TeeState::TooLarge;
+                            tee.frames = Vec::new();
+                        } else if let Some(kept) = Kept::of(frame) {
+                            tee.frames.push(kept);
+                            // Clients stop polling once a body says it has ended.
+                            if body.is_end_stream() {
+                                tee.state = TeeState::Complete;
+                            }
+                        }
+                    }
+                    None if tee.state == TeeState::Sending => tee.state = TeeState::Complete,
+                    _ => {}
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            KindProj::Replay { frames, remaining } => {
+                let frame = frames.pop_front().map(Kept::into_frame);
+                if let Some(data) = frame.as_ref().and_then(Frame::data_ref) {
+                    *remaining -= data.len() as u64;
+                }
+                Poll::Ready(frame.map(Ok))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Passthrough { body } | Kind::Teed { body, .. } => body.is_end_stream(),
+            Kind::Replay { frames, .. } => frames.is_empty(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Passthrough { body } | Kind::Teed { body, .. } => body.size_hint(),
+            Kind::Replay { remaining, .. } => SizeHint::with_exact(*remaining),
+        }
+    }
+}
+
+impl<B> std::fmt::Debug for RequestBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.kind {
+            Kind::Passthrough { .. } => "passthrough",
+            Kind::Teed { .. } => "teed",
+            Kind::Replay { .. } => "replay",
+        };
+        f.debug_struct("RequestBody").field("kind", &kind).finish()
+    }
+}
+
+pin_project! {
+    /// The response body the caller receives: the inner service's body, after any frames that
+    /// were read to classify the response.
+    pub struct ResponseBody<B> {
+        prefix: VecDeque<Frame<Bytes>>,
+        #[pin]
+        inner: B,
+    }
+}
+
+impl<B> ResponseBody<B> {
+    pub(crate) fn new(inner: B) -> Self {
+        Self {
+            prefix: VecDeque::new(),
+            inner,
+        }
+    }
+
+    /// The inner body.
+    ///
+    /// Frames that were read to classify the response are not in it: use the `ResponseBody`
+    /// itself to read the whole body.
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+}
+
+impl<B> ResponseBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    /// Reads frames until at least `limit` bytes (or the end) are kept; returns the bytes read.
+    pub(crate) async fn inspect(&mut self, limit: usize) -> Result<Bytes, B::Error> {
+        let mut seen = Vec::new();
+        while seen.len() < limit {
+            match std::future::poll_fn(|cx| Pin::new(&mut self.inner).poll_frame(cx)).await {
+                Some(frame) => {
+                    let frame = frame?;
+                    if let Some(data) = frame.data_ref() {
+                        seen.extend_from_slice(data);
+                    }
+                    self.prefix.push_back(frame);
+                }
+                None => break,
+            }
+        }
+        Ok(seen.into())
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        if let Some(frame) = this.prefix.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        this.inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_empty() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let kept: u64 = self
+            .prefix
+            .iter()
+            .filter_map(Frame::data_ref)
+            .map(|d| d.len() as u64)
+            .sum();
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + kept);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + kept);
+        }
+        hint
+    }
+}
+
+impl<B> std::fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("prefix_frames", &self.prefix.len())
+            .finish_non_exhaustive()
+    }
+}
