@@ -28,8 +28,9 @@
 
 pub use tokenwarden_core as core;
 pub use tokenwarden_core::{
-    CacheConfig, CacheStats, ConfigError, Error, Expiry, FetchError, Presentation, Secret,
-    Snapshot, Token, TokenCache, TokenCacheBuilder, TokenId, TokenSource,
+    CacheConfig, CacheStats, Classifier, ConfigError, DefaultClassifier, Error, Expiry, FetchError,
+    InsecureTransport, NotReplayed, Presentation, Replay, Secret, SkipToken, Snapshot, Token,
+    TokenCache, TokenCacheBuilder, TokenId, TokenSource, Verdict,
 };
 #[cfg(feature = "tower")]
 pub use tokenwarden_tower as tower;

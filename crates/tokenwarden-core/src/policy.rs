@@ -2,7 +2,6 @@
 //! whether a request may carry a token at all, and how the outcome is marked on the response.
 
 use std::fmt;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::header::WWW_AUTHENTICATE;
@@ -250,7 +249,12 @@ pub fn check_transport(uri: &Uri, allow_insecure_http: bool) -> Result<(), Insec
     if allow_insecure_http || uri.scheme_str() != Some("http") {
         return Ok(());
     }
-    let host = uri.host().unwrap_or("");
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.find(']') {
+        Some(end) if host_port.starts_with('[') => &host_port[..=end],
+        _ => host_port.split_once(':').map_or(host_port, |(h, _)| h),
+    };
     if is_loopback(host) {
         Ok(())
     } else {
@@ -261,10 +265,22 @@ pub fn check_transport(uri: &Uri, allow_insecure_http: bool) -> Result<(), Insec
 }
 
 fn is_loopback(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host.to_ascii_lowercase().ends_with(".localhost")
-        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    const SUFFIX: &str = ".localhost";
+    match host.as_bytes().first() {
+        Some(b'[') => host
+            .get(1..host.len() - 1)
+            .and_then(|v6| v6.parse::<std::net::Ipv6Addr>().ok())
+            .is_some_and(|ip| ip.is_loopback()),
+        Some(b'0'..=b'9') => host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        _ => {
+            host.eq_ignore_ascii_case("localhost")
+                || (host.len() > SUFFIX.len()
+                    && host.is_char_boundary(host.len() - SUFFIX.len())
+                    && host[host.len() - SUFFIX.len()..].eq_ignore_ascii_case(SUFFIX))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -339,6 +355,7 @@ mod tests {
             "http://127.3.4.5/x",
             "http://localhost:3000/",
             "http://[::1]:80/",
+            "http://api.LOCALHOST:8080/",
             "/relative/path",
         ];
         for uri in ok {
@@ -352,6 +369,9 @@ mod tests {
         assert_eq!(err.host, "api.example.com");
         assert!(err.to_string().contains("https"));
         assert!(check_transport(&"http://10.0.0.1/".parse().unwrap(), false).is_err());
+        assert!(check_transport(&"http://127.example.com/".parse().unwrap(), false).is_err());
+        assert!(check_transport(&"http://[::2]:80/".parse().unwrap(), false).is_err());
+        assert!(check_transport(&"http://localhost.evil.com/".parse().unwrap(), false).is_err());
         assert!(check_transport(&"http://api.example.com/".parse().unwrap(), true).is_ok());
     }
 }

@@ -38,9 +38,11 @@ impl Kept {
 }
 
 /// What a request body left behind for a replay.
-#[derive(Default)]
 pub(crate) struct Tee {
-    frames: Vec<Kept>,
+    cap: usize,
+    /// The first frame, kept inline: most bodies are one frame, and need no vector.
+    first: Option<Kept>,
+    rest: Vec<Kept>,
     bytes: usize,
     state: TeeState,
 }
@@ -57,11 +59,23 @@ enum TeeState {
 }
 
 impl Tee {
+    pub(crate) fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            first: None,
+            rest: Vec::new(),
+            bytes: 0,
+            state: TeeState::Sending,
+        }
+    }
+
     /// The kept body, if the whole of it was sent and kept.
     pub(crate) fn replay(shared: &Mutex<Tee>) -> Result<RequestBodyReplay, NotReplayed> {
         let tee = shared.lock().unwrap_or_else(PoisonError::into_inner);
         match tee.state {
-            TeeState::Complete => Ok(RequestBodyReplay(tee.frames.clone().into())),
+            TeeState::Complete => Ok(RequestBodyReplay(
+                tee.first.iter().chain(&tee.rest).cloned().collect(),
+            )),
             TeeState::TooLarge => Err(NotReplayed::BodyTooLarge),
             TeeState::Sending => Err(NotReplayed::BodyNotReplayable),
         }
@@ -84,8 +98,9 @@ pin_project! {
     #[project = KindProj]
     enum Kind<B> {
         Passthrough { #[pin] body: B },
-        Teed { #[pin] body: B, tee: Arc<Mutex<Tee>>, cap: usize },
-        Replay { frames: VecDeque<Kept>, remaining: u64 },
+        Teed { #[pin] body: B, tee: Arc<Mutex<Tee>> },
+        // Boxed to keep the body type small: clients move requests around many times.
+        Replay { replay: Box<(VecDeque<Kept>, u64)> },
     }
 }
 
@@ -98,7 +113,7 @@ impl<B> RequestBody<B> {
     }
 
     /// The caller's body, copied aside into `tee` while it is sent, up to `cap` bytes.
-    pub(crate) fn teed(body: B, tee: Arc<Mutex<Tee>>, cap: usize) -> Self
+    pub(crate) fn teed(body: B, tee: Arc<Mutex<Tee>>) -> Self
     where
         B: Body,
     {
@@ -107,7 +122,7 @@ impl<B> RequestBody<B> {
             tee.lock().unwrap_or_else(PoisonError::into_inner).state = TeeState::Complete;
         }
         Self {
-            kind: Kind::Teed { body, tee, cap },
+            kind: Kind::Teed { body, tee },
         }
     }
 
@@ -122,8 +137,7 @@ impl<B> RequestBody<B> {
             .sum();
         Self {
             kind: Kind::Replay {
-                frames: replay.0,
-                remaining,
+                replay: Box::new((replay.0, remaining)),
             },
         }
     }
@@ -143,17 +157,22 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
             KindProj::Passthrough { body } => body.poll_frame(cx).map_err(Into::into),
-            KindProj::Teed { mut body, tee, cap } => {
+            KindProj::Teed { mut body, tee } => {
                 let frame = ready!(body.as_mut().poll_frame(cx));
                 let mut tee = tee.lock().unwrap_or_else(PoisonError::into_inner);
                 match &frame {
                     Some(Ok(frame)) if tee.state == TeeState::Sending => {
                         tee.bytes += frame.data_ref().map_or(0, Bytes::len);
-                        if tee.bytes > *cap {
+                        if tee.bytes > tee.cap {
                             tee.state = TeeState::TooLarge;
-                            tee.frames = Vec::new();
+                            tee.first = None;
+                            tee.rest = Vec::new();
                         } else if let Some(kept) = Kept::of(frame) {
-                            tee.frames.push(kept);
+                            if tee.first.is_none() {
+                                tee.first = Some(kept);
+                            } else {
+                                tee.rest.push(kept);
+                            }
                             // Clients stop polling once a body says it has ended.
                             if body.is_end_stream() {
                                 tee.state = TeeState::Complete;
@@ -165,7 +184,8 @@ where
                 }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            KindProj::Replay { frames, remaining } => {
+            KindProj::Replay { replay } => {
+                let (frames, remaining) = &mut **replay;
                 let frame = frames.pop_front().map(Kept::into_frame);
                 if let Some(data) = frame.as_ref().and_then(Frame::data_ref) {
                     *remaining -= data.len() as u64;
@@ -178,14 +198,14 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Passthrough { body } | Kind::Teed { body, .. } => body.is_end_stream(),
-            Kind::Replay { frames, .. } => frames.is_empty(),
+            Kind::Replay { replay } => replay.0.is_empty(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Passthrough { body } | Kind::Teed { body, .. } => body.size_hint(),
-            Kind::Replay { remaining, .. } => SizeHint::with_exact(*remaining),
+            Kind::Replay { replay } => SizeHint::with_exact(replay.1),
         }
     }
 }

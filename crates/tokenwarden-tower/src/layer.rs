@@ -77,7 +77,7 @@ macro_rules! settings_setters {
         /// `WWW-Authenticate` challenge names an error a fresh token cannot fix).
         #[must_use]
         pub fn with_classifier(mut self, classifier: impl tokenwarden_core::Classifier) -> Self {
-            self.settings.classifier = std::sync::Arc::new(classifier);
+            self.settings_mut().classifier = std::sync::Arc::new(classifier);
             self
         }
 
@@ -94,14 +94,14 @@ macro_rules! settings_setters {
         /// Larger bodies are still sent, once.
         #[must_use]
         pub fn with_max_replay_body(mut self, bytes: usize) -> Self {
-            self.settings.max_replay_body = bytes;
+            self.settings_mut().max_replay_body = bytes;
             self
         }
 
         /// How much of a response body a classifier that asked for it gets to see. Default 8 KiB.
         #[must_use]
         pub fn with_max_inspect_body(mut self, bytes: usize) -> Self {
-            self.settings.max_inspect_body = bytes;
+            self.settings_mut().max_inspect_body = bytes;
             self
         }
 
@@ -110,7 +110,7 @@ macro_rules! settings_setters {
         /// [`InsecureTransport`](tokenwarden_core::InsecureTransport) before they are sent.
         #[must_use]
         pub fn with_insecure_http(mut self, allow: bool) -> Self {
-            self.settings.allow_insecure_http = allow;
+            self.settings_mut().allow_insecure_http = allow;
             self
         }
 
@@ -119,11 +119,11 @@ macro_rules! settings_setters {
         /// through untouched. Call it again to add origins. Default: every origin.
         #[must_use]
         pub fn with_origin(mut self, origin: &http::Uri) -> Self {
-            let mut origins: Vec<String> = self.settings.origins.to_vec();
+            let mut origins: Vec<String> = self.settings_mut().origins.to_vec();
             if let (Some(scheme), Some(authority)) = (origin.scheme_str(), origin.authority()) {
                 origins.push(format!("{scheme}://{authority}"));
             }
-            self.settings.origins = origins.into();
+            self.settings_mut().origins = origins.into();
             self
         }
     };
@@ -135,27 +135,29 @@ pub(crate) use settings_setters;
 /// See the [crate docs](crate) for the behaviour and an example.
 #[derive(Clone, Debug)]
 pub struct TokenLayer {
-    pub(crate) settings: Settings,
+    // One shared allocation: cloning the service per request touches one reference count.
+    pub(crate) settings: Arc<Settings>,
 }
 
 impl TokenLayer {
     /// A layer that takes its tokens from `cache`.
     pub fn new(cache: TokenCache) -> Self {
         Self {
-            settings: Settings::new(cache),
+            settings: Arc::new(Settings::new(cache)),
         }
+    }
+
+    fn settings_mut(&mut self) -> &mut Settings {
+        Arc::make_mut(&mut self.settings)
     }
 
     settings_setters!();
 }
 
-impl<S> Layer<S> for TokenLayer {
+impl<S: Clone> Layer<S> for TokenLayer {
     type Service = TokenService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        TokenService {
-            inner,
-            settings: self.settings.clone(),
-        }
+        TokenService::with_settings(inner, (*self.settings).clone())
     }
 }

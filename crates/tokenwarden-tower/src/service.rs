@@ -1,6 +1,6 @@
 //! [`TokenService`]: the middleware itself.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -8,7 +8,9 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Limited};
-use tokenwarden_core::{NotReplayed, Replay, SkipToken, TokenCache, Verdict, check_transport};
+use tokenwarden_core::{
+    NotReplayed, Replay, SkipToken, Snapshot, TokenCache, Verdict, check_transport,
+};
 use tower::{BoxError, Service, ServiceExt};
 
 use crate::body::{RequestBody, ResponseBody, Tee};
@@ -17,29 +19,82 @@ use crate::layer::{DRAIN_LIMIT, Settings, settings_setters};
 
 /// Puts the cache's token on every request to `S` and replays requests whose token was
 /// rejected. Made by [`TokenLayer`](crate::TokenLayer).
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct TokenService<S> {
-    pub(crate) inner: S,
-    pub(crate) settings: Settings,
+    inner: S,
+    // One shared allocation: cloning the service per request touches one reference count.
+    shared: Arc<Shared<S>>,
 }
 
-impl<S> TokenService<S> {
+/// What every clone of a service shares.
+#[derive(Debug)]
+pub(crate) struct Shared<S> {
+    settings: Settings,
+    /// A clone of the inner service made when it was wrapped; replays go through clones of it
+    /// (driven to ready first), so the common path never clones the inner service. In a mutex
+    /// so that services that are `Send` but not `Sync` qualify.
+    template: Mutex<S>,
+}
+
+impl<S: Clone> Shared<S> {
+    fn replay_service(&self) -> S {
+        self.template
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl<S: Clone> Clone for Shared<S> {
+    fn clone(&self) -> Self {
+        Self {
+            settings: self.settings.clone(),
+            template: Mutex::new(self.replay_service()),
+        }
+    }
+}
+
+impl<S: Clone> TokenService<S> {
     /// Wraps `inner`, taking tokens from `cache`.
     pub fn new(inner: S, cache: TokenCache) -> Self {
+        Self::with_settings(inner, Settings::new(cache))
+    }
+
+    pub(crate) fn with_settings(inner: S, settings: Settings) -> Self {
+        let template = inner.clone();
         Self {
             inner,
-            settings: Settings::new(cache),
+            shared: Arc::new(Shared {
+                settings,
+                template: Mutex::new(template),
+            }),
         }
     }
 
-    settings_setters!();
+    fn settings_mut(&mut self) -> &mut Settings {
+        &mut Arc::make_mut(&mut self.shared).settings
+    }
 
+    settings_setters!();
+}
+
+impl<S: Clone> Clone for TokenService<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S> TokenService<S> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
 
-    /// The inner service, mutably.
+    /// The inner service, mutably. Replays go through a clone of the service as it was when it
+    /// was wrapped.
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner
     }
@@ -51,7 +106,7 @@ impl<S> TokenService<S> {
 
     /// The cache tokens come from.
     pub fn cache(&self) -> &TokenCache {
-        &self.settings.cache
+        &self.shared.settings.cache
     }
 }
 
@@ -70,7 +125,7 @@ where
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = BoxError;
-    type Future = ResponseFuture<Self::Response>;
+    type Future = ResponseFuture<S, ReqBody, ResBody>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -78,70 +133,151 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        // The service driven to ready serves this call; the clone left behind serves the next.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        let settings = self.settings.clone();
-        ResponseFuture {
-            inner: Box::pin(send(inner, settings, request)),
+        let settings = &self.shared.settings;
+        if request.extensions().get::<SkipToken>().is_some() || !settings.covers(request.uri()) {
+            let request = request.map(RequestBody::passthrough);
+            return ResponseFuture::first(self.inner.call(request), None);
+        }
+        if let Err(insecure) = check_transport(request.uri(), settings.allow_insecure_http) {
+            return ResponseFuture::failed(insecure.into());
+        }
+        match settings.cache.cached() {
+            // The common case: the token is at hand, so the service driven to ready is called
+            // now and the future only waits for its response.
+            Some(token) => {
+                let (request, replay) = prepare(request, token, &self.shared);
+                ResponseFuture::first(self.inner.call(request), replay)
+            }
+            // The service driven to ready goes into the future, which waits for a token first;
+            // the clone left behind serves the next call.
+            None => {
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                let later = send_later(inner, Arc::clone(&self.shared), request);
+                ResponseFuture::boxed(Box::pin(later))
+            }
         }
     }
 }
 
-async fn send<S, ReqBody, ResBody>(
+/// What a request keeps to be replayed after a rejection.
+pub(crate) struct ReplayState<S> {
+    shared: Arc<Shared<S>>,
+    token: Snapshot,
+    /// The request head as the caller made it, before any token header went on it.
+    parts: http::request::Parts,
+    tee: Option<Arc<Mutex<Tee>>>,
+}
+
+/// Puts the token on the request and keeps what a replay would need; keeps nothing when the
+/// caller supplied its own credentials (a rejection is then not about our token).
+fn prepare<S, ReqBody>(
+    request: Request<ReqBody>,
+    token: Snapshot,
+    shared: &Arc<Shared<S>>,
+) -> (Request<RequestBody<ReqBody>>, Option<Box<ReplayState<S>>>)
+where
+    ReqBody: Body,
+{
+    let (mut parts, body) = request.into_parts();
+    // The copy kept for a replay is taken before the token goes on, and the request sent is the
+    // caller's own, whose header map has room to grow.
+    let original = parts.clone();
+    if !token.apply_to(&mut parts.headers) {
+        return (
+            Request::from_parts(parts, RequestBody::passthrough(body)),
+            None,
+        );
+    }
+    let cap = shared.settings.max_replay_body;
+    let (body, tee) = if body.size_hint().lower() > cap as u64 {
+        (RequestBody::passthrough(body), None)
+    } else {
+        let tee = Arc::new(Mutex::new(Tee::new(cap)));
+        (RequestBody::teed(body, Arc::clone(&tee)), Some(tee))
+    };
+    // Boxed: the response future stays small, and is moved around cheaply, while it waits.
+    let replay = Box::new(ReplayState {
+        shared: Arc::clone(shared),
+        token,
+        parts: original,
+        tee,
+    });
+    (Request::from_parts(parts, body), Some(replay))
+}
+
+/// A request that has to wait for a token.
+async fn send_later<S, ReqBody, ResBody>(
     mut inner: S,
-    settings: Settings,
+    shared: Arc<Shared<S>>,
     request: Request<ReqBody>,
 ) -> Result<Response<ResponseBody<ResBody>>, BoxError>
 where
-    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Clone,
     S::Error: Into<BoxError>,
-    ReqBody: Body<Data = Bytes> + Send + 'static,
-    ReqBody::Error: Into<BoxError>,
-    ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
+    ReqBody: Body<Data = Bytes>,
+    ResBody: Body<Data = Bytes> + Unpin,
     ResBody::Error: Into<BoxError>,
 {
-    let cache = &settings.cache;
-    if request.extensions().get::<SkipToken>().is_some() || !settings.covers(request.uri()) {
-        let response = inner.call(request.map(RequestBody::passthrough)).await;
-        return response
-            .map(|r| r.map(ResponseBody::new))
-            .map_err(Into::into);
+    let token = shared.settings.cache.get().await?;
+    let (request, replay) = prepare(request, token, &shared);
+    let response = inner.call(request).await.map_err(Into::into)?;
+    match screen(response, replay) {
+        Screened::Done(response) => Ok(response),
+        Screened::Suspect(replay, response, verdict) => recover(replay, response, verdict).await,
     }
-    check_transport(request.uri(), settings.allow_insecure_http)?;
-    let token = cache.get().await?;
+}
 
-    let (parts, body) = request.into_parts();
-    // The replay needs the request as it was before any token header went on it, and a
-    // second service driven to ready (tower's contract: never call a service not ready).
-    let mut first = parts.clone();
-    let applied = token.apply_to(&mut first.headers);
-    let too_large = body.size_hint().lower() > settings.max_replay_body as u64;
-    let (body, tee) = if !applied || too_large {
-        (RequestBody::passthrough(body), None)
-    } else {
-        let tee = Arc::new(Mutex::new(Tee::default()));
-        let body = RequestBody::teed(body, Arc::clone(&tee), settings.max_replay_body);
-        (body, Some(tee))
+/// A first response, screened by status and headers.
+// Returned once and taken apart at once: boxing the large variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Screened<S, ResBody> {
+    /// Not a rejection of our token: hand it to the caller.
+    Done(Response<ResponseBody<ResBody>>),
+    /// Possibly a rejection: [`recover`] decides.
+    Suspect(Box<ReplayState<S>>, Response<ResBody>, Verdict),
+}
+
+pub(crate) fn screen<S, ResBody>(
+    response: Response<ResBody>,
+    replay: Option<Box<ReplayState<S>>>,
+) -> Screened<S, ResBody> {
+    let Some(replay) = replay else {
+        return Screened::Done(response.map(ResponseBody::new));
     };
-    let replay_service = inner.clone();
-    let response = inner
-        .call(Request::from_parts(first, body))
-        .await
-        .map_err(Into::into)?;
-    if !applied {
-        // The caller sent its own credentials: the response says nothing about our token.
-        return Ok(response.map(ResponseBody::new));
+    let classifier = &replay.shared.settings.classifier;
+    match classifier.classify(response.status(), response.headers()) {
+        Verdict::Accepted => Screened::Done(response.map(ResponseBody::new)),
+        verdict => Screened::Suspect(replay, response, verdict),
     }
+}
 
+/// The rejection path: confirms the rejection (reading the body if the classifier asks),
+/// invalidates the token, and replays the request once with a fresh one if its body was kept.
+pub(crate) async fn recover<S, ReqBody, ResBody>(
+    replay: Box<ReplayState<S>>,
+    response: Response<ResBody>,
+    verdict: Verdict,
+) -> Result<Response<ResponseBody<ResBody>>, BoxError>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Clone,
+    S::Error: Into<BoxError>,
+    ReqBody: Body<Data = Bytes>,
+    ResBody: Body<Data = Bytes> + Unpin,
+    ResBody::Error: Into<BoxError>,
+{
+    let ReplayState {
+        shared,
+        token,
+        parts,
+        tee,
+    } = *replay;
+    let settings = &shared.settings;
+    let cache = &settings.cache;
     let (head, body) = response.into_parts();
     let mut body = ResponseBody::new(body);
-    let rejected = match settings.classifier.classify(head.status, &head.headers) {
+    let rejected = match verdict {
         Verdict::Rejected => true,
-        Verdict::Accepted => false,
         _ => {
             let start = body
                 .inspect(settings.max_inspect_body)
@@ -196,8 +332,9 @@ where
     let mut again = parts;
     fresh.apply_to(&mut again.headers);
     tracing::debug!(rejected = %token.id(), fresh = %fresh.id(), "token rejected; replaying");
-    let mut replay_service = replay_service;
-    let response = replay_service
+    // tower's contract: a service is driven to ready before every call, the replay's too.
+    let mut inner = shared.replay_service();
+    let response = inner
         .ready()
         .await
         .map_err(Into::into)?
