@@ -35,6 +35,7 @@ pub use tokenwarden_core::{
 #[cfg(feature = "tower")]
 pub use tokenwarden_tower as tower;
 
-#[cfg(doctest)]
+// The README's examples use every feature: they are tested with `--all-features`.
+#[cfg(all(doctest, feature = "tower"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
