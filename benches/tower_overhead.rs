@@ -16,8 +16,9 @@ use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokenwarden::tower::{RequestBody, TokenLayer};
+use tokenwarden::tower::{RequestBody, TokenLayer, TokenService};
 use tokenwarden::{FetchError, Token, TokenCache};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
@@ -137,6 +138,27 @@ where
 /// `TOWER_OVERHEAD_COUNT=<layer|by_hand|none>:<requests>`: sends that many sequential requests
 /// through one variant on a single thread and exits, for counting instructions with
 /// `valgrind --tool=callgrind` (deterministic, unlike wall time on a shared machine).
+type Bare = Client<HttpConnector, Full<Bytes>>;
+type Layered = TokenService<Client<HttpConnector, RequestBody<Full<Bytes>>>>;
+
+/// The server, a cache, the baseline's header (the same cache's token, applied by hand), a
+/// bare client and a client with the layer.
+async fn setup() -> (SocketAddr, HeaderValue, Bare, Layered) {
+    let addr = server().await;
+    let token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJiZW5jaCJ9.c2lnbmF0dXJl";
+    let cache = TokenCache::new(move || async move {
+        Ok::<_, FetchError>(Token::new(token).with_expires_in(Duration::from_secs(86_400)))
+    });
+    let snapshot = cache.get().await.unwrap();
+    let by_hand = snapshot.headers().next().unwrap().1.clone();
+    let bare = Client::builder(TokioExecutor::new()).build_http();
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let layered = ServiceBuilder::new()
+        .layer(TokenLayer::new(cache))
+        .service(client);
+    (addr, by_hand, bare, layered)
+}
+
 fn count_only(spec: &str) {
     let (variant, n) = spec.split_once(':').expect("variant:requests");
     let n: usize = n.parse().expect("a number of requests");
@@ -145,36 +167,27 @@ fn count_only(spec: &str) {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let addr = server().await;
-        let token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJiZW5jaCJ9.c2lnbmF0dXJl";
-        let cache = TokenCache::new(move || async move {
-            Ok::<_, FetchError>(Token::new(token).with_expires_in(Duration::from_secs(86_400)))
-        });
-        let by_hand = cache
-            .get()
-            .await
-            .unwrap()
-            .headers()
-            .next()
-            .unwrap()
-            .1
-            .clone();
-        let bare = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-        let client = Client::builder(TokioExecutor::new()).build_http::<RequestBody<Full<Bytes>>>();
-        let layered = ServiceBuilder::new()
-            .layer(TokenLayer::new(cache))
-            .service(client);
+        let (addr, by_hand, bare, layered) = setup().await;
         for _ in 0..n {
-            match variant {
-                "layer" => drop(layered.clone().oneshot(request(addr)).await.unwrap()),
-                "by_hand" => drop(
-                    bare.clone()
-                        .oneshot(request_with_header(addr, &by_hand))
-                        .await
-                        .unwrap(),
-                ),
-                _ => drop(bare.clone().oneshot(request(addr)).await.unwrap()),
-            }
+            let response = match variant {
+                "layer" => layered
+                    .clone()
+                    .oneshot(request(addr))
+                    .await
+                    .unwrap()
+                    .map(|_| ()),
+                "by_hand" => {
+                    let request = request_with_header(addr, &by_hand);
+                    bare.clone().oneshot(request).await.unwrap().map(|_| ())
+                }
+                _ => bare
+                    .clone()
+                    .oneshot(request(addr))
+                    .await
+                    .unwrap()
+                    .map(|_| ()),
+            };
+            drop(response);
         }
     });
 }
@@ -188,25 +201,7 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let addr = runtime.block_on(server());
-    let token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJiZW5jaCJ9.c2lnbmF0dXJl";
-    let cache = TokenCache::new(move || async move {
-        Ok::<_, FetchError>(Token::new(token).with_expires_in(Duration::from_secs(86_400)))
-    });
-    // The baseline applies the same cache's token by hand.
-    let by_hand = runtime
-        .block_on(cache.get())
-        .unwrap()
-        .headers()
-        .next()
-        .unwrap()
-        .1
-        .clone();
-    let bare = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let client = Client::builder(TokioExecutor::new()).build_http::<RequestBody<Full<Bytes>>>();
-    let layered = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache))
-        .service(client);
+    let (addr, by_hand, bare, layered) = runtime.block_on(setup());
     // warm the connections and the token
     runtime.block_on(async {
         batch(&bare, addr, Some(&by_hand)).await;
