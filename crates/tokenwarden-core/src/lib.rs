@@ -47,8 +47,9 @@ pub use cache::{TokenCache, TokenCacheBuilder, future};
 pub use config::CacheConfig;
 pub use error::{ConfigError, Error};
 pub use policy::{
-    Classifier, DEFAULT_MAX_REPLAY_BODY, DefaultClassifier, InsecureTransport, NotReplayed, Replay,
-    SkipToken, Verdict, challenge_allows_refresh, challenge_errors, check_transport,
+    Classifier, DEFAULT_MAX_REPLAY_BODY, DefaultClassifier, InsecureTransport, LayerPolicy,
+    NotReplayed, Replay, SkipToken, Verdict, challenge_allows_refresh, challenge_errors,
+    check_transport, transport_allowed,
 };
 pub use presentation::Presentation;
 pub use secret::Secret;

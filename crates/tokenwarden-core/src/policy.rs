@@ -246,10 +246,24 @@ pub struct InsecureTransport {
 ///
 /// [`InsecureTransport`] for plain `http` to a host that is not loopback.
 pub fn check_transport(uri: &Uri, allow_insecure_http: bool) -> Result<(), InsecureTransport> {
-    if allow_insecure_http || uri.scheme_str() != Some("http") {
+    let authority = uri.authority().map(|a| a.as_str());
+    transport_allowed(uri.scheme_str(), authority, allow_insecure_http)
+}
+
+/// [`check_transport`] on a URL's parts, for clients whose URLs are not `http::Uri`s.
+///
+/// # Errors
+///
+/// [`InsecureTransport`] for plain `http` to a host that is not loopback.
+pub fn transport_allowed(
+    scheme: Option<&str>,
+    authority: Option<&str>,
+    allow_insecure_http: bool,
+) -> Result<(), InsecureTransport> {
+    if allow_insecure_http || !scheme.is_some_and(|s| s.eq_ignore_ascii_case("http")) {
         return Ok(());
     }
-    let authority = uri.authority().map_or("", |a| a.as_str());
+    let authority = authority.unwrap_or("");
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let host = match host_port.find(']') {
         Some(end) if host_port.starts_with('[') => &host_port[..=end],
@@ -261,6 +275,151 @@ pub fn check_transport(uri: &Uri, allow_insecure_http: bool) -> Result<(), Insec
         Err(InsecureTransport {
             host: host.to_owned(),
         })
+    }
+}
+
+/// What the HTTP layers decide per request, set once: how rejections are recognised, how much
+/// of a body is kept or inspected, and which requests may carry a token at all.
+///
+/// ```
+/// use tokenwarden_core::LayerPolicy;
+///
+/// let policy = LayerPolicy::default()
+///     .with_origin(&"https://api.example.com".parse().unwrap())
+///     .with_max_replay_body(256 * 1024);
+/// assert!(policy.covers(Some("https"), Some("api.example.com")));
+/// assert!(!policy.covers(Some("https"), Some("elsewhere.example.com")));
+/// ```
+#[derive(Clone)]
+pub struct LayerPolicy {
+    classifier: Arc<dyn Classifier>,
+    max_replay_body: usize,
+    max_inspect_body: usize,
+    allow_insecure_http: bool,
+    /// `scheme://authority` of the origins that get tokens; empty means every origin.
+    origins: Arc<[String]>,
+}
+
+impl Default for LayerPolicy {
+    fn default() -> Self {
+        Self {
+            classifier: Arc::new(DefaultClassifier::default()),
+            max_replay_body: DEFAULT_MAX_REPLAY_BODY,
+            max_inspect_body: 8 * 1024,
+            allow_insecure_http: false,
+            origins: Arc::from([]),
+        }
+    }
+}
+
+impl LayerPolicy {
+    /// Decides which responses mean the token was rejected. Default: [`DefaultClassifier`].
+    #[must_use]
+    pub fn with_classifier(mut self, classifier: impl Classifier) -> Self {
+        self.classifier = Arc::new(classifier);
+        self
+    }
+
+    /// Also treat `403 Forbidden` as a rejected token (with the default classifier).
+    #[must_use]
+    pub fn with_forbidden_as_rejection(self) -> Self {
+        self.with_classifier(DefaultClassifier::default().with_forbidden(true))
+    }
+
+    /// The largest request body kept for a replay where keeping costs memory. Default
+    /// [`DEFAULT_MAX_REPLAY_BODY`] (64 KiB). Larger bodies are still sent, once.
+    #[must_use]
+    pub fn with_max_replay_body(mut self, bytes: usize) -> Self {
+        self.max_replay_body = bytes;
+        self
+    }
+
+    /// How much of a response body a classifier that asks for it gets to see. Default 8 KiB.
+    #[must_use]
+    pub fn with_max_inspect_body(mut self, bytes: usize) -> Self {
+        self.max_inspect_body = bytes;
+        self
+    }
+
+    /// Allow tokens on plain `http://` requests to hosts that are not loopback. Off by default:
+    /// such requests fail with [`InsecureTransport`] before they are sent.
+    #[must_use]
+    pub fn with_insecure_http(mut self, allow: bool) -> Self {
+        self.allow_insecure_http = allow;
+        self
+    }
+
+    /// Only requests to this origin (`scheme://host[:port]`, e.g. the API's base URL) get
+    /// tokens; requests elsewhere, such as the target of a redirect to another host, pass
+    /// through untouched. Call it again to add origins. Default: every origin.
+    #[must_use]
+    pub fn with_origin(mut self, origin: &Uri) -> Self {
+        if let (Some(scheme), Some(authority)) = (origin.scheme_str(), origin.authority()) {
+            let mut origins = self.origins.to_vec();
+            origins.push(format!("{scheme}://{authority}"));
+            self.origins = origins.into();
+        }
+        self
+    }
+
+    /// The classifier.
+    #[must_use]
+    pub fn classifier(&self) -> &dyn Classifier {
+        &*self.classifier
+    }
+
+    /// The replay cap, in bytes.
+    #[must_use]
+    pub fn max_replay_body(&self) -> usize {
+        self.max_replay_body
+    }
+
+    /// The inspection cap, in bytes.
+    #[must_use]
+    pub fn max_inspect_body(&self) -> usize {
+        self.max_inspect_body
+    }
+
+    /// Whether a request to this scheme and authority gets a token (relative URLs, with
+    /// neither, always do).
+    #[must_use]
+    pub fn covers(&self, scheme: Option<&str>, authority: Option<&str>) -> bool {
+        if self.origins.is_empty() {
+            return true;
+        }
+        let (Some(scheme), Some(authority)) = (scheme, authority) else {
+            return true;
+        };
+        self.origins.iter().any(|origin| {
+            origin.split_once("://").is_some_and(|(s, a)| {
+                s.eq_ignore_ascii_case(scheme) && a.eq_ignore_ascii_case(authority)
+            })
+        })
+    }
+
+    /// Whether a token may be sent to this scheme and authority ([`transport_allowed`] with
+    /// this policy's setting).
+    ///
+    /// # Errors
+    ///
+    /// [`InsecureTransport`] for plain `http` to a host that is not loopback, unless allowed.
+    pub fn check_transport(
+        &self,
+        scheme: Option<&str>,
+        authority: Option<&str>,
+    ) -> Result<(), InsecureTransport> {
+        transport_allowed(scheme, authority, self.allow_insecure_http)
+    }
+}
+
+impl fmt::Debug for LayerPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LayerPolicy")
+            .field("max_replay_body", &self.max_replay_body)
+            .field("max_inspect_body", &self.max_inspect_body)
+            .field("allow_insecure_http", &self.allow_insecure_http)
+            .field("origins", &self.origins)
+            .finish_non_exhaustive()
     }
 }
 

@@ -1,10 +1,8 @@
 //! [`TokenLayer`] and its settings.
 
-use std::fmt;
 use std::sync::Arc;
 
-use http::Uri;
-use tokenwarden_core::{Classifier, DEFAULT_MAX_REPLAY_BODY, DefaultClassifier, TokenCache};
+use tokenwarden_core::{LayerPolicy, TokenCache};
 use tower::Layer;
 
 use crate::TokenService;
@@ -14,79 +12,50 @@ use crate::TokenService;
 pub(crate) const DRAIN_LIMIT: usize = 64 * 1024;
 
 /// The settings shared by a layer and the services it makes.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub(crate) struct Settings {
     pub(crate) cache: TokenCache,
-    pub(crate) classifier: Arc<dyn Classifier>,
-    pub(crate) max_replay_body: usize,
-    pub(crate) max_inspect_body: usize,
-    pub(crate) allow_insecure_http: bool,
-    /// `scheme://authority` of the origins that get tokens; empty means every origin.
-    pub(crate) origins: Arc<[String]>,
+    pub(crate) policy: LayerPolicy,
 }
 
 impl Settings {
     pub(crate) fn new(cache: TokenCache) -> Self {
         Self {
             cache,
-            classifier: Arc::new(DefaultClassifier::default()),
-            max_replay_body: DEFAULT_MAX_REPLAY_BODY,
-            max_inspect_body: 8 * 1024,
-            allow_insecure_http: false,
-            origins: Arc::from([]),
+            policy: LayerPolicy::default(),
         }
     }
 
-    /// Whether requests to `uri` get a token (relative URIs always do).
-    pub(crate) fn covers(&self, uri: &Uri) -> bool {
-        if self.origins.is_empty() {
-            return true;
-        }
-        match (uri.scheme_str(), uri.authority()) {
-            (Some(scheme), Some(authority)) => self
-                .origins
-                .iter()
-                .any(|o| origin_matches(o, scheme, authority.as_str())),
-            _ => true,
-        }
-    }
-}
-
-fn origin_matches(origin: &str, scheme: &str, authority: &str) -> bool {
-    origin
-        .split_once("://")
-        .is_some_and(|(s, a)| s.eq_ignore_ascii_case(scheme) && a.eq_ignore_ascii_case(authority))
-}
-
-impl fmt::Debug for Settings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Settings")
-            .field("cache", &self.cache)
-            .field("max_replay_body", &self.max_replay_body)
-            .field("max_inspect_body", &self.max_inspect_body)
-            .field("allow_insecure_http", &self.allow_insecure_http)
-            .field("origins", &self.origins)
-            .finish_non_exhaustive()
+    /// Applies a change to the policy.
+    pub(crate) fn edit(&mut self, change: impl FnOnce(LayerPolicy) -> LayerPolicy) {
+        self.policy = change(std::mem::take(&mut self.policy));
     }
 }
 
 macro_rules! settings_setters {
     () => {
+        /// Replaces the whole [`LayerPolicy`](tokenwarden_core::LayerPolicy).
+        #[must_use]
+        pub fn with_policy(mut self, policy: tokenwarden_core::LayerPolicy) -> Self {
+            self.settings_mut().policy = policy;
+            self
+        }
+
         /// Decides which responses mean the token was rejected. Default:
         /// [`DefaultClassifier`](tokenwarden_core::DefaultClassifier) (401, unless the
         /// `WWW-Authenticate` challenge names an error a fresh token cannot fix).
         #[must_use]
         pub fn with_classifier(mut self, classifier: impl tokenwarden_core::Classifier) -> Self {
-            self.settings_mut().classifier = std::sync::Arc::new(classifier);
+            self.settings_mut().edit(|p| p.with_classifier(classifier));
             self
         }
 
         /// Also treat `403 Forbidden` as a rejected token (with the default classifier).
         #[must_use]
-        pub fn with_forbidden_as_rejection(self) -> Self {
-            self.with_classifier(
-                tokenwarden_core::DefaultClassifier::default().with_forbidden(true),
-            )
+        pub fn with_forbidden_as_rejection(mut self) -> Self {
+            self.settings_mut()
+                .edit(|p| p.with_forbidden_as_rejection());
+            self
         }
 
         /// The largest request body kept for a replay. Default
@@ -94,14 +63,14 @@ macro_rules! settings_setters {
         /// Larger bodies are still sent, once.
         #[must_use]
         pub fn with_max_replay_body(mut self, bytes: usize) -> Self {
-            self.settings_mut().max_replay_body = bytes;
+            self.settings_mut().edit(|p| p.with_max_replay_body(bytes));
             self
         }
 
         /// How much of a response body a classifier that asked for it gets to see. Default 8 KiB.
         #[must_use]
         pub fn with_max_inspect_body(mut self, bytes: usize) -> Self {
-            self.settings_mut().max_inspect_body = bytes;
+            self.settings_mut().edit(|p| p.with_max_inspect_body(bytes));
             self
         }
 
@@ -110,7 +79,7 @@ macro_rules! settings_setters {
         /// [`InsecureTransport`](tokenwarden_core::InsecureTransport) before they are sent.
         #[must_use]
         pub fn with_insecure_http(mut self, allow: bool) -> Self {
-            self.settings_mut().allow_insecure_http = allow;
+            self.settings_mut().edit(|p| p.with_insecure_http(allow));
             self
         }
 
@@ -119,11 +88,7 @@ macro_rules! settings_setters {
         /// through untouched. Call it again to add origins. Default: every origin.
         #[must_use]
         pub fn with_origin(mut self, origin: &http::Uri) -> Self {
-            let mut origins: Vec<String> = self.settings_mut().origins.to_vec();
-            if let (Some(scheme), Some(authority)) = (origin.scheme_str(), origin.authority()) {
-                origins.push(format!("{scheme}://{authority}"));
-            }
-            self.settings_mut().origins = origins.into();
+            self.settings_mut().edit(|p| p.with_origin(origin));
             self
         }
     };

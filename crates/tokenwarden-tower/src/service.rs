@@ -8,9 +8,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Limited};
-use tokenwarden_core::{
-    NotReplayed, Replay, SkipToken, Snapshot, TokenCache, Verdict, check_transport,
-};
+use tokenwarden_core::{NotReplayed, Replay, SkipToken, Snapshot, TokenCache, Verdict};
 use tower::{BoxError, Service, ServiceExt};
 
 use crate::body::{RequestBody, ResponseBody, Tee};
@@ -134,11 +132,13 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let settings = &self.shared.settings;
-        if request.extensions().get::<SkipToken>().is_some() || !settings.covers(request.uri()) {
+        let (uri, policy) = (request.uri(), &settings.policy);
+        let (scheme, authority) = (uri.scheme_str(), uri.authority().map(|a| a.as_str()));
+        if request.extensions().get::<SkipToken>().is_some() || !policy.covers(scheme, authority) {
             let request = request.map(RequestBody::passthrough);
             return ResponseFuture::first(self.inner.call(request), None);
         }
-        if let Err(insecure) = check_transport(request.uri(), settings.allow_insecure_http) {
+        if let Err(insecure) = policy.check_transport(scheme, authority) {
             return ResponseFuture::failed(insecure.into());
         }
         match settings.cache.cached() {
@@ -189,7 +189,7 @@ where
             None,
         );
     }
-    let cap = shared.settings.max_replay_body;
+    let cap = shared.settings.policy.max_replay_body();
     let (body, tee) = if body.size_hint().lower() > cap as u64 {
         (RequestBody::passthrough(body), None)
     } else {
@@ -245,7 +245,7 @@ pub(crate) fn screen<S, ResBody>(
     let Some(replay) = replay else {
         return Screened::Done(response.map(ResponseBody::new));
     };
-    let classifier = &replay.shared.settings.classifier;
+    let classifier = replay.shared.settings.policy.classifier();
     match classifier.classify(response.status(), response.headers()) {
         Verdict::Accepted => Screened::Done(response.map(ResponseBody::new)),
         verdict => Screened::Suspect(replay, response, verdict),
@@ -272,19 +272,18 @@ where
         parts,
         tee,
     } = *replay;
-    let settings = &shared.settings;
-    let cache = &settings.cache;
+    let (cache, policy) = (&shared.settings.cache, &shared.settings.policy);
     let (head, body) = response.into_parts();
     let mut body = ResponseBody::new(body);
     let rejected = match verdict {
         Verdict::Rejected => true,
         _ => {
             let start = body
-                .inspect(settings.max_inspect_body)
+                .inspect(policy.max_inspect_body())
                 .await
                 .map_err(Into::into)?;
-            settings
-                .classifier
+            policy
+                .classifier()
                 .classify_body(head.status, &head.headers, &start)
         }
     };
@@ -293,34 +292,21 @@ where
         return Ok(rejection);
     }
 
-    cache.invalidate(token.id());
     let kept = match tee {
         Some(tee) => Tee::replay(&tee),
         None => Err(NotReplayed::BodyTooLarge),
     };
-    let kept = match kept {
-        Ok(kept) => kept,
+    let replacement = match kept {
+        Ok(kept) => cache.replace(token.id()).await.map(|fresh| (kept, fresh)),
         Err(reason) => {
-            tracing::debug!(token = %token.id(), %reason, "token rejected; request not replayed");
-            rejection
-                .extensions_mut()
-                .insert(Replay::NotReplayed(reason));
-            return Ok(rejection);
+            cache.invalidate(token.id());
+            Err(reason)
         }
     };
-    let fresh = match cache.get().await {
-        Ok(fresh) if fresh.id() == token.id() => {
-            tracing::debug!(token = %token.id(), "token rejected again; the cache holds off replacing it");
-            let reason = NotReplayed::StillRejected;
-            rejection
-                .extensions_mut()
-                .insert(Replay::NotReplayed(reason));
-            return Ok(rejection);
-        }
-        Ok(fresh) => fresh,
-        Err(error) => {
-            tracing::warn!(token = %token.id(), %error, "token rejected; no fresh token to replay with");
-            let reason = NotReplayed::NoFreshToken(error.to_string());
+    let (kept, fresh) = match replacement {
+        Ok(replacement) => replacement,
+        Err(reason) => {
+            tracing::debug!(token = %token.id(), %reason, "token rejected; request not replayed");
             rejection
                 .extensions_mut()
                 .insert(Replay::NotReplayed(reason));
@@ -341,8 +327,8 @@ where
         .call(Request::from_parts(again, RequestBody::replay(kept)))
         .await
         .map_err(Into::into)?;
-    if settings
-        .classifier
+    if policy
+        .classifier()
         .classify(response.status(), response.headers())
         == Verdict::Rejected
     {

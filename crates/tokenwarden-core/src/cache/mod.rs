@@ -12,7 +12,9 @@ use inner::Inner;
 
 #[cfg(doc)]
 use crate::Error;
-use crate::{CacheConfig, CacheStats, ConfigError, Presentation, Snapshot, TokenId, TokenSource};
+use crate::{
+    CacheConfig, CacheStats, ConfigError, NotReplayed, Presentation, Snapshot, TokenId, TokenSource,
+};
 
 /// One token cache, shared by every task and every clone.
 ///
@@ -152,6 +154,25 @@ impl TokenCache {
     /// Does nothing in single-use mode, where no token is used twice.
     pub fn invalidate(&self, id: TokenId) -> bool {
         self.inner.invalidate(id)
+    }
+
+    /// After a request carrying token `rejected` was rejected: invalidates it (if it is still
+    /// current) and returns the token to replay the request with — or why it should not be
+    /// replayed: fresh tokens keep being rejected ([`NotReplayed::StillRejected`], the cache
+    /// holds off replacing this one), or no fresh token could be had.
+    ///
+    /// This is the replay decision both HTTP layers make.
+    ///
+    /// # Errors
+    ///
+    /// The [`NotReplayed`] reason.
+    pub async fn replace(&self, rejected: TokenId) -> Result<Snapshot, NotReplayed> {
+        self.invalidate(rejected);
+        match self.get().await {
+            Ok(fresh) if fresh.id() == rejected => Err(NotReplayed::StillRejected),
+            Ok(fresh) => Ok(fresh),
+            Err(error) => Err(NotReplayed::NoFreshToken(error.to_string())),
+        }
     }
 
     /// Drops the current token (and any pooled ones), and makes sure no fetch that was already
