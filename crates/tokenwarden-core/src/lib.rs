@@ -32,6 +32,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 
+mod body;
 mod cache;
 mod config;
 mod error;
@@ -43,6 +44,7 @@ mod source;
 mod stats;
 mod token;
 
+pub use body::PrefixedBody;
 pub use cache::{TokenCache, TokenCacheBuilder, future};
 pub use config::CacheConfig;
 pub use error::{ConfigError, Error};

@@ -11,7 +11,8 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tower::{BoxError, Service};
 
-use crate::body::{RequestBody, ResponseBody};
+use crate::ResponseBody;
+use crate::body::RequestBody;
 use crate::service::{ReplayState, Screened, recover, screen};
 
 type Boxed<B> = Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, BoxError>> + Send>>;

@@ -81,6 +81,10 @@ pub mod future;
 mod layer;
 mod service;
 
-pub use body::{RequestBody, ResponseBody};
+pub use body::RequestBody;
+
+/// The response body the caller receives: the inner service's body, after any frames read to
+/// classify the response.
+pub type ResponseBody<B> = tokenwarden_core::PrefixedBody<B>;
 pub use layer::TokenLayer;
 pub use service::TokenService;

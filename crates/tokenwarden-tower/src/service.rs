@@ -11,7 +11,8 @@ use http_body_util::{BodyExt, Limited};
 use tokenwarden_core::{NotReplayed, Replay, SkipToken, Snapshot, TokenCache, Verdict};
 use tower::{BoxError, Service, ServiceExt};
 
-use crate::body::{RequestBody, ResponseBody, Tee};
+use crate::ResponseBody;
+use crate::body::{RequestBody, Tee};
 use crate::future::ResponseFuture;
 use crate::layer::{DRAIN_LIMIT, Settings, settings_setters};
 
