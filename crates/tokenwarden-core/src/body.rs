@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -109,6 +110,23 @@ impl<B> std::fmt::Debug for PrefixedBody<B> {
             .field("prefix_frames", &self.prefix.len())
             .finish_non_exhaustive()
     }
+}
+
+/// Reads what is left of a rejected response (a small error body, usually) so that the
+/// connection can be reused for the replay; gives up after `limit` bytes or `within`, whichever
+/// comes first, and drops the rest.
+pub async fn drain<B: Body>(body: B, limit: usize, within: Duration) {
+    let mut body = std::pin::pin!(body);
+    let mut read = 0;
+    let reading = async {
+        while read <= limit {
+            match std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+                Some(Ok(frame)) => read += frame.data_ref().map_or(0, bytes::Buf::remaining),
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(within, reading).await;
 }
 
 #[cfg(test)]

@@ -7,8 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use http_body_util::{BodyExt, Limited};
-use tokenwarden_core::{NotReplayed, Replay, SkipToken, Snapshot, TokenCache, Verdict};
+use tokenwarden_core::{NotReplayed, Replay, SkipToken, Snapshot, TokenCache, Verdict, drain};
 use tower::{BoxError, Service, ServiceExt};
 
 use crate::ResponseBody;
@@ -314,7 +313,7 @@ where
             return Ok(rejection);
         }
     };
-    drain(rejection.into_body()).await;
+    drain(rejection.into_body(), DRAIN_LIMIT, Duration::from_secs(1)).await;
 
     let mut again = parts;
     fresh.apply_to(&mut again.headers);
@@ -342,15 +341,4 @@ where
         rejected: token.id(),
     });
     Ok(response)
-}
-
-/// Reads what is left of a rejected response (a small error body, usually) so the connection
-/// can be reused; gives up on large or slow bodies.
-async fn drain<B>(body: ResponseBody<B>)
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    let limited = Limited::new(body, DRAIN_LIMIT);
-    let _ = tokio::time::timeout(Duration::from_secs(1), limited.collect()).await;
 }
