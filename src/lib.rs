@@ -7,6 +7,7 @@
 //! - [`core`] (always): the token cache, token sources, presentations and errors.
 //! - [`tower`] (feature `tower`): the tower layer for hyper-util clients and any tower
 //!   service taking `http` requests.
+//! - [`reqwest`] (feature `reqwest`): the `reqwest-middleware` middleware.
 //!
 //! ```
 //! use std::time::Duration;
@@ -32,10 +33,12 @@ pub use tokenwarden_core::{
     InsecureTransport, NotReplayed, Presentation, Replay, Secret, SkipToken, Snapshot, Token,
     TokenCache, TokenCacheBuilder, TokenId, TokenSource, Verdict,
 };
+#[cfg(feature = "reqwest")]
+pub use tokenwarden_reqwest as reqwest;
 #[cfg(feature = "tower")]
 pub use tokenwarden_tower as tower;
 
 // The README's examples use every feature: they are tested with `--all-features`.
-#[cfg(all(doctest, feature = "tower"))]
+#[cfg(all(doctest, feature = "tower", feature = "reqwest"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
