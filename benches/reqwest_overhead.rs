@@ -1,0 +1,120 @@
+//! Requests per second through a `reqwest_middleware::ClientWithMiddleware` to a loopback hyper
+//! server, with the `TokenMiddleware` (token cached) and, as the baseline, a bare
+//! `ClientWithMiddleware` sending the same requests with the same cache's header set by hand —
+//! in the same run, and interleaved batch by batch.
+//!
+//! `cargo bench --bench reqwest_overhead --features reqwest`
+//!
+//! `REQWEST_OVERHEAD_COUNT=<middleware|by_hand>:<requests>` instead sends that many sequential
+//! requests through one variant on one thread and exits, for `valgrind --tool=callgrind`.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use http::HeaderValue;
+use http::header::AUTHORIZATION;
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
+use support::{BODY, concurrently, interleaved, report};
+use tokenwarden::reqwest::TokenMiddleware;
+
+async fn send(client: ClientWithMiddleware, addr: SocketAddr, header: Option<HeaderValue>) {
+    let mut request = client
+        .post(format!("http://{addr}/v1/payments"))
+        .header("content-type", "application/json")
+        .body(BODY);
+    if let Some(header) = header {
+        request = request.header(AUTHORIZATION, header);
+    }
+    let response = request.send().await.unwrap();
+    let _ = response.bytes().await.unwrap();
+}
+
+async fn setup() -> (
+    SocketAddr,
+    HeaderValue,
+    ClientWithMiddleware,
+    ClientWithMiddleware,
+) {
+    let addr = support::server().await;
+    let cache = support::cache();
+    let snapshot = cache.get().await.unwrap();
+    let by_hand = snapshot.headers().next().unwrap().1.clone();
+    let bare = ClientBuilder::new(reqwest::Client::new()).build();
+    let with_middleware = ClientBuilder::new(reqwest::Client::new())
+        .with(TokenMiddleware::new(cache))
+        .build();
+    (addr, by_hand, bare, with_middleware)
+}
+
+async fn batch(client: &ClientWithMiddleware, addr: SocketAddr, header: Option<&HeaderValue>) {
+    let (client, header) = (client.clone(), header.cloned());
+    concurrently(move || send(client.clone(), addr, header.clone())).await;
+}
+
+fn count_only(spec: &str) {
+    let (variant, n) = spec.split_once(':').expect("variant:requests");
+    let n: usize = n.parse().expect("a number of requests");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (addr, header, bare, with_middleware) = setup().await;
+        for _ in 0..n {
+            if variant == "middleware" {
+                send(with_middleware.clone(), addr, None).await;
+            } else {
+                send(bare.clone(), addr, Some(header.clone())).await;
+            }
+        }
+    });
+}
+
+fn bench(c: &mut Criterion) {
+    if let Ok(spec) = std::env::var("REQWEST_OVERHEAD_COUNT") {
+        return count_only(&spec);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (addr, header, bare, with_middleware) = runtime.block_on(setup());
+    runtime.block_on(async {
+        batch(&bare, addr, Some(&header)).await;
+        batch(&with_middleware, addr, None).await;
+    });
+
+    let mut group = c.benchmark_group("reqwest_overhead");
+    group
+        .throughput(Throughput::Elements(support::BATCH as u64))
+        .sample_size(30)
+        .measurement_time(Duration::from_secs(4));
+    group.bench_function("header_set_by_hand", |b| {
+        b.to_async(&runtime)
+            .iter(|| batch(&bare, addr, Some(&header)))
+    });
+    group.bench_function("with_token_middleware", |b| {
+        b.to_async(&runtime)
+            .iter(|| batch(&with_middleware, addr, None))
+    });
+    group.finish();
+
+    let rounds = 600;
+    let ratio = runtime.block_on(interleaved(
+        rounds,
+        || batch(&with_middleware, addr, None),
+        || batch(&bare, addr, Some(&header)),
+    ));
+    report(
+        "reqwest_overhead/interleaved: middleware / header set by hand",
+        rounds,
+        ratio,
+    );
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,106 @@
+//! What the overhead benchmarks share: a loopback server, the token, and the interleaved ratio.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokenwarden::{FetchError, Token, TokenCache};
+
+/// Concurrent requests per batch: enough to keep both cores busy, so that per-request CPU
+/// cost shows rather than hiding in network waits.
+pub const BATCH: usize = 32;
+
+/// A small JSON body, as payment APIs take.
+pub const BODY: &str =
+    r#"{"amount":1999,"currency":"EUR","reference":"order-42","channel":"ECOM"}"#;
+
+/// A loopback HTTP/1 server that reads each request's body and answers a small JSON body.
+pub async fn server() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |request: Request<hyper::body::Incoming>| async move {
+                        let _ = request.into_body().collect().await;
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                            b"{\"ok\":true}",
+                        ))))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A cache holding a day-long JWT-sized token.
+pub fn cache() -> TokenCache {
+    TokenCache::new(|| async {
+        Ok::<_, FetchError>(
+            Token::new("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJiZW5jaCJ9.c2lnbmF0dXJl")
+                .with_expires_in(Duration::from_secs(86_400)),
+        )
+    })
+}
+
+/// The median and quartiles, over `rounds` rounds, of (time of `a`) / (time of `b`), the two
+/// run back to back in alternating order so that the machine's noise falls on both alike.
+pub async fn interleaved<A, B, FA, FB>(rounds: usize, mut a: FA, mut b: FB) -> [f64; 3]
+where
+    FA: FnMut() -> A,
+    FB: FnMut() -> B,
+    A: Future<Output = ()>,
+    B: Future<Output = ()>,
+{
+    let mut ratios = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let (mut a_time, mut b_time) = (Duration::ZERO, Duration::ZERO);
+        for pass in 0..2 {
+            let start = Instant::now();
+            if (round + pass) % 2 == 0 {
+                a().await;
+                a_time += start.elapsed();
+            } else {
+                b().await;
+                b_time += start.elapsed();
+            }
+        }
+        ratios.push(a_time.as_secs_f64() / b_time.as_secs_f64());
+    }
+    ratios.sort_by(f64::total_cmp);
+    [
+        ratios[rounds / 4],
+        ratios[rounds / 2],
+        ratios[rounds * 3 / 4],
+    ]
+}
+
+/// Prints an interleaved ratio as one line.
+pub fn report(name: &str, rounds: usize, [q1, median, q3]: [f64; 3]) {
+    println!(
+        "{name} = {median:.4} (median of {rounds} rounds, quartiles {q1:.4}..{q3:.4}): overhead {:+.2} %",
+        (median - 1.0) * 100.0
+    );
+}
+
+/// Runs `batch` concurrent copies of the future `send` makes, on the current runtime.
+pub async fn concurrently<F>(send: impl Fn() -> F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..BATCH).map(|_| tokio::spawn(send())).collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
