@@ -1,0 +1,216 @@
+//! A token source for the many APIs that follow the same pattern: POST credentials as JSON or
+//! as a form, read the token (and optionally its lifetime or expiry) from the JSON answer.
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_TYPE};
+use http::{HeaderName, HeaderValue, Method, Request, Uri};
+use tokenwarden_core::{ConfigError, FetchError, Secret, Token, TokenSource};
+
+use crate::wire::{Answer, exchange, jwt_expiry};
+use crate::{DEFAULT_MAX_RESPONSE, GatewayError, HttpSend};
+
+/// How the expiry is read from the answer.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum ExpiryField {
+    /// No field: the JWT `exp` if the token is a JWT, else the cache's default lifetime.
+    None,
+    /// Seconds from now, at this JSON pointer (OAuth's `/expires_in`).
+    InSeconds(String),
+    /// Seconds since the Unix epoch, at this JSON pointer.
+    AtUnixSeconds(String),
+}
+
+/// POSTs credentials and reads the token by JSON pointer.
+///
+/// ```
+/// use tokenwarden_core::Secret;
+/// use tokenwarden_gateways::generic::{ExpiryField, JsonSource};
+///
+/// # fn sender() -> impl tokenwarden_gateways::HttpSend {
+/// #     |_: http::Request<bytes::Bytes>, _: usize| async { Err::<http::Response<bytes::Bytes>, _>("offline".into()) }
+/// # }
+/// let source = JsonSource::json(
+///     sender(),
+///     "https://auth.example.com/oauth/token",
+///     serde_json::json!({"grant_type": "client_credentials", "client_id": "app", "client_secret": "s3cr3t"}),
+/// )?
+/// .with_token_pointer("/access_token")
+/// .with_expiry(ExpiryField::InSeconds("/expires_in".into()));
+/// assert!(!format!("{source:?}").contains("s3cr3t"));
+/// # Ok::<_, tokenwarden_core::ConfigError>(())
+/// ```
+#[derive(Clone)]
+pub struct JsonSource {
+    sender: Arc<dyn HttpSend>,
+    uri: Uri,
+    name: &'static str,
+    content_type: &'static str,
+    body: Secret,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    token_pointer: String,
+    expiry: ExpiryField,
+    max_response: usize,
+}
+
+impl std::fmt::Debug for JsonSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonSource")
+            .field("name", &self.name)
+            .field("uri", &self.uri)
+            .field("content_type", &self.content_type)
+            .field("body", &self.body)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .field("token_pointer", &self.token_pointer)
+            .field("expiry", &self.expiry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JsonSource {
+    fn new(
+        sender: impl HttpSend,
+        url: &str,
+        content_type: &'static str,
+        body: String,
+    ) -> Result<Self, ConfigError> {
+        Ok(Self {
+            sender: Arc::new(sender),
+            uri: crate::wire::endpoint(url, "", "url")?,
+            name: "token issuer",
+            content_type,
+            body: Secret::new(body),
+            headers: Vec::new(),
+            token_pointer: "/access_token".into(),
+            expiry: ExpiryField::None,
+            max_response: DEFAULT_MAX_RESPONSE,
+        })
+    }
+
+    /// POSTs `body` as JSON to `url`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] if the URL is not absolute.
+    pub fn json(
+        sender: impl HttpSend,
+        url: &str,
+        body: serde_json::Value,
+    ) -> Result<Self, ConfigError> {
+        Self::new(sender, url, "application/json", body.to_string())
+    }
+
+    /// POSTs `fields` form-urlencoded to `url`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] if the URL is not absolute.
+    pub fn form<'a>(
+        sender: impl HttpSend,
+        url: &str,
+        fields: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, ConfigError> {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
+        Self::new(sender, url, "application/x-www-form-urlencoded", body)
+    }
+
+    /// The name errors and logs use for this issuer.
+    #[must_use]
+    pub fn with_name(mut self, name: &'static str) -> Self {
+        self.name = name;
+        self
+    }
+
+    /// Where the token is in the answer. Default `/access_token`.
+    #[must_use]
+    pub fn with_token_pointer(mut self, pointer: impl Into<String>) -> Self {
+        self.token_pointer = pointer.into();
+        self
+    }
+
+    /// How the expiry is read. Default: the JWT `exp`, else the cache's default lifetime.
+    #[must_use]
+    pub fn with_expiry(mut self, expiry: ExpiryField) -> Self {
+        self.expiry = expiry;
+        self
+    }
+
+    /// A header sent with the token request (marked sensitive: it may be a credential).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] if the value cannot be a header value.
+    pub fn with_header(mut self, name: HeaderName, value: &Secret) -> Result<Self, ConfigError> {
+        let mut value =
+            HeaderValue::from_str(value.expose()).map_err(|_| ConfigError::Invalid {
+                name: "header",
+                reason: "must be a valid header value",
+            })?;
+        value.set_sensitive(true);
+        self.headers.push((name, value));
+        Ok(self)
+    }
+
+    /// Reads a token answer by this source's pointers.
+    ///
+    /// # Errors
+    ///
+    /// [`GatewayError`] for an error status or a malformed answer.
+    pub fn parse(&self, status: http::StatusCode, body: &[u8]) -> Result<Token, GatewayError> {
+        if !status.is_success() {
+            return Err(GatewayError::Status {
+                gateway: self.name,
+                status,
+            });
+        }
+        let answer = Answer::parse(self.name, status, body)?;
+        let secret = answer.string(&self.token_pointer)?;
+        let token = Token::new(secret);
+        Ok(match &self.expiry {
+            ExpiryField::None => match jwt_expiry(secret) {
+                Some(at) => token.with_expires_at(at),
+                None => token,
+            },
+            ExpiryField::InSeconds(pointer) => {
+                let secs = answer.integer(pointer)?;
+                let secs = u64::try_from(secs)
+                    .map_err(|_| answer.malformed(format!("`{pointer}` is negative")))?;
+                token.with_expires_in(Duration::from_secs(secs))
+            }
+            ExpiryField::AtUnixSeconds(pointer) => {
+                let secs = answer.integer(pointer)?;
+                let secs = u64::try_from(secs)
+                    .map_err(|_| answer.malformed(format!("`{pointer}` is negative")))?;
+                token.with_expires_at(UNIX_EPOCH + Duration::from_secs(secs))
+            }
+        })
+    }
+}
+
+#[async_trait]
+impl TokenSource for JsonSource {
+    async fn fetch(&self) -> Result<Token, FetchError> {
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(self.uri.clone())
+            .header(CONTENT_TYPE, self.content_type)
+            .header(ACCEPT, "application/json");
+        for (name, value) in &self.headers {
+            request = request.header(name, value);
+        }
+        let request = request
+            .body(Bytes::copy_from_slice(self.body.expose().as_bytes()))
+            .map_err(FetchError::rejected)?;
+        let (status, body) = exchange(&self.sender, self.name, request, self.max_response).await?;
+        Ok(self.parse(status, &body)?)
+    }
+}

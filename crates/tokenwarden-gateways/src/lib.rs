@@ -1,0 +1,53 @@
+//! Token sources for the gateways tokenwarden speaks, each a
+//! [`TokenSource`](tokenwarden_core::TokenSource) with the presentation it needs:
+//!
+//! | module | issuer | token | presented as |
+//! |---|---|---|---|
+//! | [`boipa`] | `POST {base}/token`, form | single-use, per action | `Token: <token>` |
+//! | [`torus`] | `POST …/session/generate`, JSON + `Token` header | configurable TTL (8 h) | `Token: <token>` |
+//! | [`sipay`] | `POST {base}/api/token`, JSON | JWT `exp`, else `expires_at` at UTC+3 | `Authorization: Bearer` |
+//! | [`payments`] | `POST {base}/session_token` with an authentication token | JWT after `sandbox_`, else 15 min | `Authorization: Bearer` + `Merchant-Account` |
+//! | [`generic`] | any JSON/form credentials endpoint | by JSON pointer | any |
+//!
+//! Every documented failure and every malformed answer becomes a [`GatewayError`] naming the
+//! gateway, the HTTP status and the gateway's own codes, and saying whether retrying can help
+//! (the cache backs off on retryable ones and holds off on the others). Credentials are held
+//! as [`Secret`](tokenwarden_core::Secret)s and never printed. Token responses are read up to
+//! [`DEFAULT_MAX_RESPONSE`] (64 KiB), never more.
+//!
+//! # The HTTP call to the issuer
+//!
+//! Sources send their one request through [`HttpSend`], a small trait on `http` types, rather
+//! than through a client chosen here: with feature `reqwest` it is implemented for
+//! `reqwest::Client`; with feature `tower`, [`ServiceSender`] adapts any tower service (such as
+//! hyper-util's client); closures implement it too. A hyper-only application therefore never
+//! compiles reqwest, and a test can answer with anything.
+//!
+//! ```
+//! # #[cfg(feature = "reqwest")] {
+//! use tokenwarden_gateways::sipay::{self, SipayConfig};
+//!
+//! let config = SipayConfig::new(sipay::TEST_BASE_URL, "app-id", "app-secret");
+//! let cache = sipay::cache(reqwest::Client::new(), config)?.build()?;
+//! # let _ = cache;
+//! # }
+//! # Ok::<_, tokenwarden_core::ConfigError>(())
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+#![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+
+pub mod boipa;
+mod error;
+pub mod generic;
+mod http;
+pub mod payments;
+pub mod sipay;
+pub mod torus;
+mod wire;
+
+pub use error::{GatewayCode, GatewayError};
+#[cfg(feature = "tower")]
+pub use http::ServiceSender;
+pub use http::{DEFAULT_MAX_RESPONSE, HttpSend, TooLarge};
+pub use wire::{jwt_expiry, local_time};

@@ -1,0 +1,220 @@
+//! Torus session (access) tokens.
+//!
+//! `POST {base}/api/v1/session/generate` with `Content-Type: application/json`, the request
+//! token the user already holds in a `Token` header, and `{"API_KEY":…,"API_SECRET":…}`. The
+//! answer is `{"AccessToken":"…"}` with no expiry: a configurable lifetime applies (8 hours by
+//! default), and a 401 from the API refreshes it earlier. A 401 or 403 from the issuer means
+//! the request token was rejected: terminal, not retried in a loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_TYPE};
+use http::{HeaderName, Method, Request, StatusCode, Uri};
+use tokenwarden_core::{
+    ConfigError, FetchError, Presentation, Secret, Token, TokenCache, TokenCacheBuilder,
+    TokenSource,
+};
+
+use crate::wire::{Answer, endpoint, exchange};
+use crate::{DEFAULT_MAX_RESPONSE, GatewayCode, GatewayError, HttpSend};
+
+const GATEWAY: &str = "Torus";
+
+/// The production base URL.
+pub const BASE_URL: &str = "https://connects.torusdigital.com";
+
+/// Credentials and settings.
+#[derive(Clone, Debug)]
+pub struct TorusConfig {
+    base_url: String,
+    request_token: Secret,
+    api_key: Secret,
+    api_secret: Secret,
+    token_lifetime: Duration,
+    max_response: usize,
+}
+
+impl TorusConfig {
+    /// Credentials for `base_url` (e.g. [`BASE_URL`]).
+    pub fn new(
+        base_url: impl Into<String>,
+        request_token: impl Into<Secret>,
+        api_key: impl Into<Secret>,
+        api_secret: impl Into<Secret>,
+    ) -> Self {
+        Self {
+            base_url: base_url.into(),
+            request_token: request_token.into(),
+            api_key: api_key.into(),
+            api_secret: api_secret.into(),
+            token_lifetime: Duration::from_secs(8 * 3600),
+            max_response: DEFAULT_MAX_RESPONSE,
+        }
+    }
+
+    /// How long an access token is used before it is renewed (the issuer states none).
+    /// Default 8 hours.
+    #[must_use]
+    pub fn with_token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.token_lifetime = lifetime;
+        self
+    }
+
+    /// The largest token response read. Default 64 KiB.
+    #[must_use]
+    pub fn with_max_response(mut self, bytes: usize) -> Self {
+        self.max_response = bytes;
+        self
+    }
+}
+
+/// Fetches Torus access tokens.
+#[derive(Clone)]
+pub struct TorusSource {
+    sender: Arc<dyn HttpSend>,
+    uri: Uri,
+    config: TorusConfig,
+}
+
+impl std::fmt::Debug for TorusSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TorusSource")
+            .field("uri", &self.uri)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TorusSource {
+    /// A source sending through `sender`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] if the base URL is not an absolute URL, or the request token cannot be a
+    /// header value.
+    pub fn new(sender: impl HttpSend, config: TorusConfig) -> Result<Self, ConfigError> {
+        if http::HeaderValue::from_str(config.request_token.expose()).is_err() {
+            return Err(ConfigError::Invalid {
+                name: "request_token",
+                reason: "must be a valid header value",
+            });
+        }
+        Ok(Self {
+            sender: Arc::new(sender),
+            uri: endpoint(&config.base_url, "/api/v1/session/generate", "base_url")?,
+            config,
+        })
+    }
+}
+
+#[async_trait]
+impl TokenSource for TorusSource {
+    async fn fetch(&self) -> Result<Token, FetchError> {
+        let body = serde_json::json!({
+            "API_KEY": self.config.api_key.expose(),
+            "API_SECRET": self.config.api_secret.expose(),
+        });
+        let mut token_header = http::HeaderValue::from_str(self.config.request_token.expose())
+            .map_err(FetchError::rejected)?;
+        token_header.set_sensitive(true);
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(self.uri.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header(ACCEPT, "application/json")
+            .header(HeaderName::from_static("token"), token_header)
+            .body(Bytes::from(body.to_string()))
+            .map_err(FetchError::rejected)?;
+        let (status, body) =
+            exchange(&self.sender, GATEWAY, request, self.config.max_response).await?;
+        Ok(parse(status, &body)?.with_expires_in(self.config.token_lifetime))
+    }
+}
+
+/// Reads a token response.
+///
+/// # Errors
+///
+/// [`GatewayError`]: a rejected request token (terminal), an error status, or what is malformed.
+pub fn parse(status: StatusCode, body: &[u8]) -> Result<Token, GatewayError> {
+    if matches!(status.as_u16(), 401 | 403) {
+        return Err(GatewayError::Refused {
+            gateway: GATEWAY,
+            status,
+            codes: vec![GatewayCode {
+                code: status.as_u16().to_string(),
+                message:
+                    "the request token was rejected; get a new request token, retrying cannot help"
+                        .into(),
+            }],
+            reference: None,
+            retryable: false,
+        });
+    }
+    if !status.is_success() {
+        return Err(GatewayError::Status {
+            gateway: GATEWAY,
+            status,
+        });
+    }
+    let answer = Answer::parse(GATEWAY, status, body)?;
+    Ok(Token::new(answer.string("/AccessToken")?))
+}
+
+/// The default presentation: `Token: <AccessToken>` (some setups want
+/// [`Presentation::bearer`] instead).
+#[must_use]
+pub fn presentation() -> Presentation {
+    Presentation::header(HeaderName::from_static("token"))
+}
+
+/// A shared cache of Torus access tokens.
+///
+/// # Errors
+///
+/// [`ConfigError`] for an invalid base URL or request token.
+pub fn cache(sender: impl HttpSend, config: TorusConfig) -> Result<TokenCacheBuilder, ConfigError> {
+    let lifetime = config.token_lifetime;
+    Ok(TokenCache::builder(TorusSource::new(sender, config)?)
+        .with_name(GATEWAY)
+        .with_presentation(presentation())
+        .with_default_lifetime(lifetime))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_documented_answers() {
+        let token = parse(StatusCode::OK, br#"{"AccessToken":"abc.def"}"#).unwrap();
+        assert_eq!(token.secret().expose(), "abc.def");
+        // the document shows a trailing comma: not JSON
+        let e = parse(StatusCode::OK, b"{\"AccessToken\":\"abc\",}").unwrap_err();
+        assert!(matches!(e, GatewayError::Malformed { .. }));
+        for body in [
+            &b"{}"[..],
+            br#"{"AccessToken":""}"#,
+            br#"{"AccessToken":7}"#,
+            b"null",
+        ] {
+            assert!(matches!(
+                parse(StatusCode::OK, body),
+                Err(GatewayError::Malformed { .. })
+            ));
+        }
+        for status in [401, 403] {
+            let e = parse(StatusCode::from_u16(status).unwrap(), b"").unwrap_err();
+            assert!(!e.is_retryable(), "{e}");
+            assert!(e.to_string().contains("request token was rejected"));
+        }
+        assert!(
+            parse(StatusCode::BAD_GATEWAY, b"")
+                .unwrap_err()
+                .is_retryable()
+        );
+    }
+}

@@ -1,0 +1,238 @@
+//! The parts every gateway shares: one exchange with the issuer, JSON reading with precise
+//! errors, and expiry from a JWT or a local wall-clock time.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use bytes::Bytes;
+use http::{Request, StatusCode, Uri};
+use serde_json::Value;
+use tokenwarden_core::ConfigError;
+
+use crate::http::TooLarge;
+use crate::{GatewayError, HttpSend};
+
+/// Parses `base` + `path` into the issuer's URI, once, when a source is built.
+pub(crate) fn endpoint(base: &str, path: &str, setting: &'static str) -> Result<Uri, ConfigError> {
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    match url.parse::<Uri>() {
+        Ok(uri) if uri.scheme().is_some() && uri.authority().is_some() => Ok(uri),
+        _ => Err(ConfigError::Invalid {
+            name: setting,
+            reason: "must be an absolute http(s) URL",
+        }),
+    }
+}
+
+/// Sends the request and reads the answer, mapping transport failures and oversized bodies.
+pub(crate) async fn exchange(
+    sender: &Arc<dyn HttpSend>,
+    gateway: &'static str,
+    request: Request<Bytes>,
+    max_body: usize,
+) -> Result<(StatusCode, Bytes), GatewayError> {
+    match sender.send(request, max_body).await {
+        Ok(response) => Ok((response.status(), response.into_body())),
+        Err(error) if error.is::<TooLarge>() => Err(GatewayError::TooLarge {
+            gateway,
+            limit: max_body,
+        }),
+        Err(error) => Err(GatewayError::Unreachable {
+            gateway,
+            reason: error.to_string(),
+        }),
+    }
+}
+
+/// A JSON answer being read, with errors that say what is wrong where.
+pub(crate) struct Answer {
+    pub(crate) gateway: &'static str,
+    pub(crate) status: StatusCode,
+    pub(crate) json: Value,
+}
+
+impl Answer {
+    /// Parses the body as a JSON object.
+    pub(crate) fn parse(
+        gateway: &'static str,
+        status: StatusCode,
+        body: &[u8],
+    ) -> Result<Self, GatewayError> {
+        let malformed = |problem: String| GatewayError::Malformed {
+            gateway,
+            status,
+            problem,
+        };
+        match serde_json::from_slice::<Value>(body) {
+            Ok(json @ Value::Object(_)) => Ok(Self {
+                gateway,
+                status,
+                json,
+            }),
+            Ok(other) => Err(malformed(format!(
+                "expected a JSON object, got {}",
+                kind(&other)
+            ))),
+            Err(e) => Err(malformed(format!("not JSON ({e})"))),
+        }
+    }
+
+    pub(crate) fn malformed(&self, problem: impl Into<String>) -> GatewayError {
+        GatewayError::Malformed {
+            gateway: self.gateway,
+            status: self.status,
+            problem: problem.into(),
+        }
+    }
+
+    pub(crate) fn get(&self, pointer: &str) -> Option<&Value> {
+        self.json.pointer(pointer).filter(|v| !v.is_null())
+    }
+
+    /// A non-empty string at `pointer`.
+    pub(crate) fn string(&self, pointer: &str) -> Result<&str, GatewayError> {
+        match self.get(pointer) {
+            None => Err(self.malformed(format!("`{pointer}` is missing"))),
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                Err(self.malformed(format!("`{pointer}` is empty")))
+            }
+            Some(Value::String(s)) => Ok(s),
+            Some(other) => {
+                Err(self.malformed(format!("`{pointer}` is {}, not a string", kind(other))))
+            }
+        }
+    }
+
+    /// An integer at `pointer` (a number, or a string of digits as some gateways send).
+    pub(crate) fn integer(&self, pointer: &str) -> Result<i64, GatewayError> {
+        match self.get(pointer) {
+            None => Err(self.malformed(format!("`{pointer}` is missing"))),
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .ok_or_else(|| self.malformed(format!("`{pointer}` is not an integer"))),
+            Some(Value::String(s)) => s
+                .trim()
+                .parse()
+                .map_err(|_| self.malformed(format!("`{pointer}` is not an integer"))),
+            Some(other) => {
+                Err(self.malformed(format!("`{pointer}` is {}, not an integer", kind(other))))
+            }
+        }
+    }
+
+    /// A string or number at `pointer`, as text (for codes and references).
+    pub(crate) fn text(&self, pointer: &str) -> Option<String> {
+        match self.get(pointer)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The `exp` claim of a JWT, if the token is one and the claim is readable. The signature is
+/// not checked: the issuer is trusted, the claim only tells when to stop using the token.
+#[must_use]
+pub fn jwt_expiry(token: &str) -> Option<SystemTime> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: Value = serde_json::from_slice(&bytes).ok()?;
+    let exp = claims.get("exp")?;
+    let secs = exp
+        .as_u64()
+        .or_else(|| exp.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))?;
+    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+}
+
+/// `YYYY-MM-DD HH:MM:SS` read as wall-clock time at `utc_offset` seconds east of UTC.
+#[must_use]
+pub fn local_time(text: &str, utc_offset: i32) -> Option<SystemTime> {
+    let (date, time) = text.trim().split_once([' ', 'T'])?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (hour, minute, second) = (t.next()??, t.next()??, t.next()??);
+    let valid = (1..=12).contains(&month)
+        && (1..=31).contains(&day)
+        && (0..24).contains(&hour)
+        && (0..60).contains(&minute)
+        && (0..61).contains(&second);
+    if !valid {
+        return None;
+    }
+    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second
+        - i64::from(utc_offset);
+    UNIX_EPOCH.checked_add(Duration::from_secs(u64::try_from(seconds).ok()?))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_local_times() {
+        let utc = |s| {
+            local_time(s, 0)
+                .unwrap()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        };
+        assert_eq!(utc("1970-01-01 00:00:00"), 0);
+        assert_eq!(utc("2000-03-01 00:00:00"), 951_868_800);
+        assert_eq!(utc("2021-01-29 13:46:01"), 1_611_927_961);
+        let turkey = local_time("2021-01-29 16:46:01", 3 * 3600).unwrap();
+        assert_eq!(
+            turkey.duration_since(UNIX_EPOCH).unwrap().as_secs(),
+            1_611_927_961
+        );
+        for bad in [
+            "",
+            "2021-13-01 00:00:00",
+            "2021-01-29",
+            "yesterday",
+            "2021-01-29 25:00:00",
+        ] {
+            assert!(local_time(bad, 0).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn reads_jwt_expiry() {
+        // {"exp":1611927961}
+        let token = "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjE2MTE5Mjc5NjF9.sig";
+        let exp = jwt_expiry(token).unwrap();
+        assert_eq!(
+            exp.duration_since(UNIX_EPOCH).unwrap().as_secs(),
+            1_611_927_961
+        );
+        assert!(jwt_expiry("not-a-jwt").is_none());
+        assert!(jwt_expiry("a.%%%.c").is_none());
+        assert!(jwt_expiry("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.sig").is_none()); // no exp
+    }
+}
