@@ -8,6 +8,8 @@
 //! - [`tower`] (feature `tower`): the tower layer for hyper-util clients and any tower
 //!   service taking `http` requests.
 //! - [`reqwest`] (feature `reqwest`): the `reqwest-middleware` middleware.
+//! - [`gateways`] (feature `gateways`): token sources for BOIPA, Torus, Sipay, the Payments API
+//!   and generic JSON issuers.
 //!
 //! ```
 //! use std::time::Duration;
@@ -33,6 +35,8 @@ pub use tokenwarden_core::{
     InsecureTransport, NotReplayed, Presentation, Replay, Secret, SkipToken, Snapshot, Token,
     TokenCache, TokenCacheBuilder, TokenId, TokenSource, Verdict,
 };
+#[cfg(feature = "gateways")]
+pub use tokenwarden_gateways as gateways;
 #[cfg(feature = "reqwest")]
 pub use tokenwarden_reqwest as reqwest;
 #[cfg(feature = "tower")]

@@ -1,0 +1,694 @@
+//! Every gateway against mockito: the exact request each sends, what it makes of the answers,
+//! and a request through a layer: token fetched once, injected, 401 → refresh → replay.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderName, StatusCode};
+use mockito::{Matcher, Mock, Server, ServerGuard};
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
+use tokenwarden_core::{Error, Expiry, Secret, TokenCache, TokenSource};
+use tokenwarden_gateways::boipa::{self, Action, ActionRequest, BoipaConfig};
+use tokenwarden_gateways::generic::{ExpiryField, JsonSource};
+use tokenwarden_gateways::payments::{self, ClientAppSource, SessionTokenSource, SessionTokens};
+use tokenwarden_gateways::sipay::{self, SipayConfig, ThreeD};
+use tokenwarden_gateways::torus::{self, TorusConfig};
+use tokenwarden_gateways::{GatewayError, ServiceSender};
+use tokenwarden_reqwest::TokenMiddleware;
+
+/// A token endpoint answering `body(n)` for the n-th call; counts calls.
+async fn issuer(
+    server: &mut ServerGuard,
+    path: &str,
+    expect: usize,
+    body: impl Fn(usize) -> String + Send + Sync + 'static,
+) -> (Mock, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let mock = server
+        .mock("POST", path)
+        .with_body_from_request(move |_| body(counter.fetch_add(1, SeqCst) + 1).into_bytes())
+        .expect(expect)
+        .create_async()
+        .await;
+    (mock, calls)
+}
+
+fn gateway_error(error: &Error) -> &GatewayError {
+    error
+        .fetch_error()
+        .and_then(|f| f.get_ref().downcast_ref::<GatewayError>())
+        .unwrap_or_else(|| panic!("not a gateway error: {error:?}"))
+}
+
+/// API mocks on `path`: `reject` answers 401, `accept` answers 200; returns the 200 mock.
+async fn api(
+    server: &mut ServerGuard,
+    path: &str,
+    header: &str,
+    reject: &str,
+    accept: &str,
+) -> (Mock, Mock) {
+    let rejected = server
+        .mock("POST", path)
+        .match_header(header, reject)
+        .with_status(401)
+        .expect(1)
+        .create_async()
+        .await;
+    let accepted = server
+        .mock("POST", path)
+        .match_header(header, accept)
+        .with_body("ok")
+        .expect(1)
+        .create_async()
+        .await;
+    (rejected, accepted)
+}
+
+fn client(cache: TokenCache) -> ClientWithMiddleware {
+    ClientBuilder::new(reqwest::Client::new())
+        .with(TokenMiddleware::new(cache))
+        .build()
+}
+
+// ---- BOIPA ------------------------------------------------------------------------------
+
+fn boipa_success(n: usize) -> String {
+    format!(
+        r#"{{"result":"success","resultId":"r-{n}","merchantId":"1234567","additionalDetails":{{}},"processingTime":15,"token":"boipa-{n}"}}"#
+    )
+}
+
+#[tokio::test]
+async fn boipa_sends_every_form_field_with_a_fresh_timestamp_and_tokens_are_single_use() {
+    let mut server = Server::new_async().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let token_endpoint = server
+        .mock("POST", "/token")
+        .match_header("content-type", "application/x-www-form-urlencoded")
+        .match_request(|request| {
+            let body = request.body().unwrap();
+            let fields: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
+            let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
+            let value = |name: &str| {
+                fields
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.as_str())
+            };
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i128;
+            let timestamp = value("timestamp")
+                .and_then(|t| t.parse::<i128>().ok())
+                .unwrap_or(0);
+            names
+                == [
+                    "merchantId",
+                    "password",
+                    "action",
+                    "timestamp",
+                    "allowOriginUrl",
+                    "brandId",
+                    "channel",
+                    "country",
+                    "language",
+                    "amount",
+                    "currency",
+                    "forceSecurePayment",
+                ]
+                && value("merchantId") == Some("1234567")
+                && value("password") == Some("p@ss w0rd&=")
+                && value("action") == Some("PURCHASE")
+                && value("timestamp").is_some_and(|t| t.len() == 13)
+                && (now - timestamp).abs() < 10_000
+                && value("allowOriginUrl") == Some("https://shop.example.com")
+                && value("brandId") == Some("77")
+                && value("channel") == Some("ECOM")
+                && value("country") == Some("IE")
+                && value("language") == Some("en")
+                && value("amount") == Some("19.99")
+                && value("currency") == Some("EUR")
+                && value("forceSecurePayment") == Some("true")
+        })
+        .with_body_from_request(move |_| {
+            boipa_success(counter.fetch_add(1, SeqCst) + 1).into_bytes()
+        })
+        .expect(5)
+        .create_async()
+        .await;
+    let config = BoipaConfig::new(
+        server.url(),
+        1_234_567,
+        "p@ss w0rd&=",
+        "https://shop.example.com",
+    )
+    .with_brand_id("77");
+    let purchase = ActionRequest::new(Action::Purchase)
+        .with_channel("ECOM")
+        .with_country("IE")
+        .with_language("en")
+        .with_amount("19.99", "EUR")
+        .with_force_secure_payment(true);
+    let cache = boipa::cache(reqwest::Client::new(), config, purchase, 0)
+        .unwrap()
+        .build()
+        .unwrap();
+    let tasks: Vec<_> = (0..5)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .get()
+                    .await
+                    .unwrap()
+                    .token()
+                    .secret()
+                    .expose()
+                    .to_owned()
+            })
+        })
+        .collect();
+    let mut tokens = std::collections::HashSet::new();
+    for task in tasks {
+        assert!(
+            tokens.insert(task.await.unwrap()),
+            "a BOIPA token was handed out twice"
+        );
+    }
+    assert_eq!(tokens.len(), 5);
+    token_endpoint.assert_async().await;
+    assert!(!format!("{cache:?}").contains("p@ss"));
+}
+
+#[tokio::test]
+async fn boipa_refusals_and_bad_answers_reach_the_caller_typed() {
+    let mut server = Server::new_async().await;
+    let _refusal = server
+        .mock("POST", "/token")
+        .with_body(r#"{"result":"failure","resultId":"53e7926b","additionalDetails":{},"errors":[{"messageCode":"This field is required in [REQUEST]","fieldName":"allowOriginUrl"}],"processingTime":5}"#)
+        .expect(1)
+        .create_async()
+        .await;
+    let config = BoipaConfig::new(server.url(), 1, "secret-password", "");
+    let cache = boipa::cache(
+        reqwest::Client::new(),
+        config,
+        ActionRequest::new(Action::Verify),
+        0,
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let error = cache.get().await.unwrap_err();
+    assert!(error.is_rejected() && !error.is_retryable());
+    let GatewayError::Refused {
+        codes,
+        reference,
+        status,
+        ..
+    } = gateway_error(&error)
+    else {
+        panic!("{error}")
+    };
+    assert_eq!(*status, StatusCode::OK);
+    assert_eq!(reference.as_deref(), Some("53e7926b"));
+    assert_eq!(codes[0].code, "allowOriginUrl");
+    let text = error.to_string();
+    assert!(
+        text.contains("BOIPA") && text.contains("This field is required"),
+        "{text}"
+    );
+    assert!(!text.contains("secret-password"));
+    // remembered: the application retrying at once does not reach the gateway again
+    assert!(cache.get().await.unwrap_err().is_rejected());
+}
+
+#[tokio::test]
+async fn boipa_end_to_end_each_request_its_own_token_and_a_401_replayed() {
+    let mut server = Server::new_async().await;
+    let (tokens, _) = issuer(&mut server, "/token", 2, boipa_success).await;
+    let (rejected, accepted) =
+        api(&mut server, "/api/purchase", "token", "boipa-1", "boipa-2").await;
+    let config = BoipaConfig::new(server.url(), 1, "pw", "https://shop.example.com");
+    let cache = boipa::cache(
+        reqwest::Client::new(),
+        config,
+        ActionRequest::new(Action::Purchase),
+        0,
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let response = client(cache)
+        .post(format!("{}/api/purchase", server.url()))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    rejected.assert_async().await;
+    accepted.assert_async().await;
+    tokens.assert_async().await;
+}
+
+// ---- Torus ------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn torus_sends_the_request_token_and_json_credentials() {
+    let mut server = Server::new_async().await;
+    let generate = server
+        .mock("POST", "/api/v1/session/generate")
+        .match_header("content-type", "application/json")
+        .match_header("token", "request-token-1")
+        .match_body(Matcher::Json(
+            serde_json::json!({"API_KEY": "key-1", "API_SECRET": "secret-1"}),
+        ))
+        .with_body(r#"{"AccessToken":"access-1"}"#)
+        .expect(1)
+        .create_async()
+        .await;
+    let config = TorusConfig::new(server.url(), "request-token-1", "key-1", "secret-1");
+    let cache = torus::cache(reqwest::Client::new(), config)
+        .unwrap()
+        .build()
+        .unwrap();
+    let snapshot = cache.get().await.unwrap();
+    assert_eq!(snapshot.token().secret().expose(), "access-1");
+    assert_eq!(
+        snapshot.token().expiry(),
+        Expiry::In(Duration::from_secs(8 * 3600))
+    );
+    let header: Vec<_> = snapshot
+        .headers()
+        .map(|(n, v)| (n.as_str().to_owned(), v.clone()))
+        .collect();
+    assert_eq!(header[0].0, "token");
+    generate.assert_async().await;
+}
+
+#[tokio::test]
+async fn torus_a_rejected_request_token_is_terminal() {
+    let mut server = Server::new_async().await;
+    let generate = server
+        .mock("POST", "/api/v1/session/generate")
+        .with_status(401)
+        .expect(1)
+        .create_async()
+        .await;
+    let config = TorusConfig::new(server.url(), "expired-request-token", "k", "s");
+    let cache = torus::cache(reqwest::Client::new(), config)
+        .unwrap()
+        .build()
+        .unwrap();
+    for _ in 0..100 {
+        let error = cache.get().await.unwrap_err();
+        assert!(error.is_rejected() && !error.is_retryable(), "{error}");
+    }
+    generate.assert_async().await; // once, not a hundred times
+}
+
+#[tokio::test]
+async fn torus_end_to_end_through_the_tower_layer_and_hyper() {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use tower::{ServiceBuilder, ServiceExt};
+
+    let mut server = Server::new_async().await;
+    let (tokens, _) = issuer(&mut server, "/api/v1/session/generate", 2, |n| {
+        format!(r#"{{"AccessToken":"torus-{n}"}}"#)
+    })
+    .await;
+    let (rejected, accepted) = api(&mut server, "/orders", "token", "torus-1", "torus-2").await;
+    // The issuer is called through hyper-util too: no reqwest anywhere on this path.
+    let sender = ServiceSender(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+    let config = TorusConfig::new(server.url(), "rt", "k", "s");
+    let cache = torus::cache(sender, config).unwrap().build().unwrap();
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let client = ServiceBuilder::new()
+        .layer(tokenwarden_tower::TokenLayer::new(cache))
+        .service(client);
+    let request = http::Request::post(format!("{}/orders", server.url()))
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let response = client.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    rejected.assert_async().await;
+    accepted.assert_async().await;
+    tokens.assert_async().await;
+}
+
+// ---- Sipay ------------------------------------------------------------------------------
+
+const SIPAY_DOCUMENTED: &str = include_str!("data/sipay_success.json");
+
+#[tokio::test]
+async fn sipay_sends_json_credentials_and_reads_the_documented_example() {
+    let mut server = Server::new_async().await;
+    let token = server
+        .mock("POST", "/ccpayment/api/token")
+        .match_header("content-type", "application/json")
+        .match_body(Matcher::Json(
+            serde_json::json!({"app_id": "app-1", "app_secret": "secret-1"}),
+        ))
+        .with_body(SIPAY_DOCUMENTED)
+        .expect(1)
+        .create_async()
+        .await;
+    let source = sipay::SipaySource::new(
+        reqwest::Client::new(),
+        SipayConfig::new(format!("{}/ccpayment", server.url()), "app-1", "secret-1"),
+    )
+    .unwrap();
+    let token_value = source.fetch().await.unwrap();
+    let Expiry::At(at) = token_value.expiry() else {
+        panic!()
+    };
+    // 2021-01-29 13:46:01 UTC, i.e. 16:46:01 in Turkey
+    assert_eq!(
+        at.duration_since(UNIX_EPOCH).unwrap().as_secs(),
+        1_611_927_961
+    );
+    assert_eq!(token_value.metadata::<ThreeD>(), Some(&ThreeD::Choice));
+    token.assert_async().await;
+    // Through the cache, a token that expired in 2021 is a failed fetch, not a token.
+    let cache = TokenCache::new(source);
+    assert!(matches!(
+        cache.get().await,
+        Err(Error::AlreadyExpired { .. })
+    ));
+}
+
+#[tokio::test]
+async fn sipay_refusals_and_oversized_answers_are_typed() {
+    let mut server = Server::new_async().await;
+    let _refused = server
+        .mock("POST", "/api/token")
+        .match_body(Matcher::PartialJson(serde_json::json!({"app_id": "wrong"})))
+        .with_body(r#"{"status_code":2,"status_description":"Invalid credentials"}"#)
+        .create_async()
+        .await;
+    let huge = format!(
+        r#"{{"status_code":100,"data":{{"token":"{}"}}}}"#,
+        "x".repeat(5 * 1024 * 1024)
+    );
+    let _huge = server
+        .mock("POST", "/api/token")
+        .match_body(Matcher::PartialJson(serde_json::json!({"app_id": "huge"})))
+        .with_body(huge)
+        .create_async()
+        .await;
+    let refused = TokenCache::new(
+        sipay::SipaySource::new(
+            reqwest::Client::new(),
+            SipayConfig::new(server.url(), "wrong", "s"),
+        )
+        .unwrap(),
+    );
+    let error = refused.get().await.unwrap_err();
+    let GatewayError::Refused { codes, .. } = gateway_error(&error) else {
+        panic!("{error}")
+    };
+    assert_eq!(
+        (codes[0].code.as_str(), codes[0].message.as_str()),
+        ("2", "Invalid credentials")
+    );
+    assert!(!error.is_retryable());
+
+    for sender in ["reqwest", "tower"] {
+        let config = SipayConfig::new(server.url(), "huge", "s");
+        let source = match sender {
+            "reqwest" => sipay::SipaySource::new(reqwest::Client::new(), config),
+            _ => sipay::SipaySource::new(
+                ServiceSender(
+                    hyper_util::client::legacy::Client::builder(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .build_http::<http_body_util::Full<bytes::Bytes>>(),
+                ),
+                config,
+            ),
+        }
+        .unwrap();
+        let error = TokenCache::new(source).get().await.unwrap_err();
+        assert!(
+            matches!(
+                gateway_error(&error),
+                GatewayError::TooLarge { limit: 65_536, .. }
+            ),
+            "{sender}: {error}"
+        );
+        assert!(error.is_retryable());
+    }
+}
+
+#[tokio::test]
+async fn sipay_end_to_end_bearer_token_refreshed_after_a_401() {
+    let mut server = Server::new_async().await;
+    let (tokens, _) = issuer(&mut server, "/api/token", 2, |n| {
+        format!(r#"{{"status_code":100,"status_description":"ok","data":{{"token":"sipay-{n}","is_3d":0,"expires_at":"2099-01-01 00:00:00"}}}}"#)
+    })
+    .await;
+    let (rejected, accepted) = api(
+        &mut server,
+        "/api/paySmart3D",
+        "authorization",
+        "Bearer sipay-1",
+        "Bearer sipay-2",
+    )
+    .await;
+    let cache = sipay::cache(
+        reqwest::Client::new(),
+        SipayConfig::new(server.url(), "a", "s"),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let client = client(cache);
+    let response = client
+        .post(format!("{}/api/paySmart3D", server.url()))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    rejected.assert_async().await;
+    accepted.assert_async().await;
+    tokens.assert_async().await;
+}
+
+// ---- Payments API ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn payments_merchant_server_and_client_app_requests_have_the_documented_shape() {
+    let mut server = Server::new_async().await;
+    let session = server
+        .mock("POST", "/session_token")
+        .match_header("accept", "application/json")
+        .match_header("content-type", "application/json")
+        .match_header("authorization", "Bearer auth-token-A")
+        .match_header("merchant-account", "FNS-12345")
+        .with_body(r#"{"token":"sandbox_eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjQxMDI0NDQ4MDB9.sig"}"#)
+        .expect(1)
+        .create_async()
+        .await;
+    let source = SessionTokenSource::new(
+        reqwest::Client::new(),
+        &server.url(),
+        &Secret::new("auth-token-A"),
+        "FNS-12345",
+    )
+    .unwrap();
+    let token = source.fetch().await.unwrap();
+    let Expiry::At(at) = token.expiry() else {
+        panic!()
+    };
+    assert_eq!(
+        at.duration_since(UNIX_EPOCH).unwrap().as_secs(),
+        4_102_444_800
+    );
+    session.assert_async().await;
+    assert!(!format!("{source:?}").contains("auth-token-A"));
+
+    let merchant_endpoint = server
+        .mock("POST", "/merchant/session")
+        .match_header("x-app-key", "client-credential")
+        .with_body(r#"{"token":"sandbox_opaque"}"#)
+        .expect(1)
+        .create_async()
+        .await;
+    let app = ClientAppSource::new(
+        reqwest::Client::new(),
+        &format!("{}/merchant/session", server.url()),
+    )
+    .unwrap()
+    .with_header(
+        HeaderName::from_static("x-app-key"),
+        &Secret::new("client-credential"),
+    )
+    .unwrap();
+    let token = app.fetch().await.unwrap();
+    assert_eq!(
+        token.expiry(),
+        Expiry::In(payments::DEFAULT_SESSION_LIFETIME)
+    );
+    merchant_endpoint.assert_async().await;
+}
+
+#[tokio::test]
+async fn payments_revoking_an_authentication_token_expires_its_session_tokens() {
+    let mut server = Server::new_async().await;
+    let minted_a = server
+        .mock("POST", "/session_token")
+        .match_header("authorization", "Bearer auth-A")
+        .with_body(r#"{"token":"sandbox_A"}"#)
+        .expect(2) // one for the shared cache, one minted for a client app
+        .create_async()
+        .await;
+    let minted_b = server
+        .mock("POST", "/session_token")
+        .match_header("authorization", "Bearer auth-B")
+        .with_body(r#"{"token":"sandbox_B"}"#)
+        .expect(1)
+        .create_async()
+        .await;
+    let api_a = server
+        .mock("POST", "/payments")
+        .match_header("authorization", "Bearer sandbox_A")
+        .match_header("merchant-account", "FNS-1")
+        .expect(1)
+        .create_async()
+        .await;
+    let api_b = server
+        .mock("POST", "/payments")
+        .match_header("authorization", "Bearer sandbox_B")
+        .expect(2)
+        .create_async()
+        .await;
+    let sessions = SessionTokens::new(reqwest::Client::new(), server.url(), "FNS-1").unwrap();
+    sessions
+        .register("refunds", &Secret::new("auth-A"))
+        .unwrap();
+    sessions
+        .register("checkout", &Secret::new("auth-B"))
+        .unwrap();
+    let (a, b) = (
+        sessions.cache("refunds").unwrap(),
+        sessions.cache("checkout").unwrap(),
+    );
+    let (client_a, client_b) = (client(a.clone()), client(b));
+    let url = format!("{}/payments", server.url());
+    assert_eq!(
+        client_a.post(&url).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        client_b.post(&url).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        sessions.mint("refunds").await.unwrap().secret().expose(),
+        "sandbox_A"
+    );
+
+    assert!(sessions.revoke("refunds"));
+    assert!(
+        a.cached().is_none(),
+        "the session token minted under it is gone"
+    );
+    let error = client_a.post(&url).send().await.unwrap_err();
+    assert!(error.to_string().contains("revoked"), "{error}");
+    assert!(sessions.mint("refunds").await.is_err());
+    assert!(sessions.cache("refunds").is_none());
+    // the other authentication token's sessions are untouched
+    assert_eq!(
+        client_b.post(&url).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    minted_a.assert_async().await;
+    minted_b.assert_async().await;
+    api_a.assert_async().await; // no request went out with A's session token after the revoke
+    api_b.assert_async().await;
+}
+
+#[tokio::test]
+async fn payments_client_app_end_to_end_renews_its_session_token_after_a_401() {
+    let mut server = Server::new_async().await;
+    let (tokens, _) = issuer(&mut server, "/merchant/session", 2, |n| {
+        format!(r#"{{"token":"sandbox_s{n}"}}"#)
+    })
+    .await;
+    let (rejected, accepted) = api(
+        &mut server,
+        "/payments",
+        "authorization",
+        "Bearer sandbox_s1",
+        "Bearer sandbox_s2",
+    )
+    .await;
+    let source = ClientAppSource::new(
+        reqwest::Client::new(),
+        &format!("{}/merchant/session", server.url()),
+    )
+    .unwrap();
+    let cache = TokenCache::builder(source)
+        .with_presentation(payments::presentation("FNS-1").unwrap())
+        .build()
+        .unwrap();
+    let response = client(cache)
+        .post(format!("{}/payments", server.url()))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    rejected.assert_async().await;
+    accepted.assert_async().await;
+    tokens.assert_async().await;
+}
+
+// ---- generic JSON ----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_generic_source_posts_credentials_and_reads_by_pointer() {
+    let mut server = Server::new_async().await;
+    let oauth = server
+        .mock("POST", "/oauth/token")
+        .match_header("content-type", "application/x-www-form-urlencoded")
+        .match_body(Matcher::AllOf(vec![
+            Matcher::UrlEncoded("grant_type".into(), "client_credentials".into()),
+            Matcher::UrlEncoded("client_secret".into(), "s3cr3t".into()),
+        ]))
+        .with_body(r#"{"data":{"jwt":"opaque-1","ttl":"120"}}"#)
+        .expect(1)
+        .create_async()
+        .await;
+    let source = JsonSource::form(
+        reqwest::Client::new(),
+        &format!("{}/oauth/token", server.url()),
+        [
+            ("grant_type", "client_credentials"),
+            ("client_secret", "s3cr3t"),
+        ],
+    )
+    .unwrap()
+    .with_name("example")
+    .with_token_pointer("/data/jwt")
+    .with_expiry(ExpiryField::InSeconds("/data/ttl".into()));
+    assert!(!format!("{source:?}").contains("s3cr3t"));
+    let token = source.fetch().await.unwrap();
+    assert_eq!(token.secret().expose(), "opaque-1");
+    assert_eq!(token.expiry(), Expiry::In(Duration::from_secs(120)));
+    oauth.assert_async().await;
+    let e = source
+        .parse(StatusCode::OK, br#"{"data":{"jwt":5}}"#)
+        .unwrap_err();
+    assert!(e.to_string().contains("`/data/jwt` is a number"), "{e}");
+}
