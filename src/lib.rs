@@ -43,6 +43,6 @@ pub use tokenwarden_reqwest as reqwest;
 pub use tokenwarden_tower as tower;
 
 // The README's examples use every feature: they are tested with `--all-features`.
-#[cfg(all(doctest, feature = "tower", feature = "reqwest"))]
+#[cfg(all(doctest, feature = "tower", feature = "reqwest", feature = "gateways"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
