@@ -1,0 +1,251 @@
+//! The sandbox speaks each gateway the way its source expects, rejects what it should, injects
+//! faults and counts.
+
+use std::time::Duration;
+
+use reqwest_middleware::ClientBuilder;
+use tokenwarden_core::{Error, Secret, TokenCache};
+use tokenwarden_gateways::boipa::{self, Action, ActionRequest};
+use tokenwarden_gateways::payments::SessionTokens;
+use tokenwarden_gateways::{GatewayError, sipay, torus};
+use tokenwarden_reqwest::TokenMiddleware;
+use tokenwarden_sandbox::{Fault, Gateway, Sandbox, credentials};
+
+fn gateway_error(error: &Error) -> &GatewayError {
+    error
+        .fetch_error()
+        .and_then(|f| f.get_ref().downcast_ref::<GatewayError>())
+        .unwrap_or_else(|| panic!("not a gateway error: {error:?}"))
+}
+
+/// Sends `n` requests to `gateway`'s API through a client with `cache`; returns the statuses.
+async fn call(sandbox: &Sandbox, gateway: Gateway, cache: &TokenCache, n: usize) -> Vec<u16> {
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(TokenMiddleware::new(cache.clone()))
+        .build();
+    let mut statuses = Vec::new();
+    for _ in 0..n {
+        let response = client
+            .post(sandbox.api_url(gateway, "orders"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    statuses
+}
+
+#[tokio::test]
+async fn every_gateway_issues_tokens_its_api_accepts_and_forgets_on_demand() {
+    let sandbox = Sandbox::start().await.unwrap();
+    let http = reqwest::Client::new();
+    let caches = [
+        (
+            Gateway::Torus,
+            torus::cache(http.clone(), sandbox.torus_config())
+                .unwrap()
+                .build()
+                .unwrap(),
+        ),
+        (
+            Gateway::Sipay,
+            sipay::cache(http.clone(), sandbox.sipay_config())
+                .unwrap()
+                .build()
+                .unwrap(),
+        ),
+        (Gateway::Payments, {
+            let sessions = SessionTokens::new(
+                http.clone(),
+                sandbox.base_url(Gateway::Payments),
+                credentials::PAYMENTS_MERCHANT,
+            )
+            .unwrap();
+            sessions
+                .register(
+                    "main",
+                    &Secret::new(credentials::PAYMENTS_AUTHENTICATION_TOKEN),
+                )
+                .unwrap();
+            sessions.cache("main").unwrap()
+        }),
+    ];
+    for (gateway, cache) in &caches {
+        assert_eq!(
+            call(&sandbox, *gateway, cache, 3).await,
+            [200, 200, 200],
+            "{gateway}"
+        );
+        sandbox.expire_tokens(*gateway);
+        assert_eq!(
+            call(&sandbox, *gateway, cache, 2).await,
+            [200, 200],
+            "{gateway}: replayed after 401"
+        );
+        let stats = sandbox.stats(*gateway);
+        assert_eq!(stats.token_requests, 2, "{gateway}");
+        assert_eq!(
+            stats.api_requests, 6,
+            "{gateway}: 3 + 1 rejected + 1 replay + 1"
+        );
+        assert_eq!(stats.unauthorized, 1, "{gateway}");
+    }
+}
+
+#[tokio::test]
+async fn boipa_tokens_are_single_use() {
+    let sandbox = Sandbox::start().await.unwrap();
+    let cache = boipa::cache(
+        reqwest::Client::new(),
+        sandbox.boipa_config(),
+        ActionRequest::new(Action::Purchase),
+        0,
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    assert_eq!(call(&sandbox, Gateway::Boipa, &cache, 4).await, [200; 4]);
+    assert_eq!(sandbox.stats(Gateway::Boipa).tokens_issued, 4);
+    // a token used twice is rejected
+    let token = cache.get().await.unwrap();
+    let client = reqwest::Client::new();
+    let url = sandbox.api_url(Gateway::Boipa, "orders");
+    let send = || {
+        client
+            .post(&url)
+            .header("token", token.token().secret().expose())
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 200);
+    assert_eq!(send().await.unwrap().status(), 401);
+}
+
+#[tokio::test]
+async fn faults_come_back_as_typed_errors() {
+    let sandbox = Sandbox::start().await.unwrap();
+    let cache = |fetch_timeout| {
+        sipay::cache(reqwest::Client::new(), sandbox.sipay_config())
+            .unwrap()
+            .with_fetch_timeout(fetch_timeout)
+            .with_backoff(Duration::from_millis(1), Duration::from_millis(2))
+            .with_rejection_hold(Duration::from_millis(1))
+            .build()
+            .unwrap()
+    };
+    sandbox.inject(Gateway::Sipay, Fault::ServerError, 1);
+    let e = cache(Duration::from_secs(5)).get().await.unwrap_err();
+    assert!(
+        matches!(gateway_error(&e), GatewayError::Status { status, .. } if status.as_u16() == 503)
+            && e.is_retryable()
+    );
+
+    sandbox.inject(Gateway::Sipay, Fault::Malformed, 1);
+    let e = cache(Duration::from_secs(5)).get().await.unwrap_err();
+    assert!(
+        matches!(gateway_error(&e), GatewayError::Malformed { .. }),
+        "{e}"
+    );
+
+    sandbox.inject(Gateway::Sipay, Fault::RejectCredentials, 1);
+    let e = cache(Duration::from_secs(5)).get().await.unwrap_err();
+    assert!(
+        matches!(gateway_error(&e), GatewayError::Refused { .. }) && !e.is_retryable(),
+        "{e}"
+    );
+
+    sandbox.inject(Gateway::Sipay, Fault::Slow(Duration::from_millis(400)), 1);
+    let e = cache(Duration::from_millis(100)).get().await.unwrap_err();
+    assert!(matches!(e, Error::Timeout(_)), "{e}");
+
+    // and then it works again
+    assert!(cache(Duration::from_secs(5)).get().await.is_ok());
+    assert_eq!(sandbox.stats(Gateway::Sipay).token_requests, 5);
+}
+
+#[tokio::test]
+async fn wrong_credentials_are_refused_the_documented_way() {
+    let sandbox = Sandbox::start().await.unwrap();
+    let http = reqwest::Client::new();
+    let bad_torus = tokenwarden_gateways::torus::TorusConfig::new(
+        sandbox.base_url(Gateway::Torus),
+        "stale",
+        "k",
+        "s",
+    );
+    let e = torus::cache(http.clone(), bad_torus)
+        .unwrap()
+        .build()
+        .unwrap()
+        .get()
+        .await
+        .unwrap_err();
+    assert!(e.is_rejected(), "{e}");
+    let bad_sipay = tokenwarden_gateways::sipay::SipayConfig::new(
+        sandbox.base_url(Gateway::Sipay),
+        "app",
+        "wrong",
+    );
+    let e = sipay::cache(http.clone(), bad_sipay)
+        .unwrap()
+        .build()
+        .unwrap()
+        .get()
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("Invalid credentials"), "{e}");
+    let bad_boipa = tokenwarden_gateways::boipa::BoipaConfig::new(
+        sandbox.base_url(Gateway::Boipa),
+        1,
+        "wrong",
+        "https://x",
+    );
+    let e = boipa::cache(http, bad_boipa, ActionRequest::new(Action::Verify), 0)
+        .unwrap()
+        .build()
+        .unwrap()
+        .get()
+        .await
+        .unwrap_err();
+    let GatewayError::Refused {
+        codes, reference, ..
+    } = gateway_error(&e)
+    else {
+        panic!("{e}")
+    };
+    assert_eq!(codes[0].code, "password");
+    assert!(reference.is_some());
+}
+
+#[tokio::test]
+async fn revoking_an_authentication_token_rejects_its_session_tokens() {
+    let sandbox = Sandbox::start().await.unwrap();
+    let http = reqwest::Client::new();
+    let sessions = SessionTokens::new(
+        http,
+        sandbox.base_url(Gateway::Payments),
+        credentials::PAYMENTS_MERCHANT,
+    )
+    .unwrap();
+    sessions
+        .register(
+            "main",
+            &Secret::new(credentials::PAYMENTS_AUTHENTICATION_TOKEN),
+        )
+        .unwrap();
+    let minted = sessions.mint("main").await.unwrap();
+    let client = reqwest::Client::new();
+    let url = sandbox.api_url(Gateway::Payments, "payments");
+    let send = || {
+        client
+            .post(&url)
+            .bearer_auth(minted.secret().expose())
+            .header("merchant-account", credentials::PAYMENTS_MERCHANT)
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 200);
+    sandbox.revoke_authentication_token(credentials::PAYMENTS_AUTHENTICATION_TOKEN);
+    assert_eq!(send().await.unwrap().status(), 401);
+    sessions.revoke("main");
+    assert!(sessions.mint("main").await.is_err());
+}
