@@ -1,205 +1,309 @@
 //! `cargo run --example quickstart`
 //!
-//! Starts an in-process token issuer and an in-process API that checks the
-//! `Authorization: Bearer` header of every request, then drives concurrent traffic through one
-//! shared `TokenCache` and reports what happened: tokens fetched once and shared, renewed ahead
-//! of expiry while traffic flows, and a server-side revocation absorbed by invalidating the
-//! rejected token and replaying the request. No network, no credentials.
+//! Starts the in-process sandbox gateway, then drives concurrent traffic at the protected APIs of
+//! its four token systems for a few token lifetimes — through a hyper client with the tower
+//! layer and through reqwest clients with the middleware — while the sandbox forgets every
+//! token once and fails one token request. Prints, per gateway: requests sent, tokens fetched,
+//! 401s absorbed by replay, errors surfaced. Exits non-zero if any request failed or more tokens
+//! were fetched than the scenario needs.
 
-use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{Request, StatusCode};
-use tokenwarden::{FetchError, Presentation, Token, TokenCache};
-use tokio::time::Instant;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
+use tokenwarden::{Replay, Secret, TokenCache, TokenCacheBuilder};
+use tokenwarden_gateways::boipa::{self, Action, ActionRequest};
+use tokenwarden_gateways::payments::SessionTokens;
+use tokenwarden_gateways::{ServiceSender, sipay, torus};
+use tokenwarden_reqwest::TokenMiddleware;
+use tokenwarden_sandbox::{Fault, Gateway, Sandbox, SandboxConfig, credentials};
+use tokenwarden_tower::{RequestBody, TokenLayer, TokenService};
+use tower::ServiceExt;
 
-const LIFETIME: Duration = Duration::from_millis(1500);
+const LIFETIME: Duration = Duration::from_secs(3);
+const RUN_FOR: Duration = Duration::from_secs(8);
+const WORKERS: usize = 12;
+const PAUSE: Duration = Duration::from_millis(25);
+const BOIPA_POOL: usize = 4;
 
-/// The issuer: mints tokens with a short lifetime and remembers which are valid.
-#[derive(Default)]
-struct Issuer {
-    minted: AtomicU64,
-    valid: Mutex<HashMap<String, Instant>>,
-}
+type HyperClient = TokenService<
+    Client<hyper_util::client::legacy::connect::HttpConnector, RequestBody<Full<Bytes>>>,
+>;
 
-impl Issuer {
-    async fn mint(&self) -> Result<Token, FetchError> {
-        tokio::time::sleep(Duration::from_millis(30)).await; // a round trip
-        let n = self.minted.fetch_add(1, Relaxed) + 1;
-        let value = format!("sandbox-token-{n}-{:08x}", fastrand_u32(n));
-        let expires = Instant::now() + LIFETIME;
-        self.valid.lock().unwrap().insert(value.clone(), expires);
-        Ok(Token::new(value).with_expires_in(LIFETIME))
-    }
-
-    /// The API: 200 for a known, unexpired token, 401 otherwise, after 5 ms of work.
-    async fn handle(&self, request: &Request<()>) -> StatusCode {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        let Some(token) = request
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-        else {
-            return StatusCode::UNAUTHORIZED;
-        };
-        match self.valid.lock().unwrap().get(token) {
-            Some(expires) if Instant::now() < *expires => StatusCode::OK,
-            _ => StatusCode::UNAUTHORIZED,
-        }
-    }
-
-    fn revoke_all(&self) {
-        self.valid.lock().unwrap().clear();
-    }
-}
-
-fn fastrand_u32(seed: u64) -> u32 {
-    (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32
+/// The client each gateway is driven through.
+#[derive(Clone)]
+enum Driver {
+    Reqwest(ClientWithMiddleware),
+    Hyper(Box<HyperClient>),
 }
 
 #[derive(Default)]
-struct Report {
+struct Tally {
     requests: AtomicU64,
-    absorbed_401: AtomicU64,
+    replayed: AtomicU64,
     errors: AtomicU64,
 }
 
-/// Sends one request with the cached token; on 401 invalidates that token and replays once.
-async fn send(cache: &TokenCache, issuer: &Issuer, report: &Report) {
-    report.requests.fetch_add(1, Relaxed);
-    for attempt in 0..2 {
-        let snapshot = match cache.get().await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: {e}");
-                report.errors.fetch_add(1, Relaxed);
-                return;
+struct Lane {
+    gateway: Gateway,
+    via: &'static str,
+    cache: TokenCache,
+    driver: Driver,
+    tally: Arc<Tally>,
+}
+
+impl Lane {
+    async fn send(&self, url: &str) {
+        self.tally.requests.fetch_add(1, Relaxed);
+        let outcome = match &self.driver {
+            Driver::Reqwest(client) => client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(r#"{"amount":1999,"currency":"EUR"}"#)
+                .send()
+                .await
+                .map(|r| (r.status().as_u16(), r.extensions().get::<Replay>().cloned()))
+                .map_err(|e| e.to_string()),
+            Driver::Hyper(client) => {
+                let request = http::Request::post(url)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from_static(
+                        br#"{"amount":1999,"currency":"EUR"}"#,
+                    )))
+                    .expect("a valid request");
+                client
+                    .clone()
+                    .oneshot(request)
+                    .await
+                    .map(|r| (r.status().as_u16(), r.extensions().get::<Replay>().cloned()))
+                    .map_err(|e| e.to_string())
             }
         };
-        let mut request = Request::new(());
-        snapshot.apply_to(request.headers_mut());
-        match issuer.handle(&request).await {
-            StatusCode::UNAUTHORIZED if attempt == 0 => {
-                report.absorbed_401.fetch_add(1, Relaxed);
-                cache.invalidate(snapshot.id());
+        match outcome {
+            Ok((200, replay)) => {
+                if matches!(replay, Some(Replay::Replayed { .. })) {
+                    self.tally.replayed.fetch_add(1, Relaxed);
+                }
             }
-            StatusCode::OK => return,
-            _ => break,
+            Ok((status, replay)) => {
+                self.tally.errors.fetch_add(1, Relaxed);
+                eprintln!("{}: HTTP {status} ({replay:?})", self.gateway);
+            }
+            Err(e) => {
+                self.tally.errors.fetch_add(1, Relaxed);
+                eprintln!("{}: {e}", self.gateway);
+            }
         }
     }
-    report.errors.fetch_add(1, Relaxed);
+}
+
+/// Cache settings for the sandbox's short-lived tokens.
+fn short_lived(builder: TokenCacheBuilder) -> TokenCacheBuilder {
+    builder
+        .with_clock_skew(Duration::from_millis(200))
+        .with_mandatory_margin(Duration::from_millis(200))
+        .with_default_lifetime(LIFETIME)
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let issuer = Arc::new(Issuer::default());
-    let source = {
-        let issuer = Arc::clone(&issuer);
-        move || {
-            let issuer = Arc::clone(&issuer);
-            async move { issuer.mint().await }
-        }
-    };
-    let cache = TokenCache::builder(source)
-        .with_name("sandbox")
-        .with_presentation(Presentation::bearer())
-        .with_clock_skew(Duration::from_millis(100))
-        .with_mandatory_margin(Duration::from_millis(100))
-        .build()?;
-    let report = Arc::new(Report::default());
-
-    println!("tokenwarden quickstart: one shared TokenCache, an in-process issuer and API");
-    println!("(tokens live {} ms)\n", LIFETIME.as_millis());
-
-    // 1. A stampede on an empty cache.
-    let burst: Vec<_> = (0..500)
-        .map(|_| {
-            let (cache, issuer, report) = (cache.clone(), issuer.clone(), report.clone());
-            tokio::spawn(async move { send(&cache, &issuer, &report).await })
-        })
-        .collect();
-    for task in burst {
-        task.await?;
-    }
+    let sandbox = Sandbox::start_with(SandboxConfig {
+        token_lifetime: LIFETIME,
+    })
+    .await?;
     println!(
-        "1. 500 concurrent requests on an empty cache   -> {} token fetch(es)",
-        cache.stats().fetches
+        "tokenwarden quickstart — sandbox gateway at {}",
+        sandbox.url()
+    );
+    println!(
+        "{WORKERS} concurrent tasks per gateway for {} s; tokens live {} s; at 2.5 s the sandbox forgets every token, \
+         at 5 s one Sipay token request fails\n",
+        RUN_FOR.as_secs(),
+        LIFETIME.as_secs()
     );
 
-    // 2. Steady traffic over a few token lifetimes: renewed ahead of expiry, nobody waits.
-    let waits_before = cache.stats().waits;
-    let run_for = Duration::from_secs(4);
-    let start = Instant::now();
-    let workers: Vec<_> = (0..50)
-        .map(|_| {
-            let (cache, issuer, report) = (cache.clone(), issuer.clone(), report.clone());
-            tokio::spawn(async move {
-                while start.elapsed() < run_for {
-                    send(&cache, &issuer, &report).await;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+    let reqwest = reqwest::Client::new();
+    let hyper_issuer =
+        ServiceSender(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+    let with_middleware = |cache: &TokenCache| {
+        Driver::Reqwest(
+            ClientBuilder::new(reqwest::Client::new())
+                .with(TokenMiddleware::new(cache.clone()))
+                .build(),
+        )
+    };
+    let with_layer = |cache: &TokenCache| {
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Driver::Hyper(Box::new(
+            tower::ServiceBuilder::new()
+                .layer(TokenLayer::new(cache.clone()))
+                .service(client),
+        ))
+    };
+
+    let sipay = short_lived(sipay::cache(reqwest.clone(), sandbox.sipay_config())?).build()?;
+    let torus = short_lived(torus::cache(
+        hyper_issuer,
+        sandbox.torus_config().with_token_lifetime(LIFETIME),
+    )?)
+    .build()?;
+    let sessions = SessionTokens::new(
+        reqwest.clone(),
+        sandbox.base_url(Gateway::Payments),
+        credentials::PAYMENTS_MERCHANT,
+    )?
+    .with_cache_settings(short_lived);
+    sessions.register(
+        "checkout",
+        &Secret::new(credentials::PAYMENTS_AUTHENTICATION_TOKEN),
+    )?;
+    let payments = sessions.cache("checkout").expect("registered");
+    let purchase = ActionRequest::new(Action::Purchase).with_channel("ECOM");
+    let boipa = boipa::cache(
+        reqwest.clone(),
+        sandbox.boipa_config(),
+        purchase,
+        BOIPA_POOL,
+    )?
+    .build()?;
+
+    let lanes = Arc::new([
+        Lane {
+            gateway: Gateway::Sipay,
+            via: "reqwest",
+            driver: with_middleware(&sipay),
+            cache: sipay,
+            tally: Arc::default(),
+        },
+        Lane {
+            gateway: Gateway::Torus,
+            via: "hyper + tower",
+            driver: with_layer(&torus),
+            cache: torus,
+            tally: Arc::default(),
+        },
+        Lane {
+            gateway: Gateway::Payments,
+            via: "hyper + tower",
+            driver: with_layer(&payments),
+            cache: payments,
+            tally: Arc::default(),
+        },
+        Lane {
+            gateway: Gateway::Boipa,
+            via: "reqwest",
+            driver: with_middleware(&boipa),
+            cache: boipa,
+            tally: Arc::default(),
+        },
+    ]);
+
+    let start = tokio::time::Instant::now();
+    let mut workers = Vec::new();
+    for lane in 0..lanes.len() {
+        let url = sandbox.api_url(lanes[lane].gateway, "orders");
+        for _ in 0..WORKERS {
+            let (lanes, url) = (Arc::clone(&lanes), url.clone());
+            workers.push(tokio::spawn(async move {
+                while start.elapsed() < RUN_FOR {
+                    lanes[lane].send(&url).await;
+                    tokio::time::sleep(PAUSE).await;
                 }
-            })
-        })
-        .collect();
-    let live = std::io::stdout().is_terminal();
-    while start.elapsed() < run_for {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        if !live {
-            continue;
+            }));
         }
-        print!(
-            "\r2. steady traffic: {:>6} requests, {} tokens so far",
-            report.requests.load(Relaxed),
-            cache.stats().fetches
-        );
-        std::io::stdout().flush()?;
+    }
+
+    let live = std::io::stdout().is_terminal();
+    let (mut forgot, mut failed) = (false, false);
+    while start.elapsed() < RUN_FOR {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if !forgot && start.elapsed() >= Duration::from_millis(2500) {
+            forgot = true;
+            for gateway in Gateway::ALL {
+                sandbox.expire_tokens(gateway);
+            }
+        }
+        if !failed && start.elapsed() >= Duration::from_secs(5) {
+            failed = true;
+            sandbox.inject(Gateway::Sipay, Fault::ServerError, 1);
+        }
+        if live {
+            let sent: u64 = lanes.iter().map(|l| l.tally.requests.load(Relaxed)).sum();
+            let fetched: u64 = lanes.iter().map(|l| l.cache.stats().fetches).sum();
+            print!(
+                "\r  {:>4.1} s  {sent:>6} requests  {fetched:>5} tokens fetched",
+                start.elapsed().as_secs_f64()
+            );
+            std::io::stdout().flush()?;
+        }
     }
     for worker in workers {
         worker.await?;
     }
-    let stats = cache.stats();
     if live {
-        print!("\r");
+        println!();
     }
-    println!(
-        "2. {} s of traffic from 50 tasks               -> {} refreshes ahead of expiry, {} callers waited",
-        run_for.as_secs(),
-        stats.refreshes_ahead,
-        stats.waits - waits_before
-    );
 
-    // 3. The API forgets every token: requests get 401, the rejected token is invalidated
-    //    (once, however many requests carried it) and each request is replayed.
-    let fetches_before = cache.stats().fetches;
-    issuer.revoke_all();
-    let storm: Vec<_> = (0..300)
-        .map(|_| {
-            let (cache, issuer, report) = (cache.clone(), issuer.clone(), report.clone());
-            tokio::spawn(async move { send(&cache, &issuer, &report).await })
-        })
-        .collect();
-    for task in storm {
-        task.await?;
-    }
-    let stats = cache.stats();
     println!(
-        "3. 300 requests after a server-side revocation -> {} 401s absorbed by replay, {} token fetch(es)",
-        report.absorbed_401.load(Relaxed),
-        stats.fetches - fetches_before
+        "\n{:<14} {:<15} {:>9} {:>14} {:>14} {:>8}",
+        "gateway", "client", "requests", "tokens fetched", "401s absorbed", "errors"
     );
-
-    let errors = report.errors.load(Relaxed);
-    println!("\nrequests sent        {}", report.requests.load(Relaxed));
-    println!("tokens fetched       {}", stats.fetches);
-    println!("served from cache    {}", stats.hits);
-    println!("401s absorbed        {}", report.absorbed_401.load(Relaxed));
-    println!("errors surfaced      {errors}");
-    if errors > 0 {
-        return Err(format!("{errors} requests failed").into());
+    let mut problems = Vec::new();
+    for lane in lanes.iter() {
+        let requests = lane.tally.requests.load(Relaxed);
+        let replayed = lane.tally.replayed.load(Relaxed);
+        let errors = lane.tally.errors.load(Relaxed);
+        let fetched = lane.cache.stats().fetches;
+        println!(
+            "{:<14} {:<15} {requests:>9} {fetched:>14} {replayed:>14} {errors:>8}",
+            lane.gateway.to_string(),
+            lane.via
+        );
+        // What the scenario needs: shared tokens are renewed ahead of expiry (at most about every
+        // half lifetime), plus the first, one after the sandbox forgot them, one failed attempt;
+        // single-use tokens, one per request and one per replay, plus the pool, refilled after
+        // each rejection (which discards what was pooled before it).
+        let needed = if lane.cache.is_single_use() {
+            requests + replayed + BOIPA_POOL as u64 * (1 + lane.cache.stats().invalidations)
+        } else {
+            (RUN_FOR.as_millis() / (LIFETIME.as_millis() / 2)) as u64 + 3
+        };
+        if errors > 0 {
+            problems.push(format!(
+                "{}: {errors} requests surfaced an error",
+                lane.gateway
+            ));
+        }
+        if fetched > needed {
+            problems.push(format!(
+                "{}: {fetched} tokens fetched, the scenario needs at most {needed}",
+                lane.gateway
+            ));
+        }
+        if replayed == 0 {
+            problems.push(format!(
+                "{}: the forgotten tokens were never replayed",
+                lane.gateway
+            ));
+        }
     }
-    Ok(())
+    let unauthorized: u64 = Gateway::ALL
+        .iter()
+        .map(|g| sandbox.stats(*g).unauthorized)
+        .sum();
+    println!(
+        "\nThe sandbox answered 401 {unauthorized} times; every one was absorbed by a replay with a fresh token."
+    );
+    if problems.is_empty() {
+        println!("No request failed, and no token was fetched that the scenario did not need.");
+        Ok(())
+    } else {
+        Err(problems.join("\n").into())
+    }
 }

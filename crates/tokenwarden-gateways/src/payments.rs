@@ -24,7 +24,8 @@ use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use tokenwarden_core::{
-    ConfigError, Expiry, FetchError, Presentation, Secret, Token, TokenCache, TokenSource,
+    ConfigError, Expiry, FetchError, Presentation, Secret, Token, TokenCache, TokenCacheBuilder,
+    TokenSource,
 };
 
 use crate::wire::{Answer, endpoint, exchange, jwt_expiry};
@@ -257,6 +258,7 @@ pub struct SessionTokens {
     merchant: String,
     presentation: Presentation,
     entries: Arc<Mutex<HashMap<String, Entry>>>,
+    configure: Arc<dyn Fn(TokenCacheBuilder) -> TokenCacheBuilder + Send + Sync>,
 }
 
 #[derive(Clone)]
@@ -295,7 +297,19 @@ impl SessionTokens {
             presentation: presentation(&merchant)?,
             merchant,
             entries: Arc::default(),
+            configure: Arc::new(|builder| builder),
         })
+    }
+
+    /// Adjusts the settings of the caches made for authentication tokens registered from now on
+    /// (timeouts, clock-skew margin, …).
+    #[must_use]
+    pub fn with_cache_settings(
+        mut self,
+        configure: impl Fn(TokenCacheBuilder) -> TokenCacheBuilder + Send + Sync + 'static,
+    ) -> Self {
+        self.configure = Arc::new(configure);
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -322,10 +336,12 @@ impl SessionTokens {
         )?;
         let revoked = Arc::clone(&source.revoked);
         let build = |single: bool| {
-            let builder = TokenCache::builder(source.clone())
-                .with_name(format!("{GATEWAY} ({key})"))
-                .with_presentation(self.presentation.clone())
-                .with_default_lifetime(DEFAULT_SESSION_LIFETIME);
+            let builder = (self.configure)(
+                TokenCache::builder(source.clone())
+                    .with_name(format!("{GATEWAY} ({key})"))
+                    .with_presentation(self.presentation.clone())
+                    .with_default_lifetime(DEFAULT_SESSION_LIFETIME),
+            );
             if single {
                 builder.single_use()
             } else {

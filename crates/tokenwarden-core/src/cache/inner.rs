@@ -521,10 +521,18 @@ impl Inner {
     }
 
     pub(crate) fn invalidate(&self, id: TokenId) -> bool {
-        if self.single_use.is_some() {
-            return false;
-        }
         let mut st = self.lock();
+        if self.single_use.is_some() {
+            // The rejected token was never handed to anyone else; but tokens pooled before the
+            // rejection was seen are presumed as stale as it was.
+            let flushed = !st.pool.is_empty();
+            st.pool.clear();
+            if flushed {
+                Counters::bump(&self.counters.invalidations);
+                tracing::debug!(cache = %self.config.name, token = %id, "pooled tokens discarded after a rejection");
+            }
+            return flushed;
+        }
         let Some(current) = st.current.as_ref().filter(|c| c.snapshot.id() == id) else {
             Counters::bump(&self.counters.coalesced_invalidations);
             return false;

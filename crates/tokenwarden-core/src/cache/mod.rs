@@ -151,7 +151,9 @@ impl TokenCache {
     /// reason — then costs the issuer one fetch per backoff period, and other requests keep
     /// their token.
     ///
-    /// Does nothing in single-use mode, where no token is used twice.
+    /// In single-use mode, where no token is used twice, it discards the pooled tokens instead
+    /// (fetched before the rejection was seen, they are presumed as stale) and returns whether
+    /// there were any.
     pub fn invalidate(&self, id: TokenId) -> bool {
         self.inner.invalidate(id)
     }
