@@ -3,7 +3,7 @@
 //! `ClientWithMiddleware` sending the same requests with the same cache's header set by hand —
 //! in the same run, and interleaved batch by batch.
 //!
-//! `cargo bench --bench reqwest_overhead --features reqwest`
+//! `cargo bench --bench reqwest_overhead`
 //!
 //! `REQWEST_OVERHEAD_COUNT=<middleware|by_hand>:<requests>` instead sends that many sequential
 //! requests through one variant on one thread and exits, for `valgrind --tool=callgrind`.
@@ -18,7 +18,7 @@ use http::HeaderValue;
 use http::header::AUTHORIZATION;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use support::{BODY, concurrently, interleaved, report};
-use tokenwarden::reqwest::TokenMiddleware;
+use tokenwarden_reqwest::TokenMiddleware;
 
 async fn send(client: ClientWithMiddleware, addr: SocketAddr, header: Option<HeaderValue>) {
     let mut request = client

@@ -2,7 +2,7 @@
 //! `TokenLayer` (token cached) and, as the baseline, the same requests with the same cache's
 //! header set by hand — in the same run, and interleaved batch by batch.
 //!
-//! `cargo bench --bench tower_overhead --features tower`
+//! `cargo bench --bench tower_overhead`
 //!
 //! `TOWER_OVERHEAD_COUNT=<layer|by_hand>:<requests>` instead sends that many sequential requests
 //! through one variant on one thread and exits, for counting instructions with
@@ -22,7 +22,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use support::{BODY, concurrently, interleaved, report};
-use tokenwarden::tower::{RequestBody, TokenLayer, TokenService};
+use tokenwarden_tower::{RequestBody, TokenLayer, TokenService};
 use tower::{ServiceBuilder, ServiceExt};
 
 type Bare = Client<HttpConnector, Full<Bytes>>;

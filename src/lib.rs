@@ -10,6 +10,7 @@
 //! - [`reqwest`] (feature `reqwest`): the `reqwest-middleware` middleware.
 //! - [`gateways`] (feature `gateways`): token sources for BOIPA, Torus, Sipay, the Payments API
 //!   and generic JSON issuers.
+//! - [`sandbox`] (feature `sandbox`): an in-process sandbox of those gateways, for tests.
 //!
 //! ```
 //! use std::time::Duration;
@@ -39,6 +40,8 @@ pub use tokenwarden_core::{
 pub use tokenwarden_gateways as gateways;
 #[cfg(feature = "reqwest")]
 pub use tokenwarden_reqwest as reqwest;
+#[cfg(feature = "sandbox")]
+pub use tokenwarden_sandbox as sandbox;
 #[cfg(feature = "tower")]
 pub use tokenwarden_tower as tower;
 
