@@ -46,6 +46,6 @@ pub use tokenwarden_sandbox as sandbox;
 pub use tokenwarden_tower as tower;
 
 // The README's examples use every feature: they are tested with `--all-features`.
-#[cfg(all(doctest, feature = "tower", feature = "reqwest", feature = "gateways"))]
+#[cfg(all(doctest, feature = "tower", feature = "reqwest", feature = "sandbox"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
