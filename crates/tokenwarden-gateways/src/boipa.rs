@@ -15,14 +15,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::CONTENT_TYPE;
-use http::{HeaderName, Method, Request, StatusCode, Uri};
+use http::{HeaderName, StatusCode};
 use tokenwarden_core::{
     ConfigError, FetchError, Presentation, Secret, Token, TokenCache, TokenCacheBuilder,
     TokenSource,
 };
 
-use crate::wire::{Answer, endpoint, exchange};
+use crate::wire::{Answer, Issuer};
 use crate::{DEFAULT_MAX_RESPONSE, GatewayCode, GatewayError, HttpSend};
 
 const GATEWAY: &str = "BOIPA";
@@ -168,22 +167,11 @@ impl ActionRequest {
 pub struct ResultId(pub String);
 
 /// Fetches one BOIPA session token per call.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct BoipaSource {
-    sender: Arc<dyn HttpSend>,
-    uri: Uri,
+    issuer: Issuer,
     config: BoipaConfig,
     request: ActionRequest,
-}
-
-impl std::fmt::Debug for BoipaSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BoipaSource")
-            .field("uri", &self.uri)
-            .field("config", &self.config)
-            .field("request", &self.request)
-            .finish_non_exhaustive()
-    }
 }
 
 impl BoipaSource {
@@ -197,9 +185,16 @@ impl BoipaSource {
         config: BoipaConfig,
         request: ActionRequest,
     ) -> Result<Self, ConfigError> {
+        let issuer = Issuer::new(
+            Arc::new(sender),
+            GATEWAY,
+            &config.base_url,
+            "/token",
+            "base_url",
+        )?
+        .with_max_response(config.max_response);
         Ok(Self {
-            sender: Arc::new(sender),
-            uri: endpoint(&config.base_url, "/token", "base_url")?,
+            issuer,
             config,
             request,
         })
@@ -230,15 +225,11 @@ impl BoipaSource {
 #[async_trait]
 impl TokenSource for BoipaSource {
     async fn fetch(&self) -> Result<Token, FetchError> {
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(self.uri.clone())
-            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(http::header::ACCEPT, "application/json")
-            .body(Bytes::from(self.form()))
-            .map_err(FetchError::rejected)?;
-        let (status, body) =
-            exchange(&self.sender, GATEWAY, request, self.config.max_response).await?;
+        let form = Bytes::from(self.form());
+        let (status, body) = self
+            .issuer
+            .post(Some("application/x-www-form-urlencoded"), &[], form)
+            .await?;
         Ok(parse(status, &body)?.with_expires_in(self.config.token_lifetime))
     }
 }

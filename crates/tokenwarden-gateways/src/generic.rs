@@ -6,12 +6,11 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{ACCEPT, CONTENT_TYPE};
-use http::{HeaderName, HeaderValue, Method, Request, Uri};
+use http::{HeaderName, HeaderValue};
 use tokenwarden_core::{ConfigError, FetchError, Secret, Token, TokenSource};
 
-use crate::wire::{Answer, exchange, jwt_expiry};
-use crate::{DEFAULT_MAX_RESPONSE, GatewayError, HttpSend};
+use crate::wire::{Answer, Issuer, jwt_expiry};
+use crate::{GatewayError, HttpSend};
 
 /// How the expiry is read from the answer.
 #[derive(Clone, Debug)]
@@ -44,34 +43,17 @@ pub enum ExpiryField {
 /// assert!(!format!("{source:?}").contains("s3cr3t"));
 /// # Ok::<_, tokenwarden_core::ConfigError>(())
 /// ```
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct JsonSource {
-    sender: Arc<dyn HttpSend>,
-    uri: Uri,
+    issuer: Issuer,
     name: &'static str,
     content_type: &'static str,
+    /// The credentials, serialized.
     body: Secret,
+    /// Extra request headers (sensitive).
     headers: Vec<(HeaderName, HeaderValue)>,
     token_pointer: String,
     expiry: ExpiryField,
-    max_response: usize,
-}
-
-impl std::fmt::Debug for JsonSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JsonSource")
-            .field("name", &self.name)
-            .field("uri", &self.uri)
-            .field("content_type", &self.content_type)
-            .field("body", &self.body)
-            .field(
-                "headers",
-                &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
-            )
-            .field("token_pointer", &self.token_pointer)
-            .field("expiry", &self.expiry)
-            .finish_non_exhaustive()
-    }
 }
 
 impl JsonSource {
@@ -82,15 +64,13 @@ impl JsonSource {
         body: String,
     ) -> Result<Self, ConfigError> {
         Ok(Self {
-            sender: Arc::new(sender),
-            uri: crate::wire::endpoint(url, "", "url")?,
+            issuer: Issuer::new(Arc::new(sender), "token issuer", url, "", "url")?,
             name: "token issuer",
             content_type,
             body: Secret::new(body),
             headers: Vec::new(),
             token_pointer: "/access_token".into(),
             expiry: ExpiryField::None,
-            max_response: DEFAULT_MAX_RESPONSE,
         })
     }
 
@@ -127,6 +107,7 @@ impl JsonSource {
     #[must_use]
     pub fn with_name(mut self, name: &'static str) -> Self {
         self.name = name;
+        self.issuer = self.issuer.with_gateway(name);
         self
     }
 
@@ -199,18 +180,11 @@ impl JsonSource {
 #[async_trait]
 impl TokenSource for JsonSource {
     async fn fetch(&self) -> Result<Token, FetchError> {
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri(self.uri.clone())
-            .header(CONTENT_TYPE, self.content_type)
-            .header(ACCEPT, "application/json");
-        for (name, value) in &self.headers {
-            request = request.header(name, value);
-        }
-        let request = request
-            .body(Bytes::copy_from_slice(self.body.expose().as_bytes()))
-            .map_err(FetchError::rejected)?;
-        let (status, body) = exchange(&self.sender, self.name, request, self.max_response).await?;
+        let body = Bytes::copy_from_slice(self.body.expose().as_bytes());
+        let (status, body) = self
+            .issuer
+            .post(Some(self.content_type), &self.headers, body)
+            .await?;
         Ok(self.parse(status, &body)?)
     }
 }

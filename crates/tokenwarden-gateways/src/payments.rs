@@ -21,15 +21,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
-use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
+use http::header::AUTHORIZATION;
+use http::{HeaderName, HeaderValue, StatusCode};
 use tokenwarden_core::{
     ConfigError, Expiry, FetchError, Presentation, Secret, Token, TokenCache, TokenCacheBuilder,
     TokenSource,
 };
 
-use crate::wire::{Answer, endpoint, exchange, jwt_expiry};
-use crate::{DEFAULT_MAX_RESPONSE, GatewayCode, GatewayError, HttpSend};
+use crate::wire::{Answer, Issuer, jwt_expiry};
+use crate::{GatewayCode, GatewayError, HttpSend};
 
 const GATEWAY: &str = "Payments API";
 
@@ -89,23 +89,12 @@ pub fn session_expiry(token: &str) -> Expiry {
 }
 
 /// Mints session tokens on a merchant server with one authentication token.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct SessionTokenSource {
-    sender: Arc<dyn HttpSend>,
-    uri: Uri,
-    authorization: HeaderValue,
-    merchant: HeaderValue,
+    issuer: Issuer,
+    /// `Authorization: Bearer <authentication token>` (sensitive) and `Merchant-Account`.
+    headers: [(HeaderName, HeaderValue); 2],
     revoked: Arc<AtomicBool>,
-}
-
-impl std::fmt::Debug for SessionTokenSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionTokenSource")
-            .field("uri", &self.uri)
-            .field("merchant", &self.merchant)
-            .field("revoked", &self.revoked)
-            .finish_non_exhaustive()
-    }
 }
 
 impl SessionTokenSource {
@@ -136,10 +125,11 @@ impl SessionTokenSource {
         )?;
         authorization.set_sensitive(true);
         Ok(Self {
-            sender,
-            uri: endpoint(base_url, "/session_token", "base_url")?,
-            authorization,
-            merchant: header_value(merchant, "merchant")?,
+            issuer: Issuer::new(sender, GATEWAY, base_url, "/session_token", "base_url")?,
+            headers: [
+                (AUTHORIZATION, authorization),
+                (merchant_account(), header_value(merchant, "merchant")?),
+            ],
             revoked: Arc::default(),
         })
     }
@@ -151,16 +141,11 @@ impl TokenSource for SessionTokenSource {
         if self.revoked.load(Ordering::Acquire) {
             return Err(FetchError::rejected(revoked()));
         }
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(self.uri.clone())
-            .header(ACCEPT, "application/json")
-            .header(CONTENT_TYPE, "application/json")
-            .header(AUTHORIZATION, self.authorization.clone())
-            .header(merchant_account(), self.merchant.clone())
-            .body(Bytes::from_static(b"{}"))
-            .map_err(FetchError::rejected)?;
-        let (status, body) = exchange(&self.sender, GATEWAY, request, DEFAULT_MAX_RESPONSE).await?;
+        let body = Bytes::from_static(b"{}");
+        let (status, body) = self
+            .issuer
+            .post(Some("application/json"), &self.headers, body)
+            .await?;
         Ok(parse(status, &body)?)
     }
 }
@@ -181,23 +166,11 @@ fn revoked() -> GatewayError {
 
 /// Gets session tokens for a client app from the merchant server's own endpoint, which answers
 /// like the API (`{"token":"…"}`).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct ClientAppSource {
-    sender: Arc<dyn HttpSend>,
-    uri: Uri,
+    issuer: Issuer,
+    /// The client app's own credentials with its merchant server (sensitive).
     headers: Vec<(HeaderName, HeaderValue)>,
-}
-
-impl std::fmt::Debug for ClientAppSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientAppSource")
-            .field("uri", &self.uri)
-            .field(
-                "headers",
-                &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
-            )
-            .finish_non_exhaustive()
-    }
 }
 
 impl ClientAppSource {
@@ -208,8 +181,7 @@ impl ClientAppSource {
     /// [`ConfigError`] if the endpoint is not an absolute URL.
     pub fn new(sender: impl HttpSend, endpoint_url: &str) -> Result<Self, ConfigError> {
         Ok(Self {
-            sender: Arc::new(sender),
-            uri: endpoint(endpoint_url, "", "endpoint")?,
+            issuer: Issuer::new(Arc::new(sender), GATEWAY, endpoint_url, "", "endpoint")?,
             headers: Vec::new(),
         })
     }
@@ -231,15 +203,7 @@ impl ClientAppSource {
 #[async_trait]
 impl TokenSource for ClientAppSource {
     async fn fetch(&self) -> Result<Token, FetchError> {
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri(self.uri.clone())
-            .header(ACCEPT, "application/json");
-        for (name, value) in &self.headers {
-            request = request.header(name, value);
-        }
-        let request = request.body(Bytes::new()).map_err(FetchError::rejected)?;
-        let (status, body) = exchange(&self.sender, GATEWAY, request, DEFAULT_MAX_RESPONSE).await?;
+        let (status, body) = self.issuer.post(None, &self.headers, Bytes::new()).await?;
         Ok(parse(status, &body)?)
     }
 }

@@ -13,14 +13,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{ACCEPT, CONTENT_TYPE};
-use http::{Method, Request, StatusCode, Uri};
+use http::StatusCode;
 use tokenwarden_core::{
     ConfigError, Expiry, FetchError, Presentation, Secret, Token, TokenCache, TokenCacheBuilder,
     TokenSource,
 };
 
-use crate::wire::{Answer, endpoint, exchange, jwt_expiry, local_time};
+use crate::wire::{Answer, Issuer, jwt_expiry, local_time};
 use crate::{DEFAULT_MAX_RESPONSE, GatewayCode, GatewayError, HttpSend};
 
 const GATEWAY: &str = "Sipay";
@@ -98,20 +97,10 @@ impl SipayConfig {
 }
 
 /// Fetches Sipay tokens.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct SipaySource {
-    sender: Arc<dyn HttpSend>,
-    uri: Uri,
+    issuer: Issuer,
     config: SipayConfig,
-}
-
-impl std::fmt::Debug for SipaySource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SipaySource")
-            .field("uri", &self.uri)
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
 }
 
 impl SipaySource {
@@ -121,11 +110,15 @@ impl SipaySource {
     ///
     /// [`ConfigError`] if the base URL is not an absolute URL.
     pub fn new(sender: impl HttpSend, config: SipayConfig) -> Result<Self, ConfigError> {
-        Ok(Self {
-            sender: Arc::new(sender),
-            uri: endpoint(&config.base_url, "/api/token", "base_url")?,
-            config,
-        })
+        let issuer = Issuer::new(
+            Arc::new(sender),
+            GATEWAY,
+            &config.base_url,
+            "/api/token",
+            "base_url",
+        )?
+        .with_max_response(config.max_response);
+        Ok(Self { issuer, config })
     }
 }
 
@@ -136,15 +129,10 @@ impl TokenSource for SipaySource {
             "app_id": self.config.app_id,
             "app_secret": self.config.app_secret.expose(),
         });
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(self.uri.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .header(ACCEPT, "application/json")
-            .body(Bytes::from(body.to_string()))
-            .map_err(FetchError::rejected)?;
-        let (status, body) =
-            exchange(&self.sender, GATEWAY, request, self.config.max_response).await?;
+        let (status, body) = self
+            .issuer
+            .post(Some("application/json"), &[], Bytes::from(body.to_string()))
+            .await?;
         Ok(parse(status, &body, self.config.utc_offset)?)
     }
 }

@@ -11,14 +11,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{ACCEPT, CONTENT_TYPE};
-use http::{HeaderName, Method, Request, StatusCode, Uri};
+use http::{HeaderName, StatusCode};
 use tokenwarden_core::{
     ConfigError, FetchError, Presentation, Secret, Token, TokenCache, TokenCacheBuilder,
     TokenSource,
 };
 
-use crate::wire::{Answer, endpoint, exchange};
+use crate::wire::{Answer, Issuer};
 use crate::{DEFAULT_MAX_RESPONSE, GatewayCode, GatewayError, HttpSend};
 
 const GATEWAY: &str = "Torus";
@@ -72,20 +71,10 @@ impl TorusConfig {
 }
 
 /// Fetches Torus access tokens.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct TorusSource {
-    sender: Arc<dyn HttpSend>,
-    uri: Uri,
+    issuer: Issuer,
     config: TorusConfig,
-}
-
-impl std::fmt::Debug for TorusSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TorusSource")
-            .field("uri", &self.uri)
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
 }
 
 impl TorusSource {
@@ -102,11 +91,15 @@ impl TorusSource {
                 reason: "must be a valid header value",
             });
         }
-        Ok(Self {
-            sender: Arc::new(sender),
-            uri: endpoint(&config.base_url, "/api/v1/session/generate", "base_url")?,
-            config,
-        })
+        let issuer = Issuer::new(
+            Arc::new(sender),
+            GATEWAY,
+            &config.base_url,
+            "/api/v1/session/generate",
+            "base_url",
+        )?
+        .with_max_response(config.max_response);
+        Ok(Self { issuer, config })
     }
 }
 
@@ -117,19 +110,18 @@ impl TokenSource for TorusSource {
             "API_KEY": self.config.api_key.expose(),
             "API_SECRET": self.config.api_secret.expose(),
         });
-        let mut token_header = http::HeaderValue::from_str(self.config.request_token.expose())
+        let mut request_token = http::HeaderValue::from_str(self.config.request_token.expose())
             .map_err(FetchError::rejected)?;
-        token_header.set_sensitive(true);
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(self.uri.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .header(ACCEPT, "application/json")
-            .header(HeaderName::from_static("token"), token_header)
-            .body(Bytes::from(body.to_string()))
-            .map_err(FetchError::rejected)?;
-        let (status, body) =
-            exchange(&self.sender, GATEWAY, request, self.config.max_response).await?;
+        request_token.set_sensitive(true);
+        let headers = [(HeaderName::from_static("token"), request_token)];
+        let (status, body) = self
+            .issuer
+            .post(
+                Some("application/json"),
+                &headers,
+                Bytes::from(body.to_string()),
+            )
+            .await?;
         Ok(parse(status, &body)?.with_expires_in(self.config.token_lifetime))
     }
 }

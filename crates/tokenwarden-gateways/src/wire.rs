@@ -1,47 +1,106 @@
 //! The parts every gateway shares: one exchange with the issuer, JSON reading with precise
 //! errors, and expiry from a JWT or a local wall-clock time.
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use bytes::Bytes;
-use http::{Request, StatusCode, Uri};
+use http::header::{ACCEPT, CONTENT_TYPE};
+use http::{HeaderName, HeaderValue, Request, StatusCode, Uri};
 use serde_json::Value;
 use tokenwarden_core::ConfigError;
 
 use crate::http::TooLarge;
-use crate::{GatewayError, HttpSend};
+use crate::{DEFAULT_MAX_RESPONSE, GatewayError, HttpSend};
 
-/// Parses `base` + `path` into the issuer's URI, once, when a source is built.
-pub(crate) fn endpoint(base: &str, path: &str, setting: &'static str) -> Result<Uri, ConfigError> {
-    let url = format!("{}{path}", base.trim_end_matches('/'));
-    match url.parse::<Uri>() {
-        Ok(uri) if uri.scheme().is_some() && uri.authority().is_some() => Ok(uri),
-        _ => Err(ConfigError::Invalid {
-            name: setting,
-            reason: "must be an absolute http(s) URL",
-        }),
+/// One token endpoint and the client that reaches it: what every source has.
+#[derive(Clone)]
+pub(crate) struct Issuer {
+    sender: Arc<dyn HttpSend>,
+    uri: Uri,
+    gateway: &'static str,
+    max_response: usize,
+}
+
+impl fmt::Debug for Issuer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Issuer")
+            .field("gateway", &self.gateway)
+            .field("uri", &self.uri)
+            .field("max_response", &self.max_response)
+            .finish_non_exhaustive()
     }
 }
 
-/// Sends the request and reads the answer, mapping transport failures and oversized bodies.
-pub(crate) async fn exchange(
-    sender: &Arc<dyn HttpSend>,
-    gateway: &'static str,
-    request: Request<Bytes>,
-    max_body: usize,
-) -> Result<(StatusCode, Bytes), GatewayError> {
-    match sender.send(request, max_body).await {
-        Ok(response) => Ok((response.status(), response.into_body())),
-        Err(error) if error.is::<TooLarge>() => Err(GatewayError::TooLarge {
+impl Issuer {
+    /// The endpoint `base` + `path`, parsed once, when a source is built.
+    pub(crate) fn new(
+        sender: Arc<dyn HttpSend>,
+        gateway: &'static str,
+        base: &str,
+        path: &str,
+        setting: &'static str,
+    ) -> Result<Self, ConfigError> {
+        let url = format!("{}{path}", base.trim_end_matches('/'));
+        let uri = match url.parse::<Uri>() {
+            Ok(uri) if uri.scheme().is_some() && uri.authority().is_some() => uri,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    name: setting,
+                    reason: "must be an absolute http(s) URL",
+                });
+            }
+        };
+        Ok(Self {
+            sender,
+            uri,
             gateway,
-            limit: max_body,
-        }),
-        Err(error) => Err(GatewayError::Unreachable {
-            gateway,
-            reason: error.to_string(),
-        }),
+            max_response: DEFAULT_MAX_RESPONSE,
+        })
+    }
+
+    pub(crate) fn with_gateway(mut self, gateway: &'static str) -> Self {
+        self.gateway = gateway;
+        self
+    }
+
+    pub(crate) fn with_max_response(mut self, bytes: usize) -> Self {
+        self.max_response = bytes;
+        self
+    }
+
+    /// POSTs `body` (of `content_type`, if any) with `headers`, accepting JSON; returns the
+    /// status and the body, read up to the cap.
+    pub(crate) async fn post(
+        &self,
+        content_type: Option<&'static str>,
+        headers: &[(HeaderName, HeaderValue)],
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), GatewayError> {
+        let mut request = Request::post(self.uri.clone()).header(ACCEPT, "application/json");
+        if let Some(content_type) = content_type {
+            request = request.header(CONTENT_TYPE, content_type);
+        }
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let request = request.body(body).map_err(|e| GatewayError::Unreachable {
+            gateway: self.gateway,
+            reason: e.to_string(),
+        })?;
+        match self.sender.send(request, self.max_response).await {
+            Ok(response) => Ok((response.status(), response.into_body())),
+            Err(error) if error.is::<TooLarge>() => Err(GatewayError::TooLarge {
+                gateway: self.gateway,
+                limit: self.max_response,
+            }),
+            Err(error) => Err(GatewayError::Unreachable {
+                gateway: self.gateway,
+                reason: error.to_string(),
+            }),
+        }
     }
 }
 
