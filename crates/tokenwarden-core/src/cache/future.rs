@@ -31,16 +31,16 @@ impl Future for Get<'_> {
 
     #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if self.slow.is_none() {
-            if let Some(snapshot) = self.inner.cached() {
-                return Poll::Ready(Ok(snapshot));
-            }
-            self.slow = Some(slow(self.inner));
+        if self.slow.is_none()
+            && let Some(snapshot) = self.inner.cached()
+        {
+            return Poll::Ready(Ok(snapshot));
         }
-        match &mut self.slow {
-            Some(slow) => slow.as_mut().poll(cx),
-            None => unreachable!("set above"),
-        }
+        let inner = self.inner;
+        self.slow
+            .get_or_insert_with(|| slow(inner))
+            .as_mut()
+            .poll(cx)
     }
 }
 
