@@ -225,7 +225,8 @@ pub fn local_time(text: &str, utc_offset: i32) -> Option<SystemTime> {
     let (year, month, day) = (d.next()??, d.next()??, d.next()??);
     let mut t = time.splitn(3, ':').map(|p| p.parse::<i64>().ok());
     let (hour, minute, second) = (t.next()??, t.next()??, t.next()??);
-    let valid = (1..=12).contains(&month)
+    let valid = (1970..=9999).contains(&year)
+        && (1..=12).contains(&month)
         && (1..=31).contains(&day)
         && (0..24).contains(&hour)
         && (0..60).contains(&minute)
