@@ -371,6 +371,14 @@ async fn a_hanging_issuer_times_out() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_absurdly_long_lifetime_is_capped_not_an_overflow() {
+    let cache = cache(|| async { Ok(Token::new("forever").with_expires_in(Duration::MAX)) });
+    let first = cache.get().await.unwrap();
+    sleep(Duration::from_secs(300 * 24 * 3600)).await;
+    assert_eq!(cache.get().await.unwrap().id(), first.id());
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_already_expired_token_is_a_failed_fetch() {
     let cache = cache(|| async { Ok(Token::new("old").with_expires_in(Duration::from_secs(2))) });
     let err = cache.get().await.unwrap_err();

@@ -39,6 +39,10 @@ impl fmt::Display for FetchReason {
     }
 }
 
+/// The longest lifetime taken from an issuer: a token said to live longer is renewed after a
+/// year all the same (and the arithmetic on instants cannot overflow).
+const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// A token that arrived alive, with its lifetime after the skew margin.
 pub(crate) struct Fetched {
     pub(crate) token: Token,
@@ -88,7 +92,8 @@ pub(crate) async fn fetch_once(
         Expiry::Unknown => cfg.default_lifetime,
         Expiry::In(lifetime) => lifetime,
         Expiry::At(at) => at.duration_since(wall).unwrap_or_default(),
-    };
+    }
+    .min(MAX_LIFETIME);
     let lifetime = stated.saturating_sub(cfg.clock_skew);
     if lifetime.is_zero() || sent_at + lifetime <= Instant::now() {
         return Err(Error::AlreadyExpired {

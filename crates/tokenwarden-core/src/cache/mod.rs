@@ -91,6 +91,7 @@ use crate::{
 ///   a live runtime restarts the timer. A token may be handed out for as long as the timer is
 ///   late past its mandatory margin; the clock-skew margin still lies between that and the
 ///   stated expiry.
+/// - A token said to live longer than a year is renewed after a year.
 /// - Each thread that calls `get` keeps a private copy of the current token's headers (a few
 ///   hundred bytes), rebuilt once per token.
 #[derive(Clone)]
