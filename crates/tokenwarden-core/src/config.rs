@@ -101,6 +101,13 @@ impl CacheConfig {
                 "must be greater than zero and at most backoff_max",
             );
         }
+        const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+        if self.backoff_max > YEAR
+            || self.rejection_hold > YEAR
+            || self.fresh_rejection_window > YEAR
+        {
+            return invalid("backoff_max", "waits longer than a year are not supported");
+        }
         Ok(())
     }
 
@@ -155,6 +162,10 @@ mod tests {
             },
             CacheConfig {
                 backoff_max: Duration::from_millis(1),
+                ..CacheConfig::default()
+            },
+            CacheConfig {
+                rejection_hold: Duration::MAX,
                 ..CacheConfig::default()
             },
         ];
