@@ -286,12 +286,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 lane.gateway
             ));
         }
-        if replayed == 0 {
-            problems.push(format!(
-                "{}: the forgotten tokens were never replayed",
-                lane.gateway
-            ));
-        }
     }
     let unauthorized: u64 = Gateway::ALL
         .iter()
