@@ -498,6 +498,27 @@ async fn a_single_use_pool_hides_the_fetch_latency() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_rejection_discards_the_pool_and_a_refill_already_under_way() {
+    let source = Minting::new(Duration::from_secs(60)).with_delay(Duration::from_millis(100));
+    let cache = TokenCache::builder(source.clone())
+        .with_pool(2)
+        .build()
+        .unwrap();
+    // t=0: tok-1 fetched for the caller, tok-2 for the pool; both arrive at 100 ms, and the
+    // refill goes on with tok-3, arriving at 200 ms.
+    let rejected = cache.get().await.unwrap();
+    assert_eq!(secret(&rejected), "tok-1");
+    sleep(Duration::from_millis(50)).await; // t=150: tok-2 pooled, tok-3 in flight
+    assert!(cache.invalidate(rejected.id()), "the pool is flushed");
+    sleep(Duration::from_secs(1)).await; // tok-3 arrives and is dropped; the pool refills
+    let next = secret(&cache.get().await.unwrap());
+    assert!(
+        next != "tok-2" && next != "tok-3",
+        "a pre-rejection token was served: {next}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn revoke_racing_an_in_flight_fetch_never_installs_the_old_token() {
     let gate = Arc::new(Semaphore::new(0));
     let calls = Arc::new(AtomicUsize::new(0));

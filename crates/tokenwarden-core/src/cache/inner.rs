@@ -63,6 +63,8 @@ struct State {
     flight: Option<Flight>,
     /// Bumped by revocation: a fetch sent under an older epoch is never installed.
     epoch: u64,
+    /// Bumped when a single-use token is rejected: a pool refill sent before is discarded.
+    pool_generation: u64,
     /// Failures in a row (fetches, or fresh tokens rejected).
     failures: u32,
     retry_at: Option<Instant>,
@@ -527,6 +529,7 @@ impl Inner {
             // rejection was seen are presumed as stale as it was.
             let flushed = !st.pool.is_empty();
             st.pool.clear();
+            st.pool_generation += 1;
             if flushed {
                 Counters::bump(&self.counters.invalidations);
                 tracing::debug!(cache = %self.config.name, token = %id, "pooled tokens discarded after a rejection");
@@ -668,15 +671,16 @@ impl Inner {
                         return;
                     }
                     Counters::bump(&inner.counters.fetches);
-                    st.epoch
+                    (st.epoch, st.pool_generation)
                 };
                 let span =
                     tracing::info_span!("tokenwarden.fetch", cache = %config.name, reason = "pool");
                 let result = fetch_once(&*source, &config).instrument(span).await;
                 let Some(inner) = weak.upgrade() else { return };
                 let mut st = inner.lock();
-                if st.epoch != epoch {
-                    return;
+                if (st.epoch, st.pool_generation) != epoch {
+                    // Sent before a revocation or a rejection: presumed stale like the rest.
+                    continue;
                 }
                 match result.and_then(|fetched| inner.prepare(&mut st, fetched)) {
                     Ok((snapshot, schedule)) => {
