@@ -112,21 +112,27 @@ impl<B> std::fmt::Debug for PrefixedBody<B> {
     }
 }
 
+/// How much of a rejected response's body [`drain`] reads before giving up: 64 KiB.
+pub const DRAIN_LIMIT: usize = 64 * 1024;
+
+/// How long [`drain`] reads a rejected response's body before giving up: 1 s.
+pub const DRAIN_TIME: Duration = Duration::from_secs(1);
+
 /// Reads what is left of a rejected response (a small error body, usually) so that the
-/// connection can be reused for the replay; gives up after `limit` bytes or `within`, whichever
-/// comes first, and drops the rest.
-pub async fn drain<B: Body>(body: B, limit: usize, within: Duration) {
+/// connection can be reused for the replay; gives up after [`DRAIN_LIMIT`] bytes or
+/// [`DRAIN_TIME`], whichever comes first, and drops the rest. Both layers call it.
+pub async fn drain<B: Body>(body: B) {
     let mut body = std::pin::pin!(body);
     let mut read = 0;
     let reading = async {
-        while read <= limit {
+        while read <= DRAIN_LIMIT {
             match std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
                 Some(Ok(frame)) => read += frame.data_ref().map_or(0, bytes::Buf::remaining),
                 _ => return,
             }
         }
     };
-    let _ = tokio::time::timeout(within, reading).await;
+    let _ = tokio::time::timeout(DRAIN_TIME, reading).await;
 }
 
 #[cfg(test)]

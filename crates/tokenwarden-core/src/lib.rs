@@ -44,7 +44,7 @@ mod source;
 mod stats;
 mod token;
 
-pub use body::{PrefixedBody, drain};
+pub use body::{DRAIN_LIMIT, DRAIN_TIME, PrefixedBody, drain};
 pub use cache::{TokenCache, TokenCacheBuilder, future};
 pub use config::CacheConfig;
 pub use error::{ConfigError, Error};

@@ -1,7 +1,5 @@
 //! [`TokenMiddleware`].
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use http::Extensions;
 use reqwest::{Request, Response};
@@ -10,10 +8,6 @@ use tokenwarden_core::{
     Classifier, LayerPolicy, NotReplayed, PrefixedBody, Replay, SkipToken, TokenCache, Verdict,
     drain,
 };
-
-/// How much of a rejected response's body is read (so the connection can be reused) before the
-/// replay; beyond this, or after a second, the body is dropped.
-const DRAIN_LIMIT: usize = 64 * 1024;
 
 /// Puts the cache's token on every request and replays requests whose token was rejected.
 ///
@@ -172,12 +166,7 @@ impl Middleware for TokenMiddleware {
                 return Ok(response);
             }
         };
-        drain(
-            http::Response::from(response).into_body(),
-            DRAIN_LIMIT,
-            Duration::from_secs(1),
-        )
-        .await;
+        drain(http::Response::from(response).into_body()).await;
 
         fresh.apply_to(again.headers_mut());
         tracing::debug!(rejected = %token.id(), fresh = %fresh.id(), "token rejected; replaying");

@@ -7,10 +7,6 @@ use tower::Layer;
 
 use crate::TokenService;
 
-/// How much of a rejected response's body is read (to let the connection be reused) before the
-/// replay: beyond this the body is dropped.
-pub(crate) const DRAIN_LIMIT: usize = 64 * 1024;
-
 /// The settings shared by a layer and the services it makes.
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {

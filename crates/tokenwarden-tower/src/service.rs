@@ -2,7 +2,6 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -13,7 +12,7 @@ use tower::{BoxError, Service, ServiceExt};
 use crate::ResponseBody;
 use crate::body::{RequestBody, Tee};
 use crate::future::ResponseFuture;
-use crate::layer::{DRAIN_LIMIT, Settings, settings_setters};
+use crate::layer::{Settings, settings_setters};
 
 /// Puts the cache's token on every request to `S` and replays requests whose token was
 /// rejected. Made by [`TokenLayer`](crate::TokenLayer).
@@ -313,7 +312,7 @@ where
             return Ok(rejection);
         }
     };
-    drain(rejection.into_body(), DRAIN_LIMIT, Duration::from_secs(1)).await;
+    drain(rejection.into_body()).await;
 
     let mut again = parts;
     fresh.apply_to(&mut again.headers);
