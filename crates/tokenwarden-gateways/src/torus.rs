@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{HeaderName, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 use tokenwarden_core::{
     ConfigError, FetchError, Presentation, Secret, Token, TokenCache, TokenCacheBuilder,
     TokenSource,
@@ -75,6 +75,8 @@ impl TorusConfig {
 pub struct TorusSource {
     issuer: Issuer,
     config: TorusConfig,
+    /// `Token: <request token>`, built once, marked sensitive.
+    headers: [(HeaderName, HeaderValue); 1],
 }
 
 impl TorusSource {
@@ -85,12 +87,15 @@ impl TorusSource {
     /// [`ConfigError`] if the base URL is not an absolute URL, or the request token cannot be a
     /// header value.
     pub fn new(sender: impl HttpSend, config: TorusConfig) -> Result<Self, ConfigError> {
-        if http::HeaderValue::from_str(config.request_token.expose()).is_err() {
-            return Err(ConfigError::Invalid {
-                name: "request_token",
-                reason: "must be a valid header value",
-            });
-        }
+        let mut request_token =
+            HeaderValue::from_str(config.request_token.expose()).map_err(|_| {
+                ConfigError::Invalid {
+                    name: "request_token",
+                    reason: "must be a valid header value",
+                }
+            })?;
+        request_token.set_sensitive(true);
+        let headers = [(HeaderName::from_static("token"), request_token)];
         let issuer = Issuer::new(
             Arc::new(sender),
             GATEWAY,
@@ -99,7 +104,11 @@ impl TorusSource {
             "base_url",
         )?
         .with_max_response(config.max_response);
-        Ok(Self { issuer, config })
+        Ok(Self {
+            issuer,
+            config,
+            headers,
+        })
     }
 }
 
@@ -110,15 +119,11 @@ impl TokenSource for TorusSource {
             "API_KEY": self.config.api_key.expose(),
             "API_SECRET": self.config.api_secret.expose(),
         });
-        let mut request_token = http::HeaderValue::from_str(self.config.request_token.expose())
-            .map_err(FetchError::rejected)?;
-        request_token.set_sensitive(true);
-        let headers = [(HeaderName::from_static("token"), request_token)];
         let (status, body) = self
             .issuer
             .post(
                 Some("application/json"),
-                &headers,
+                &self.headers,
                 Bytes::from(body.to_string()),
             )
             .await?;
@@ -179,6 +184,19 @@ pub fn cache(sender: impl HttpSend, config: TorusConfig) -> Result<TokenCacheBui
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_hides_every_credential() {
+        let sender = |_: http::Request<Bytes>, _: usize| async {
+            Err::<http::Response<Bytes>, _>(tokenwarden_core::BoxError::from("offline"))
+        };
+        let config = TorusConfig::new(BASE_URL, "request-t0ken", "key-k3y", "s3cret");
+        let source = TorusSource::new(sender, config).unwrap();
+        let text = format!("{source:?}");
+        for secret in ["request-t0ken", "key-k3y", "s3cret"] {
+            assert!(!text.contains(secret), "{text}");
+        }
+    }
 
     #[test]
     fn reads_the_documented_answers() {
