@@ -54,14 +54,8 @@ async fn batch(client: &ClientWithMiddleware, addr: SocketAddr, header: Option<&
     concurrently(move || send(client.clone(), addr, header.clone())).await;
 }
 
-fn count_only(spec: &str) {
-    let (variant, n) = spec.split_once(':').expect("variant:requests");
-    let n: usize = n.parse().expect("a number of requests");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+fn count_only(variant: &str, n: usize) {
+    support::runtime(None).block_on(async {
         let (addr, header, bare, with_middleware) = setup().await;
         for _ in 0..n {
             if variant == "middleware" {
@@ -74,14 +68,10 @@ fn count_only(spec: &str) {
 }
 
 fn bench(c: &mut Criterion) {
-    if let Ok(spec) = std::env::var("REQWEST_OVERHEAD_COUNT") {
-        return count_only(&spec);
+    if let Some((variant, n)) = support::count_mode("REQWEST_OVERHEAD_COUNT") {
+        return count_only(&variant, n);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = support::runtime(Some(2));
     let (addr, header, bare, with_middleware) = runtime.block_on(setup());
     runtime.block_on(async {
         batch(&bare, addr, Some(&header)).await;

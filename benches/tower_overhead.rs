@@ -70,14 +70,8 @@ async fn by_hand(bare: &Bare, addr: SocketAddr, header: &HeaderValue) {
     .await;
 }
 
-fn count_only(spec: &str) {
-    let (variant, n) = spec.split_once(':').expect("variant:requests");
-    let n: usize = n.parse().expect("a number of requests");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+fn count_only(variant: &str, n: usize) {
+    support::runtime(None).block_on(async {
         let (addr, header, bare, layered) = setup().await;
         for _ in 0..n {
             if variant == "layer" {
@@ -95,14 +89,10 @@ fn count_only(spec: &str) {
 }
 
 fn bench(c: &mut Criterion) {
-    if let Ok(spec) = std::env::var("TOWER_OVERHEAD_COUNT") {
-        return count_only(&spec);
+    if let Some((variant, n)) = support::count_mode("TOWER_OVERHEAD_COUNT") {
+        return count_only(&variant, n);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = support::runtime(Some(2));
     let (addr, header, bare, layered) = runtime.block_on(setup());
     runtime.block_on(async {
         by_hand(&bare, addr, &header).await;

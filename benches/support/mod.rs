@@ -104,3 +104,27 @@ where
         task.await.unwrap();
     }
 }
+
+/// `<variant>:<requests>` from the environment variable `var`, when set: the benchmark then
+/// sends that many sequential requests through one variant and exits, for counting
+/// instructions with `valgrind --tool=callgrind`.
+pub fn count_mode(var: &str) -> Option<(String, usize)> {
+    let spec = std::env::var(var).ok()?;
+    let (variant, n) = spec.split_once(':').expect("<variant>:<requests>");
+    Some((variant.to_owned(), n.parse().expect("a number of requests")))
+}
+
+/// A runtime with `workers` worker threads, or a single-threaded one for `None` (which keeps
+/// instruction counts repeatable).
+pub fn runtime(workers: Option<usize>) -> tokio::runtime::Runtime {
+    match workers {
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    }
+    .unwrap()
+}
