@@ -268,7 +268,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // What the scenario needs: shared tokens are renewed ahead of expiry (at most about every
         // half lifetime), plus the first, one after the sandbox forgot them, one failed attempt;
         // single-use tokens, one per request and one per replay, plus the pool, refilled after
-        // each rejection (which discards what was pooled before it).
+        // each rejection (which discards what was pooled or being fetched for the pool).
         let needed = if lane.cache.is_single_use() {
             requests + replayed + BOIPA_POOL as u64 * (1 + lane.cache.stats().invalidations)
         } else {

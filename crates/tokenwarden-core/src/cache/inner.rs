@@ -526,15 +526,15 @@ impl Inner {
         let mut st = self.lock();
         if self.single_use.is_some() {
             // The rejected token was never handed to anyone else; but tokens pooled before the
-            // rejection was seen are presumed as stale as it was.
-            let flushed = !st.pool.is_empty();
+            // rejection was seen — pooled or still being fetched — are presumed as stale as it was.
+            let discarded = !st.pool.is_empty() || st.refill.is_some();
             st.pool.clear();
             st.pool_generation += 1;
-            if flushed {
+            if discarded {
                 Counters::bump(&self.counters.invalidations);
                 tracing::debug!(cache = %self.config.name, token = %id, "pooled tokens discarded after a rejection");
             }
-            return flushed;
+            return discarded;
         }
         let Some(current) = st.current.as_ref().filter(|c| c.snapshot.id() == id) else {
             Counters::bump(&self.counters.coalesced_invalidations);

@@ -152,9 +152,9 @@ impl TokenCache {
     /// reason — then costs the issuer one fetch per backoff period, and other requests keep
     /// their token.
     ///
-    /// In single-use mode, where no token is used twice, it discards the pooled tokens instead
-    /// (fetched before the rejection was seen, they are presumed as stale) and returns whether
-    /// there were any.
+    /// In single-use mode, where no token is used twice, it discards the pooled tokens instead,
+    /// and any being fetched for the pool (sent before the rejection was seen, they are presumed
+    /// as stale), and returns whether there were any.
     pub fn invalidate(&self, id: TokenId) -> bool {
         self.inner.invalidate(id)
     }
