@@ -43,8 +43,9 @@ async fn setup() -> (
     let snapshot = cache.get().await.unwrap();
     let by_hand = snapshot.headers().next().unwrap().1.clone();
     let bare = ClientBuilder::new(reqwest::Client::new()).build();
+    let scope = tokenwarden::core::Scope::origin(&format!("http://{addr}")).unwrap();
     let with_middleware = ClientBuilder::new(reqwest::Client::new())
-        .with(TokenMiddleware::new(cache))
+        .with(TokenMiddleware::new(cache, scope))
         .build();
     (addr, by_hand, bare, with_middleware)
 }

@@ -47,7 +47,10 @@ async fn setup() -> (SocketAddr, HeaderValue, Bare, Layered) {
     let bare = Client::builder(TokioExecutor::new()).build_http();
     let client = Client::builder(TokioExecutor::new()).build_http();
     let layered = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache))
+        .layer(TokenLayer::new(
+            cache,
+            tokenwarden::core::Scope::origin(&format!("http://{addr}")).unwrap(),
+        ))
         .service(client);
     (addr, by_hand, bare, layered)
 }

@@ -15,7 +15,8 @@ mod merchant;
 use std::time::Duration;
 
 use reqwest_middleware::ClientBuilder;
-use tokenwarden::{Replay, Secret, TokenCache};
+use tokenwarden::{Replay, Scope, Secret, TokenCache};
+use tokenwarden_gateways::IssuerClient;
 use tokenwarden_gateways::payments::{self, ClientAppSource, SessionTokens};
 use tokenwarden_reqwest::TokenMiddleware;
 use tokenwarden_sandbox::{Gateway, Sandbox, credentials};
@@ -33,7 +34,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => {
             let started = Sandbox::start().await?;
             let sessions = SessionTokens::new(
-                reqwest::Client::new(),
+                IssuerClient::new()?,
                 started.base_url(Gateway::Payments),
                 credentials::PAYMENTS_MERCHANT,
             )?;
@@ -58,7 +59,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     // The client app's token source: its merchant server, with its own credential.
-    let source = ClientAppSource::new(reqwest::Client::new(), &session_endpoint)?.with_header(
+    let source = ClientAppSource::new(IssuerClient::new()?, &session_endpoint)?.with_header(
         http::HeaderName::from_static("x-client-key"),
         &Secret::new(client_key),
     )?;
@@ -66,8 +67,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_name("client app session")
         .with_presentation(payments::presentation(&merchant_account)?)
         .build()?;
-    let client = ClientBuilder::new(reqwest::Client::new())
-        .with(TokenMiddleware::new(cache.clone()))
+    // Session tokens go to the Payments API's origin only, and the client never follows a
+    // redirect away from it.
+    let client = ClientBuilder::new(tokenwarden_reqwest::client_builder().build()?)
+        .with(TokenMiddleware::new(cache.clone(), Scope::origin_of(&api)?))
         .build();
 
     for payment in 1..=4 {

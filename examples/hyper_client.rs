@@ -13,7 +13,7 @@ use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokenwarden::{Replay, TokenCache};
+use tokenwarden::{Replay, Scope, TokenCache};
 use tokenwarden_gateways::generic::JsonSource;
 use tokenwarden_gateways::{ServiceSender, sipay};
 use tokenwarden_sandbox::{Gateway, Sandbox};
@@ -47,8 +47,9 @@ async fn main() -> Result<(), tower::BoxError> {
 
     // The one line that matters: the layer goes on the client.
     let client = Client::builder(TokioExecutor::new()).build_http::<RequestBody<Full<Bytes>>>();
+    // Tokens go to the API's origin only: any other host gets no token header.
     let client = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache.clone()))
+        .layer(TokenLayer::new(cache.clone(), Scope::origin_of(&api)?))
         .service(client);
 
     for order in 1..=3 {

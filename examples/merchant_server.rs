@@ -11,6 +11,7 @@
 mod merchant;
 
 use tokenwarden::Secret;
+use tokenwarden_gateways::IssuerClient;
 use tokenwarden_gateways::payments::SessionTokens;
 use tokenwarden_sandbox::{Gateway, Sandbox, credentials};
 
@@ -34,7 +35,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
 
-    let sessions = SessionTokens::new(reqwest::Client::new(), base, merchant_account)?;
+    let sessions = SessionTokens::new(IssuerClient::new()?, base, merchant_account)?;
     sessions.register(merchant::USE_CASE, &Secret::new(authentication_token))?;
     let addr = merchant::serve(sessions.clone()).await?;
     println!("merchant server: POST http://{addr}/session (header x-client-key)");

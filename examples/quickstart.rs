@@ -20,7 +20,7 @@ use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use tokenwarden::{Replay, Secret, TokenCache, TokenCacheBuilder};
 use tokenwarden_gateways::boipa::{self, Action, ActionRequest};
 use tokenwarden_gateways::payments::SessionTokens;
-use tokenwarden_gateways::{ServiceSender, sipay, torus};
+use tokenwarden_gateways::{IssuerClient, ServiceSender, sipay, torus};
 use tokenwarden_reqwest::TokenMiddleware;
 use tokenwarden_sandbox::{Fault, Gateway, Sandbox, SandboxConfig, credentials};
 use tokenwarden_tower::{RequestBody, TokenLayer, TokenService};
@@ -128,13 +128,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         LIFETIME.as_secs()
     );
 
-    let reqwest = reqwest::Client::new();
+    let reqwest = IssuerClient::new()?;
     let hyper_issuer =
         ServiceSender(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+    // Tokens go to the sandbox's origin only; the reqwest client never follows a redirect
+    // away from it.
+    let scope = sandbox.scope()?;
+    let api_client = tokenwarden_reqwest::client_builder().build()?;
     let with_middleware = |cache: &TokenCache| {
         Driver::Reqwest(
-            ClientBuilder::new(reqwest::Client::new())
-                .with(TokenMiddleware::new(cache.clone()))
+            ClientBuilder::new(api_client.clone())
+                .with(TokenMiddleware::new(cache.clone(), scope.clone()))
                 .build(),
         )
     };
@@ -142,7 +146,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let client = Client::builder(TokioExecutor::new()).build_http();
         Driver::Hyper(Box::new(
             tower::ServiceBuilder::new()
-                .layer(TokenLayer::new(cache.clone()))
+                .layer(TokenLayer::new(cache.clone(), scope.clone()))
                 .service(client),
         ))
     };

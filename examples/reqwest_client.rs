@@ -9,9 +9,9 @@
 //! read at `TOKEN_POINTER`, default `/access_token`) and `API_URL`.
 
 use reqwest_middleware::ClientBuilder;
-use tokenwarden::{Replay, TokenCache};
+use tokenwarden::{Replay, Scope, TokenCache};
 use tokenwarden_gateways::generic::JsonSource;
-use tokenwarden_gateways::torus;
+use tokenwarden_gateways::{IssuerClient, torus};
 use tokenwarden_reqwest::TokenMiddleware;
 use tokenwarden_sandbox::{Gateway, Sandbox};
 
@@ -23,7 +23,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let (cache, api) = match &sandbox {
         Some(sandbox) => (
-            torus::cache(reqwest::Client::new(), sandbox.torus_config())?.build()?,
+            torus::cache(IssuerClient::new()?, sandbox.torus_config())?.build()?,
             sandbox.api_url(Gateway::Torus, "orders"),
         ),
         None => {
@@ -31,7 +31,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 &std::env::var("TOKEN_REQUEST_JSON").unwrap_or_else(|_| "{}".into()),
             )?;
             let source =
-                JsonSource::json(reqwest::Client::new(), &std::env::var("TOKEN_URL")?, body)?
+                JsonSource::json(IssuerClient::new()?, &std::env::var("TOKEN_URL")?, body)?
                     .with_token_pointer(
                         std::env::var("TOKEN_POINTER").unwrap_or_else(|_| "/access_token".into()),
                     );
@@ -40,8 +40,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     // The one line that matters: the middleware goes on the client.
-    let client = ClientBuilder::new(reqwest::Client::new())
-        .with(TokenMiddleware::new(cache.clone()))
+    // A client that never follows a redirect out of the origin, and tokens for the API's
+    // origin only.
+    let client = ClientBuilder::new(tokenwarden_reqwest::client_builder().build()?)
+        .with(TokenMiddleware::new(cache.clone(), Scope::origin_of(&api)?))
         .build();
 
     for order in 1..=3 {

@@ -33,8 +33,9 @@
 pub use tokenwarden_core as core;
 pub use tokenwarden_core::{
     CacheConfig, CacheStats, Classifier, ConfigError, DefaultClassifier, Error, Expiry, FetchError,
-    InsecureTransport, NotReplayed, Presentation, Replay, Secret, SkipToken, Snapshot, Token,
-    TokenCache, TokenCacheBuilder, TokenId, TokenSource, Verdict,
+    InsecureTransport, LayerPolicy, NotReplayed, Origin, Presentation, Replay, Scope, Secret,
+    SkipToken, Snapshot, Token, TokenCache, TokenCacheBuilder, TokenCharset, TokenId, TokenProblem,
+    TokenSource, Verdict,
 };
 #[cfg(feature = "gateways")]
 pub use tokenwarden_gateways as gateways;

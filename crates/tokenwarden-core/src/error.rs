@@ -5,6 +5,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 use crate::FetchError;
+use crate::presentation::TokenProblem;
 
 /// Why the cache could not hand out a token.
 ///
@@ -45,6 +46,13 @@ pub enum Error {
         /// The header the presentation tried to fill.
         header: HeaderName,
     },
+    /// The token the issuer returned is not one that can be sent as it is: it is empty, or has
+    /// a control, non-ASCII or invisible character (a TAB, a no-break or zero-width space), or
+    /// one outside the bearer alphabet. Names the problem, never the value.
+    #[error(
+        "the token source returned a malformed token: {0}; check the issuer and the token field read"
+    )]
+    MalformedToken(TokenProblem),
     /// The token source panicked. This is a bug in the source; the cache keeps working.
     #[error("the token source panicked; this is a bug in the source")]
     SourcePanicked,
@@ -85,6 +93,7 @@ impl Error {
             Error::BackingOff { last, .. } => last.is_retryable(),
             Error::Rejected(_)
             | Error::InvalidHeaderValue { .. }
+            | Error::MalformedToken(_)
             | Error::SourcePanicked
             | Error::NoRuntime => false,
         }
@@ -138,6 +147,15 @@ pub enum ConfigError {
     Template {
         /// The header the template is for.
         header: HeaderName,
+    },
+    /// An origin (of a token scope) that cannot be used. Printed with any credentials or
+    /// query values redacted.
+    #[error("`{origin}` is not a usable origin: {problem}")]
+    Origin {
+        /// The text given, redacted.
+        origin: String,
+        /// What is wrong with it.
+        problem: &'static str,
     },
     /// A template's fixed text cannot be sent in an HTTP header.
     #[error("header template for `{header}` contains characters not allowed in HTTP headers")]

@@ -36,6 +36,7 @@ mod body;
 mod cache;
 mod config;
 mod error;
+mod origin;
 mod policy;
 mod presentation;
 mod secret;
@@ -48,12 +49,15 @@ pub use body::{DRAIN_LIMIT, DRAIN_TIME, PrefixedBody, drain};
 pub use cache::{TokenCache, TokenCacheBuilder, future};
 pub use config::CacheConfig;
 pub use error::{ConfigError, Error};
-pub use policy::{
-    Classifier, DEFAULT_MAX_REPLAY_BODY, DefaultClassifier, InsecureTransport, LayerPolicy,
-    NotReplayed, Replay, SkipToken, Verdict, challenge_allows_refresh, challenge_errors,
-    check_transport, transport_allowed,
+pub use origin::{
+    InsecureTransport, Origin, RedactedUri, Scope, check_transport, is_loopback, redact_url,
+    transport_allowed,
 };
-pub use presentation::Presentation;
+pub use policy::{
+    Classifier, DEFAULT_MAX_REPLAY_BODY, DefaultClassifier, LayerPolicy, NotReplayed, Replay,
+    SkipToken, Verdict, challenge_allows_refresh, challenge_errors,
+};
+pub use presentation::{Presentation, TokenCharset, TokenProblem};
 pub use secret::Secret;
 pub use snapshot::Snapshot;
 pub use source::{BoxError, FetchError, TokenSource};

@@ -5,9 +5,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use http::header::WWW_AUTHENTICATE;
-use http::{HeaderMap, StatusCode, Uri};
+use http::{HeaderMap, StatusCode};
 
-use crate::TokenId;
+use crate::origin::transport_allowed;
+use crate::{InsecureTransport, Scope, TokenId};
 
 /// The default cap on a request body kept for a replay: 64 KiB.
 ///
@@ -227,92 +228,43 @@ impl<'a> Iterator for AuthParams<'a> {
     }
 }
 
-/// A token was about to be sent over plain `http://` to a host that is not loopback.
-#[derive(Clone, Debug, thiserror::Error)]
-#[error(
-    "refusing to send a token over plain http to `{host}`: use https, or allow it explicitly \
-     (with_insecure_http) if this network is trusted"
-)]
-pub struct InsecureTransport {
-    /// The host the request was for.
-    pub host: String,
-}
-
-/// Whether a request to `uri` may carry a token: `https`, any scheme-less (relative) URI, and
-/// plain `http` to loopback hosts are allowed; plain `http` elsewhere only if
-/// `allow_insecure_http`.
+/// What the HTTP layers decide per request, set once: which origins get tokens, how
+/// rejections are recognised, and how much of a body is kept or inspected.
 ///
-/// # Errors
-///
-/// [`InsecureTransport`] for plain `http` to a host that is not loopback.
-pub fn check_transport(uri: &Uri, allow_insecure_http: bool) -> Result<(), InsecureTransport> {
-    let authority = uri.authority().map(|a| a.as_str());
-    transport_allowed(uri.scheme_str(), authority, allow_insecure_http)
-}
-
-/// [`check_transport`] on a URL's parts, for clients whose URLs are not `http::Uri`s.
-///
-/// # Errors
-///
-/// [`InsecureTransport`] for plain `http` to a host that is not loopback.
-pub fn transport_allowed(
-    scheme: Option<&str>,
-    authority: Option<&str>,
-    allow_insecure_http: bool,
-) -> Result<(), InsecureTransport> {
-    if allow_insecure_http || !scheme.is_some_and(|s| s.eq_ignore_ascii_case("http")) {
-        return Ok(());
-    }
-    let authority = authority.unwrap_or("");
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = match host_port.find(']') {
-        Some(end) if host_port.starts_with('[') => &host_port[..=end],
-        _ => host_port.split_once(':').map_or(host_port, |(h, _)| h),
-    };
-    if is_loopback(host) {
-        Ok(())
-    } else {
-        Err(InsecureTransport {
-            host: host.to_owned(),
-        })
-    }
-}
-
-/// What the HTTP layers decide per request, set once: how rejections are recognised, how much
-/// of a body is kept or inspected, and which requests may carry a token at all.
+/// There is no default scope: a policy is made for the origins it covers, or — as a named
+/// opt-in — for [`Scope::any_origin`].
 ///
 /// ```
-/// use tokenwarden_core::LayerPolicy;
+/// use tokenwarden_core::{LayerPolicy, Scope};
 ///
-/// let policy = LayerPolicy::default()
-///     .with_origin(&"https://api.example.com".parse().unwrap())
+/// let policy = LayerPolicy::new(Scope::origin("https://api.example.com")?)
 ///     .with_max_replay_body(256 * 1024);
-/// assert!(policy.covers(Some("https"), Some("api.example.com")));
-/// assert!(!policy.covers(Some("https"), Some("elsewhere.example.com")));
+/// assert_eq!(policy.admit(Some("https"), Some("api.example.com"), None), Ok(true));
+/// // another host, such as a redirect's target: sent untouched, without the token
+/// assert_eq!(policy.admit(Some("https"), Some("elsewhere.example.com"), None), Ok(false));
+/// # Ok::<_, tokenwarden_core::ConfigError>(())
 /// ```
 #[derive(Clone)]
 pub struct LayerPolicy {
+    scope: Scope,
     classifier: Arc<dyn Classifier>,
     max_replay_body: usize,
     max_inspect_body: usize,
     allow_insecure_http: bool,
-    /// `scheme://authority` of the origins that get tokens; empty means every origin.
-    origins: Arc<[String]>,
 }
 
-impl Default for LayerPolicy {
-    fn default() -> Self {
+impl LayerPolicy {
+    /// A policy putting tokens on requests to the origins of `scope`, with the default rules.
+    pub fn new(scope: impl Into<Scope>) -> Self {
         Self {
+            scope: scope.into(),
             classifier: Arc::new(DefaultClassifier::default()),
             max_replay_body: DEFAULT_MAX_REPLAY_BODY,
             max_inspect_body: 8 * 1024,
             allow_insecure_http: false,
-            origins: Arc::from([]),
         }
     }
-}
 
-impl LayerPolicy {
     /// Decides which responses mean the token was rejected. Default: [`DefaultClassifier`].
     #[must_use]
     pub fn with_classifier(mut self, classifier: impl Classifier) -> Self {
@@ -349,17 +301,17 @@ impl LayerPolicy {
         self
     }
 
-    /// Only requests to this origin (`scheme://host[:port]`, e.g. the API's base URL) get
-    /// tokens; requests elsewhere, such as the target of a redirect to another host, pass
-    /// through untouched. Call it again to add origins. Default: every origin.
+    /// Replaces the scope: the origins that get tokens.
     #[must_use]
-    pub fn with_origin(mut self, origin: &Uri) -> Self {
-        if let (Some(scheme), Some(authority)) = (origin.scheme_str(), origin.authority()) {
-            let mut origins = self.origins.to_vec();
-            origins.push(format!("{scheme}://{authority}"));
-            self.origins = origins.into();
-        }
+    pub fn with_scope(mut self, scope: impl Into<Scope>) -> Self {
+        self.scope = scope.into();
         self
+    }
+
+    /// The origins that get tokens.
+    #[must_use]
+    pub fn scope(&self) -> &Scope {
+        &self.scope
     }
 
     /// The classifier.
@@ -380,35 +332,38 @@ impl LayerPolicy {
         self.max_inspect_body
     }
 
-    /// Whether a request to this scheme and authority gets a token (relative URLs, with
-    /// neither, always do).
-    #[must_use]
-    pub fn covers(&self, scheme: Option<&str>, authority: Option<&str>) -> bool {
-        if self.origins.is_empty() {
-            return true;
-        }
-        let (Some(scheme), Some(authority)) = (scheme, authority) else {
-            return true;
-        };
-        self.origins.iter().any(|origin| {
-            origin.split_once("://").is_some_and(|(s, a)| {
-                s.eq_ignore_ascii_case(scheme) && a.eq_ignore_ascii_case(authority)
-            })
-        })
-    }
-
-    /// Whether a token may be sent to this scheme and authority ([`transport_allowed`] with
-    /// this policy's setting).
+    /// What to do with a request to this scheme, host and port (`None`: the scheme's
+    /// default): `Ok(true)` put the token on, `Ok(false)` send it untouched (it is outside the
+    /// scope), or an [`InsecureTransport`] error: it is in scope but the plain-text rule
+    /// forbids the token there.
     ///
     /// # Errors
     ///
-    /// [`InsecureTransport`] for plain `http` to a host that is not loopback, unless allowed.
-    pub fn check_transport(
+    /// [`InsecureTransport`] for plain `http`/`ws` to a host that is not loopback (unless
+    /// allowed), or a scheme that is neither secure nor plain HTTP.
+    pub fn admit(
         &self,
         scheme: Option<&str>,
-        authority: Option<&str>,
-    ) -> Result<(), InsecureTransport> {
-        transport_allowed(scheme, authority, self.allow_insecure_http)
+        host: Option<&str>,
+        port: Option<u16>,
+    ) -> Result<bool, InsecureTransport> {
+        if !self.scope.covers(scheme, host, port) {
+            return Ok(false);
+        }
+        match (scheme, host) {
+            (Some(scheme), host) => {
+                transport_allowed(scheme, host.unwrap_or(""), self.allow_insecure_http)?;
+                Ok(true)
+            }
+            // A relative URI, under `Scope::any_origin` only.
+            (None, _) => Ok(true),
+        }
+    }
+
+    /// Whether plain `http` off loopback was allowed.
+    #[must_use]
+    pub fn allows_insecure_http(&self) -> bool {
+        self.allow_insecure_http
     }
 }
 
@@ -418,33 +373,15 @@ impl fmt::Debug for LayerPolicy {
             .field("max_replay_body", &self.max_replay_body)
             .field("max_inspect_body", &self.max_inspect_body)
             .field("allow_insecure_http", &self.allow_insecure_http)
-            .field("origins", &self.origins)
+            .field("scope", &self.scope)
             .finish_non_exhaustive()
-    }
-}
-
-fn is_loopback(host: &str) -> bool {
-    const SUFFIX: &str = ".localhost";
-    match host.as_bytes().first() {
-        Some(b'[') => host
-            .get(1..host.len() - 1)
-            .and_then(|v6| v6.parse::<std::net::Ipv6Addr>().ok())
-            .is_some_and(|ip| ip.is_loopback()),
-        Some(b'0'..=b'9') => host
-            .parse::<std::net::Ipv4Addr>()
-            .is_ok_and(|ip| ip.is_loopback()),
-        _ => {
-            host.eq_ignore_ascii_case("localhost")
-                || (host.len() > SUFFIX.len()
-                    && host.is_char_boundary(host.len() - SUFFIX.len())
-                    && host[host.len() - SUFFIX.len()..].eq_ignore_ascii_case(SUFFIX))
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::check_transport;
     use http::HeaderValue;
 
     fn with_challenge(values: &[&str]) -> HeaderMap {
@@ -510,11 +447,13 @@ mod tests {
     fn plain_http_only_to_loopback() {
         let ok = [
             "https://api.example.com/x",
+            "wss://api.example.com/x",
             "http://127.0.0.1:8080/x",
             "http://127.3.4.5/x",
             "http://localhost:3000/",
+            "ws://localhost:3000/",
             "http://[::1]:80/",
-            "http://api.LOCALHOST:8080/",
+            "http://[::ffff:127.0.0.1]:80/",
             "/relative/path",
         ];
         for uri in ok {
@@ -527,10 +466,21 @@ mod tests {
             check_transport(&"http://api.example.com/pay".parse().unwrap(), false).unwrap_err();
         assert_eq!(err.host, "api.example.com");
         assert!(err.to_string().contains("https"));
-        assert!(check_transport(&"http://10.0.0.1/".parse().unwrap(), false).is_err());
-        assert!(check_transport(&"http://127.example.com/".parse().unwrap(), false).is_err());
-        assert!(check_transport(&"http://[::2]:80/".parse().unwrap(), false).is_err());
-        assert!(check_transport(&"http://localhost.evil.com/".parse().unwrap(), false).is_err());
+        for bad in [
+            "http://10.0.0.1/",
+            "ws://api.example.com/",
+            "ftp://127.0.0.1/",
+            "http://127.example.com/",
+            "http://[::2]:80/",
+            "http://localhost.evil.com/",
+            "http://api.localhost/",
+            "http://127.0.0.1@evil.example/",
+        ] {
+            assert!(
+                check_transport(&bad.parse().unwrap(), false).is_err(),
+                "{bad}"
+            );
+        }
         assert!(check_transport(&"http://api.example.com/".parse().unwrap(), true).is_ok());
     }
 }

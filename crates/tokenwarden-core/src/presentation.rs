@@ -3,6 +3,8 @@
 use http::header::AUTHORIZATION;
 use http::{HeaderName, HeaderValue};
 
+use std::fmt;
+
 use crate::{ConfigError, Error, Secret};
 
 const PLACEHOLDER: &str = "{token}";
@@ -11,7 +13,20 @@ const PLACEHOLDER: &str = "{token}";
 /// (such as `Merchant-Account`).
 ///
 /// Header values are built once per token by the cache, marked sensitive (so HTTP/2 HPACK
-/// does not index them), and shared by every request that uses that token.
+/// does not index them), and shared by every request that uses that token. Fixed header values
+/// are marked sensitive too: they are often credentials (an API key). `Debug` shows header
+/// names only.
+///
+/// # Which tokens are accepted
+///
+/// Surrounding whitespace (space, TAB, CR, LF) is **trimmed** from every token a source
+/// returns, in every source alike: HTTP strips it from header values anyway, so the trimmed
+/// token is exactly what a server sees. What remains must be non-empty and made of visible
+/// ASCII characters; with a `Bearer` header it must also follow RFC 6750's `b64token`
+/// alphabet (letters, digits, `-._~+/`, then `=` padding) unless
+/// [`with_token_charset`](Self::with_token_charset) says otherwise. Anything else — a TAB or
+/// a space inside, a control character, a no-break or zero-width space — is refused with
+/// [`Error::MalformedToken`], which names the problem and its position, never the value.
 ///
 /// ```
 /// use http::{HeaderName, HeaderValue};
@@ -29,10 +44,76 @@ const PLACEHOLDER: &str = "{token}";
 ///     .with_template(HeaderName::from_static("x-auth"), "Session {token}")?;
 /// # Ok::<_, tokenwarden_core::ConfigError>(())
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Presentation {
     templates: Vec<Template>,
     fixed: Vec<(HeaderName, HeaderValue)>,
+    charset: Option<TokenCharset>,
+}
+
+impl fmt::Debug for Presentation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Presentation")
+            .field(
+                "token_headers",
+                &self.templates.iter().map(|t| &t.name).collect::<Vec<_>>(),
+            )
+            .field(
+                "fixed_headers",
+                &self.fixed.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .field("token_charset", &self.token_charset())
+            .finish()
+    }
+}
+
+/// Which characters a token may have (after surrounding whitespace is trimmed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenCharset {
+    /// RFC 6750's `b64token`: letters, digits, `-._~+/`, then any `=` padding. The default
+    /// when the presentation has a `Bearer` header.
+    B64Token,
+    /// Any visible ASCII character (`!` to `~`). The default otherwise.
+    Visible,
+}
+
+/// What is wrong with a token: the kind of character and its byte position (after trimming),
+/// never the value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenProblem {
+    /// Nothing is left after trimming surrounding whitespace.
+    #[error("it is empty (or only whitespace)")]
+    Empty,
+    /// A control character (TAB, CR, LF, NUL, DEL, …) inside the token.
+    #[error("it has a control character at byte {at}")]
+    Control {
+        /// The byte position.
+        at: usize,
+    },
+    /// A space inside the token.
+    #[error("it has a space at byte {at}")]
+    Space {
+        /// The byte position.
+        at: usize,
+    },
+    /// A character outside ASCII (a no-break space, a zero-width space, any letter outside
+    /// ASCII).
+    #[error("it has a non-ASCII character (such as a no-break or zero-width space) at byte {at}")]
+    NonAscii {
+        /// The byte position.
+        at: usize,
+    },
+    /// A visible character outside the `b64token` alphabet a `Bearer` header requires.
+    #[error(
+        "it has a character outside the RFC 6750 bearer alphabet at byte {at} (if the API \
+         accepts such tokens, set the presentation's token charset to Visible)"
+    )]
+    NotB64Token {
+        /// The byte position.
+        at: usize,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -49,6 +130,7 @@ impl Presentation {
         Self {
             templates: Vec::new(),
             fixed: Vec::new(),
+            charset: None,
         }
     }
 
@@ -108,11 +190,47 @@ impl Presentation {
         Ok(self)
     }
 
-    /// Adds a header sent with every token, unchanged (e.g. `Merchant-Account: <id>`).
+    /// Adds a header sent with every token, unchanged (e.g. `Merchant-Account: <id>`). Its
+    /// value is marked sensitive.
     #[must_use]
-    pub fn with_fixed_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+    pub fn with_fixed_header(mut self, name: HeaderName, mut value: HeaderValue) -> Self {
+        value.set_sensitive(true);
         self.fixed.push((name, value));
         self
+    }
+
+    /// Which characters a token may have. Default: [`TokenCharset::B64Token`] if a header is
+    /// `Authorization: Bearer`, else [`TokenCharset::Visible`].
+    #[must_use]
+    pub fn with_token_charset(mut self, charset: TokenCharset) -> Self {
+        self.charset = Some(charset);
+        self
+    }
+
+    /// The characters a token may have.
+    #[must_use]
+    pub fn token_charset(&self) -> TokenCharset {
+        self.charset.unwrap_or_else(|| {
+            let bearer = self.templates.iter().any(|t| {
+                t.prefix.len() == 7
+                    && t.prefix.eq_ignore_ascii_case("bearer ")
+                    && t.suffix.is_empty()
+            });
+            if bearer {
+                TokenCharset::B64Token
+            } else {
+                TokenCharset::Visible
+            }
+        })
+    }
+
+    /// Applies the token rule: trims surrounding whitespace (returning the trimmed secret if
+    /// anything was trimmed) and checks the characters left.
+    pub(crate) fn check_token(&self, secret: &Secret) -> Result<Option<Secret>, TokenProblem> {
+        let raw = secret.expose();
+        let trimmed = raw.trim_matches([' ', '\t', '\r', '\n']);
+        check_chars(trimmed, self.token_charset())?;
+        Ok((trimmed.len() != raw.len()).then(|| Secret::new(trimmed)))
     }
 
     /// How many of the rendered headers carry the token (they come first).
@@ -151,6 +269,25 @@ impl Presentation {
     }
 }
 
+fn check_chars(token: &str, charset: TokenCharset) -> Result<(), TokenProblem> {
+    if token.is_empty() {
+        return Err(TokenProblem::Empty);
+    }
+    let mut padding = false;
+    for (at, c) in token.char_indices() {
+        match c {
+            ' ' => return Err(TokenProblem::Space { at }),
+            c if c.is_ascii_control() => return Err(TokenProblem::Control { at }),
+            c if !c.is_ascii() => return Err(TokenProblem::NonAscii { at }),
+            _ if charset == TokenCharset::Visible => {}
+            '=' if at > 0 => padding = true,
+            c if !padding && (c.is_ascii_alphanumeric() || "-._~+/".contains(c)) => {}
+            _ => return Err(TokenProblem::NotB64Token { at }),
+        }
+    }
+    Ok(())
+}
+
 impl Default for Presentation {
     /// `Authorization: Bearer <token>`.
     fn default() -> Self {
@@ -183,8 +320,59 @@ mod tests {
                 ("authorization", "Bearer abc", true),
                 ("token", "abc", true),
                 ("x-auth", "S abc;", true),
-                ("merchant-account", "42", false),
+                ("merchant-account", "42", true),
             ]
+        );
+    }
+
+    #[test]
+    fn token_rule() {
+        let bearer = Presentation::bearer();
+        let custom = Presentation::header(HeaderName::from_static("token"));
+        let check = |p: &Presentation, t: &str| {
+            p.check_token(&Secret::new(t))
+                .map(|trimmed| trimmed.map(|s| s.expose().to_owned()))
+        };
+        assert_eq!(check(&bearer, "abc-._~+/09=="), Ok(None));
+        assert_eq!(check(&bearer, " \tabc\r\n"), Ok(Some("abc".to_owned())));
+        assert_eq!(check(&bearer, "  "), Err(TokenProblem::Empty));
+        assert_eq!(check(&bearer, "a\tb"), Err(TokenProblem::Control { at: 1 }));
+        assert_eq!(check(&bearer, "a b"), Err(TokenProblem::Space { at: 1 }));
+        assert_eq!(
+            check(&bearer, "ab\u{a0}"),
+            Err(TokenProblem::NonAscii { at: 2 })
+        );
+        assert_eq!(
+            check(&bearer, "\u{200b}ab"),
+            Err(TokenProblem::NonAscii { at: 0 })
+        );
+        assert_eq!(
+            check(&bearer, "a=b"),
+            Err(TokenProblem::NotB64Token { at: 2 })
+        );
+        assert_eq!(
+            check(&bearer, "=ab"),
+            Err(TokenProblem::NotB64Token { at: 0 })
+        );
+        assert_eq!(
+            check(&bearer, "a,b"),
+            Err(TokenProblem::NotB64Token { at: 1 })
+        );
+        assert_eq!(check(&custom, "a,b{}"), Ok(None));
+        assert_eq!(
+            check(&custom, "a\x7fb"),
+            Err(TokenProblem::Control { at: 1 })
+        );
+        let relaxed = bearer.with_token_charset(TokenCharset::Visible);
+        assert_eq!(check(&relaxed, "a,b"), Ok(None));
+        let p = Presentation::bearer().with_fixed_header(
+            HeaderName::from_static("x-api-key"),
+            HeaderValue::from_static("k3y-value"),
+        );
+        let debug = format!("{p:?}");
+        assert!(
+            debug.contains("x-api-key") && !debug.contains("k3y"),
+            "{debug}"
         );
     }
 

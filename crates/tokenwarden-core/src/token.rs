@@ -136,6 +136,10 @@ impl Token {
         self.id
     }
 
+    pub(crate) fn set_secret(&mut self, secret: Secret) {
+        self.secret = secret;
+    }
+
     pub(crate) fn set_id(&mut self, id: TokenId) {
         self.id = id;
     }

@@ -21,7 +21,7 @@ use tokenwarden_core::{
     TokenSource,
 };
 
-use crate::wire::{Answer, Issuer};
+use crate::wire::{Answer, Issuer, UrlText};
 use crate::{DEFAULT_MAX_RESPONSE, GatewayCode, GatewayError, HttpSend};
 
 const GATEWAY: &str = "BOIPA";
@@ -57,7 +57,7 @@ impl Action {
 /// The merchant's credentials and settings.
 #[derive(Clone, Debug)]
 pub struct BoipaConfig {
-    base_url: String,
+    base_url: UrlText,
     merchant_id: u64,
     password: Secret,
     allow_origin_url: String,
@@ -76,7 +76,7 @@ impl BoipaConfig {
         allow_origin_url: impl Into<String>,
     ) -> Self {
         Self {
-            base_url: base_url.into(),
+            base_url: UrlText(base_url.into()),
             merchant_id,
             password: password.into(),
             allow_origin_url: allow_origin_url.into(),
@@ -188,7 +188,7 @@ impl BoipaSource {
         let issuer = Issuer::new(
             Arc::new(sender),
             GATEWAY,
-            &config.base_url,
+            &config.base_url.0,
             "/token",
             "base_url",
         )?

@@ -73,6 +73,22 @@ pub enum GatewayError {
         /// What is wrong with it.
         problem: String,
     },
+    /// The token endpoint answered with a redirect. Token requests never follow one (the
+    /// credentials would be sent again, to wherever it points): nothing was re-sent.
+    #[error(
+        "{gateway}: the token endpoint answered HTTP {status}, a redirect to {target}; token \
+         requests never follow redirects (they would re-send the credentials): set the base URL \
+         to the issuer's actual address"
+    )]
+    Redirected {
+        /// The gateway.
+        gateway: &'static str,
+        /// The redirect's status.
+        status: StatusCode,
+        /// The origin it pointed to (`scheme://host[:port]`, never its path or query), or a
+        /// description when there was none.
+        target: String,
+    },
     /// The answer is larger than the cap.
     #[error("{gateway}: the token response is larger than {limit} bytes; refusing to read it")]
     TooLarge {
@@ -115,6 +131,7 @@ impl GatewayError {
                 status.is_server_error() || matches!(status.as_u16(), 408 | 429)
             }
             GatewayError::Refused { retryable, .. } => *retryable,
+            GatewayError::Redirected { .. } => false,
         }
     }
 
@@ -123,6 +140,7 @@ impl GatewayError {
     pub fn gateway(&self) -> &'static str {
         match self {
             GatewayError::Unreachable { gateway, .. }
+            | GatewayError::Redirected { gateway, .. }
             | GatewayError::Status { gateway, .. }
             | GatewayError::Refused { gateway, .. }
             | GatewayError::Malformed { gateway, .. }
@@ -135,6 +153,7 @@ impl GatewayError {
     pub fn status(&self) -> Option<StatusCode> {
         match self {
             GatewayError::Status { status, .. }
+            | GatewayError::Redirected { status, .. }
             | GatewayError::Refused { status, .. }
             | GatewayError::Malformed { status, .. } => Some(*status),
             _ => None,

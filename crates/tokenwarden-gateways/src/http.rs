@@ -11,10 +11,19 @@ pub const DEFAULT_MAX_RESPONSE: usize = 64 * 1024;
 
 /// Sends one request to a token issuer and reads its answer, at most `max_body` bytes of it.
 ///
-/// A small trait on `http` types, so that a gateway's source works with whichever client the
-/// application already has: implemented for `reqwest::Client` (feature `reqwest`) and, through
-/// [`ServiceSender`], for any tower service such as hyper-util's client (feature `tower`). A
+/// A small trait on `http` types, so that a gateway's source works with the HTTP stack the
+/// application already has: [`IssuerClient`] (reqwest, feature `reqwest`), [`ServiceSender`]
+/// for any tower service such as hyper-util's client (feature `tower`), and closures. A
 /// hyper-only application does not pull in reqwest, and tests can answer with anything.
+///
+/// # What a sender must not do
+///
+/// **Follow redirects.** A token request carries credentials; a sender that followed a
+/// redirect would send them again to wherever the issuer (or an attacker in its place)
+/// pointed. Sources treat every `3xx` answer as an error ([`GatewayError::Redirected`](crate::GatewayError::Redirected)), so a
+/// sender only has to hand it back. [`IssuerClient`] never follows one; a tower service is
+/// fine as long as no redirect follower (tower-http's `FollowRedirect`) wraps it; a plain
+/// `reqwest::Client` is not accepted, because its default policy follows them.
 #[async_trait]
 pub trait HttpSend: Send + Sync + 'static {
     /// Sends `request`; returns the response with its body read, or an error when the issuer
@@ -29,6 +38,48 @@ pub trait HttpSend: Send + Sync + 'static {
         request: Request<Bytes>,
         max_body: usize,
     ) -> Result<Response<Bytes>, BoxError>;
+
+    /// Whether credentials may go over plain `http` to a host that is not loopback. `false`
+    /// unless the sender is wrapped in [`InsecureHttp`]: sources refuse such an issuer URL
+    /// when they are built.
+    fn allows_insecure_http(&self) -> bool {
+        false
+    }
+}
+
+/// Lets a sender take issuer URLs on plain `http` to hosts that are not loopback — for a
+/// network you trust end to end only: anyone on the path reads the credentials and tokens.
+///
+/// ```
+/// # #[cfg(feature = "reqwest")] {
+/// use tokenwarden_gateways::generic::JsonSource;
+/// use tokenwarden_gateways::{InsecureHttp, IssuerClient};
+///
+/// let body = serde_json::json!({"client_id": "app", "client_secret": "s3cr3t"});
+/// // refused: credentials in clear text to another host
+/// assert!(JsonSource::json(IssuerClient::new()?, "http://auth.internal/token", body.clone()).is_err());
+/// // allowed, explicitly
+/// let source = JsonSource::json(InsecureHttp(IssuerClient::new()?), "http://auth.internal/token", body)?;
+/// # let _ = source;
+/// # }
+/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct InsecureHttp<S>(pub S);
+
+#[async_trait]
+impl<S: HttpSend> HttpSend for InsecureHttp<S> {
+    async fn send(
+        &self,
+        request: Request<Bytes>,
+        max_body: usize,
+    ) -> Result<Response<Bytes>, BoxError> {
+        self.0.send(request, max_body).await
+    }
+
+    fn allows_insecure_http(&self) -> bool {
+        true
+    }
 }
 
 /// Closures are senders too, which suits tests and custom transports:
@@ -67,16 +118,79 @@ pub struct TooLarge {
     pub limit: usize,
 }
 
+/// The reqwest client token requests go through: it **never follows a redirect** (a `3xx`
+/// comes back as it is, and the source fails with
+/// [`GatewayError::Redirected`](crate::GatewayError::Redirected)), and it gives up on a
+/// connection after 10 s and on a silent read after 30 s. Plain `http` to a host that is not
+/// loopback is refused when the source is built (see [`InsecureHttp`]).
+///
+/// Feature `reqwest`. Which TLS implementation it uses is reqwest's features' choice.
+///
+/// ```
+/// use tokenwarden_gateways::IssuerClient;
+/// use tokenwarden_gateways::sipay::{self, SipayConfig};
+///
+/// let config = SipayConfig::new(sipay::TEST_BASE_URL, "app-id", "app-secret");
+/// let cache = sipay::cache(IssuerClient::new()?, config)?.build()?;
+/// # let _ = cache;
+/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// ```
+#[cfg(feature = "reqwest")]
+#[derive(Clone, Debug)]
+pub struct IssuerClient {
+    client: reqwest::Client,
+}
+
+#[cfg(feature = "reqwest")]
+impl IssuerClient {
+    /// Connect timeout of [`IssuerClient::new`].
+    pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+    /// Read timeout of [`IssuerClient::new`].
+    pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+    /// A client with no redirects and the timeouts above.
+    ///
+    /// # Errors
+    ///
+    /// When reqwest cannot build a client (its TLS backend fails to initialise).
+    pub fn new() -> Result<Self, reqwest::Error> {
+        Self::from_builder(
+            reqwest::Client::builder()
+                .connect_timeout(Self::CONNECT_TIMEOUT)
+                .read_timeout(Self::READ_TIMEOUT),
+        )
+    }
+
+    /// A client from your own builder (proxies, TLS roots, timeouts), with redirects turned
+    /// off whatever the builder said.
+    ///
+    /// # Errors
+    ///
+    /// When reqwest cannot build the client.
+    pub fn from_builder(builder: reqwest::ClientBuilder) -> Result<Self, reqwest::Error> {
+        let client = builder
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Self { client })
+    }
+}
+
 #[cfg(feature = "reqwest")]
 #[async_trait]
-impl HttpSend for reqwest::Client {
+impl HttpSend for IssuerClient {
     async fn send(
         &self,
         request: Request<Bytes>,
         max_body: usize,
     ) -> Result<Response<Bytes>, BoxError> {
-        let request = reqwest::Request::try_from(request.map(reqwest::Body::from))?;
-        let mut response = self.execute(request).await?;
+        // Errors without their URL: it may carry credentials in its query.
+        let request = reqwest::Request::try_from(request.map(reqwest::Body::from))
+            .map_err(reqwest::Error::without_url)?;
+        let mut response = self
+            .client
+            .execute(request)
+            .await
+            .map_err(reqwest::Error::without_url)?;
         if response
             .content_length()
             .is_some_and(|n| n > max_body as u64)
@@ -84,7 +198,11 @@ impl HttpSend for reqwest::Client {
             return Err(Box::new(TooLarge { limit: max_body }));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(reqwest::Error::without_url)?
+        {
             if body.len() + chunk.len() > max_body {
                 return Err(Box::new(TooLarge { limit: max_body }));
             }
@@ -98,7 +216,9 @@ impl HttpSend for reqwest::Client {
 }
 
 /// [`HttpSend`] for a tower service taking `http::Request<Full<Bytes>>`, such as
-/// `hyper_util::client::legacy::Client<_, Full<Bytes>>`.
+/// `hyper_util::client::legacy::Client<_, Full<Bytes>>`, which follows no redirect. Do not wrap
+/// the service in a redirect follower (tower-http's `FollowRedirect`): it would re-send the
+/// credentials to the redirect's target before the source could refuse the `3xx`.
 #[cfg(feature = "tower")]
 #[derive(Clone, Debug)]
 pub struct ServiceSender<S>(pub S);

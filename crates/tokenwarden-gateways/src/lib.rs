@@ -18,21 +18,33 @@
 //! # The HTTP call to the issuer
 //!
 //! Sources send their one request through [`HttpSend`], a small trait on `http` types, rather
-//! than through a client chosen here: with feature `reqwest` it is implemented for
-//! `reqwest::Client`; with feature `tower`, [`ServiceSender`] adapts any tower service (such as
-//! hyper-util's client); closures implement it too. A hyper-only application therefore never
-//! compiles reqwest, and a test can answer with anything.
+//! than through a client chosen here: with feature `reqwest`, [`IssuerClient`] (reqwest with
+//! redirects off and timeouts); with feature `tower`, [`ServiceSender`] adapts any tower
+//! service (such as hyper-util's client); closures implement it too. A hyper-only application
+//! therefore never compiles reqwest, and a test can answer with anything.
 //!
 //! ```
 //! # #[cfg(feature = "reqwest")] {
+//! use tokenwarden_gateways::IssuerClient;
 //! use tokenwarden_gateways::sipay::{self, SipayConfig};
 //!
 //! let config = SipayConfig::new(sipay::TEST_BASE_URL, "app-id", "app-secret");
-//! let cache = sipay::cache(reqwest::Client::new(), config)?.build()?;
+//! let cache = sipay::cache(IssuerClient::new()?, config)?.build()?;
 //! # let _ = cache;
 //! # }
-//! # Ok::<_, tokenwarden_core::ConfigError>(())
+//! # Ok::<_, Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Where credentials go
+//!
+//! - **Never along a redirect.** A `3xx` from a token endpoint is an error,
+//!   [`GatewayError::Redirected`], naming only the target's origin; nothing is sent again.
+//!   [`IssuerClient`] follows none; a tower service must not be wrapped in a follower.
+//! - **Never in clear text off loopback.** An issuer URL on plain `http` to a host that is not
+//!   loopback is refused when the source is built, unless the sender is wrapped in
+//!   [`InsecureHttp`].
+//! - **Never in text.** Every configured URL prints with its credentials (`user:pass@`) and
+//!   query values redacted, in `Debug`, errors and logs.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
@@ -47,7 +59,9 @@ pub mod torus;
 mod wire;
 
 pub use error::{GatewayCode, GatewayError};
+#[cfg(feature = "reqwest")]
+pub use http::IssuerClient;
 #[cfg(feature = "tower")]
 pub use http::ServiceSender;
-pub use http::{DEFAULT_MAX_RESPONSE, HttpSend, TooLarge};
+pub use http::{DEFAULT_MAX_RESPONSE, HttpSend, InsecureHttp, TooLarge};
 pub use wire::{jwt_expiry, local_time};

@@ -28,7 +28,7 @@ use tokenwarden_core::{
     TokenSource,
 };
 
-use crate::wire::{Answer, Issuer, jwt_expiry};
+use crate::wire::{Answer, Issuer, UrlText, jwt_expiry};
 use crate::{GatewayCode, GatewayError, HttpSend};
 
 const GATEWAY: &str = "Payments API";
@@ -218,7 +218,7 @@ impl TokenSource for ClientAppSource {
 #[derive(Clone)]
 pub struct SessionTokens {
     sender: Arc<dyn HttpSend>,
-    base_url: String,
+    base_url: UrlText,
     merchant: String,
     presentation: Presentation,
     entries: Arc<Mutex<HashMap<String, Entry>>>,
@@ -257,7 +257,7 @@ impl SessionTokens {
         let merchant = merchant.into();
         Ok(Self {
             sender: Arc::new(sender),
-            base_url: base_url.into(),
+            base_url: UrlText(base_url.into()),
             presentation: presentation(&merchant)?,
             merchant,
             entries: Arc::default(),
@@ -294,7 +294,7 @@ impl SessionTokens {
         let key = key.into();
         let source = SessionTokenSource::shared(
             Arc::clone(&self.sender),
-            &self.base_url,
+            &self.base_url.0,
             authentication_token,
             &self.merchant,
         )?;

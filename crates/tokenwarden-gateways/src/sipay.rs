@@ -19,7 +19,7 @@ use tokenwarden_core::{
     TokenSource,
 };
 
-use crate::wire::{Answer, Issuer, jwt_expiry, local_time};
+use crate::wire::{Answer, Issuer, UrlText, jwt_expiry, local_time};
 use crate::{DEFAULT_MAX_RESPONSE, GatewayCode, GatewayError, HttpSend};
 
 const GATEWAY: &str = "Sipay";
@@ -58,7 +58,7 @@ impl From<i64> for ThreeD {
 /// Credentials and settings.
 #[derive(Clone, Debug)]
 pub struct SipayConfig {
-    base_url: String,
+    base_url: UrlText,
     app_id: String,
     app_secret: Secret,
     utc_offset: i32,
@@ -73,7 +73,7 @@ impl SipayConfig {
         app_secret: impl Into<Secret>,
     ) -> Self {
         Self {
-            base_url: base_url.into(),
+            base_url: UrlText(base_url.into()),
             app_id: app_id.into(),
             app_secret: app_secret.into(),
             utc_offset: 3 * 3600,
@@ -113,7 +113,7 @@ impl SipaySource {
         let issuer = Issuer::new(
             Arc::new(sender),
             GATEWAY,
-            &config.base_url,
+            &config.base_url.0,
             "/api/token",
             "base_url",
         )?

@@ -17,7 +17,7 @@ use tokenwarden_core::{
     TokenSource,
 };
 
-use crate::wire::{Answer, Issuer};
+use crate::wire::{Answer, Issuer, UrlText};
 use crate::{DEFAULT_MAX_RESPONSE, GatewayCode, GatewayError, HttpSend};
 
 const GATEWAY: &str = "Torus";
@@ -28,7 +28,7 @@ pub const BASE_URL: &str = "https://connects.torusdigital.com";
 /// Credentials and settings.
 #[derive(Clone, Debug)]
 pub struct TorusConfig {
-    base_url: String,
+    base_url: UrlText,
     request_token: Secret,
     api_key: Secret,
     api_secret: Secret,
@@ -45,7 +45,7 @@ impl TorusConfig {
         api_secret: impl Into<Secret>,
     ) -> Self {
         Self {
-            base_url: base_url.into(),
+            base_url: UrlText(base_url.into()),
             request_token: request_token.into(),
             api_key: api_key.into(),
             api_secret: api_secret.into(),
@@ -99,7 +99,7 @@ impl TorusSource {
         let issuer = Issuer::new(
             Arc::new(sender),
             GATEWAY,
-            &config.base_url,
+            &config.base_url.0,
             "/api/v1/session/generate",
             "base_url",
         )?

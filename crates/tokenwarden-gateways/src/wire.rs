@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderName, HeaderValue, Request, StatusCode, Uri};
 use serde_json::Value;
-use tokenwarden_core::ConfigError;
+use tokenwarden_core::{ConfigError, Origin, RedactedUri, redact_url, transport_allowed};
 
 use crate::http::TooLarge;
 use crate::{DEFAULT_MAX_RESPONSE, GatewayError, HttpSend};
@@ -28,7 +28,7 @@ impl fmt::Debug for Issuer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Issuer")
             .field("gateway", &self.gateway)
-            .field("uri", &self.uri)
+            .field("uri", &RedactedUri(self.uri.clone()))
             .field("max_response", &self.max_response)
             .finish_non_exhaustive()
     }
@@ -45,14 +45,27 @@ impl Issuer {
     ) -> Result<Self, ConfigError> {
         let url = format!("{}{path}", base.trim_end_matches('/'));
         let uri = match url.parse::<Uri>() {
-            Ok(uri) if uri.scheme().is_some() && uri.authority().is_some() => uri,
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("https" | "http")) && uri.host().is_some() =>
+            {
+                uri
+            }
             _ => {
                 return Err(ConfigError::Invalid {
                     name: setting,
-                    reason: "must be an absolute http(s) URL",
+                    reason: "must be an absolute https URL (plain http only to loopback)",
                 });
             }
         };
+        let (scheme, host) = (uri.scheme_str().unwrap_or(""), uri.host().unwrap_or(""));
+        if transport_allowed(scheme, host, sender.allows_insecure_http()).is_err() {
+            return Err(ConfigError::Invalid {
+                name: setting,
+                reason: "is plain http to a host that is not loopback, which would send the \
+                         credentials in clear text: use https (or, on a network you trust end to \
+                         end, wrap the sender in InsecureHttp)",
+            });
+        }
         Ok(Self {
             sender,
             uri,
@@ -88,9 +101,14 @@ impl Issuer {
         }
         let request = request.body(body).map_err(|e| GatewayError::Unreachable {
             gateway: self.gateway,
-            reason: e.to_string(),
+            reason: self.scrub(&e.to_string()),
         })?;
         match self.sender.send(request, self.max_response).await {
+            Ok(response) if response.status().is_redirection() => Err(GatewayError::Redirected {
+                gateway: self.gateway,
+                status: response.status(),
+                target: self.redirect_target(response.headers()),
+            }),
             Ok(response) => Ok((response.status(), response.into_body())),
             Err(error) if error.is::<TooLarge>() => Err(GatewayError::TooLarge {
                 gateway: self.gateway,
@@ -98,9 +116,57 @@ impl Issuer {
             }),
             Err(error) => Err(GatewayError::Unreachable {
                 gateway: self.gateway,
-                reason: error.to_string(),
+                reason: self.scrub(&error.to_string()),
             }),
         }
+    }
+
+    /// A transport error's text with this endpoint's secrets taken out, should a sender have
+    /// put the URL in it.
+    fn scrub(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        let full = self.uri.to_string();
+        if text.contains(&full) {
+            text = text.replace(&full, &redact_url(&full));
+        }
+        let authority = self.uri.authority().map_or("", |a| a.as_str());
+        let secrets = [
+            self.uri.query().unwrap_or(""),
+            authority
+                .rsplit_once('@')
+                .map_or("", |(userinfo, _)| userinfo),
+        ];
+        for secret in secrets.into_iter().filter(|s| !s.is_empty()) {
+            text = text.replace(secret, "[redacted]");
+        }
+        text
+    }
+
+    /// The origin a redirect pointed to, for the error: never its path or query.
+    fn redirect_target(&self, headers: &http::HeaderMap) -> String {
+        let Some(location) = headers.get(http::header::LOCATION) else {
+            return "nowhere (no Location header)".to_owned();
+        };
+        let Some(location) = location.to_str().ok().and_then(|l| l.parse::<Uri>().ok()) else {
+            return "an unreadable Location".to_owned();
+        };
+        match location.scheme_str() {
+            // A relative reference: the endpoint's own origin.
+            None => Origin::from_uri(&self.uri)
+                .map_or_else(|| "the same origin".to_owned(), |o| o.to_string()),
+            Some(_) => Origin::from_uri(&location)
+                .map_or_else(|| "a URL of another scheme".to_owned(), |o| o.to_string()),
+        }
+    }
+}
+
+/// A configured URL: printed redacted (credentials and query values), used as it is.
+#[derive(Clone)]
+pub(crate) struct UrlText(pub(crate) String);
+
+impl fmt::Debug for UrlText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", redact_url(&self.0))
     }
 }
 

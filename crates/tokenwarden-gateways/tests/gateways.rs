@@ -8,13 +8,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::{HeaderName, StatusCode};
 use mockito::{Matcher, Mock, Server, ServerGuard};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
-use tokenwarden_core::{Error, Expiry, Secret, TokenCache, TokenSource};
+use tokenwarden_core::{Error, Expiry, Scope, Secret, TokenCache, TokenSource};
 use tokenwarden_gateways::boipa::{self, Action, ActionRequest, BoipaConfig};
 use tokenwarden_gateways::generic::{ExpiryField, JsonSource};
 use tokenwarden_gateways::payments::{self, ClientAppSource, SessionTokenSource, SessionTokens};
 use tokenwarden_gateways::sipay::{self, SipayConfig, ThreeD};
 use tokenwarden_gateways::torus::{self, TorusConfig};
-use tokenwarden_gateways::{GatewayError, ServiceSender};
+use tokenwarden_gateways::{GatewayError, IssuerClient, ServiceSender};
 use tokenwarden_reqwest::TokenMiddleware;
 
 /// A token endpoint answering `body(n)` for the n-th call; counts calls.
@@ -67,9 +67,10 @@ async fn api(
     (rejected, accepted)
 }
 
-fn client(cache: TokenCache) -> ClientWithMiddleware {
-    ClientBuilder::new(reqwest::Client::new())
-        .with(TokenMiddleware::new(cache))
+fn client(cache: TokenCache, origin: &str) -> ClientWithMiddleware {
+    let scope = Scope::origin(origin).unwrap();
+    ClientBuilder::new(tokenwarden_reqwest::client_builder().build().unwrap())
+        .with(TokenMiddleware::new(cache, scope))
         .build()
 }
 
@@ -154,7 +155,7 @@ async fn boipa_sends_every_form_field_with_a_fresh_timestamp_and_tokens_are_sing
         .with_language("en")
         .with_amount("19.99", "EUR")
         .with_force_secure_payment(true);
-    let cache = boipa::cache(reqwest::Client::new(), config, purchase, 0)
+    let cache = boipa::cache(IssuerClient::new().unwrap(), config, purchase, 0)
         .unwrap()
         .build()
         .unwrap();
@@ -196,7 +197,7 @@ async fn boipa_refusals_and_bad_answers_reach_the_caller_typed() {
         .await;
     let config = BoipaConfig::new(server.url(), 1, "secret-password", "");
     let cache = boipa::cache(
-        reqwest::Client::new(),
+        IssuerClient::new().unwrap(),
         config,
         ActionRequest::new(Action::Verify),
         0,
@@ -236,7 +237,7 @@ async fn boipa_end_to_end_each_request_its_own_token_and_a_401_replayed() {
         api(&mut server, "/api/purchase", "token", "boipa-1", "boipa-2").await;
     let config = BoipaConfig::new(server.url(), 1, "pw", "https://shop.example.com");
     let cache = boipa::cache(
-        reqwest::Client::new(),
+        IssuerClient::new().unwrap(),
         config,
         ActionRequest::new(Action::Purchase),
         0,
@@ -244,7 +245,7 @@ async fn boipa_end_to_end_each_request_its_own_token_and_a_401_replayed() {
     .unwrap()
     .build()
     .unwrap();
-    let response = client(cache)
+    let response = client(cache, &server.url())
         .post(format!("{}/api/purchase", server.url()))
         .body("{}")
         .send()
@@ -273,7 +274,7 @@ async fn torus_sends_the_request_token_and_json_credentials() {
         .create_async()
         .await;
     let config = TorusConfig::new(server.url(), "request-token-1", "key-1", "secret-1");
-    let cache = torus::cache(reqwest::Client::new(), config)
+    let cache = torus::cache(IssuerClient::new().unwrap(), config)
         .unwrap()
         .build()
         .unwrap();
@@ -301,7 +302,7 @@ async fn torus_a_rejected_request_token_is_terminal() {
         .create_async()
         .await;
     let config = TorusConfig::new(server.url(), "expired-request-token", "k", "s");
-    let cache = torus::cache(reqwest::Client::new(), config)
+    let cache = torus::cache(IssuerClient::new().unwrap(), config)
         .unwrap()
         .build()
         .unwrap();
@@ -332,7 +333,10 @@ async fn torus_end_to_end_through_the_tower_layer_and_hyper() {
     let cache = torus::cache(sender, config).unwrap().build().unwrap();
     let client = Client::builder(TokioExecutor::new()).build_http();
     let client = ServiceBuilder::new()
-        .layer(tokenwarden_tower::TokenLayer::new(cache))
+        .layer(tokenwarden_tower::TokenLayer::new(
+            cache,
+            Scope::origin(&server.url()).unwrap(),
+        ))
         .service(client);
     let request = http::Request::post(format!("{}/orders", server.url()))
         .body(Full::new(Bytes::from_static(b"{}")))
@@ -362,7 +366,7 @@ async fn sipay_sends_json_credentials_and_reads_the_documented_example() {
         .create_async()
         .await;
     let source = sipay::SipaySource::new(
-        reqwest::Client::new(),
+        IssuerClient::new().unwrap(),
         SipayConfig::new(format!("{}/ccpayment", server.url()), "app-1", "secret-1"),
     )
     .unwrap();
@@ -406,7 +410,7 @@ async fn sipay_refusals_and_oversized_answers_are_typed() {
         .await;
     let refused = TokenCache::new(
         sipay::SipaySource::new(
-            reqwest::Client::new(),
+            IssuerClient::new().unwrap(),
             SipayConfig::new(server.url(), "wrong", "s"),
         )
         .unwrap(),
@@ -424,7 +428,7 @@ async fn sipay_refusals_and_oversized_answers_are_typed() {
     for sender in ["reqwest", "tower"] {
         let config = SipayConfig::new(server.url(), "huge", "s");
         let source = match sender {
-            "reqwest" => sipay::SipaySource::new(reqwest::Client::new(), config),
+            "reqwest" => sipay::SipaySource::new(IssuerClient::new().unwrap(), config),
             _ => sipay::SipaySource::new(
                 ServiceSender(
                     hyper_util::client::legacy::Client::builder(
@@ -464,13 +468,13 @@ async fn sipay_end_to_end_bearer_token_refreshed_after_a_401() {
     )
     .await;
     let cache = sipay::cache(
-        reqwest::Client::new(),
+        IssuerClient::new().unwrap(),
         SipayConfig::new(server.url(), "a", "s"),
     )
     .unwrap()
     .build()
     .unwrap();
-    let client = client(cache);
+    let client = client(cache, &server.url());
     let response = client
         .post(format!("{}/api/paySmart3D", server.url()))
         .body("{}")
@@ -499,7 +503,7 @@ async fn payments_merchant_server_and_client_app_requests_have_the_documented_sh
         .create_async()
         .await;
     let source = SessionTokenSource::new(
-        reqwest::Client::new(),
+        IssuerClient::new().unwrap(),
         &server.url(),
         &Secret::new("auth-token-A"),
         "FNS-12345",
@@ -524,7 +528,7 @@ async fn payments_merchant_server_and_client_app_requests_have_the_documented_sh
         .create_async()
         .await;
     let app = ClientAppSource::new(
-        reqwest::Client::new(),
+        IssuerClient::new().unwrap(),
         &format!("{}/merchant/session", server.url()),
     )
     .unwrap()
@@ -571,7 +575,7 @@ async fn payments_revoking_an_authentication_token_expires_its_session_tokens() 
         .expect(2)
         .create_async()
         .await;
-    let sessions = SessionTokens::new(reqwest::Client::new(), server.url(), "FNS-1").unwrap();
+    let sessions = SessionTokens::new(IssuerClient::new().unwrap(), server.url(), "FNS-1").unwrap();
     sessions
         .register("refunds", &Secret::new("auth-A"))
         .unwrap();
@@ -582,7 +586,7 @@ async fn payments_revoking_an_authentication_token_expires_its_session_tokens() 
         sessions.cache("refunds").unwrap(),
         sessions.cache("checkout").unwrap(),
     );
-    let (client_a, client_b) = (client(a.clone()), client(b));
+    let (client_a, client_b) = (client(a.clone(), &server.url()), client(b, &server.url()));
     let url = format!("{}/payments", server.url());
     assert_eq!(
         client_a.post(&url).send().await.unwrap().status(),
@@ -634,7 +638,7 @@ async fn payments_client_app_end_to_end_renews_its_session_token_after_a_401() {
     )
     .await;
     let source = ClientAppSource::new(
-        reqwest::Client::new(),
+        IssuerClient::new().unwrap(),
         &format!("{}/merchant/session", server.url()),
     )
     .unwrap();
@@ -642,7 +646,7 @@ async fn payments_client_app_end_to_end_renews_its_session_token_after_a_401() {
         .with_presentation(payments::presentation("FNS-1").unwrap())
         .build()
         .unwrap();
-    let response = client(cache)
+    let response = client(cache, &server.url())
         .post(format!("{}/payments", server.url()))
         .body("{}")
         .send()
@@ -671,7 +675,7 @@ async fn the_generic_source_posts_credentials_and_reads_by_pointer() {
         .create_async()
         .await;
     let source = JsonSource::form(
-        reqwest::Client::new(),
+        IssuerClient::new().unwrap(),
         &format!("{}/oauth/token", server.url()),
         [
             ("grant_type", "client_credentials"),

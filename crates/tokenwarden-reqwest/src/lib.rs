@@ -13,10 +13,15 @@
 //!   invalidates the token so the next request succeeds, and the caller gets the 401 with a
 //!   [`Replay::NotReplayed`](tokenwarden_core::Replay) response extension. In-memory bodies
 //!   are cloned by reference count, so no size cap applies to them.
+//! - **Scope: fails closed.** A middleware is made for the origins it may send tokens to
+//!   ([`Scope`](tokenwarden_core::Scope)); requests anywhere else go through untouched. Every
+//!   origin is a named opt-in, [`Scope::any_origin`](tokenwarden_core::Scope::any_origin).
 //! - **Opt-out** per request: `.with_extension(SkipToken)`.
-//! - **Transport.** Tokens go on `https` and on plain `http` to loopback; plain `http`
-//!   elsewhere fails with [`InsecureTransport`](tokenwarden_core::InsecureTransport) unless
-//!   allowed.
+//! - **Transport.** In scope, tokens go on `https`, and on plain `http` only to loopback;
+//!   elsewhere the request fails, unsent, with
+//!   [`InsecureTransport`](tokenwarden_core::InsecureTransport) unless allowed.
+//! - **Redirects** (below): build the client with [`client_builder`]; a response that arrives
+//!   from outside the scope anyway is an error ([`LeftScope`]), never a silent success.
 //!
 //! Errors are `reqwest_middleware::Error::Middleware` wrapping a
 //! [`tokenwarden_core::Error`] or an [`InsecureTransport`](tokenwarden_core::InsecureTransport)
@@ -34,31 +39,46 @@
 //! use reqwest_middleware::ClientBuilder;
 //! use reqwest_retry::{RetryTransientMiddleware, policies::ExponentialBackoff};
 //! use reqwest_tracing::TracingMiddleware;
-//! use tokenwarden_core::{FetchError, Token, TokenCache};
+//! use tokenwarden_core::{FetchError, Scope, Token, TokenCache};
 //! use tokenwarden_reqwest::TokenMiddleware;
 //!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let cache = TokenCache::new(|| async {
 //!     Ok::<_, FetchError>(Token::new("t0k3n").with_expires_in(Duration::from_secs(900)))
 //! });
-//! let client = ClientBuilder::new(reqwest::Client::new())
+//! let client = ClientBuilder::new(tokenwarden_reqwest::client_builder().build()?)
 //!     .with(TracingMiddleware::default())
 //!     .with(RetryTransientMiddleware::new_with_policy(
 //!         ExponentialBackoff::builder().build_with_max_retries(3),
 //!     ))
-//!     .with(TokenMiddleware::new(cache))
+//!     .with(TokenMiddleware::new(cache, Scope::origin("https://api.example.com")?))
 //!     .build();
 //! # let _ = client;
+//! # Ok(())
+//! # }
 //! ```
 //!
-//! Redirects: reqwest's redirect policy strips `Authorization` on a redirect to another host
-//! but not custom headers such as `Token` or `Merchant-Account`, and redirects happen inside
-//! the client, below any middleware. With such headers, restrict redirects
-//! (`reqwest::redirect::Policy::none()` or a custom policy) or keep the API on one host.
+//! # Redirects
+//!
+//! reqwest follows redirects inside the client, *below* every middleware, so no middleware can
+//! take token headers off a hop; and reqwest's default policy strips `Authorization` and
+//! cookies on a cross-host hop but not custom headers (`Token`, `Merchant-Account`), and
+//! follows `https` → `http`. Therefore:
+//!
+//! - Build the client with [`client_builder`] (or set [`redirect_policy`] on your builder):
+//!   it follows redirects within the origin a request went to and stops at any other, handing
+//!   you the `3xx` — nothing is sent to the other host. `redirect::Policy::none()` is safe too.
+//! - If you bring a client with reqwest's default policy anyway, a response whose final URL
+//!   is outside the scope (or plain text off loopback) fails with [`LeftScope`] instead of
+//!   passing as a success. By then the token headers may have reached that host: treat the
+//!   error as an incident, and fix the client.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 
 mod middleware;
+mod redirect;
 
 pub use middleware::TokenMiddleware;
+pub use redirect::{LeftScope, MAX_REDIRECTS, client_builder, redirect_policy};
 pub use tokenwarden_core::SkipToken;

@@ -5,9 +5,11 @@ use http::Extensions;
 use reqwest::{Request, Response};
 use reqwest_middleware::{Error, Middleware, Next, Result};
 use tokenwarden_core::{
-    Classifier, LayerPolicy, NotReplayed, PrefixedBody, Replay, SkipToken, TokenCache, Verdict,
-    drain,
+    Classifier, InsecureTransport, LayerPolicy, NotReplayed, PrefixedBody, Replay, Scope,
+    SkipToken, TokenCache, Verdict, drain,
 };
+
+use crate::redirect::LeftScope;
 
 /// Puts the cache's token on every request and replays requests whose token was rejected.
 ///
@@ -16,16 +18,17 @@ use tokenwarden_core::{
 /// ```
 /// use std::time::Duration;
 /// use reqwest_middleware::ClientBuilder;
-/// use tokenwarden_core::{FetchError, Token, TokenCache};
+/// use tokenwarden_core::{FetchError, Scope, Token, TokenCache};
 /// use tokenwarden_reqwest::TokenMiddleware;
 ///
 /// let cache = TokenCache::new(|| async {
 ///     Ok::<_, FetchError>(Token::new("t0k3n").with_expires_in(Duration::from_secs(900)))
 /// });
-/// let client = ClientBuilder::new(reqwest::Client::new())
-///     .with(TokenMiddleware::new(cache).with_origin(&"https://api.example.com".parse().unwrap()))
+/// let client = ClientBuilder::new(tokenwarden_reqwest::client_builder().build()?)
+///     .with(TokenMiddleware::new(cache, Scope::origin("https://api.example.com")?))
 ///     .build();
 /// # let _ = client;
+/// # Ok::<_, Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug)]
 pub struct TokenMiddleware {
@@ -34,11 +37,14 @@ pub struct TokenMiddleware {
 }
 
 impl TokenMiddleware {
-    /// A middleware that takes its tokens from `cache`.
-    pub fn new(cache: TokenCache) -> Self {
+    /// A middleware that takes its tokens from `cache` and puts them on requests to the
+    /// origins of `scope` only — requests anywhere else go through untouched. There is no
+    /// default: name the API's origin ([`Scope::origin`]), or opt in to every origin with
+    /// [`Scope::any_origin`].
+    pub fn new(cache: TokenCache, scope: impl Into<Scope>) -> Self {
         Self {
             cache,
-            policy: LayerPolicy::default(),
+            policy: LayerPolicy::new(scope),
         }
     }
 
@@ -71,18 +77,29 @@ impl TokenMiddleware {
         self
     }
 
-    /// Allow tokens on plain `http://` requests to hosts that are not loopback.
+    /// Allow tokens on plain `http://` requests to in-scope hosts that are not loopback. Off
+    /// by default: such requests fail with [`InsecureTransport`] before they are sent. Only
+    /// for a network you trust end to end: anyone on the path reads the token.
     #[must_use]
     pub fn with_insecure_http(mut self, allow: bool) -> Self {
         self.policy = self.policy.with_insecure_http(allow);
         self
     }
 
-    /// Only requests to this origin get tokens; call again to add origins.
-    #[must_use]
-    pub fn with_origin(mut self, origin: &http::Uri) -> Self {
-        self.policy = self.policy.with_origin(origin);
-        self
+    /// Whether a request to `url` gets the token (`Ok(false)`: outside the scope).
+    fn admit(&self, url: &reqwest::Url) -> std::result::Result<bool, InsecureTransport> {
+        self.policy
+            .admit(Some(url.scheme()), url.host_str(), url.port())
+    }
+
+    /// The client followed a redirect below this middleware: fails if it ended outside the
+    /// scope or on plain text, where the token headers must not have gone.
+    fn check_final(&self, response: &Response) -> Result<()> {
+        match self.admit(response.url()) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::middleware(LeftScope::new(response.url(), false))),
+            Err(_) => Err(Error::middleware(LeftScope::new(response.url(), true))),
+        }
     }
 
     /// The cache tokens come from.
@@ -123,23 +140,24 @@ impl Middleware for TokenMiddleware {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> Result<Response> {
-        let url = request.url();
-        let (scheme, authority) = (Some(url.scheme()), Some(url.authority()));
-        if extensions.get::<SkipToken>().is_some() || !self.policy.covers(scheme, authority) {
+        if extensions.get::<SkipToken>().is_some()
+            || !self.admit(request.url()).map_err(Error::middleware)?
+        {
+            // Opted out, or outside the scope: untouched.
             return next.run(request, extensions).await;
         }
-        self.policy
-            .check_transport(scheme, authority)
-            .map_err(Error::middleware)?;
         let token = self.cache.get().await.map_err(Error::middleware)?;
         // The copy kept for a replay is taken before the token goes on; None for a body that
         // cannot be cloned, which is still sent, once.
         let original = request.try_clone();
         if !token.apply_to(request.headers_mut()) {
             // The caller sent its own credentials: a rejection is not about our token.
-            return next.run(request, extensions).await;
+            let response = next.run(request, extensions).await?;
+            self.check_final(&response)?;
+            return Ok(response);
         }
         let response = next.clone().run(request, extensions).await?;
+        self.check_final(&response)?;
         let (mut response, rejected) = self.screen(response).await?;
         if !rejected {
             return Ok(response);
@@ -171,6 +189,7 @@ impl Middleware for TokenMiddleware {
         fresh.apply_to(again.headers_mut());
         tracing::debug!(rejected = %token.id(), fresh = %fresh.id(), "token rejected; replaying");
         let mut response = next.run(again, extensions).await?;
+        self.check_final(&response)?;
         let classifier = self.policy.classifier();
         if classifier.classify(response.status(), response.headers()) == Verdict::Rejected {
             // A fresh token rejected too: no second replay; the cache's fresh-rejection

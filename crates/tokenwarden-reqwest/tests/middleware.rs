@@ -12,7 +12,8 @@ use http_body_util::StreamBody;
 use mockito::{Matcher, Server, ServerGuard};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use tokenwarden_core::{
-    FetchError, InsecureTransport, NotReplayed, Presentation, Replay, SkipToken, Token, TokenCache,
+    FetchError, InsecureTransport, NotReplayed, Presentation, Replay, Scope, SkipToken, Token,
+    TokenCache,
 };
 use tokenwarden_reqwest::TokenMiddleware;
 
@@ -45,9 +46,10 @@ async fn token_endpoint(
     (mock, source)
 }
 
-fn client(cache: TokenCache) -> ClientWithMiddleware {
-    ClientBuilder::new(reqwest::Client::new())
-        .with(TokenMiddleware::new(cache))
+fn client(cache: TokenCache, origin: &str) -> ClientWithMiddleware {
+    let scope = Scope::origin(origin).unwrap();
+    ClientBuilder::new(tokenwarden_reqwest::client_builder().build().unwrap())
+        .with(TokenMiddleware::new(cache, scope))
         .build()
 }
 
@@ -73,7 +75,7 @@ async fn headers_of_every_kind_are_injected() {
         .with_presentation(presentation)
         .build()
         .unwrap();
-    let client = client(cache);
+    let client = client(cache, &server.url());
     for _ in 0..2 {
         let response = client
             .get(format!("{}/v1/orders", server.url()))
@@ -113,7 +115,7 @@ async fn a_401_is_replayed_with_the_identical_json_body() {
         .expect(1)
         .create_async()
         .await;
-    let client = client(TokenCache::new(source));
+    let client = client(TokenCache::new(source), &server.url());
     let response = client
         .post(format!("{}/v1/payments", server.url()))
         .header("content-type", "application/json")
@@ -143,7 +145,7 @@ async fn a_double_401_is_returned_and_fetches_stay_bounded() {
         .create_async()
         .await;
     let cache = TokenCache::new(source);
-    let client = client(cache.clone());
+    let client = client(cache.clone(), &server.url());
     for i in 0..11 {
         let response = client
             .post(format!("{}/v1/payments", server.url()))
@@ -190,7 +192,7 @@ async fn three_hundred_concurrent_401s_for_one_token_cause_one_fetch() {
         .await;
     let cache = TokenCache::new(source);
     cache.get().await.unwrap(); // tok-1, which the API no longer accepts
-    let client = client(cache.clone());
+    let client = client(cache.clone(), &server.url());
     let url = format!("{}/v1/orders", server.url());
     let tasks: Vec<_> = (0..300)
         .map(|_| {
@@ -224,7 +226,7 @@ async fn a_streaming_body_is_sent_once_and_the_next_request_succeeds() {
         .expect(1)
         .create_async()
         .await;
-    let client = client(TokenCache::new(source));
+    let client = client(TokenCache::new(source), &server.url());
     let frames: Vec<Result<Frame<Bytes>, Infallible>> = ["chunk-1", "chunk-2"]
         .map(|c| Ok(Frame::data(Bytes::from(c))))
         .into();
@@ -261,7 +263,7 @@ async fn the_opt_out_extension_sends_no_token() {
         .expect(1)
         .create_async()
         .await;
-    let client = client(TokenCache::new(source));
+    let client = client(TokenCache::new(source), &server.url());
     let response = client
         .get(format!("{}/v1/status", server.url()))
         .with_extension(SkipToken)
@@ -287,7 +289,7 @@ async fn insufficient_scope_and_caller_credentials_are_not_refreshed() {
         .expect(2)
         .create_async()
         .await;
-    let client = client(TokenCache::new(source));
+    let client = client(TokenCache::new(source), &server.url());
     let url = format!("{}/v1/admin", server.url());
     let response = client.get(&url).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
@@ -301,7 +303,7 @@ async fn insufficient_scope_and_caller_credentials_are_not_refreshed() {
 #[tokio::test]
 async fn plain_http_to_a_remote_host_is_refused_before_sending() {
     let cache = TokenCache::new(|| async { Ok::<_, FetchError>(Token::new("t")) });
-    let client = client(cache);
+    let client = client(cache, "http://api.example.invalid");
     let err = client
         .get("http://api.example.invalid/v1")
         .send()
@@ -350,10 +352,13 @@ async fn each_retry_attempt_carries_the_current_token() {
     let retry = ExponentialBackoff::builder()
         .retry_bounds(Duration::from_millis(1), Duration::from_millis(10))
         .build_with_max_retries(3);
-    let client = ClientBuilder::new(reqwest::Client::new())
+    let client = ClientBuilder::new(tokenwarden_reqwest::client_builder().build().unwrap())
         .with(TracingMiddleware::default())
         .with(RetryTransientMiddleware::new_with_policy(retry))
-        .with(TokenMiddleware::new(TokenCache::new(source)))
+        .with(TokenMiddleware::new(
+            TokenCache::new(source),
+            Scope::origin(&server.url()).unwrap(),
+        ))
         .build();
     let response = client
         .post(format!("{}/v1/payments", server.url()))

@@ -238,6 +238,15 @@ impl Sandbox {
         format!("http://{}", self.addr)
     }
 
+    /// The sandbox's origin as a token scope, for a layer or middleware in front of its APIs.
+    ///
+    /// # Errors
+    ///
+    /// None in practice: the origin is `http://127.0.0.1:<port>`.
+    pub fn scope(&self) -> Result<tokenwarden_core::Scope, tokenwarden_core::ConfigError> {
+        tokenwarden_core::Scope::origin(&self.url())
+    }
+
     /// The base URL a gateway's source takes, e.g. `http://127.0.0.1:<port>/sipay`.
     #[must_use]
     pub fn base_url(&self, gateway: Gateway) -> String {

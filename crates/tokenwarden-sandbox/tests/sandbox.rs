@@ -7,7 +7,7 @@ use reqwest_middleware::ClientBuilder;
 use tokenwarden_core::{Error, Secret, TokenCache};
 use tokenwarden_gateways::boipa::{self, Action, ActionRequest};
 use tokenwarden_gateways::payments::SessionTokens;
-use tokenwarden_gateways::{GatewayError, sipay, torus};
+use tokenwarden_gateways::{GatewayError, IssuerClient, sipay, torus};
 use tokenwarden_reqwest::TokenMiddleware;
 use tokenwarden_sandbox::{Fault, Gateway, Sandbox, credentials};
 
@@ -20,8 +20,11 @@ fn gateway_error(error: &Error) -> &GatewayError {
 
 /// Sends `n` requests to `gateway`'s API through a client with `cache`; returns the statuses.
 async fn call(sandbox: &Sandbox, gateway: Gateway, cache: &TokenCache, n: usize) -> Vec<u16> {
-    let client = ClientBuilder::new(reqwest::Client::new())
-        .with(TokenMiddleware::new(cache.clone()))
+    let client = ClientBuilder::new(tokenwarden_reqwest::client_builder().build().unwrap())
+        .with(TokenMiddleware::new(
+            cache.clone(),
+            sandbox.scope().unwrap(),
+        ))
         .build();
     let mut statuses = Vec::new();
     for _ in 0..n {
@@ -39,7 +42,7 @@ async fn call(sandbox: &Sandbox, gateway: Gateway, cache: &TokenCache, n: usize)
 #[tokio::test]
 async fn every_gateway_issues_tokens_its_api_accepts_and_forgets_on_demand() {
     let sandbox = Sandbox::start().await.unwrap();
-    let http = reqwest::Client::new();
+    let http = IssuerClient::new().unwrap();
     let caches = [
         (
             Gateway::Torus,
@@ -97,7 +100,7 @@ async fn every_gateway_issues_tokens_its_api_accepts_and_forgets_on_demand() {
 async fn boipa_tokens_are_single_use() {
     let sandbox = Sandbox::start().await.unwrap();
     let cache = boipa::cache(
-        reqwest::Client::new(),
+        IssuerClient::new().unwrap(),
         sandbox.boipa_config(),
         ActionRequest::new(Action::Purchase),
         0,
@@ -125,7 +128,7 @@ async fn boipa_tokens_are_single_use() {
 async fn faults_come_back_as_typed_errors() {
     let sandbox = Sandbox::start().await.unwrap();
     let cache = |fetch_timeout| {
-        sipay::cache(reqwest::Client::new(), sandbox.sipay_config())
+        sipay::cache(IssuerClient::new().unwrap(), sandbox.sipay_config())
             .unwrap()
             .with_fetch_timeout(fetch_timeout)
             .with_backoff(Duration::from_millis(1), Duration::from_millis(2))
@@ -166,7 +169,7 @@ async fn faults_come_back_as_typed_errors() {
 #[tokio::test]
 async fn wrong_credentials_are_refused_the_documented_way() {
     let sandbox = Sandbox::start().await.unwrap();
-    let http = reqwest::Client::new();
+    let http = IssuerClient::new().unwrap();
     let bad_torus = tokenwarden_gateways::torus::TorusConfig::new(
         sandbox.base_url(Gateway::Torus),
         "stale",
@@ -220,7 +223,7 @@ async fn wrong_credentials_are_refused_the_documented_way() {
 #[tokio::test]
 async fn revoking_an_authentication_token_rejects_its_session_tokens() {
     let sandbox = Sandbox::start().await.unwrap();
-    let http = reqwest::Client::new();
+    let http = IssuerClient::new().unwrap();
     let sessions = SessionTokens::new(
         http,
         sandbox.base_url(Gateway::Payments),

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use tokenwarden_core::{LayerPolicy, TokenCache};
+use tokenwarden_core::{LayerPolicy, Scope, TokenCache};
 use tower::Layer;
 
 use crate::TokenService;
@@ -15,16 +15,17 @@ pub(crate) struct Settings {
 }
 
 impl Settings {
-    pub(crate) fn new(cache: TokenCache) -> Self {
+    pub(crate) fn new(cache: TokenCache, scope: Scope) -> Self {
         Self {
             cache,
-            policy: LayerPolicy::default(),
+            policy: LayerPolicy::new(scope),
         }
     }
 
     /// Applies a change to the policy.
     pub(crate) fn edit(&mut self, change: impl FnOnce(LayerPolicy) -> LayerPolicy) {
-        self.policy = change(std::mem::take(&mut self.policy));
+        let placeholder = LayerPolicy::new(Scope::any_origin());
+        self.policy = change(std::mem::replace(&mut self.policy, placeholder));
     }
 }
 
@@ -70,21 +71,13 @@ macro_rules! settings_setters {
             self
         }
 
-        /// Allow tokens on plain `http://` requests to hosts that are not loopback. Off by
-        /// default: such requests fail with
+        /// Allow tokens on plain `http://` (and `ws://`) requests to in-scope hosts that are
+        /// not loopback. Off by default: such requests fail with
         /// [`InsecureTransport`](tokenwarden_core::InsecureTransport) before they are sent.
+        /// Only for a network you trust end to end: anyone on the path reads the token.
         #[must_use]
         pub fn with_insecure_http(mut self, allow: bool) -> Self {
             self.settings_mut().edit(|p| p.with_insecure_http(allow));
-            self
-        }
-
-        /// Only requests to this origin (`scheme://host[:port]`, e.g. the API's base URL) get
-        /// tokens; requests elsewhere, such as the target of a redirect to another host, pass
-        /// through untouched. Call it again to add origins. Default: every origin.
-        #[must_use]
-        pub fn with_origin(mut self, origin: &http::Uri) -> Self {
-            self.settings_mut().edit(|p| p.with_origin(origin));
             self
         }
     };
@@ -101,11 +94,20 @@ pub struct TokenLayer {
 }
 
 impl TokenLayer {
-    /// A layer that takes its tokens from `cache`.
-    pub fn new(cache: TokenCache) -> Self {
+    /// A layer that takes its tokens from `cache` and puts them on requests to the origins of
+    /// `scope` only — requests anywhere else (such as a redirect's target) go through
+    /// untouched. There is no default: name the API's origin
+    /// ([`Scope::origin`](tokenwarden_core::Scope::origin)), or opt in to every origin with
+    /// [`Scope::any_origin`](tokenwarden_core::Scope::any_origin).
+    pub fn new(cache: TokenCache, scope: impl Into<Scope>) -> Self {
         Self {
-            settings: Arc::new(Settings::new(cache)),
+            settings: Arc::new(Settings::new(cache, scope.into())),
         }
+    }
+
+    /// The cache tokens come from.
+    pub fn cache(&self) -> &TokenCache {
+        &self.settings.cache
     }
 
     fn settings_mut(&mut self) -> &mut Settings {

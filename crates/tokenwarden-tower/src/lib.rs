@@ -19,10 +19,14 @@
 //!   headers, version and extensions are kept exactly on replay.
 //! - **Readiness.** The replay uses a clone of the inner service driven to ready, as tower's
 //!   retry does.
+//! - **Scope: fails closed.** A layer is made for the origins it may send tokens to
+//!   ([`Scope`](tokenwarden_core::Scope)); a request anywhere else, or with a relative URI,
+//!   goes through untouched. Every origin is a named opt-in,
+//!   [`Scope::any_origin`](tokenwarden_core::Scope::any_origin).
 //! - **Opt-out** per request with the [`SkipToken`](tokenwarden_core::SkipToken) extension.
-//! - **Transport.** Tokens go on `https` requests, relative URIs and plain `http` to loopback;
-//!   plain `http` elsewhere fails with
-//!   [`InsecureTransport`](tokenwarden_core::InsecureTransport) unless
+//! - **Transport.** In scope, tokens go on `https`/`wss` requests, and on plain `http`/`ws` only
+//!   to loopback; elsewhere the request fails with
+//!   [`InsecureTransport`](tokenwarden_core::InsecureTransport), unsent, unless
 //!   [`with_insecure_http`](TokenLayer::with_insecure_http) allows it.
 //!
 //! Errors are [`tower::BoxError`]s: the inner service's, or a
@@ -31,11 +35,14 @@
 //!
 //! # Redirects
 //!
-//! Generic redirect followers strip `Authorization` on a redirect to another host, but not
-//! custom token headers such as `Token` or `Merchant-Account`. Put the redirect follower
-//! *outside* this layer and restrict the layer to your API with
-//! [`with_origin`](TokenLayer::with_origin): a redirected request to another host then passes
-//! through the layer with no token on it.
+//! hyper-util's client follows no redirect. If you add tower-http's `FollowRedirect`, put it
+//! **outside** this layer (`ServiceBuilder::new().layer(FollowRedirectLayer::new())
+//! .layer(token_layer)`): every hop then passes through the layer, which puts the token only
+//! on hops to the scope's origins — a redirect to another host, or from `https` to `http`,
+//! carries no `Authorization`, `Token`, `Merchant-Account` or any other presentation header.
+//! Never put a follower *inside* it: the follower would copy the token headers onto every hop
+//! (tower-http strips `Authorization` across hosts, not custom headers), and no layer outside
+//! can take them back.
 //!
 //! # Example
 //!
@@ -44,7 +51,7 @@
 //! use bytes::Bytes;
 //! use http::{Request, Response, StatusCode};
 //! use http_body_util::Full;
-//! use tokenwarden_core::{FetchError, Token, TokenCache};
+//! use tokenwarden_core::{FetchError, Scope, Token, TokenCache};
 //! use tokenwarden_tower::TokenLayer;
 //! use tower::{ServiceBuilder, ServiceExt};
 //!
@@ -63,7 +70,8 @@
 //!     *response.status_mut() = status;
 //!     Ok::<_, std::convert::Infallible>(response)
 //! });
-//! let client = ServiceBuilder::new().layer(TokenLayer::new(cache)).service(client);
+//! let scope = Scope::origin("https://api.example.com")?;
+//! let client = ServiceBuilder::new().layer(TokenLayer::new(cache, scope)).service(client);
 //!
 //! let response = client
 //!     .oneshot(Request::get("https://api.example.com/v1/orders").body(Full::new(Bytes::new()))?)

@@ -6,7 +6,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use tokenwarden_core::{NotReplayed, Replay, SkipToken, Snapshot, TokenCache, Verdict, drain};
+use tokenwarden_core::{
+    NotReplayed, Replay, Scope, SkipToken, Snapshot, TokenCache, Verdict, drain,
+};
 use tower::{BoxError, Service, ServiceExt};
 
 use crate::ResponseBody;
@@ -52,9 +54,10 @@ impl<S: Clone> Clone for Shared<S> {
 }
 
 impl<S: Clone> TokenService<S> {
-    /// Wraps `inner`, taking tokens from `cache`.
-    pub fn new(inner: S, cache: TokenCache) -> Self {
-        Self::with_settings(inner, Settings::new(cache))
+    /// Wraps `inner`, taking tokens from `cache` for requests to the origins of `scope` (see
+    /// [`TokenLayer::new`](crate::TokenLayer::new)).
+    pub fn new(inner: S, cache: TokenCache, scope: impl Into<Scope>) -> Self {
+        Self::with_settings(inner, Settings::new(cache, scope.into()))
     }
 
     pub(crate) fn with_settings(inner: S, settings: Settings) -> Self {
@@ -131,14 +134,22 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let settings = &self.shared.settings;
-        let (uri, policy) = (request.uri(), &settings.policy);
-        let (scheme, authority) = (uri.scheme_str(), uri.authority().map(|a| a.as_str()));
-        if request.extensions().get::<SkipToken>().is_some() || !policy.covers(scheme, authority) {
-            let request = request.map(RequestBody::passthrough);
-            return ResponseFuture::first(self.inner.call(request), None);
-        }
-        if let Err(insecure) = policy.check_transport(scheme, authority) {
-            return ResponseFuture::failed(insecure.into());
+        let uri = request.uri();
+        let admitted = if request.extensions().get::<SkipToken>().is_some() {
+            Ok(false)
+        } else {
+            settings
+                .policy
+                .admit(uri.scheme_str(), uri.host(), uri.port_u16())
+        };
+        match admitted {
+            Ok(true) => {}
+            // Opted out, or outside the scope (another host, a redirect's target): untouched.
+            Ok(false) => {
+                let request = request.map(RequestBody::passthrough);
+                return ResponseFuture::first(self.inner.call(request), None);
+            }
+            Err(insecure) => return ResponseFuture::failed(insecure.into()),
         }
         match settings.cache.cached() {
             // The common case: the token is at hand, so the service driven to ready is called

@@ -16,8 +16,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokenwarden_core::{
-    Classifier, FetchError, InsecureTransport, NotReplayed, Presentation, Replay, SkipToken, Token,
-    TokenCache, Verdict,
+    Classifier, FetchError, InsecureTransport, NotReplayed, Presentation, Replay, Scope, SkipToken,
+    Token, TokenCache, Verdict,
 };
 use tokenwarden_tower::{RequestBody, TokenLayer};
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
@@ -164,6 +164,10 @@ where
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+fn scope(addr: SocketAddr) -> Scope {
+    Scope::origin(&format!("http://{addr}")).unwrap()
+}
+
 fn post(addr: SocketAddr, path: &str, body: &'static str) -> Request<Body> {
     Request::post(format!("http://{addr}{path}"))
         .header("content-type", "application/json")
@@ -191,7 +195,7 @@ async fn headers_of_every_kind_are_injected_from_one_token() {
         .build()
         .unwrap();
     let svc = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache))
+        .layer(TokenLayer::new(cache, scope(addr)))
         .service(client());
     let response = svc.oneshot(get(addr, "/echo")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -207,7 +211,7 @@ async fn a_401_refreshes_once_and_replays_the_identical_post() {
     let (sandbox, addr) = Sandbox::start().await;
     let cache = TokenCache::new(sandbox.source());
     let mut svc = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache.clone()))
+        .layer(TokenLayer::new(cache.clone(), scope(addr)))
         .service(client());
     let warm = svc
         .ready()
@@ -251,7 +255,7 @@ async fn a_rejected_replay_reaches_the_caller_without_a_loop() {
     let (sandbox, addr) = Sandbox::start().await;
     let cache = TokenCache::new(sandbox.source());
     let svc = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache.clone()))
+        .layer(TokenLayer::new(cache.clone(), scope(addr)))
         .service(client());
     let response = svc
         .clone()
@@ -289,7 +293,7 @@ async fn a_storm_of_500_rejections_of_one_token_fetches_once() {
     let (sandbox, addr) = Sandbox::start().await;
     let cache = TokenCache::new(sandbox.source());
     let svc = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache.clone()))
+        .layer(TokenLayer::new(cache.clone(), scope(addr)))
         .service(client());
     let warm = svc.clone().oneshot(get(addr, "/warm")).await.unwrap();
     assert_eq!(warm.status(), StatusCode::OK);
@@ -322,7 +326,7 @@ async fn a_streaming_body_over_the_cap_is_sent_once_and_the_next_request_succeed
     let (sandbox, addr) = Sandbox::start().await;
     let cache = TokenCache::new(sandbox.source());
     let svc = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache.clone()).with_max_replay_body(1024))
+        .layer(TokenLayer::new(cache.clone(), scope(addr)).with_max_replay_body(1024))
         .service(client());
     svc.clone().oneshot(get(addr, "/warm")).await.unwrap();
     sandbox.expire_all();
@@ -335,7 +339,7 @@ async fn a_streaming_body_over_the_cap_is_sent_once_and_the_next_request_succeed
         .body(stream)
         .unwrap();
     let streaming = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache.clone()).with_max_replay_body(1024))
+        .layer(TokenLayer::new(cache.clone(), scope(addr)).with_max_replay_body(1024))
         .service(client());
     let response = streaming.oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
@@ -359,7 +363,7 @@ async fn a_body_the_server_answered_before_reading_is_not_replayed() {
     let (sandbox, addr) = Sandbox::start().await;
     let cache = TokenCache::new(sandbox.source());
     let svc = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache.clone()))
+        .layer(TokenLayer::new(cache.clone(), scope(addr)))
         .service(client());
     svc.clone().oneshot(get(addr, "/warm")).await.unwrap();
     sandbox.expire_all();
@@ -369,7 +373,7 @@ async fn a_body_the_server_answered_before_reading_is_not_replayed() {
     let stream =
         StreamBody::new(futures_util::stream::iter(first).chain(futures_util::stream::pending()));
     let streaming = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache.clone()))
+        .layer(TokenLayer::new(cache.clone(), scope(addr)))
         .service(client());
     let request = Request::post(format!("http://{addr}/early"))
         .body(stream)
@@ -394,7 +398,7 @@ async fn insufficient_scope_is_not_a_reason_to_refresh() {
     let (sandbox, addr) = Sandbox::start().await;
     let cache = TokenCache::new(sandbox.source());
     let svc = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache.clone()))
+        .layer(TokenLayer::new(cache.clone(), scope(addr)))
         .service(client());
     let response = svc.oneshot(get(addr, "/scope")).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
@@ -416,7 +420,7 @@ async fn a_header_the_caller_set_is_kept() {
         .build()
         .unwrap();
     let svc = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache))
+        .layer(TokenLayer::new(cache, scope(addr)))
         .service(client());
     let mut request = get(addr, "/echo");
     request
@@ -443,7 +447,7 @@ async fn the_opt_out_extension_sends_no_token() {
     let (sandbox, addr) = Sandbox::start().await;
     let cache = TokenCache::new(sandbox.source());
     let svc = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache))
+        .layer(TokenLayer::new(cache, scope(addr)))
         .service(client());
     let mut request = get(addr, "/public");
     request.extensions_mut().insert(SkipToken);
@@ -461,6 +465,7 @@ async fn the_opt_out_extension_sends_no_token() {
 #[tokio::test]
 async fn plain_http_to_a_remote_host_is_refused_unless_allowed() {
     let cache = TokenCache::new(|| async { Ok::<_, FetchError>(Token::new("t")) });
+    let remote_scope = || Scope::origin("http://api.example.com").unwrap();
     let seen = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&seen);
     let inner = tower::service_fn(move |request: Request<RequestBody<Body>>| {
@@ -472,7 +477,7 @@ async fn plain_http_to_a_remote_host_is_refused_unless_allowed() {
         }
     });
     let refused = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache.clone()))
+        .layer(TokenLayer::new(cache.clone(), remote_scope()))
         .service(inner.clone());
     let remote = || {
         Request::get("http://api.example.com/v1")
@@ -487,11 +492,14 @@ async fn plain_http_to_a_remote_host_is_refused_unless_allowed() {
     assert_eq!(seen.load(SeqCst), 0, "nothing was sent");
 
     let allowed = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache.clone()).with_insecure_http(true))
+        .layer(TokenLayer::new(cache.clone(), remote_scope()).with_insecure_http(true))
         .service(inner.clone());
     assert!(allowed.oneshot(remote()).await.is_ok());
     let https = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache))
+        .layer(TokenLayer::new(
+            cache,
+            Scope::origin("https://api.example.com").unwrap(),
+        ))
         .service(inner);
     let secure = Request::get("https://api.example.com/v1")
         .body(Body::default())
@@ -504,8 +512,7 @@ async fn plain_http_to_a_remote_host_is_refused_unless_allowed() {
 async fn only_the_configured_origin_gets_tokens() {
     let (sandbox, addr) = Sandbox::start().await;
     let cache = TokenCache::new(sandbox.source());
-    let api: http::Uri = format!("http://{addr}").parse().unwrap();
-    let layer = TokenLayer::new(cache).with_origin(&api);
+    let layer = TokenLayer::new(cache, scope(addr));
     let svc = ServiceBuilder::new().layer(layer).service(client());
     svc.clone().oneshot(get(addr, "/echo")).await.unwrap();
     let other = format!("http://localhost:{}/echo", addr.port());
@@ -526,7 +533,7 @@ async fn the_replay_drives_the_inner_service_to_ready() {
     let (sandbox, addr) = Sandbox::start().await;
     let cache = TokenCache::new(sandbox.source());
     let svc = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache))
+        .layer(TokenLayer::new(cache, scope(addr)))
         .concurrency_limit(1)
         .service(client());
     svc.clone().oneshot(get(addr, "/warm")).await.unwrap();
@@ -553,7 +560,7 @@ async fn a_custom_classifier_can_read_the_body() {
     let (sandbox, addr) = Sandbox::start().await;
     let cache = TokenCache::new(sandbox.source());
     let svc = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache).with_classifier(SaysExpired))
+        .layer(TokenLayer::new(cache, scope(addr)).with_classifier(SaysExpired))
         .service(client());
     svc.clone().oneshot(get(addr, "/warm")).await.unwrap();
     sandbox.expire_all();
@@ -591,7 +598,7 @@ async fn an_inspected_body_that_is_not_a_rejection_reaches_the_caller_whole() {
     let cache = TokenCache::new(sandbox.source());
     let svc = ServiceBuilder::new()
         .layer(
-            TokenLayer::new(cache)
+            TokenLayer::new(cache, scope(addr))
                 .with_classifier(LooksAtEverything)
                 .with_max_inspect_body(2),
         )

@@ -309,6 +309,13 @@ impl Inner {
             sent_at,
             lifetime,
         } = fetched;
+        if let Some(trimmed) = self
+            .presentation
+            .check_token(token.secret())
+            .map_err(Error::MalformedToken)?
+        {
+            token.set_secret(trimmed);
+        }
         let headers = self.presentation.render(token.secret())?;
         st.next_id += 1;
         token.set_id(TokenId(st.next_id));

@@ -1,0 +1,553 @@
+//! Where tokens may go: origins parsed and normalised once, scopes made of them, the
+//! plain-text rule, and URLs printed without their secrets.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use http::Uri;
+
+use crate::ConfigError;
+
+/// An origin: scheme, host and port, normalised (scheme and host lower-case, the default
+/// port filled in, one trailing dot of the host dropped).
+///
+/// Parsed once, from `scheme://host[:port]`; anything else is an error, never a silent no-op:
+///
+/// ```
+/// use tokenwarden_core::Origin;
+///
+/// let api = Origin::parse("https://API.example.com")?;
+/// assert_eq!(api, Origin::parse("https://api.example.com:443/")?);
+/// assert_eq!(api.to_string(), "https://api.example.com");
+///
+/// assert!(Origin::parse("api.example.com").is_err()); // no scheme
+/// assert!(Origin::parse("https://user:pw@api.example.com").is_err()); // credentials
+/// assert!(Origin::parse("https://api.example.com/v1").is_err()); // a path
+/// assert!(Origin::parse("ftp://api.example.com").is_err()); // not http(s) or ws(s)
+/// # Ok::<_, tokenwarden_core::ConfigError>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Origin {
+    scheme: Scheme,
+    /// Lower-case; IPv6 addresses in brackets.
+    host: Box<str>,
+    port: u16,
+}
+
+/// The schemes an origin can have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Scheme {
+    Http,
+    Https,
+    Ws,
+    Wss,
+}
+
+impl Scheme {
+    fn parse(text: &str) -> Option<Self> {
+        [
+            ("https", Scheme::Https),
+            ("http", Scheme::Http),
+            ("wss", Scheme::Wss),
+            ("ws", Scheme::Ws),
+        ]
+        .into_iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(text))
+        .map(|(_, scheme)| scheme)
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+            Scheme::Ws => "ws",
+            Scheme::Wss => "wss",
+        }
+    }
+
+    fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http | Scheme::Ws => 80,
+            Scheme::Https | Scheme::Wss => 443,
+        }
+    }
+
+    fn is_secure(self) -> bool {
+        matches!(self, Scheme::Https | Scheme::Wss)
+    }
+}
+
+impl Origin {
+    /// Parses `scheme://host[:port]` (a trailing `/` is allowed). The scheme is `https`,
+    /// `http`, `wss` or `ws`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Origin`] if the text has no scheme or host, another scheme, credentials
+    /// (`user:pass@`), a path, a query or a fragment, or port 0.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let problem = |problem| ConfigError::Origin {
+            origin: redact_url(text),
+            problem,
+        };
+        if text.contains('#') {
+            return Err(problem("it has a fragment"));
+        }
+        let uri: Uri = text
+            .parse()
+            .map_err(|_| problem("it is not a URL (write it as scheme://host[:port])"))?;
+        let Some(scheme) = uri.scheme_str() else {
+            return Err(problem(
+                "it has no scheme (write it as https://host[:port])",
+            ));
+        };
+        let scheme = Scheme::parse(scheme)
+            .ok_or_else(|| problem("its scheme is not https, http, wss or ws"))?;
+        let authority = uri.authority().ok_or_else(|| problem("it has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(problem(
+                "it carries credentials (user:password@); origins never do",
+            ));
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(problem(
+                "it has a path or query; an origin is scheme://host[:port] only",
+            ));
+        }
+        let host =
+            normalise_host(authority.host()).ok_or_else(|| problem("its host is not valid"))?;
+        let port = match authority.port_u16() {
+            Some(0) => return Err(problem("its port is 0")),
+            Some(port) => port,
+            None if authority.as_str().ends_with(':') => {
+                return Err(problem("its port is empty"));
+            }
+            None => scheme.default_port(),
+        };
+        Ok(Self {
+            scheme,
+            host: host.into(),
+            port,
+        })
+    }
+
+    /// The origin of an absolute URL such as an API's base URL (`https://api.example.com/v1`):
+    /// its path, query and any credentials are left out.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Origin`] if it is not an absolute `https`, `http`, `wss` or `ws` URL.
+    pub fn of_url(url: &str) -> Result<Self, ConfigError> {
+        url.parse::<Uri>()
+            .ok()
+            .and_then(|uri| Self::from_uri(&uri))
+            .filter(|origin| origin.port != 0)
+            .ok_or_else(|| ConfigError::Origin {
+                origin: redact_url(url),
+                problem: "it is not an absolute https, http, wss or ws URL",
+            })
+    }
+
+    /// The origin of an absolute URI; `None` for a relative one or another scheme.
+    #[must_use]
+    pub fn from_uri(uri: &Uri) -> Option<Self> {
+        let scheme = Scheme::parse(uri.scheme_str()?)?;
+        let host = normalise_host(uri.host()?)?;
+        Some(Self {
+            scheme,
+            host: host.into(),
+            port: uri.port_u16().unwrap_or(scheme.default_port()),
+        })
+    }
+
+    /// `https`, `http`, `wss` or `ws`.
+    #[must_use]
+    pub fn scheme(&self) -> &'static str {
+        self.scheme.as_str()
+    }
+
+    /// The host, lower-case (IPv6 addresses in brackets).
+    #[must_use]
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port, the scheme's default filled in.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Whether the scheme encrypts (`https`, `wss`).
+    #[must_use]
+    pub fn is_secure(&self) -> bool {
+        self.scheme.is_secure()
+    }
+
+    /// Whether the host is loopback: `localhost`, `127.0.0.0/8` or `[::1]`.
+    #[must_use]
+    pub fn is_loopback(&self) -> bool {
+        is_loopback(&self.host)
+    }
+
+    /// Whether a request to `scheme`, `host` and `port` (`None`: the scheme's default) is to
+    /// this origin.
+    #[must_use]
+    pub fn matches(&self, scheme: &str, host: &str, port: Option<u16>) -> bool {
+        self.scheme.as_str().eq_ignore_ascii_case(scheme)
+            && port.unwrap_or(self.scheme.default_port()) == self.port
+            && host_eq(&self.host, host)
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme.as_str(), self.host)?;
+        if self.port != self.scheme.default_port() {
+            write!(f, ":{}", self.port)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Origin({self})")
+    }
+}
+
+impl std::str::FromStr for Origin {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Self, ConfigError> {
+        Self::parse(text)
+    }
+}
+
+/// Compares a normalised host with one from a request: ASCII case-insensitively, ignoring one
+/// trailing dot of the request's host.
+fn host_eq(normalised: &str, host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    normalised.eq_ignore_ascii_case(host)
+}
+
+fn normalise_host(host: &str) -> Option<String> {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() {
+        return None;
+    }
+    if let Some(v6) = host.strip_prefix('[') {
+        let address: Ipv6Addr = v6.strip_suffix(']')?.parse().ok()?;
+        return Some(format!("[{address}]"));
+    }
+    Some(host.to_ascii_lowercase())
+}
+
+/// Whether `host` (as in a URL: IPv6 in brackets) is this machine: `localhost`, an address in
+/// `127.0.0.0/8`, or `[::1]` (also written in full, or IPv4-mapped). Other names, even ones
+/// ending in `.localhost`, may resolve anywhere and do not count.
+#[must_use]
+pub fn is_loopback(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if let Some(v6) = host.strip_prefix('[') {
+        return v6
+            .strip_suffix(']')
+            .and_then(|v6| v6.parse::<Ipv6Addr>().ok())
+            .is_some_and(|ip| {
+                ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+            });
+    }
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The origins a layer puts tokens on: a list given explicitly, or — as a named opt-in —
+/// any origin at all.
+///
+/// ```
+/// use tokenwarden_core::Scope;
+///
+/// let scope = Scope::origin("https://api.example.com")?
+///     .with_origin("https://files.example.com:8443")?;
+/// assert!(scope.covers(Some("https"), Some("API.example.com"), None));
+/// assert!(scope.covers(Some("https"), Some("files.example.com"), Some(8443)));
+/// assert!(!scope.covers(Some("https"), Some("files.example.com"), None));
+/// assert!(!scope.covers(Some("http"), Some("api.example.com"), None));
+/// assert!(!scope.covers(None, None, None)); // a relative URI: its origin is unknown
+/// # Ok::<_, tokenwarden_core::ConfigError>(())
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Scope(Kind);
+
+#[derive(Clone, PartialEq, Eq)]
+enum Kind {
+    Origins(Arc<[Origin]>),
+    Any,
+}
+
+impl Scope {
+    /// Tokens go to this one origin (`scheme://host[:port]`).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Origin`] if it is not a usable origin (see [`Origin::parse`]).
+    pub fn origin(origin: &str) -> Result<Self, ConfigError> {
+        Ok(Origin::parse(origin)?.into())
+    }
+
+    /// Tokens go to the origin of this URL (an API's base URL, path and all; see
+    /// [`Origin::of_url`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Origin`] if it is not an absolute `https`, `http`, `wss` or `ws` URL.
+    pub fn origin_of(url: &str) -> Result<Self, ConfigError> {
+        Ok(Origin::of_url(url)?.into())
+    }
+
+    /// Tokens go to these origins.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Origin`] for an unusable origin, [`ConfigError::Invalid`] for none.
+    pub fn origins<'a>(origins: impl IntoIterator<Item = &'a str>) -> Result<Self, ConfigError> {
+        let origins = origins
+            .into_iter()
+            .map(Origin::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        if origins.is_empty() {
+            return Err(ConfigError::Invalid {
+                name: "scope",
+                reason: "no origin given; name the API's origin, or use Scope::any_origin()",
+            });
+        }
+        Ok(Self(Kind::Origins(origins.into())))
+    }
+
+    /// Tokens go to **every** origin, relative URIs included.
+    ///
+    /// Only for a client that never talks to anyone but the API, behind a redirect follower
+    /// that never leaves it: a redirect to another host then carries the token there. The
+    /// plain-text rule still holds (no token over `http`/`ws` off loopback unless allowed).
+    #[must_use]
+    pub fn any_origin() -> Self {
+        Self(Kind::Any)
+    }
+
+    /// Adds an origin.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Origin`] if it is not a usable origin.
+    pub fn with_origin(self, origin: &str) -> Result<Self, ConfigError> {
+        let origin = Origin::parse(origin)?;
+        Ok(match self.0 {
+            Kind::Any => self,
+            Kind::Origins(list) => {
+                let mut list = list.to_vec();
+                if !list.contains(&origin) {
+                    list.push(origin);
+                }
+                Self(Kind::Origins(list.into()))
+            }
+        })
+    }
+
+    /// Whether this is [`any_origin`](Self::any_origin).
+    #[must_use]
+    pub fn is_any(&self) -> bool {
+        matches!(self.0, Kind::Any)
+    }
+
+    /// The origins listed (empty for [`any_origin`](Self::any_origin)).
+    #[must_use]
+    pub fn listed(&self) -> &[Origin] {
+        match &self.0 {
+            Kind::Origins(list) => list,
+            Kind::Any => &[],
+        }
+    }
+
+    /// Whether a request to this scheme, host and port (`None`: the scheme's default) gets a
+    /// token. A relative URI (no scheme or host) does only with
+    /// [`any_origin`](Self::any_origin).
+    #[must_use]
+    pub fn covers(&self, scheme: Option<&str>, host: Option<&str>, port: Option<u16>) -> bool {
+        match &self.0 {
+            Kind::Any => true,
+            Kind::Origins(list) => match (scheme, host) {
+                (Some(scheme), Some(host)) => list.iter().any(|o| o.matches(scheme, host, port)),
+                _ => false,
+            },
+        }
+    }
+}
+
+impl From<Origin> for Scope {
+    fn from(origin: Origin) -> Self {
+        Self(Kind::Origins(Arc::from([origin])))
+    }
+}
+
+impl fmt::Debug for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Kind::Any => f.write_str("Scope(any origin)"),
+            Kind::Origins(list) => f.debug_tuple("Scope").field(list).finish(),
+        }
+    }
+}
+
+/// A token was about to be sent where the plain-text rule forbids it: over `http` or `ws` to
+/// a host that is not loopback (unless allowed), or over a scheme that is neither.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "refusing to send a token over `{scheme}` to `{host}`: tokens go over https (or wss); plain \
+     http and ws only to loopback, unless allowed explicitly (with_insecure_http) on a trusted \
+     network"
+)]
+pub struct InsecureTransport {
+    /// The scheme of the request.
+    pub scheme: String,
+    /// The host the request was for.
+    pub host: String,
+}
+
+/// The plain-text rule: `https` and `wss` anywhere; `http` and `ws` to loopback hosts, or
+/// anywhere if `allow_insecure`; nothing else.
+///
+/// # Errors
+///
+/// [`InsecureTransport`] when the rule forbids it.
+pub fn transport_allowed(
+    scheme: &str,
+    host: &str,
+    allow_insecure: bool,
+) -> Result<(), InsecureTransport> {
+    match Scheme::parse(scheme) {
+        Some(s) if s.is_secure() => Ok(()),
+        Some(_) if allow_insecure || is_loopback(host) => Ok(()),
+        _ => Err(InsecureTransport {
+            scheme: scheme.to_ascii_lowercase(),
+            host: host.to_owned(),
+        }),
+    }
+}
+
+/// [`transport_allowed`] for an absolute URI. A relative URI has no transport to judge and
+/// passes.
+///
+/// # Errors
+///
+/// [`InsecureTransport`] when the rule forbids it.
+pub fn check_transport(uri: &Uri, allow_insecure: bool) -> Result<(), InsecureTransport> {
+    match (uri.scheme_str(), uri.host()) {
+        (Some(scheme), Some(host)) => transport_allowed(scheme, host, allow_insecure),
+        (Some(scheme), None) => Err(InsecureTransport {
+            scheme: scheme.to_owned(),
+            host: String::new(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A URL as it may be printed: credentials (`user:pass@`) and every query value replaced by
+/// `[redacted]`, the fragment dropped. Text that does not look like a URL is redacted whole.
+///
+/// ```
+/// use tokenwarden_core::redact_url;
+///
+/// assert_eq!(
+///     redact_url("https://user:pw@auth.example.com/token?api_key=k3y&grant=x#frag"),
+///     "https://[redacted]@auth.example.com/token?api_key=[redacted]&grant=[redacted]",
+/// );
+/// assert_eq!(redact_url("https://api.example.com/v1"), "https://api.example.com/v1");
+/// ```
+#[must_use]
+pub fn redact_url(text: &str) -> String {
+    const R: &str = "[redacted]";
+    let text = text.split('#').next().unwrap_or("");
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return if text.is_empty() {
+            String::new()
+        } else {
+            R.to_owned()
+        };
+    };
+    if !scheme
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    {
+        return R.to_owned();
+    }
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, rest) = rest.split_at(authority_end);
+    let mut out = format!("{scheme}://");
+    match authority.rsplit_once('@') {
+        Some((_, host)) => {
+            out.push_str(R);
+            out.push('@');
+            out.push_str(host);
+        }
+        None => out.push_str(authority),
+    }
+    let (path, query) = match rest.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (rest, None),
+    };
+    out.push_str(path);
+    if let Some(query) = query {
+        out.push('?');
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) => format!("{key}={R}"),
+                None if pair.is_empty() => String::new(),
+                None => R.to_owned(),
+            })
+            .collect();
+        out.push_str(&pairs.join("&"));
+    }
+    out
+}
+
+/// A URI that prints redacted (see [`redact_url`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedactedUri(pub Uri);
+
+impl fmt::Display for RedactedUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.0.to_string()))
+    }
+}
+
+impl fmt::Debug for RedactedUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises() {
+        let o = Origin::parse("HTTPS://Api.Example.COM.:443").unwrap();
+        assert_eq!(o.to_string(), "https://api.example.com");
+        assert_eq!(o.port(), 443);
+        let v6 = Origin::parse("http://[0:0:0:0:0:0:0:1]:8080").unwrap();
+        assert_eq!(v6.to_string(), "http://[::1]:8080");
+        assert!(v6.is_loopback());
+        assert!(v6.matches("http", "[::1]", Some(8080)));
+        assert!(!v6.matches("http", "[::1]", None));
+    }
+
+    #[test]
+    fn redacts() {
+        assert_eq!(redact_url("not a url"), "[redacted]");
+        assert_eq!(redact_url("http://h/p?secret"), "http://h/p?[redacted]");
+        assert_eq!(redact_url("http://a@b@h/"), "http://[redacted]@h/");
+    }
+}

@@ -1,0 +1,290 @@
+//! Fixtures for tokenwarden's tests (not published).
+//!
+//! - [`Recorder`]: a host on a loopback port that keeps the raw bytes of every request it
+//!   receives and answers each with a fixed reply (such as a redirect), to assert that no
+//!   token or credential byte ever reached it.
+//! - [`LoopbackResolver`]: a hyper-util resolver that sends every host name to `127.0.0.1`,
+//!   so that `evil.example` stands in for another host on this machine.
+//! - [`LogCapture`]: every tracing event, at every level, written to a buffer.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+#![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+
+use std::future::{Ready, ready};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::client::legacy::connect::dns::Name;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The answer a [`Recorder`] gives to every request.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    /// `status` with an empty body.
+    #[must_use]
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// A redirect (`307` keeps the method and body, as an attacker would want) to `location`.
+    #[must_use]
+    pub fn redirect(status: u16, location: &str) -> Self {
+        Self::status(status).with_header("location", location)
+    }
+
+    /// `200` with a JSON body.
+    #[must_use]
+    pub fn json(body: &str) -> Self {
+        Self::status(200)
+            .with_header("content-type", "application/json")
+            .with_body(body)
+    }
+
+    /// Adds a header.
+    #[must_use]
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Sets the body.
+    #[must_use]
+    pub fn with_body(mut self, body: &str) -> Self {
+        self.body = body.as_bytes().to_vec();
+        self
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut out = format!("HTTP/1.1 {} Recorded\r\n", self.status);
+        for (name, value) in &self.headers {
+            out.push_str(&format!("{name}: {value}\r\n"));
+        }
+        out.push_str(&format!(
+            "content-length: {}\r\nconnection: close\r\n\r\n",
+            self.body.len()
+        ));
+        let mut bytes = out.into_bytes();
+        bytes.extend_from_slice(&self.body);
+        bytes
+    }
+}
+
+/// A host on a loopback port that records the raw bytes of every request and answers each
+/// with the same [`Reply`]. Stops when dropped.
+#[derive(Debug)]
+pub struct Recorder {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Vec<u8>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Recorder {
+    /// Starts a recorder on `127.0.0.1` that answers every request with `reply`.
+    ///
+    /// # Panics
+    ///
+    /// If no loopback port can be bound.
+    pub async fn start(reply: Reply) -> Self {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind a loopback port");
+        let addr = listener.local_addr().expect("local address");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        let answer = Arc::new(reply.to_bytes());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (sink, answer) = (Arc::clone(&sink), Arc::clone(&answer));
+                tokio::spawn(async move {
+                    let _ = serve(stream, &sink, &answer).await;
+                });
+            }
+        });
+        Self { addr, seen, task }
+    }
+
+    /// The port it listens on.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Its socket address.
+    #[must_use]
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `scheme://host:port` for a name of your choice (resolved to loopback by the client).
+    #[must_use]
+    pub fn origin(&self, scheme: &str, host: &str) -> String {
+        format!("{scheme}://{host}:{}", self.port())
+    }
+
+    /// How many requests arrived.
+    #[must_use]
+    pub fn requests(&self) -> usize {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Every byte received, all requests concatenated.
+    #[must_use]
+    pub fn raw(&self) -> Vec<u8> {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .concat()
+    }
+
+    /// The labels of the `needles` found anywhere in the raw bytes (case-insensitively).
+    #[must_use]
+    pub fn found<'a>(&self, needles: &[(&'a str, &str)]) -> Vec<&'a str> {
+        let raw = self.raw().to_ascii_lowercase();
+        needles
+            .iter()
+            .filter(|(_, needle)| {
+                let needle = needle.to_ascii_lowercase().into_bytes();
+                raw.windows(needle.len()).any(|w| w == needle.as_slice())
+            })
+            .map(|(label, _)| *label)
+            .collect()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads one request (head, then a body of `content-length` bytes), keeps its bytes, answers.
+async fn serve(mut stream: TcpStream, sink: &Mutex<Vec<Vec<u8>>>, answer: &[u8]) -> io::Result<()> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = async {
+        loop {
+            if let Some(end) = find(&buf, b"\r\n\r\n") {
+                let length = content_length(&buf[..end]);
+                if buf.len() >= end + 4 + length {
+                    return Ok::<_, io::Error>(());
+                }
+            }
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(10), read).await;
+    if !buf.is_empty() {
+        sink.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(buf);
+    }
+    if matches!(outcome, Ok(Ok(()))) {
+        stream.write_all(answer).await?;
+        stream.shutdown().await?;
+    }
+    Ok(())
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn content_length(head: &[u8]) -> usize {
+    String::from_utf8_lossy(head)
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A hyper-util resolver that answers `127.0.0.1` for every name: with it, any host name
+/// (`api.example`, `evil.example`) reaches a server on this machine, at the URI's port.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoopbackResolver;
+
+impl tower::Service<Name> for LoopbackResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = io::Error;
+    type Future = Ready<Result<Self::Response, io::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), io::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Name) -> Self::Future {
+        ready(Ok(
+            vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 0))].into_iter()
+        ))
+    }
+}
+
+/// Every tracing event, at every level and from every target, formatted into a buffer while
+/// the capture is the thread's default subscriber (use a current-thread runtime).
+#[derive(Debug)]
+pub struct LogCapture {
+    buffer: Arc<Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+impl LogCapture {
+    /// Starts capturing on this thread.
+    #[must_use]
+    pub fn start() -> Self {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = Arc::clone(&buffer);
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || Writer(Arc::clone(&writer)))
+            .finish();
+        Self {
+            buffer,
+            _guard: tracing::subscriber::set_default(subscriber),
+        }
+    }
+
+    /// Everything captured so far.
+    #[must_use]
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buffer.lock().unwrap_or_else(PoisonError::into_inner))
+            .into_owned()
+    }
+}
+
+struct Writer(Arc<Mutex<Vec<u8>>>);
+
+impl io::Write for Writer {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
