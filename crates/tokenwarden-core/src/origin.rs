@@ -117,6 +117,14 @@ impl Origin {
         }
         let host =
             normalise_host(authority.host()).ok_or_else(|| problem("its host is not valid"))?;
+        // `http` reads a port that is not a `u16` as no port at all; refuse it instead.
+        let after_host = authority.as_str().rsplit(']').next().unwrap_or("");
+        if let Some((_, port)) = after_host.rsplit_once(':')
+            && !port.is_empty()
+            && port.parse::<u16>().is_err()
+        {
+            return Err(problem("its port is not a number from 1 to 65535"));
+        }
         let port = match authority.port_u16() {
             Some(0) => return Err(problem("its port is 0")),
             Some(port) => port,

@@ -19,7 +19,10 @@ use crate::{DEFAULT_MAX_RESPONSE, GatewayError, HttpSend};
 #[derive(Clone)]
 pub(crate) struct Issuer {
     sender: Arc<dyn HttpSend>,
+    /// The endpoint, without any `user:pass@`.
     uri: Uri,
+    /// `Authorization: Basic …` from the URL's `user:pass@`, if it had one (sensitive).
+    basic: Option<HeaderValue>,
     gateway: &'static str,
     max_response: usize,
 }
@@ -66,9 +69,14 @@ impl Issuer {
                          end, wrap the sender in InsecureHttp)",
             });
         }
+        let (uri, basic) = split_userinfo(uri).ok_or(ConfigError::Invalid {
+            name: setting,
+            reason: "has credentials (user:password@) that are not valid percent-encoded UTF-8",
+        })?;
         Ok(Self {
             sender,
             uri,
+            basic,
             gateway,
             max_response: DEFAULT_MAX_RESPONSE,
         })
@@ -98,6 +106,13 @@ impl Issuer {
         }
         for (name, value) in headers {
             request = request.header(name, value);
+        }
+        if let Some(basic) = &self.basic
+            && !headers
+                .iter()
+                .any(|(name, _)| name == http::header::AUTHORIZATION)
+        {
+            request = request.header(http::header::AUTHORIZATION, basic);
         }
         let request = request.body(body).map_err(|e| GatewayError::Unreachable {
             gateway: self.gateway,
@@ -158,6 +173,47 @@ impl Issuer {
                 .map_or_else(|| "a URL of another scheme".to_owned(), |o| o.to_string()),
         }
     }
+}
+
+/// Takes `user:pass@` out of an endpoint URL and turns it into HTTP Basic credentials, as
+/// curl and browsers do: the transport (and its logs, connection-pool keys included) never
+/// sees them. `None` if they are not valid percent-encoded UTF-8.
+fn split_userinfo(uri: Uri) -> Option<(Uri, Option<HeaderValue>)> {
+    let Some((userinfo, host)) = uri
+        .authority()
+        .and_then(|a| a.as_str().rsplit_once('@'))
+        .map(|(u, h)| (u.to_owned(), h.to_owned()))
+    else {
+        return Some((uri, None));
+    };
+    let (user, password) = userinfo.split_once(':').unwrap_or((&userinfo, ""));
+    let credentials = format!("{}:{}", percent_decode(user)?, percent_decode(password)?);
+    let mut basic = HeaderValue::try_from(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(credentials)
+    ))
+    .ok()?;
+    basic.set_sensitive(true);
+    let mut parts = uri.into_parts();
+    parts.authority = Some(host.parse().ok()?);
+    Some((Uri::from_parts(parts).ok()?, Some(basic)))
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// A configured URL: printed redacted (credentials and query values), used as it is.
@@ -319,6 +375,23 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn userinfo_becomes_basic_credentials() {
+        let uri: Uri = "https://app:p%40ss@auth.example.com/token?x=1"
+            .parse()
+            .unwrap();
+        let (uri, basic) = split_userinfo(uri).unwrap();
+        assert_eq!(uri, "https://auth.example.com/token?x=1");
+        let basic = basic.unwrap();
+        assert!(basic.is_sensitive());
+        // base64("app:p@ss")
+        assert_eq!(basic, "Basic YXBwOnBAc3M=");
+        let plain: Uri = "https://auth.example.com/token".parse().unwrap();
+        assert_eq!(split_userinfo(plain.clone()), Some((plain, None)));
+        let bad: Uri = "https://a:%ZZ@auth.example.com/".parse().unwrap();
+        assert!(split_userinfo(bad).is_none());
+    }
 
     #[test]
     fn reads_local_times() {
