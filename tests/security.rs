@@ -461,9 +461,13 @@ fn origins_parse_and_normalise_or_fail_at_build_time() {
     );
 }
 
+/// A layer's decision: `Ok(true)` token, `Ok(false)` untouched, `Err(())` refused; `None` if
+/// the client cannot parse the URL.
+type Decision = Option<Result<bool, ()>>;
+
 /// What both layers decide for a URL: parsed as `http::Uri` (tower) and as `url::Url`
 /// (reqwest), with the parts each layer passes.
-fn decide(policy: &LayerPolicy, url: &str) -> (Option<Result<bool, ()>>, Option<Result<bool, ()>>) {
+fn decide(policy: &LayerPolicy, url: &str) -> (Decision, Decision) {
     let tower = url.parse::<http::Uri>().ok().map(|uri| {
         policy
             .admit(uri.scheme_str(), uri.host(), uri.port_u16())
