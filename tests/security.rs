@@ -370,6 +370,87 @@ async fn issuer_redirects_are_typed_errors_and_nothing_is_resent() {
     assert_issuer_redirect_refused("ServiceSender", hyper_sender(), &evil, &issuer).await;
 }
 
+#[tokio::test]
+async fn a_scheme_relative_redirect_is_named_by_its_own_host() {
+    let evil = Recorder::start(Reply::json(r#"{"access_token":"x"}"#)).await;
+    let location = format!("//localhost:{}/steal?code=CODE-Q", evil.port());
+    let issuer = Recorder::start(Reply::redirect(302, &location)).await;
+    let source = JsonSource::json(
+        IssuerClient::new().unwrap(),
+        &format!("{}/token", issuer.origin("http", "127.0.0.1")),
+        serde_json::json!({"client_secret": APP_SECRET}),
+    )
+    .unwrap();
+    let error = source.fetch().await.unwrap_err();
+    let Some(GatewayError::Redirected { target, .. }) = error.get_ref().downcast_ref() else {
+        panic!("expected Redirected, got {error}");
+    };
+    assert_eq!(target, &evil.origin("http", "localhost"));
+    assert_eq!(evil.requests(), 0);
+}
+
+#[tokio::test]
+async fn a_redirect_follower_around_the_issuer_transport_is_caught_not_trusted() {
+    // Misuse that the docs warn against: the follower re-sends the request (so the recorder
+    // does get it), but its answer is refused, not taken as a token.
+    let evil = Recorder::start(Reply::json(r#"{"access_token":"planted"}"#)).await;
+    let location = format!("{}/steal", evil.origin("http", "localhost"));
+    // 303: the follower turns the POST into a GET it can always send.
+    let issuer = Recorder::start(Reply::redirect(303, &location)).await;
+    let followed = ServiceSender(
+        ServiceBuilder::new()
+            .layer(FollowRedirectLayer::new())
+            .service(hyper_sender().0),
+    );
+    let source = JsonSource::json(
+        followed,
+        &format!("{}/token", issuer.origin("http", "127.0.0.1")),
+        serde_json::json!({"client_secret": APP_SECRET}),
+    )
+    .unwrap();
+    let error = source.fetch().await.unwrap_err();
+    let Some(GatewayError::Redirected { target, status, .. }) = error.get_ref().downcast_ref()
+    else {
+        panic!("expected Redirected, got {error}");
+    };
+    assert_eq!(target, &evil.origin("http", "localhost"));
+    assert_eq!(*status, StatusCode::OK);
+    assert_eq!(evil.requests(), 1, "the follower did follow");
+}
+
+#[test]
+fn issuer_urls_with_credentials_or_bad_ports_never_print_them() {
+    // A base64 password with `/` ends the authority early for a URL parser: `client:abc` would
+    // read as host `client` with port `abc`, silently the default port. Refused, and redacted.
+    let url = "https://client:abc/def+ghi=@auth.example.com";
+    let error =
+        JsonSource::json(IssuerClient::new().unwrap(), url, serde_json::json!({})).unwrap_err();
+    assert!(!format!("{error} {error:?}").contains("abc"), "{error}");
+    let config = SipayConfig::new(url, "id", APP_SECRET);
+    assert!(!format!("{config:?}").contains("abc"), "{config:?}");
+    let boipa = BoipaConfig::new(
+        "https://apiuat.example",
+        1,
+        APP_SECRET,
+        "https://shop.example/?key=ORIGIN-KEY",
+    );
+    assert!(!format!("{boipa:?}").contains("ORIGIN-KEY"), "{boipa:?}");
+    for bad_port in [
+        "https://auth.example.com:99999/t",
+        "https://auth.example.com:443x/t",
+    ] {
+        assert!(
+            JsonSource::json(
+                IssuerClient::new().unwrap(),
+                bad_port,
+                serde_json::json!({})
+            )
+            .is_err(),
+            "{bad_port}"
+        );
+    }
+}
+
 #[test]
 fn plain_http_issuers_off_loopback_are_refused_when_built() {
     let body = || serde_json::json!({"client_secret": APP_SECRET});
@@ -420,8 +501,6 @@ fn origins_parse_and_normalise_or_fail_at_build_time() {
         ("HTTP://127.0.0.1:8080", "http://127.0.0.1:8080"),
         ("http://[::1]:8080", "http://[::1]:8080"),
         ("http://[0:0:0:0:0:0:0:1]", "http://[::1]"),
-        ("wss://stream.example.com", "wss://stream.example.com"),
-        ("ws://localhost:9000", "ws://localhost:9000"),
     ];
     for (text, normalised) in ok {
         let origin = Origin::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
@@ -442,7 +521,13 @@ fn origins_parse_and_normalise_or_fail_at_build_time() {
         "https://api.example.com#frag",
         "https://api.example.com:0",
         "https://api.example.com:99999",
+        "https://api.example.com:8443x",
+        "https://api.example.com:+443",
+        "https://[::1]x",
         "https://[::1",
+        "https://client:abc/def+ghi=@auth.example.com",
+        "wss://stream.example.com",
+        "ws://localhost:9000",
     ];
     for text in refused {
         let error = Origin::parse(text).expect_err(text);
@@ -450,9 +535,16 @@ fn origins_parse_and_normalise_or_fail_at_build_time() {
             matches!(error, ConfigError::Origin { .. }),
             "{text}: {error}"
         );
-        assert!(!error.to_string().contains("pw@"), "{error}");
+        let text = error.to_string();
+        assert!(!text.contains("pw@") && !text.contains("abc/def"), "{text}");
     }
     assert!(Scope::origins([]).is_err(), "an empty list is not a scope");
+    assert!(
+        Scope::any_origin()
+            .with_origin("https://api.example.com")
+            .is_err(),
+        "adding to any-origin would be a silent no-op"
+    );
     assert_eq!(
         Scope::origin_of("https://api.example.com/v1/orders?page=2")
             .unwrap()
@@ -506,7 +598,8 @@ fn both_layers_scope_every_url_the_same_way() {
         (&local, "http://localhost.evil.example:8080/", Ok(false)),
         (&local, "http://127.0.0.1:8080/", Ok(false)),
         (&any, "https://anywhere.example/", Ok(true)),
-        (&any, "wss://anywhere.example/", Ok(true)),
+        (&any, "wss://anywhere.example/", Err(())),
+        (&any, "http://localhost./", Err(())),
         (&any, "http://127.0.0.1/", Ok(true)),
         (&any, "http://127.9.9.9/", Ok(true)),
         (&any, "http://[::1]/", Ok(true)),

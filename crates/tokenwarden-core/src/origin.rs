@@ -35,52 +35,45 @@ pub struct Origin {
     port: u16,
 }
 
-/// The schemes an origin can have.
+/// The schemes an origin can have: the two HTTP clients speak. (`ws`/`wss` are not among
+/// them: an HTTP client given a `wss://` URL, say by a redirect, would send it in clear text
+/// to port 80.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Scheme {
     Http,
     Https,
-    Ws,
-    Wss,
 }
 
 impl Scheme {
     fn parse(text: &str) -> Option<Self> {
-        [
-            ("https", Scheme::Https),
-            ("http", Scheme::Http),
-            ("wss", Scheme::Wss),
-            ("ws", Scheme::Ws),
-        ]
-        .into_iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case(text))
-        .map(|(_, scheme)| scheme)
+        [("https", Scheme::Https), ("http", Scheme::Http)]
+            .into_iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(text))
+            .map(|(_, scheme)| scheme)
     }
 
     fn as_str(self) -> &'static str {
         match self {
             Scheme::Http => "http",
             Scheme::Https => "https",
-            Scheme::Ws => "ws",
-            Scheme::Wss => "wss",
         }
     }
 
     fn default_port(self) -> u16 {
         match self {
-            Scheme::Http | Scheme::Ws => 80,
-            Scheme::Https | Scheme::Wss => 443,
+            Scheme::Http => 80,
+            Scheme::Https => 443,
         }
     }
 
     fn is_secure(self) -> bool {
-        matches!(self, Scheme::Https | Scheme::Wss)
+        matches!(self, Scheme::Https)
     }
 }
 
 impl Origin {
-    /// Parses `scheme://host[:port]` (a trailing `/` is allowed). The scheme is `https`,
-    /// `http`, `wss` or `ws`.
+    /// Parses `scheme://host[:port]` (a trailing `/` is allowed). The scheme is `https` or
+    /// `http`.
     ///
     /// # Errors
     ///
@@ -102,8 +95,8 @@ impl Origin {
                 "it has no scheme (write it as https://host[:port])",
             ));
         };
-        let scheme = Scheme::parse(scheme)
-            .ok_or_else(|| problem("its scheme is not https, http, wss or ws"))?;
+        let scheme =
+            Scheme::parse(scheme).ok_or_else(|| problem("its scheme is not https or http"))?;
         let authority = uri.authority().ok_or_else(|| problem("it has no host"))?;
         if authority.as_str().contains('@') {
             return Err(problem(
@@ -117,12 +110,7 @@ impl Origin {
         }
         let host =
             normalise_host(authority.host()).ok_or_else(|| problem("its host is not valid"))?;
-        // `http` reads a port that is not a `u16` as no port at all; refuse it instead.
-        let after_host = authority.as_str().rsplit(']').next().unwrap_or("");
-        if let Some((_, port)) = after_host.rsplit_once(':')
-            && !port.is_empty()
-            && port.parse::<u16>().is_err()
-        {
+        if !port_text_valid(authority.as_str()) {
             return Err(problem("its port is not a number from 1 to 65535"));
         }
         let port = match authority.port_u16() {
@@ -145,15 +133,16 @@ impl Origin {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Origin`] if it is not an absolute `https`, `http`, `wss` or `ws` URL.
+    /// [`ConfigError::Origin`] if it is not an absolute `https` or `http` URL.
     pub fn of_url(url: &str) -> Result<Self, ConfigError> {
         url.parse::<Uri>()
             .ok()
+            .filter(|uri| uri.authority().is_some_and(|a| port_text_valid(a.as_str())))
             .and_then(|uri| Self::from_uri(&uri))
             .filter(|origin| origin.port != 0)
             .ok_or_else(|| ConfigError::Origin {
                 origin: redact_url(url),
-                problem: "it is not an absolute https, http, wss or ws URL",
+                problem: "it is not an absolute https or http URL with a valid port",
             })
     }
 
@@ -169,7 +158,7 @@ impl Origin {
         })
     }
 
-    /// `https`, `http`, `wss` or `ws`.
+    /// `https` or `http`.
     #[must_use]
     pub fn scheme(&self) -> &'static str {
         self.scheme.as_str()
@@ -187,7 +176,7 @@ impl Origin {
         self.port
     }
 
-    /// Whether the scheme encrypts (`https`, `wss`).
+    /// Whether the scheme encrypts (`https`).
     #[must_use]
     pub fn is_secure(&self) -> bool {
         self.scheme.is_secure()
@@ -233,6 +222,29 @@ impl std::str::FromStr for Origin {
     }
 }
 
+/// Whether the port part of an authority (`host`, `host:443`, `[::1]:80`) is absent or a
+/// number from 0 to 65535 — `http` reads anything else as "no port", which would silently
+/// become the default one.
+#[must_use]
+pub fn port_text_valid(authority: &str) -> bool {
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let port = match host_port.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((_, "")) => return true,
+            Some((_, after)) => match after.strip_prefix(':') {
+                Some(port) => port,
+                None => return false,
+            },
+            None => return false,
+        },
+        None => match host_port.split_once(':') {
+            Some((_, port)) => port,
+            None => return true,
+        },
+    };
+    port.is_empty() || (port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok())
+}
+
 /// Compares a normalised host with one from a request: ASCII case-insensitively, ignoring one
 /// trailing dot of the request's host.
 fn host_eq(normalised: &str, host: &str) -> bool {
@@ -254,10 +266,9 @@ fn normalise_host(host: &str) -> Option<String> {
 
 /// Whether `host` (as in a URL: IPv6 in brackets) is this machine: `localhost`, an address in
 /// `127.0.0.0/8`, or `[::1]` (also written in full, or IPv4-mapped). Other names, even ones
-/// ending in `.localhost`, may resolve anywhere and do not count.
+/// ending in `.localhost` and `localhost.` itself, may be sent to DNS and do not count.
 #[must_use]
 pub fn is_loopback(host: &str) -> bool {
-    let host = host.strip_suffix('.').unwrap_or(host);
     if let Some(v6) = host.strip_prefix('[') {
         return v6
             .strip_suffix(']')
@@ -309,7 +320,7 @@ impl Scope {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Origin`] if it is not an absolute `https`, `http`, `wss` or `ws` URL.
+    /// [`ConfigError::Origin`] if it is not an absolute `https` or `http` URL.
     pub fn origin_of(url: &str) -> Result<Self, ConfigError> {
         Ok(Origin::of_url(url)?.into())
     }
@@ -347,11 +358,18 @@ impl Scope {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Origin`] if it is not a usable origin.
+    /// [`ConfigError::Origin`] if it is not a usable origin, [`ConfigError::Invalid`] on
+    /// [`Scope::any_origin`].
     pub fn with_origin(self, origin: &str) -> Result<Self, ConfigError> {
         let origin = Origin::parse(origin)?;
         Ok(match self.0 {
-            Kind::Any => self,
+            Kind::Any => {
+                return Err(ConfigError::Invalid {
+                    name: "scope",
+                    reason: "it already covers any origin, so adding one would change nothing; \
+                             list the origins instead of using Scope::any_origin()",
+                });
+            }
             Kind::Origins(list) => {
                 let mut list = list.to_vec();
                 if !list.contains(&origin) {
@@ -407,13 +425,12 @@ impl fmt::Debug for Scope {
     }
 }
 
-/// A token was about to be sent where the plain-text rule forbids it: over `http` or `ws` to
-/// a host that is not loopback (unless allowed), or over a scheme that is neither.
+/// A token was about to be sent where the plain-text rule forbids it: over `http` to a host
+/// that is not loopback (unless allowed), or over a scheme that is neither `http` nor `https`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "refusing to send a token over `{scheme}` to `{host}`: tokens go over https (or wss); plain \
-     http and ws only to loopback, unless allowed explicitly (with_insecure_http) on a trusted \
-     network"
+    "refusing to send a token over `{scheme}` to `{host}`: tokens go over https, and over plain \
+     http only to loopback unless allowed explicitly (with_insecure_http) on a trusted network"
 )]
 pub struct InsecureTransport {
     /// The scheme of the request.
@@ -422,8 +439,8 @@ pub struct InsecureTransport {
     pub host: String,
 }
 
-/// The plain-text rule: `https` and `wss` anywhere; `http` and `ws` to loopback hosts, or
-/// anywhere if `allow_insecure`; nothing else.
+/// The plain-text rule: `https` anywhere; `http` to loopback hosts, or anywhere if
+/// `allow_insecure`; no other scheme.
 ///
 /// # Errors
 ///
@@ -475,7 +492,6 @@ pub fn check_transport(uri: &Uri, allow_insecure: bool) -> Result<(), InsecureTr
 #[must_use]
 pub fn redact_url(text: &str) -> String {
     const R: &str = "[redacted]";
-    let text = text.split('#').next().unwrap_or("");
     let Some((scheme, rest)) = text.split_once("://") else {
         return if text.is_empty() {
             String::new()
@@ -489,17 +505,21 @@ pub fn redact_url(text: &str) -> String {
     {
         return R.to_owned();
     }
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, rest) = rest.split_at(authority_end);
     let mut out = format!("{scheme}://");
-    match authority.rsplit_once('@') {
-        Some((_, host)) => {
+    // Credentials end at the last `@`, wherever it is: a password may hold `/`, `?` or `#`,
+    // which ends the authority for a parser. Hiding a host now and then is the lesser harm.
+    let rest = match rest.rsplit_once('@') {
+        Some((_, after)) => {
             out.push_str(R);
             out.push('@');
-            out.push_str(host);
+            after
         }
-        None => out.push_str(authority),
-    }
+        None => rest,
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, rest) = rest.split_at(authority_end);
+    out.push_str(authority);
+    let rest = rest.split('#').next().unwrap_or("");
     let (path, query) = match rest.split_once('?') {
         Some((path, query)) => (path, Some(query)),
         None => (rest, None),
@@ -557,5 +577,24 @@ mod tests {
         assert_eq!(redact_url("not a url"), "[redacted]");
         assert_eq!(redact_url("http://h/p?secret"), "http://h/p?[redacted]");
         assert_eq!(redact_url("http://a@b@h/"), "http://[redacted]@h/");
+        assert_eq!(
+            redact_url("https://client:abc/def+ghi=@auth.example.com/t"),
+            "https://[redacted]@auth.example.com/t"
+        );
+        assert_eq!(redact_url("https://c:ab?x@h/t"), "https://[redacted]@h/t");
+        assert_eq!(redact_url("https://c:ab#x@h/t"), "https://[redacted]@h/t");
+        assert_eq!(redact_url("https://h/t#frag"), "https://h/t");
+    }
+
+    #[test]
+    fn ports() {
+        for ok in [
+            "h", "h:1", "h:65535", "h:", "u:p@h:80", "[::1]", "[::1]:80", "[::1]:",
+        ] {
+            assert!(port_text_valid(ok), "{ok}");
+        }
+        for bad in ["h:99999", "h:8443x", "h:abc", "[::1]x", "[::1]:x", "h:1:2"] {
+            assert!(!port_text_valid(bad), "{bad}");
+        }
     }
 }

@@ -447,11 +447,9 @@ mod tests {
     fn plain_http_only_to_loopback() {
         let ok = [
             "https://api.example.com/x",
-            "wss://api.example.com/x",
             "http://127.0.0.1:8080/x",
             "http://127.3.4.5/x",
             "http://localhost:3000/",
-            "ws://localhost:3000/",
             "http://[::1]:80/",
             "http://[::ffff:127.0.0.1]:80/",
             "/relative/path",
@@ -469,6 +467,8 @@ mod tests {
         for bad in [
             "http://10.0.0.1/",
             "ws://api.example.com/",
+            "wss://api.example.com/",
+            "ws://localhost:3000/",
             "ftp://127.0.0.1/",
             "http://127.example.com/",
             "http://[::2]:80/",

@@ -60,7 +60,7 @@ pub struct BoipaConfig {
     base_url: UrlText,
     merchant_id: u64,
     password: Secret,
-    allow_origin_url: String,
+    allow_origin_url: UrlText,
     brand_id: Option<String>,
     token_lifetime: Duration,
     max_response: usize,
@@ -79,7 +79,7 @@ impl BoipaConfig {
             base_url: UrlText(base_url.into()),
             merchant_id,
             password: password.into(),
-            allow_origin_url: allow_origin_url.into(),
+            allow_origin_url: UrlText(allow_origin_url.into()),
             brand_id: None,
             token_lifetime: Duration::from_secs(300),
             max_response: DEFAULT_MAX_RESPONSE,
@@ -211,7 +211,7 @@ impl BoipaSource {
             .append_pair("password", self.config.password.expose())
             .append_pair("action", self.request.action.as_str())
             .append_pair("timestamp", &timestamp.to_string())
-            .append_pair("allowOriginUrl", &self.config.allow_origin_url);
+            .append_pair("allowOriginUrl", &self.config.allow_origin_url.0);
         if let Some(brand) = &self.config.brand_id {
             form.append_pair("brandId", brand);
         }

@@ -110,6 +110,38 @@ where
     }
 }
 
+/// The sender followed a redirect (which it must not): the request, credentials and all, went
+/// to `to` as well. Sources turn it into
+/// [`GatewayError::Redirected`](crate::GatewayError::Redirected).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the sender followed a redirect to {to} (final status {status}), re-sending the request there"
+)]
+pub struct RedirectFollowed {
+    /// The final response's status.
+    pub status: http::StatusCode,
+    /// The origin the redirect led to (`scheme://host:port`, nothing more).
+    pub to: String,
+}
+
+impl RedirectFollowed {
+    /// From the final URL's parts.
+    #[must_use]
+    pub fn new(
+        status: http::StatusCode,
+        scheme: &str,
+        host: Option<&str>,
+        port: Option<u16>,
+    ) -> Self {
+        let to = match (host, port) {
+            (Some(host), Some(port)) => format!("{scheme}://{host}:{port}"),
+            (Some(host), None) => format!("{scheme}://{host}"),
+            _ => format!("a {scheme} URL"),
+        };
+        Self { status, to }
+    }
+}
+
 /// A response body longer than the cap.
 #[derive(Debug, thiserror::Error)]
 #[error("the response body is longer than {limit} bytes")]
@@ -139,6 +171,9 @@ pub struct TooLarge {
 #[derive(Clone, Debug)]
 pub struct IssuerClient {
     client: reqwest::Client,
+    /// For plain `http` to loopback: never through a proxy from the environment, which would
+    /// carry the credentials off this machine in clear text.
+    direct: reqwest::Client,
 }
 
 #[cfg(feature = "reqwest")]
@@ -154,24 +189,28 @@ impl IssuerClient {
     ///
     /// When reqwest cannot build a client (its TLS backend fails to initialise).
     pub fn new() -> Result<Self, reqwest::Error> {
-        Self::from_builder(
-            reqwest::Client::builder()
-                .connect_timeout(Self::CONNECT_TIMEOUT)
-                .read_timeout(Self::READ_TIMEOUT),
-        )
+        Self::from_builder(Self::defaults())
     }
 
     /// A client from your own builder (proxies, TLS roots, timeouts), with redirects turned
-    /// off whatever the builder said.
+    /// off whatever the builder said. Plain-`http` requests to loopback go through a second,
+    /// proxy-less client with the default timeouts.
     ///
     /// # Errors
     ///
     /// When reqwest cannot build the client.
     pub fn from_builder(builder: reqwest::ClientBuilder) -> Result<Self, reqwest::Error> {
-        let client = builder
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        Ok(Self { client })
+        let none = reqwest::redirect::Policy::none;
+        Ok(Self {
+            client: builder.redirect(none()).build()?,
+            direct: Self::defaults().no_proxy().redirect(none()).build()?,
+        })
+    }
+
+    fn defaults() -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
+            .connect_timeout(Self::CONNECT_TIMEOUT)
+            .read_timeout(Self::READ_TIMEOUT)
     }
 }
 
@@ -186,11 +225,26 @@ impl HttpSend for IssuerClient {
         // Errors without their URL: it may carry credentials in its query.
         let request = reqwest::Request::try_from(request.map(reqwest::Body::from))
             .map_err(reqwest::Error::without_url)?;
-        let mut response = self
-            .client
+        let url = request.url().clone();
+        let local_plain_text =
+            url.scheme() == "http" && url.host_str().is_some_and(tokenwarden_core::is_loopback);
+        let client = if local_plain_text {
+            &self.direct
+        } else {
+            &self.client
+        };
+        let mut response = client
             .execute(request)
             .await
             .map_err(reqwest::Error::without_url)?;
+        if response.url() != &url {
+            return Err(Box::new(RedirectFollowed::new(
+                response.status(),
+                response.url().scheme(),
+                response.url().host_str(),
+                response.url().port_or_known_default(),
+            )));
+        }
         if response
             .content_length()
             .is_some_and(|n| n > max_body as u64)
@@ -245,12 +299,24 @@ where
         use http_body_util::{BodyExt, Full, Limited};
         use tower::ServiceExt;
 
+        let sent_to = request.uri().clone();
         let response = self
             .0
             .clone()
             .oneshot(request.map(Full::new))
             .await
             .map_err(Into::into)?;
+        // A redirect follower (tower-http's) wrapping the service: it re-sent the request.
+        if let Some(tower_http::follow_redirect::RequestUri(last)) = response.extensions().get()
+            && *last != sent_to
+        {
+            return Err(Box::new(RedirectFollowed::new(
+                response.status(),
+                last.scheme_str().unwrap_or(""),
+                last.host(),
+                last.port_u16(),
+            )));
+        }
         let (head, body) = response.into_parts();
         let body = Limited::new(body, max_body).collect().await.map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {

@@ -63,5 +63,5 @@ pub use error::{GatewayCode, GatewayError};
 pub use http::IssuerClient;
 #[cfg(feature = "tower")]
 pub use http::ServiceSender;
-pub use http::{DEFAULT_MAX_RESPONSE, HttpSend, InsecureHttp, TooLarge};
+pub use http::{DEFAULT_MAX_RESPONSE, HttpSend, InsecureHttp, RedirectFollowed, TooLarge};
 pub use wire::{jwt_expiry, local_time};

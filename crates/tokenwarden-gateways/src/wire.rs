@@ -10,9 +10,11 @@ use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderName, HeaderValue, Request, StatusCode, Uri};
 use serde_json::Value;
-use tokenwarden_core::{ConfigError, Origin, RedactedUri, redact_url, transport_allowed};
+use tokenwarden_core::{
+    ConfigError, Origin, RedactedUri, port_text_valid, redact_url, transport_allowed,
+};
 
-use crate::http::TooLarge;
+use crate::http::{RedirectFollowed, TooLarge};
 use crate::{DEFAULT_MAX_RESPONSE, GatewayError, HttpSend};
 
 /// One token endpoint and the client that reaches it: what every source has.
@@ -49,14 +51,17 @@ impl Issuer {
         let url = format!("{}{path}", base.trim_end_matches('/'));
         let uri = match url.parse::<Uri>() {
             Ok(uri)
-                if matches!(uri.scheme_str(), Some("https" | "http")) && uri.host().is_some() =>
+                if matches!(uri.scheme_str(), Some("https" | "http"))
+                    && uri.host().is_some()
+                    && uri.authority().is_some_and(|a| port_text_valid(a.as_str())) =>
             {
                 uri
             }
             _ => {
                 return Err(ConfigError::Invalid {
                     name: setting,
-                    reason: "must be an absolute https URL (plain http only to loopback)",
+                    reason: "must be an absolute https URL with a valid port (plain http only to \
+                             loopback)",
                 });
             }
         };
@@ -129,6 +134,19 @@ impl Issuer {
                 gateway: self.gateway,
                 limit: self.max_response,
             }),
+            Err(error) if error.is::<RedirectFollowed>() => {
+                let followed = error.downcast::<RedirectFollowed>().map_err(|_| {
+                    GatewayError::Unreachable {
+                        gateway: self.gateway,
+                        reason: "redirected".to_owned(),
+                    }
+                })?;
+                Err(GatewayError::Redirected {
+                    gateway: self.gateway,
+                    status: followed.status,
+                    target: followed.to,
+                })
+            }
             Err(error) => Err(GatewayError::Unreachable {
                 gateway: self.gateway,
                 reason: self.scrub(&error.to_string()),
@@ -164,6 +182,17 @@ impl Issuer {
         };
         let Some(location) = location.to_str().ok().and_then(|l| l.parse::<Uri>().ok()) else {
             return "an unreadable Location".to_owned();
+        };
+        let location = match (location.scheme_str(), location.authority()) {
+            // `//host/path`: the endpoint's scheme, another host.
+            (None, _) if location.path().starts_with("//") => {
+                let scheme = self.uri.scheme_str().unwrap_or("https");
+                match format!("{scheme}:{location}").parse::<Uri>() {
+                    Ok(absolute) => absolute,
+                    Err(_) => return "an unreadable Location".to_owned(),
+                }
+            }
+            _ => location,
         };
         match location.scheme_str() {
             // A relative reference: the endpoint's own origin.

@@ -68,10 +68,14 @@
 //! - Build the client with [`client_builder`] (or set [`redirect_policy`] on your builder):
 //!   it follows redirects within the origin a request went to and stops at any other, handing
 //!   you the `3xx` — nothing is sent to the other host. `redirect::Policy::none()` is safe too.
-//! - If you bring a client with reqwest's default policy anyway, a response whose final URL
+//! - If you bring a client with reqwest's default policy anyway, a response whose *final* URL
 //!   is outside the scope (or plain text off loopback) fails with [`LeftScope`] instead of
 //!   passing as a success. By then the token headers may have reached that host: treat the
-//!   error as an incident, and fix the client.
+//!   error as an incident, and fix the client. A chain that leaves and comes back ends in
+//!   scope and cannot be seen from a middleware: only the redirect policy prevents it.
+//!
+//! reqwest also sends plain-`http` requests, loopback included, through a proxy named by
+//! `HTTP_PROXY`/`ALL_PROXY`; where one is set, set `NO_PROXY=localhost,127.0.0.1,::1` too.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]

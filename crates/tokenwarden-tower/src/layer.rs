@@ -24,7 +24,7 @@ impl Settings {
 
     /// Applies a change to the policy.
     pub(crate) fn edit(&mut self, change: impl FnOnce(LayerPolicy) -> LayerPolicy) {
-        let placeholder = LayerPolicy::new(Scope::any_origin());
+        let placeholder = LayerPolicy::new(self.policy.scope().clone());
         self.policy = change(std::mem::replace(&mut self.policy, placeholder));
     }
 }
@@ -71,8 +71,7 @@ macro_rules! settings_setters {
             self
         }
 
-        /// Allow tokens on plain `http://` (and `ws://`) requests to in-scope hosts that are
-        /// not loopback. Off by default: such requests fail with
+        /// Allow tokens on plain `http://` requests to in-scope hosts that are not loopback. Off by default: such requests fail with
         /// [`InsecureTransport`](tokenwarden_core::InsecureTransport) before they are sent.
         /// Only for a network you trust end to end: anyone on the path reads the token.
         #[must_use]

@@ -24,8 +24,8 @@
 //!   goes through untouched. Every origin is a named opt-in,
 //!   [`Scope::any_origin`](tokenwarden_core::Scope::any_origin).
 //! - **Opt-out** per request with the [`SkipToken`](tokenwarden_core::SkipToken) extension.
-//! - **Transport.** In scope, tokens go on `https`/`wss` requests, and on plain `http`/`ws` only
-//!   to loopback; elsewhere the request fails with
+//! - **Transport.** In scope, tokens go on `https` requests, and on plain `http` only to
+//!   loopback (no other scheme, `wss` included: an HTTP client would send it in clear text); elsewhere the request fails with
 //!   [`InsecureTransport`](tokenwarden_core::InsecureTransport), unsent, unless
 //!   [`with_insecure_http`](TokenLayer::with_insecure_http) allows it.
 //!
