@@ -10,7 +10,8 @@ use http::Uri;
 use crate::ConfigError;
 
 /// An origin: scheme, host and port, normalised (scheme and host lower-case, the default
-/// port filled in, one trailing dot of the host dropped).
+/// port filled in, one trailing dot of the host dropped; a request to `host.` still does not
+/// match, which fails closed).
 ///
 /// Parsed once, from `scheme://host[:port]`; anything else is an error, never a silent no-op:
 ///
@@ -33,6 +34,8 @@ pub struct Origin {
     /// Lower-case; IPv6 addresses in brackets.
     host: Box<str>,
     port: u16,
+    /// Whether `host` is loopback, decided once.
+    loopback: bool,
 }
 
 /// The schemes an origin can have: the two HTTP clients speak. (`ws`/`wss` are not among
@@ -121,11 +124,16 @@ impl Origin {
             }
             None => scheme.default_port(),
         };
-        Ok(Self {
+        Ok(Self::new(scheme, host, port))
+    }
+
+    fn new(scheme: Scheme, host: String, port: u16) -> Self {
+        Self {
+            loopback: is_loopback(&host),
             scheme,
             host: host.into(),
             port,
-        })
+        }
     }
 
     /// The origin of an absolute URL such as an API's base URL (`https://api.example.com/v1`):
@@ -151,11 +159,8 @@ impl Origin {
     pub fn from_uri(uri: &Uri) -> Option<Self> {
         let scheme = Scheme::parse(uri.scheme_str()?)?;
         let host = normalise_host(uri.host()?)?;
-        Some(Self {
-            scheme,
-            host: host.into(),
-            port: uri.port_u16().unwrap_or(scheme.default_port()),
-        })
+        let port = uri.port_u16().unwrap_or(scheme.default_port());
+        Some(Self::new(scheme, host, port))
     }
 
     /// `https` or `http`.
@@ -185,15 +190,20 @@ impl Origin {
     /// Whether the host is loopback: `localhost`, `127.0.0.0/8` or `[::1]`.
     #[must_use]
     pub fn is_loopback(&self) -> bool {
-        is_loopback(&self.host)
+        self.loopback
+    }
+
+    /// Whether the plain-text rule lets a token go here.
+    pub(crate) fn transport_ok(&self, allow_insecure: bool) -> bool {
+        self.scheme.is_secure() || self.loopback || allow_insecure
     }
 
     /// Whether a request to `scheme`, `host` and `port` (`None`: the scheme's default) is to
     /// this origin.
     #[must_use]
     pub fn matches(&self, scheme: &str, host: &str, port: Option<u16>) -> bool {
-        self.scheme.as_str().eq_ignore_ascii_case(scheme)
-            && port.unwrap_or(self.scheme.default_port()) == self.port
+        port.unwrap_or(self.scheme.default_port()) == self.port
+            && self.scheme.as_str().eq_ignore_ascii_case(scheme)
             && host_eq(&self.host, host)
     }
 }
@@ -245,10 +255,10 @@ pub fn port_text_valid(authority: &str) -> bool {
     port.is_empty() || (port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok())
 }
 
-/// Compares a normalised host with one from a request: ASCII case-insensitively, ignoring one
-/// trailing dot of the request's host.
+/// Compares a normalised host with one from a request, ASCII case-insensitively. A request's
+/// trailing dot (`api.example.com.`) does not match: such a name may resolve differently (and
+/// `localhost.` may go to DNS), so it fails closed.
 fn host_eq(normalised: &str, host: &str) -> bool {
-    let host = host.strip_suffix('.').unwrap_or(host);
     normalised.eq_ignore_ascii_case(host)
 }
 
@@ -392,6 +402,23 @@ impl Scope {
         match &self.0 {
             Kind::Origins(list) => list,
             Kind::Any => &[],
+        }
+    }
+
+    /// The listed origin a request to this scheme, host and port is for: `Ok(None)` for none,
+    /// `Err(())` for [`any_origin`](Self::any_origin) (no list to look in).
+    pub(crate) fn find(
+        &self,
+        scheme: Option<&str>,
+        host: Option<&str>,
+        port: Option<u16>,
+    ) -> Result<Option<&Origin>, ()> {
+        match (&self.0, scheme, host) {
+            (Kind::Any, ..) => Err(()),
+            (Kind::Origins(list), Some(scheme), Some(host)) => {
+                Ok(list.iter().find(|o| o.matches(scheme, host, port)))
+            }
+            (Kind::Origins(_), ..) => Ok(None),
         }
     }
 

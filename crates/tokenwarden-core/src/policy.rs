@@ -347,16 +347,24 @@ impl LayerPolicy {
         host: Option<&str>,
         port: Option<u16>,
     ) -> Result<bool, InsecureTransport> {
-        if !self.scope.covers(scheme, host, port) {
-            return Ok(false);
-        }
-        match (scheme, host) {
-            (Some(scheme), host) => {
-                transport_allowed(scheme, host.unwrap_or(""), self.allow_insecure_http)?;
-                Ok(true)
-            }
-            // A relative URI, under `Scope::any_origin` only.
-            (None, _) => Ok(true),
+        let refused = |scheme: &str, host: Option<&str>| InsecureTransport {
+            scheme: scheme.to_ascii_lowercase(),
+            host: host.unwrap_or("").to_owned(),
+        };
+        match self.scope.find(scheme, host, port) {
+            // Listed: whether it is secure or loopback was decided when the origin was parsed.
+            Ok(Some(origin)) if origin.transport_ok(self.allow_insecure_http) => Ok(true),
+            Ok(Some(origin)) => Err(refused(origin.scheme(), host)),
+            Ok(None) => Ok(false),
+            // Any origin: judge the request's own scheme and host.
+            Err(()) => match scheme {
+                Some(scheme) => {
+                    transport_allowed(scheme, host.unwrap_or(""), self.allow_insecure_http)?;
+                    Ok(true)
+                }
+                // A relative URI.
+                None => Ok(true),
+            },
         }
     }
 
