@@ -18,9 +18,14 @@ use crate::ConfigError;
 ///                    background refresh  wait
 /// ```
 ///
-/// The advisory point lies `L × (refresh_ahead + refresh_jitter × random)` before `L`; the
-/// mandatory point lies `min(mandatory_margin, L / 10)` before it. The background refresh runs
-/// only if the token was used since it was fetched: an idle cache does not call the issuer.
+/// The advisory point lies before `L` by the [`RefreshWindow`]: by default
+/// `L × (refresh_ahead + refresh_jitter × random)`. The mandatory point lies
+/// `min(mandatory_margin, L / 10)` before `L`. The background refresh starts when the token is
+/// *used* inside the advisory window (once): an idle cache does not call the issuer.
+///
+/// With a [`grace`](Self::grace) set, a token past its mandatory point keeps being served for
+/// up to that long while the issuer is failing (never past its stated expiry, unless
+/// [`grace_past_expiry`](Self::grace_past_expiry)).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct CacheConfig {
@@ -54,6 +59,40 @@ pub struct CacheConfig {
     /// (the token is kept) so an API that rejects every token — or one route that answers 401
     /// for another reason — cannot make the cache hammer the issuer. Default 10 s.
     pub fresh_rejection_window: Duration,
+    /// How the advisory window before expiry is sized. Default [`RefreshWindow::Fraction`]
+    /// (`refresh_ahead` + `refresh_jitter`).
+    pub refresh_window: RefreshWindow,
+    /// "Static stability": while the issuer is failing, keep serving the last token for up to
+    /// this long past its mandatory point (each such call is counted in
+    /// [`CacheStats::grace_serves`](crate::CacheStats) and logged at WARN once per failed
+    /// attempt). Default zero: off.
+    pub grace: Duration,
+    /// Let [`grace`](Self::grace) run past the token's stated expiry (the API will probably
+    /// reject it; some APIs honour tokens a little longer). Default `false`.
+    pub grace_past_expiry: bool,
+    /// The first delay after a failed fetch while **no** usable token is held (callers are
+    /// waiting); it doubles like `backoff_base` and is capped by `backoff_max`. Shorter than
+    /// `backoff_base` so that a cache with nothing to serve retries sooner than one refreshing a
+    /// token that still works. Default 100 ms.
+    pub first_fetch_backoff: Duration,
+    /// Single-use mode: the most issuer requests in flight at once, pool refills included
+    /// (callers beyond it queue, for at most `fetch_timeout`). Default 4.
+    pub max_concurrent_fetches: usize,
+}
+
+/// How far before expiry the background refresh window opens.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum RefreshWindow {
+    /// A fraction of the lifetime: `refresh_ahead` plus up to `refresh_jitter` at random.
+    Fraction,
+    /// A fixed time before expiry (capped at half the lifetime), plus up to a tenth of it at
+    /// random.
+    Before(Duration),
+    /// A window that grows with the lifetime: `min(lifetime / 2, 5 min + lifetime / 10)`,
+    /// plus up to a tenth of it at random — half the life of a 2-minute token, 11 minutes of
+    /// an hour-long one.
+    Scaled,
 }
 
 impl Default for CacheConfig {
@@ -70,6 +109,11 @@ impl Default for CacheConfig {
             backoff_max: Duration::from_secs(30),
             rejection_hold: Duration::from_secs(5),
             fresh_rejection_window: Duration::from_secs(10),
+            refresh_window: RefreshWindow::Fraction,
+            grace: Duration::ZERO,
+            grace_past_expiry: false,
+            first_fetch_backoff: Duration::from_millis(100),
+            max_concurrent_fetches: 4,
         }
     }
 }
@@ -101,10 +145,21 @@ impl CacheConfig {
                 "must be greater than zero and at most backoff_max",
             );
         }
+        if self.first_fetch_backoff.is_zero() || self.first_fetch_backoff > self.backoff_max {
+            return invalid(
+                "first_fetch_backoff",
+                "must be greater than zero and at most backoff_max",
+            );
+        }
+        if self.max_concurrent_fetches == 0 {
+            return invalid("max_concurrent_fetches", "must be at least 1");
+        }
         const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
         if self.backoff_max > YEAR
             || self.rejection_hold > YEAR
             || self.fresh_rejection_window > YEAR
+            || self.grace > YEAR
+            || matches!(self.refresh_window, RefreshWindow::Before(w) if w > YEAR)
         {
             return invalid("backoff_max", "waits longer than a year are not supported");
         }
@@ -114,11 +169,13 @@ impl CacheConfig {
     /// The delay before the next attempt after `failures` failures in a row: exponential,
     /// capped, with "equal jitter" (between half and all of the exponential delay).
     pub(crate) fn backoff(&self, failures: u32) -> Duration {
+        self.backoff_from(self.backoff_base, failures)
+    }
+
+    /// [`backoff`](Self::backoff) from another base.
+    pub(crate) fn backoff_from(&self, base: Duration, failures: u32) -> Duration {
         let doublings = failures.saturating_sub(1).min(20);
-        let delay = self
-            .backoff_base
-            .saturating_mul(1 << doublings)
-            .min(self.backoff_max);
+        let delay = base.saturating_mul(1 << doublings).min(self.backoff_max);
         delay / 2 + delay.mul_f64(fastrand::f64() / 2.0)
     }
 }

@@ -46,8 +46,10 @@ mod stats;
 mod token;
 
 pub use body::{DRAIN_LIMIT, DRAIN_TIME, PrefixedBody, drain};
-pub use cache::{TokenCache, TokenCacheBuilder, future};
-pub use config::CacheConfig;
+pub use cache::{
+    CacheState, CacheStatus, Clock, ManualClock, TokenCache, TokenCacheBuilder, future,
+};
+pub use config::{CacheConfig, RefreshWindow};
 pub use error::{ConfigError, Error};
 pub use origin::{
     InsecureTransport, Origin, RedactedUri, Scope, check_transport, is_loopback, port_text_valid,

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -21,6 +22,9 @@ struct Inner {
     headers: Box<[(HeaderName, HeaderValue)]>,
     /// The first this many headers carry the token; the rest are fixed.
     token_headers: usize,
+    /// Whether an API accepted the token at least once. Shared by every per-thread copy of the
+    /// snapshot, and written once: reading it costs no shared write.
+    accepted: Arc<AtomicBool>,
 }
 
 impl Snapshot {
@@ -33,6 +37,7 @@ impl Snapshot {
             token,
             headers,
             token_headers,
+            accepted: Arc::default(),
         }))
     }
 
@@ -52,7 +57,32 @@ impl Snapshot {
                 (name, copy)
             })
             .collect();
-        Self::new(self.0.token.clone(), headers, self.0.token_headers)
+        Self(Arc::new(Inner {
+            token: self.0.token.clone(),
+            headers,
+            token_headers: self.0.token_headers,
+            accepted: Arc::clone(&self.0.accepted),
+        }))
+    }
+
+    /// Records that an API accepted this token (a response that was not a rejection). The
+    /// HTTP layers call it; a direct user of the cache should too. It matters for
+    /// [`TokenCache::invalidate`](crate::TokenCache::invalidate): a token that worked and is
+    /// then rejected has simply expired and is replaced at once, while only tokens rejected
+    /// before any success count as *fresh* rejections, which are held off with backoff.
+    ///
+    /// Cheap: after the first call it is one read of memory nobody writes.
+    #[inline]
+    pub fn mark_accepted(&self) {
+        if !self.0.accepted.load(Ordering::Relaxed) {
+            self.0.accepted.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether [`mark_accepted`](Self::mark_accepted) was called for this token.
+    #[must_use]
+    pub fn is_accepted(&self) -> bool {
+        self.0.accepted.load(Ordering::Relaxed)
     }
 
     /// The id of the token, to pass to [`TokenCache::invalidate`](crate::TokenCache::invalidate)

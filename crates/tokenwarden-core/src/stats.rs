@@ -25,6 +25,12 @@ pub struct CacheStats {
     pub refreshes_ahead: u64,
     /// Calls to [`TokenCache::revoke`](crate::TokenCache::revoke).
     pub revocations: u64,
+    /// Calls served a token past its mandatory point, in the grace period
+    /// ([`CacheConfig::grace`](crate::CacheConfig::grace)), because the issuer was failing.
+    pub grace_serves: u64,
+    /// Fetches given up on because they did not finish within the fetch timeout (their
+    /// runtime is not being driven, or has gone); the next caller starts a new one.
+    pub superseded_fetches: u64,
 }
 
 #[derive(Debug, Default)]
@@ -38,6 +44,8 @@ pub(crate) struct Counters {
     pub(crate) suppressed_invalidations: AtomicU64,
     pub(crate) refreshes_ahead: AtomicU64,
     pub(crate) revocations: AtomicU64,
+    pub(crate) grace_serves: AtomicU64,
+    pub(crate) superseded_fetches: AtomicU64,
 }
 
 impl Counters {
@@ -56,6 +64,8 @@ impl Counters {
             suppressed_invalidations: self.suppressed_invalidations.load(Relaxed),
             refreshes_ahead: self.refreshes_ahead.load(Relaxed),
             revocations: self.revocations.load(Relaxed),
+            grace_serves: self.grace_serves.load(Relaxed),
+            superseded_fetches: self.superseded_fetches.load(Relaxed),
         }
     }
 }

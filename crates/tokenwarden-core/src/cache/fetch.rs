@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime};
 use futures_util::FutureExt;
 use tokio::time::Instant;
 
+use super::clock::Clock;
+use crate::config::RefreshWindow;
 use crate::{CacheConfig, Error, Expiry, Token, TokenSource};
 
 /// Why a fetch started; shown in logs.
@@ -48,20 +50,41 @@ pub(crate) struct Fetched {
     pub(crate) token: Token,
     pub(crate) sent_at: Instant,
     pub(crate) lifetime: Duration,
+    /// The lifetime the issuer stated (before the skew margin).
+    pub(crate) stated: Duration,
 }
 
-/// The points in a token's life, on the monotonic clock.
+/// The points in a token's life, on the cache's clock.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Schedule {
     pub(crate) advisory_at: Instant,
     pub(crate) mandatory_at: Instant,
+    /// The stated expiry.
+    pub(crate) expires_at: Instant,
 }
 
 impl Schedule {
-    pub(crate) fn new(cfg: &CacheConfig, sent_at: Instant, lifetime: Duration) -> Self {
+    pub(crate) fn new(
+        cfg: &CacheConfig,
+        sent_at: Instant,
+        lifetime: Duration,
+        stated: Duration,
+    ) -> Self {
         let deadline = sent_at + lifetime;
         let mandatory_at = deadline - cfg.mandatory_margin.min(lifetime / 10);
-        let ahead = lifetime.mul_f64(cfg.refresh_ahead + cfg.refresh_jitter * fastrand::f64());
+        let ahead = match cfg.refresh_window {
+            RefreshWindow::Fraction => {
+                lifetime.mul_f64(cfg.refresh_ahead + cfg.refresh_jitter * fastrand::f64())
+            }
+            RefreshWindow::Before(window) => {
+                let window = window.min(lifetime / 2);
+                window + window.mul_f64(fastrand::f64() / 10.0)
+            }
+            RefreshWindow::Scaled => {
+                let window = (lifetime / 2).min(Duration::from_secs(300) + lifetime / 10);
+                window + window.mul_f64(fastrand::f64() / 10.0)
+            }
+        };
         let advisory_at = deadline
             .checked_sub(ahead)
             .unwrap_or(sent_at)
@@ -70,6 +93,7 @@ impl Schedule {
         Self {
             advisory_at,
             mandatory_at,
+            expires_at: sent_at + stated.max(lifetime),
         }
     }
 }
@@ -78,8 +102,9 @@ impl Schedule {
 pub(crate) async fn fetch_once(
     source: &dyn TokenSource,
     cfg: &CacheConfig,
+    clock: &Clock,
 ) -> Result<Fetched, Error> {
-    let sent_at = Instant::now();
+    let sent_at = clock.now();
     let wall = SystemTime::now();
     tracing::debug!("fetching token");
     let attempt = AssertUnwindSafe(source.fetch()).catch_unwind();
@@ -95,7 +120,7 @@ pub(crate) async fn fetch_once(
     }
     .min(MAX_LIFETIME);
     let lifetime = stated.saturating_sub(cfg.clock_skew);
-    if lifetime.is_zero() || sent_at + lifetime <= Instant::now() {
+    if lifetime.is_zero() || sent_at + lifetime <= clock.now() {
         return Err(Error::AlreadyExpired {
             lifetime: stated,
             skew: cfg.clock_skew,
@@ -105,6 +130,7 @@ pub(crate) async fn fetch_once(
         token,
         sent_at,
         lifetime,
+        stated,
     })
 }
 
@@ -113,12 +139,42 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
+    async fn refresh_windows() {
+        let now = Instant::now();
+        let hour = Duration::from_secs(3600);
+        let before = CacheConfig {
+            refresh_window: RefreshWindow::Before(Duration::from_secs(600)),
+            ..CacheConfig::default()
+        };
+        let scaled = CacheConfig {
+            refresh_window: RefreshWindow::Scaled,
+            ..CacheConfig::default()
+        };
+        for _ in 0..50 {
+            let s = Schedule::new(&before, now, hour, hour);
+            let window = (now + hour) - s.advisory_at;
+            assert!(window >= Duration::from_secs(600) && window <= Duration::from_secs(660));
+            // capped at half a short lifetime
+            let short = Duration::from_secs(60);
+            let s = Schedule::new(&before, now, short, short);
+            assert!((now + short) - s.advisory_at <= Duration::from_secs(33));
+            let s = Schedule::new(&scaled, now, hour, hour);
+            let window = (now + hour) - s.advisory_at;
+            assert!(window >= Duration::from_secs(660) && window <= Duration::from_secs(726));
+            let two_min = Duration::from_secs(120);
+            let s = Schedule::new(&scaled, now, two_min, two_min);
+            let window = (now + two_min) - s.advisory_at;
+            assert!(window >= Duration::from_secs(60) && window <= Duration::from_secs(66));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn schedule_orders_its_points() {
         let cfg = CacheConfig::default();
         let now = Instant::now();
         for lifetime in [1, 4, 60, 900, 28_800].map(Duration::from_secs) {
             for _ in 0..50 {
-                let s = Schedule::new(&cfg, now, lifetime);
+                let s = Schedule::new(&cfg, now, lifetime, lifetime);
                 assert!(now <= s.advisory_at && s.advisory_at <= s.mandatory_at);
                 assert!(s.mandatory_at < now + lifetime);
                 if lifetime >= Duration::from_secs(60) {

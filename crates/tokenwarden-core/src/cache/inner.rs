@@ -7,16 +7,24 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
+use std::time::Duration;
+
 use thread_local::ThreadLocal;
 use tokio::runtime::Handle;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::clock::Clock;
 use super::fetch::{FetchReason, Fetched, Schedule, fetch_once};
+use super::status::{CacheState, CacheStatus};
 use crate::stats::Counters;
 use crate::{CacheConfig, CacheStats, Error, Presentation, Snapshot, TokenId, TokenSource};
+
+/// How much longer than the fetch timeout a caller waits for a fetch running on another
+/// runtime before giving up on it.
+const WAIT_SLACK: Duration = Duration::from_millis(100);
 
 /// Low bit of [`Inner::state`]: the current token may be served without looking at the clock.
 const USABLE: u64 = 1;
@@ -38,6 +46,9 @@ pub(crate) struct Inner {
     counters: Counters,
     /// Wakes the driver task when the schedule changes.
     notify: Arc<Notify>,
+    clock: Clock,
+    /// Single-use mode: bounds the issuer requests in flight, pool refills included.
+    permits: Arc<Semaphore>,
 }
 
 /// Keeps each thread's slot on cache lines of its own: `ThreadLocal` stores the slots of
@@ -49,6 +60,9 @@ struct Padded<T>(T);
 struct Local {
     state: u64,
     snapshot: Option<Snapshot>,
+    /// On the clock's hot-path ticks: from then on this thread asks the slow path again (the
+    /// advisory point, a retry, the mandatory point).
+    check_at: u64,
     hits: Arc<Padded<AtomicU64>>,
 }
 
@@ -67,6 +81,11 @@ struct State {
     pool_generation: u64,
     /// Failures in a row (fetches, or fresh tokens rejected).
     failures: u32,
+    /// Bumped by every success and every counted failure: an attempt that fails after another
+    /// one already counted a failure since it started is part of the same outage.
+    failure_mark: u64,
+    /// The failure count at which grace was last announced (WARN once per failed attempt).
+    grace_warned: u32,
     retry_at: Option<Instant>,
     last_error: Option<Error>,
     fresh_rejections: u32,
@@ -80,10 +99,12 @@ struct State {
 struct Current {
     snapshot: Snapshot,
     installed_at: Instant,
-    /// Hits counted when it was installed: unchanged means nobody used it.
-    hits_at_install: u64,
     /// An invalidation of it was held off (fresh tokens kept being rejected).
     held_off: bool,
+    /// The driver has told every thread that the advisory point passed.
+    advisory_published: bool,
+    /// The retry time the driver last told every thread about.
+    retry_published: Option<Instant>,
     schedule: Schedule,
 }
 
@@ -97,6 +118,8 @@ struct Flight {
     reason: FetchReason,
     tx: watch::Sender<Outcome>,
     abort: AbortHandle,
+    /// Waiters give up on it then (fetch timeout plus a small slack).
+    deadline: Instant,
 }
 
 #[derive(Clone)]
@@ -108,8 +131,10 @@ enum Outcome {
 }
 
 enum Step {
-    Ready(Snapshot, u64),
-    Wait(watch::Receiver<Outcome>),
+    /// The snapshot, the state word it was read under and when this thread must look again.
+    Ready(Snapshot, u64, Instant),
+    /// The flight's outcome, its deadline and its id.
+    Wait(watch::Receiver<Outcome>, Instant, u64),
 }
 
 /// What a background task clears from [`State`] when it ends, however it ends.
@@ -134,12 +159,10 @@ impl Drop for TaskGuard {
         let mut st = inner.lock();
         match self.kind {
             // Only reached when the flight task was dropped before it completed (its runtime
-            // shut down): waiters must not hang.
+            // shut down): waiters start over, on their own runtimes.
             TaskKind::Flight => {
                 if let Some(flight) = st.flight.take_if(|f| f.id == self.id) {
-                    flight
-                        .tx
-                        .send_replace(Outcome::Ready(Err(Error::Cancelled)));
+                    flight.tx.send_replace(Outcome::Superseded);
                 }
             }
             // Without a driver nobody enforces expiry: stop serving from the hot path.
@@ -164,8 +187,11 @@ impl Inner {
         presentation: Presentation,
         config: CacheConfig,
         single_use: Option<usize>,
+        clock: Clock,
     ) -> Self {
         Self {
+            permits: Arc::new(Semaphore::new(config.max_concurrent_fetches)),
+            clock,
             state: AtomicU64::new(0),
             locals: ThreadLocal::new(),
             hit_counters: Mutex::default(),
@@ -191,6 +217,10 @@ impl Inner {
         self.single_use.is_some()
     }
 
+    pub(crate) fn single_use_pool(&self) -> Option<usize> {
+        self.single_use
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // No user code runs under this lock; a poisoned lock still holds consistent state.
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)
@@ -204,7 +234,7 @@ impl Inner {
             return None;
         }
         let local = self.locals.get()?.0.try_borrow().ok()?;
-        if local.state != state {
+        if local.state != state || self.clock.ticks() >= local.check_at {
             return None;
         }
         // Only this thread writes its counter: a plain store, no read-modify-write.
@@ -232,10 +262,14 @@ impl Inner {
             .store(st.generation << 1 | u64::from(usable), Ordering::Release);
     }
 
-    fn fill_local(&self, state: u64, snapshot: &Snapshot) {
+    /// Gives this thread its own copy of `snapshot`, to serve from the hot path under `state`
+    /// until `check_at`.
+    fn fill_local(&self, state: u64, snapshot: &Snapshot, check_at: Instant) {
         if state & USABLE == 0 {
             return;
         }
+        let now = self.clock.now();
+        let check_at = self.clock.ticks_at(check_at, now, self.clock.ticks());
         let cell = self.locals.get_or(|| {
             let hits = Arc::new(Padded(AtomicU64::new(0)));
             (self
@@ -246,14 +280,20 @@ impl Inner {
             Padded(RefCell::new(Local {
                 state: 0,
                 snapshot: None,
+                check_at: 0,
                 hits,
             }))
         });
-        if let Ok(mut local) = cell.0.try_borrow_mut()
-            && local.state != state
-        {
+        if let Ok(mut local) = cell.0.try_borrow_mut() {
+            if local
+                .snapshot
+                .as_ref()
+                .is_none_or(|s| s.id() != snapshot.id())
+            {
+                local.snapshot = Some(snapshot.deep_copy());
+            }
             local.state = state;
-            local.snapshot = Some(snapshot.deep_copy());
+            local.check_at = check_at;
         }
     }
 
@@ -279,20 +319,38 @@ impl Inner {
 
     fn record_success(&self, st: &mut State) {
         st.failures = 0;
+        st.failure_mark += 1;
         st.retry_at = None;
         st.last_error = None;
+        st.grace_warned = 0;
     }
 
-    fn record_failure(&self, st: &mut State, error: &Error, now: Instant) {
+    /// Counts a failed attempt — once per outage, not per waiter or per overlapping attempt:
+    /// `mark` is the failure mark when the attempt started.
+    fn record_failure(&self, st: &mut State, error: &Error, now: Instant, mark: u64) {
         Counters::bump(&self.counters.fetch_failures);
+        st.last_error = Some(error.clone());
+        if mark != st.failure_mark {
+            tracing::debug!(cache = %self.config.name, error = %error, "an overlapping token fetch failed too");
+            return;
+        }
+        st.failure_mark += 1;
         st.failures = st.failures.saturating_add(1);
+        // While a token that works is held, refreshes can back off at leisure; with none,
+        // callers are waiting, so the first retries come sooner.
+        let holding = st
+            .current
+            .as_ref()
+            .is_some_and(|c| now < c.schedule.mandatory_at);
         let wait = if error.is_rejected() {
             self.config.rejection_hold
-        } else {
+        } else if holding {
             self.config.backoff(st.failures)
+        } else {
+            self.config
+                .backoff_from(self.config.first_fetch_backoff, st.failures)
         };
         st.retry_at = Some(now + wait);
-        st.last_error = Some(error.clone());
         tracing::warn!(
             cache = %self.config.name,
             error = %error,
@@ -302,12 +360,50 @@ impl Inner {
         );
     }
 
+    /// When the current token's grace period ends (only meaningful with a grace set).
+    fn grace_end(&self, current: &Current) -> Instant {
+        let end = current.schedule.mandatory_at + self.config.grace;
+        if self.config.grace_past_expiry {
+            end
+        } else {
+            end.min(current.schedule.expires_at)
+        }
+    }
+
+    /// Whether the current token, past its mandatory point, is served in its grace period:
+    /// the issuer is failing and the period has not ended.
+    fn in_grace(&self, st: &State, now: Instant) -> bool {
+        !self.config.grace.is_zero()
+            && st.failures > 0
+            && st
+                .current
+                .as_ref()
+                .is_some_and(|c| now >= c.schedule.mandatory_at && now < self.grace_end(c))
+    }
+
+    /// Serves the current token in its grace period, counted and announced.
+    fn serve_in_grace(&self, st: &mut State) -> Option<Snapshot> {
+        let snapshot = st.current.as_ref()?.snapshot.clone();
+        Counters::bump(&self.counters.grace_serves);
+        if st.grace_warned != st.failures {
+            st.grace_warned = st.failures;
+            tracing::warn!(
+                cache = %self.config.name,
+                token = %snapshot.id(),
+                failures = st.failures,
+                "the token issuer is failing; serving the last token past its refresh deadline (grace)"
+            );
+        }
+        Some(snapshot)
+    }
+
     /// Gives the fetched token an id and builds its headers.
     fn prepare(&self, st: &mut State, fetched: Fetched) -> Result<(Snapshot, Schedule), Error> {
         let Fetched {
             mut token,
             sent_at,
             lifetime,
+            stated,
         } = fetched;
         if let Some(trimmed) = self
             .presentation
@@ -319,7 +415,7 @@ impl Inner {
         let headers = self.presentation.render(token.secret())?;
         st.next_id += 1;
         token.set_id(TokenId(st.next_id));
-        let schedule = Schedule::new(&self.config, sent_at, lifetime);
+        let schedule = Schedule::new(&self.config, sent_at, lifetime, stated);
         tracing::info!(
             cache = %self.config.name,
             token = %token.id(),
@@ -335,94 +431,194 @@ impl Inner {
     // ---- shared mode -------------------------------------------------------------------
 
     pub(crate) async fn get_slow(self: &Arc<Self>) -> Result<Snapshot, Error> {
+        if Handle::try_current().is_err() {
+            return Err(Error::NoRuntime);
+        }
         if let Some(pool) = self.single_use {
             return self.get_single(pool).await;
         }
         loop {
             let step = {
                 let mut st = self.lock();
-                self.step(&mut st, Instant::now())?
+                let now = self.clock.now();
+                self.step(&mut st, now)?
             };
-            let mut rx = match step {
-                Step::Ready(snapshot, state) => {
+            let (mut rx, deadline, flight) = match step {
+                Step::Ready(snapshot, state, check_at) => {
                     Counters::bump(&self.counters.slow_hits);
-                    self.fill_local(state, &snapshot);
+                    self.fill_local(state, &snapshot, check_at);
                     return Ok(snapshot);
                 }
-                Step::Wait(rx) => rx,
+                Step::Wait(rx, deadline, flight) => (rx, deadline, flight),
             };
             Counters::bump(&self.counters.waits);
-            let outcome = match rx.wait_for(|o| !matches!(o, Outcome::Pending)).await {
-                Ok(outcome) => outcome.clone(),
-                Err(_) => return Err(Error::Cancelled),
+            // Never wait past the fetch's own deadline: a fetch on a runtime that is not being
+            // driven (or has gone) would otherwise hold this caller for ever.
+            let patience = deadline.saturating_duration_since(self.clock.now());
+            let waited =
+                tokio::time::timeout(patience, rx.wait_for(|o| !matches!(o, Outcome::Pending)))
+                    .await;
+            let outcome = match waited {
+                Ok(Ok(outcome)) => outcome.clone(),
+                // The flight is gone without a word: start over.
+                Ok(Err(_)) => continue,
+                Err(_) => {
+                    self.supersede(flight);
+                    return self.or_grace(Error::Timeout(self.config.fetch_timeout));
+                }
             };
             match outcome {
-                Outcome::Ready(result) => return result,
+                Outcome::Ready(Ok(snapshot)) => return Ok(snapshot),
+                Outcome::Ready(Err(error)) => return self.or_grace(error),
                 Outcome::Pending | Outcome::Superseded => continue,
             }
         }
     }
 
-    fn step(self: &Arc<Self>, st: &mut State, now: Instant) -> Result<Step, Error> {
-        if let Some(current) = &st.current {
-            if now < current.schedule.mandatory_at {
-                let snapshot = current.snapshot.clone();
-                if st.driver.is_none() {
-                    // The driver's runtime went away: start one on this one.
-                    self.spawn_driver(st);
-                    if st.driver.is_some() {
-                        self.publish(st);
-                    }
-                }
-                return Ok(Step::Ready(snapshot, self.state.load(Ordering::Relaxed)));
-            }
-            self.discard(st, FetchReason::Expired);
+    /// After a failed fetch: the token in its grace period if there is one, else the error.
+    fn or_grace(&self, error: Error) -> Result<Snapshot, Error> {
+        let mut st = self.lock();
+        if self.in_grace(&st, self.clock.now())
+            && let Some(snapshot) = self.serve_in_grace(&mut st)
+        {
+            return Ok(snapshot);
         }
-        if let Some(flight) = &st.flight {
-            return Ok(Step::Wait(flight.tx.subscribe()));
-        }
-        self.gate(st, now)?;
-        let reason = st.empty_reason.unwrap_or(FetchReason::Empty);
-        self.start_flight(st, reason).map(Step::Wait)
+        Err(error)
     }
 
-    fn start_flight(
-        self: &Arc<Self>,
-        st: &mut State,
-        reason: FetchReason,
-    ) -> Result<watch::Receiver<Outcome>, Error> {
+    /// Gives up on flight `id` (it missed its deadline): waiters start over, and the next
+    /// caller starts a new fetch on its own runtime.
+    fn supersede(&self, id: u64) {
+        let mut st = self.lock();
+        if let Some(flight) = st.flight.take_if(|f| f.id == id) {
+            flight.abort.abort();
+            flight.tx.send_replace(Outcome::Superseded);
+            Counters::bump(&self.counters.superseded_fetches);
+            tracing::warn!(
+                cache = %self.config.name,
+                timeout_ms = self.config.fetch_timeout.as_millis() as u64,
+                "a token fetch did not finish within the fetch timeout (its runtime is not being driven, or has gone); giving up on it"
+            );
+        }
+    }
+
+    fn step(self: &Arc<Self>, st: &mut State, now: Instant) -> Result<Step, Error> {
+        if let Some(current) = &st.current {
+            let schedule = current.schedule;
+            if now < schedule.mandatory_at {
+                let snapshot = current.snapshot.clone();
+                if now >= schedule.advisory_at {
+                    self.refresh_ahead(st, now);
+                }
+                self.ensure_driver(st);
+                let check_at = self.check_point(st, now);
+                return Ok(Step::Ready(
+                    snapshot,
+                    self.state.load(Ordering::Relaxed),
+                    check_at,
+                ));
+            }
+            if self.in_grace(st, now) {
+                self.refresh_ahead(st, now);
+                let snapshot = self.serve_in_grace(st).ok_or(Error::Cancelled)?;
+                // Every call in grace comes back here, to be counted.
+                return Ok(Step::Ready(snapshot, 0, now));
+            }
+            let keep_for_grace =
+                !self.config.grace.is_zero() && st.failures == 0 && now < self.grace_end(current);
+            if !keep_for_grace {
+                self.discard(st, FetchReason::Expired);
+            }
+        }
+        if let Some(flight) = &st.flight {
+            return Ok(Step::Wait(
+                flight.tx.subscribe(),
+                flight.deadline,
+                flight.id,
+            ));
+        }
+        self.gate(st, now)?;
+        let reason = if st.current.is_some() {
+            FetchReason::Expired
+        } else {
+            st.empty_reason.unwrap_or(FetchReason::Empty)
+        };
+        self.start_flight(st, reason)
+    }
+
+    /// The token was used inside its advisory window: one background refresh, unless one is
+    /// running or the cache is backing off.
+    fn refresh_ahead(self: &Arc<Self>, st: &mut State, now: Instant) {
+        if st.flight.is_none() && self.gate(st, now).is_ok() {
+            Counters::bump(&self.counters.refreshes_ahead);
+            // On a runtime (the slow path checked), so this cannot fail for want of one.
+            let _ = self.start_flight(st, FetchReason::AheadOfExpiry);
+        }
+    }
+
+    /// When a thread serving the current token must ask the slow path again: the advisory
+    /// point, else a retry of a failed refresh, else the mandatory point.
+    fn check_point(&self, st: &State, now: Instant) -> Instant {
+        let Some(current) = &st.current else {
+            return now;
+        };
+        let schedule = current.schedule;
+        if now < schedule.advisory_at {
+            return schedule.advisory_at;
+        }
+        match st.retry_at {
+            Some(retry) if st.flight.is_none() && now < retry => retry.min(schedule.mandatory_at),
+            _ => schedule.mandatory_at,
+        }
+    }
+
+    /// Restarts the driver if its runtime went away.
+    fn ensure_driver(self: &Arc<Self>, st: &mut State) {
+        if st.driver.is_none() && st.current.is_some() {
+            self.spawn_driver(st);
+            if st.driver.is_some() {
+                self.publish(st);
+            }
+        }
+    }
+
+    fn start_flight(self: &Arc<Self>, st: &mut State, reason: FetchReason) -> Result<Step, Error> {
         let (tx, rx) = watch::channel(Outcome::Pending);
         let source = Arc::clone(&self.source);
         let config = Arc::clone(&self.config);
+        let clock = self.clock.clone();
+        let mark = st.failure_mark;
         let (id, abort) = self
             .spawn_task(st, TaskKind::Flight, move |weak, id| {
                 let span = tracing::info_span!("tokenwarden.fetch", cache = %config.name, %reason, flight = id);
                 async move {
-                    let result = fetch_once(&*source, &config).await;
+                    let result = fetch_once(&*source, &config, &clock).await;
                     if let Some(inner) = weak.upgrade() {
-                        inner.complete_flight(id, result);
+                        inner.complete_flight(id, mark, result);
                     }
                 }
                 .instrument(span)
             })
             .ok_or(Error::NoRuntime)?;
         Counters::bump(&self.counters.fetches);
+        let deadline = self.clock.now() + self.config.fetch_timeout + WAIT_SLACK;
         st.flight = Some(Flight {
             id,
             reason,
             tx,
             abort,
+            deadline,
         });
-        Ok(rx)
+        Ok(Step::Wait(rx, deadline, id))
     }
 
-    fn complete_flight(self: &Arc<Self>, id: u64, result: Result<Fetched, Error>) {
+    fn complete_flight(self: &Arc<Self>, id: u64, mark: u64, result: Result<Fetched, Error>) {
         let mut st = self.lock();
         let Some(flight) = st.flight.take_if(|f| f.id == id) else {
-            tracing::debug!(cache = %self.config.name, "dropping a token fetched before a revocation");
+            tracing::debug!(cache = %self.config.name, "dropping a token fetched before a revocation, or given up on");
             return;
         };
-        let now = Instant::now();
+        let now = self.clock.now();
         let outcome = match result.and_then(|fetched| self.prepare(&mut st, fetched)) {
             Ok((snapshot, schedule)) => {
                 self.record_success(&mut st);
@@ -435,8 +631,9 @@ impl Inner {
                 st.current = Some(Current {
                     snapshot: snapshot.clone(),
                     installed_at: now,
-                    hits_at_install: self.stats().hits,
                     held_off: false,
+                    advisory_published: false,
+                    retry_published: None,
                     schedule,
                 });
                 st.empty_reason = None;
@@ -447,7 +644,11 @@ impl Inner {
                 Ok(snapshot)
             }
             Err(error) => {
-                self.record_failure(&mut st, &error, now);
+                self.record_failure(&mut st, &error, now, mark);
+                if st.current.is_some() {
+                    // Threads serving the current token look again when the retry is due.
+                    self.publish(&mut st);
+                }
                 Err(error)
             }
         };
@@ -488,12 +689,14 @@ impl Inner {
         st.driver = self.spawn_task(st, TaskKind::Driver, |weak, _| async move {
             loop {
                 let next = match weak.upgrade() {
-                    Some(inner) => inner.tick(Instant::now()),
+                    Some(inner) => inner
+                        .tick(inner.clock.now())
+                        .map(|at| at.saturating_duration_since(inner.clock.now())),
                     None => return,
                 };
                 match next {
-                    Some(at) => {
-                        let _ = tokio::time::timeout_at(at, notify.notified()).await;
+                    Some(wait) => {
+                        let _ = tokio::time::timeout(wait, notify.notified()).await;
                     }
                     None => notify.notified().await,
                 }
@@ -501,32 +704,41 @@ impl Inner {
         });
     }
 
-    /// The driver's step: starts the background refresh in the advisory window and retires the
-    /// token at its mandatory margin. Returns when to look again.
+    /// The driver's step, for runtimes that are driven (and for Tokio's paused clock, which the
+    /// hot path's coarse clock does not see): tells every thread to look again at the
+    /// advisory point, and retires the token at its mandatory point (or the end of its grace).
+    /// Returns when to look again.
     fn tick(self: &Arc<Self>, now: Instant) -> Option<Instant> {
         let mut st = self.lock();
         let current = st.current.as_ref()?;
-        let (schedule, hits_at_install) = (current.schedule, current.hits_at_install);
+        let schedule = current.schedule;
         if now >= schedule.mandatory_at {
+            let grace_end = self.grace_end(current);
+            if !self.config.grace.is_zero() && now < grace_end {
+                self.publish(&mut st);
+                return Some(grace_end);
+            }
             self.discard(&mut st, FetchReason::Expired);
             return None;
         }
         if now < schedule.advisory_at {
             return Some(schedule.advisory_at);
         }
-        if st.flight.is_none() {
-            if self.stats().hits == hits_at_install {
-                // Unused since it was fetched: let it lapse; the next caller fetches.
-                return Some(schedule.mandatory_at);
-            }
-            if let Some(at) = st.retry_at.filter(|at| now < *at) {
-                return Some(at.min(schedule.mandatory_at));
-            }
-            Counters::bump(&self.counters.refreshes_ahead);
-            // We run on a runtime, so this cannot fail for want of one.
-            let _ = self.start_flight(&mut st, FetchReason::AheadOfExpiry);
+        // In the window: look again when a failed refresh may be retried, and tell the
+        // threads then too.
+        let retry = st.retry_at.filter(|_| st.flight.is_none());
+        let due = retry.filter(|at| now >= *at);
+        if let Some(current) = st.current.as_mut()
+            && (!current.advisory_published || (due.is_some() && current.retry_published != due))
+        {
+            current.advisory_published = true;
+            current.retry_published = due;
+            self.publish(&mut st);
         }
-        Some(schedule.mandatory_at)
+        match retry {
+            Some(at) if now < at => Some(at.min(schedule.mandatory_at)),
+            _ => Some(schedule.mandatory_at),
+        }
     }
 
     pub(crate) fn invalidate(&self, id: TokenId) -> bool {
@@ -547,10 +759,14 @@ impl Inner {
             Counters::bump(&self.counters.coalesced_invalidations);
             return false;
         };
-        let now = Instant::now();
-        // A token kept through a held-off invalidation continues the streak however old it is.
-        let fresh =
-            current.held_off || now - current.installed_at < self.config.fresh_rejection_window;
+        let now = self.clock.now();
+        // A token that worked and is now rejected has simply expired. Only one rejected before
+        // any success is a *fresh* rejection; a token kept through a held-off invalidation
+        // continues the streak however old it is.
+        let fresh = !current.snapshot.is_accepted()
+            && (current.held_off
+                || now.saturating_duration_since(current.installed_at)
+                    < self.config.fresh_rejection_window);
         let count = if fresh {
             st.fresh_rejections.saturating_add(1)
         } else {
@@ -607,43 +823,106 @@ impl Inner {
             return Some(snapshot);
         }
         let st = self.lock();
+        let now = self.clock.now();
         let current = st
             .current
             .as_ref()
-            .filter(|c| Instant::now() < c.schedule.mandatory_at)?;
+            .filter(|c| now < c.schedule.mandatory_at)?;
         let snapshot = current.snapshot.clone();
+        if now >= current.schedule.advisory_at && st.flight.is_none() {
+            // A use inside the advisory window: the slow path starts the refresh.
+            return Some(snapshot);
+        }
         let state = self.state.load(Ordering::Relaxed);
+        let check_at = self.check_point(&st, now);
         drop(st);
-        self.fill_local(state, &snapshot);
+        self.fill_local(state, &snapshot, check_at);
         Some(snapshot)
+    }
+
+    /// The current token's id, if it is within its usable life; no side effect.
+    pub(crate) fn peek(&self) -> Option<TokenId> {
+        let st = self.lock();
+        let now = self.clock.now();
+        st.current
+            .as_ref()
+            .filter(|c| now < c.schedule.mandatory_at)
+            .map(|c| c.snapshot.id())
+    }
+
+    /// What the cache is doing, for health checks.
+    pub(crate) fn status(&self) -> CacheStatus {
+        let st = self.lock();
+        let now = self.clock.now();
+        let current = st.current.as_ref();
+        let valid = current.filter(|c| now < c.schedule.mandatory_at);
+        let state = match st.retry_at.filter(|at| now < *at) {
+            Some(at) if st.last_error.as_ref().is_some_and(Error::is_rejected) => {
+                CacheState::CredentialsRejected { retry_in: at - now }
+            }
+            Some(at) => CacheState::BackingOff { retry_in: at - now },
+            None if st.flight.is_some() => CacheState::Refreshing,
+            None if valid.is_some() => CacheState::Fresh,
+            None if self.in_grace(&st, now) => CacheState::Grace,
+            None => CacheState::Empty,
+        };
+        let state = match state {
+            // Backing off with a usable token is still degraded, and says so; in grace too.
+            CacheState::Fresh | CacheState::Refreshing if self.in_grace(&st, now) => {
+                CacheState::Grace
+            }
+            other => other,
+        };
+        CacheStatus {
+            state,
+            token: valid.map(|c| c.snapshot.id()),
+            expires_in: current.map(|c| c.schedule.expires_at.saturating_duration_since(now)),
+            refresh_in: valid.map(|c| c.schedule.advisory_at.saturating_duration_since(now)),
+            failures: st.failures,
+            last_error: st.last_error.clone(),
+        }
     }
 
     // ---- single-use mode ----------------------------------------------------------------
 
     async fn get_single(self: &Arc<Self>, pool: usize) -> Result<Snapshot, Error> {
-        Handle::try_current().map_err(|_| Error::NoRuntime)?;
         loop {
-            let epoch = {
+            if let Some(snapshot) = self.take_pooled(pool)? {
+                return Ok(snapshot);
+            }
+            // At most `max_concurrent_fetches` issuer requests at once; a queued caller waits
+            // no longer than one fetch may take.
+            let permit = match tokio::time::timeout(
+                self.config.fetch_timeout,
+                Arc::clone(&self.permits).acquire_owned(),
+            )
+            .await
+            {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_)) => return Err(Error::Cancelled),
+                Err(_) => return Err(Error::Timeout(self.config.fetch_timeout)),
+            };
+            let (epoch, mark) = {
                 let mut st = self.lock();
-                let now = Instant::now();
-                while let Some(pooled) = st.pool.pop_front() {
-                    if now < pooled.usable_until {
-                        self.ensure_refill(&mut st, pool);
-                        Counters::bump(&self.counters.slow_hits);
-                        return Ok(pooled.snapshot);
-                    }
+                let now = self.clock.now();
+                // A refill may have landed, or a failure been counted, while this one queued.
+                if let Some(snapshot) = self.pop_pool(&mut st, now) {
+                    self.ensure_refill(&mut st, pool);
+                    Counters::bump(&self.counters.slow_hits);
+                    return Ok(snapshot);
                 }
                 self.gate(&st, now)?;
                 self.ensure_refill(&mut st, pool);
                 Counters::bump(&self.counters.fetches);
                 Counters::bump(&self.counters.waits);
-                st.epoch
+                (st.epoch, st.failure_mark)
             };
             let reason = FetchReason::SingleUse;
             let span = tracing::info_span!("tokenwarden.fetch", cache = %self.config.name, %reason);
-            let result = fetch_once(&*self.source, &self.config)
+            let result = fetch_once(&*self.source, &self.config, &self.clock)
                 .instrument(span)
                 .await;
+            drop(permit);
             let mut st = self.lock();
             if st.epoch != epoch {
                 // Revoked while fetching: this token was minted before the revocation.
@@ -655,34 +934,80 @@ impl Inner {
                     Ok(snapshot)
                 }
                 Err(error) => {
-                    self.record_failure(&mut st, &error, Instant::now());
+                    let now = self.clock.now();
+                    self.record_failure(&mut st, &error, now, mark);
                     Err(error)
                 }
             };
         }
     }
 
-    /// Keeps the pool of single-use tokens full with one background fetch at a time.
+    /// A pooled token, if one is usable; the backoff gate otherwise.
+    fn take_pooled(self: &Arc<Self>, pool: usize) -> Result<Option<Snapshot>, Error> {
+        let mut st = self.lock();
+        let now = self.clock.now();
+        if let Some(snapshot) = self.pop_pool(&mut st, now) {
+            self.ensure_refill(&mut st, pool);
+            Counters::bump(&self.counters.slow_hits);
+            return Ok(Some(snapshot));
+        }
+        self.gate(&st, now)?;
+        Ok(None)
+    }
+
+    fn pop_pool(&self, st: &mut State, now: Instant) -> Option<Snapshot> {
+        while let Some(pooled) = st.pool.pop_front() {
+            if now < pooled.usable_until {
+                return Some(pooled.snapshot);
+            }
+        }
+        None
+    }
+
+    /// Single-use mode: fetches one token into the front of the pool (for the next caller).
+    pub(crate) async fn warm_single(self: &Arc<Self>, pool: usize) -> Result<TokenId, Error> {
+        if Handle::try_current().is_err() {
+            return Err(Error::NoRuntime);
+        }
+        let snapshot = self.get_single(pool).await?;
+        let id = snapshot.id();
+        let mut st = self.lock();
+        let usable_until = self.clock.now() + self.config.fetch_timeout.max(Duration::from_secs(1));
+        st.pool.push_front(Pooled {
+            snapshot,
+            usable_until,
+        });
+        Ok(id)
+    }
+
+    /// Keeps the pool of single-use tokens full with one background fetch at a time (sharing
+    /// the bound on issuer requests in flight).
     fn ensure_refill(self: &Arc<Self>, st: &mut State, pool: usize) {
         if pool == 0 || st.refill.is_some() || st.pool.len() >= pool {
             return;
         }
         let source = Arc::clone(&self.source);
         let config = Arc::clone(&self.config);
+        let clock = self.clock.clone();
+        let permits = Arc::clone(&self.permits);
         st.refill = self.spawn_task(st, TaskKind::Refill, move |weak, _| async move {
             loop {
-                let epoch = {
+                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                    return;
+                };
+                let (epoch, mark) = {
                     let Some(inner) = weak.upgrade() else { return };
                     let st = inner.lock();
-                    if st.pool.len() >= pool || inner.gate(&st, Instant::now()).is_err() {
+                    if st.pool.len() >= pool || inner.gate(&st, inner.clock.now()).is_err() {
                         return;
                     }
                     Counters::bump(&inner.counters.fetches);
-                    (st.epoch, st.pool_generation)
+                    ((st.epoch, st.pool_generation), st.failure_mark)
                 };
                 let span =
                     tracing::info_span!("tokenwarden.fetch", cache = %config.name, reason = "pool");
-                let result = fetch_once(&*source, &config).instrument(span).await;
+                let result = fetch_once(&*source, &config, &clock).instrument(span).await;
+                drop(permit);
                 let Some(inner) = weak.upgrade() else { return };
                 let mut st = inner.lock();
                 if (st.epoch, st.pool_generation) != epoch {
@@ -697,7 +1022,10 @@ impl Inner {
                             usable_until: schedule.mandatory_at,
                         });
                     }
-                    Err(error) => inner.record_failure(&mut st, &error, Instant::now()),
+                    Err(error) => {
+                        let now = inner.clock.now();
+                        inner.record_failure(&mut st, &error, now, mark);
+                    }
                 }
             }
         });

@@ -1,41 +1,64 @@
 //! The token cache.
 
+mod clock;
 mod fetch;
 pub mod future;
 mod inner;
+mod status;
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use clock::{Clock, ManualClock};
 use inner::Inner;
+pub use status::{CacheState, CacheStatus};
 
 #[cfg(doc)]
 use crate::Error;
 use crate::{
-    CacheConfig, CacheStats, ConfigError, NotReplayed, Presentation, Snapshot, TokenId, TokenSource,
+    CacheConfig, CacheStats, ConfigError, NotReplayed, Presentation, RefreshWindow, Snapshot,
+    TokenId, TokenSource,
 };
 
 /// One token cache, shared by every task and every clone.
 ///
 /// - **Hot path.** While a valid token is cached, [`get`](Self::get) reads one shared atomic
-///   word and a per-thread copy of the token's prebuilt headers: no lock, no allocation, no
-///   clock read, no `await` that can wait. Expiry is enforced by a timer task the cache owns,
-///   which changes that word when the token enters its refresh window or must no longer be
-///   used.
+///   word, a per-thread copy of the token's prebuilt headers and the coarse monotonic clock
+///   (see [`Clock`]): no lock, no allocation, no shared write, no `await` that can wait. Each
+///   call compares the clock with the token's deadline, so **a token past its mandatory point
+///   is never served**, whether or not any runtime is being driven.
 /// - **Single flight.** However many callers find the cache empty or expired, one fetch runs, in
 ///   a task of its own (a cancelled caller does not cancel it), and every waiter gets its result,
 ///   its error included.
-/// - **Refresh ahead.** In an advisory window before expiry one background fetch starts while
-///   callers keep getting the current token; only past a short mandatory margin do callers wait.
-///   See [`CacheConfig`] for the arithmetic.
+/// - **Refresh ahead.** The first use inside an advisory window before expiry starts one
+///   background fetch while callers keep getting the current token; only past a short
+///   mandatory margin do callers wait. An idle cache never calls the issuer. See
+///   [`CacheConfig`] for the arithmetic and [`RefreshWindow`] for the window's size.
 /// - **Invalidate if current.** [`invalidate`](Self::invalidate) drops a token only if it is
-///   still the current one, so a storm of 401s for one token causes one fetch.
+///   still the current one, so a storm of 401s for one token causes one fetch. A token that
+///   was accepted ([`Snapshot::mark_accepted`]) and is then rejected has simply expired.
 /// - **Failures** are timed out, backed off exponentially with jitter (never more than one
 ///   attempt in flight), rejections are remembered, and a valid token keeps being served while a
 ///   refresh fails. Errors are typed ([`Error`]) and never contain the secret.
 /// - **Single-use mode** ([`TokenCacheBuilder::single_use`]) hands every caller its own token,
-///   optionally from a pre-fetched pool.
+///   optionally from a pre-fetched pool, with at most
+///   [`max_concurrent_fetches`](CacheConfig::max_concurrent_fetches) issuer requests at once.
+/// - **Inspectable.** [`status`](Self::status) says what it is doing (for a health endpoint);
+///   [`warm`](Self::warm) fetches before the first request and reports the outcome.
+///
+/// # Runtime model
+///
+/// - A fetch runs as a task on the runtime of the caller that started it. Callers on other
+///   runtimes wait for it, but never longer than the fetch timeout (plus 100 ms): if its
+///   runtime is not being driven, or shuts down, the fetch is given up and the next caller
+///   starts a new one on its own runtime. Nobody gets a spurious [`Error::Cancelled`].
+/// - A small driver task (on the runtime of the last fetch) only nudges: it makes threads look
+///   again when the advisory window opens and retires the token at its mandatory point, which
+///   is what `tokio::time::pause`d tests see. Expiry does not depend on it: every call checks
+///   the clock itself.
+/// - Single-use pool refills run on the runtime of the caller that triggered them.
+/// - Outside any runtime, `get` fails with [`Error::NoRuntime`] (it cannot fetch or wait).
 ///
 /// # Example
 ///
@@ -86,11 +109,11 @@ use crate::{
 ///
 /// - It needs a Tokio runtime with time enabled; outside one, fetching returns
 ///   [`Error::NoRuntime`].
-/// - Expiry is enforced by a timer task on the runtime that made the last fetch. If that
-///   runtime shuts down, the cache notices and checks the clock on every call until a call on
-///   a live runtime restarts the timer. A token may be handed out for as long as the timer is
-///   late past its mandatory margin; the clock-skew margin still lies between that and the
-///   stated expiry.
+/// - The hot path's clock is coarse (`CLOCK_MONOTONIC_COARSE`, 1–4 ms): a token may be served
+///   up to one tick past its mandatory point, which lies seconds before its stated expiry.
+/// - Under `tokio::time::pause` the coarse clock does not move: there the driver task retires
+///   tokens, as on any driven runtime. A test that must make time pass without driving a
+///   runtime uses [`Clock::manual`].
 /// - A token said to live longer than a year is renewed after a year.
 /// - Each thread that calls `get` keeps a private copy of the current token's headers (a few
 ///   hundred bytes), rebuilt once per token.
@@ -109,6 +132,7 @@ impl TokenCache {
                 Presentation::bearer(),
                 CacheConfig::default(),
                 None,
+                Clock::runtime(),
             )),
         }
     }
@@ -120,6 +144,45 @@ impl TokenCache {
             presentation: Presentation::bearer(),
             config: CacheConfig::default(),
             single_use: None,
+            clock: Clock::runtime(),
+        }
+    }
+
+    /// What the cache is doing now: fresh, refreshing, backing off until when, credentials
+    /// rejected, in grace; the token's expiry, the next refresh and the last error (typed and
+    /// secret-free). No side effect: it does not count as a use.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tokenwarden_core::{CacheState, FetchError, Token, TokenCache};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache = TokenCache::new(|| async {
+    ///     Ok::<_, FetchError>(Token::new("t").with_expires_in(Duration::from_secs(900)))
+    /// });
+    /// assert_eq!(cache.status().state, CacheState::Empty);
+    /// cache.warm().await.expect("the issuer answers");
+    /// let status = cache.status();
+    /// assert_eq!(status.state, CacheState::Fresh);
+    /// assert!(status.expires_in.unwrap() > Duration::from_secs(890));
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn status(&self) -> CacheStatus {
+        self.inner.status()
+    }
+
+    /// Fetches a token now, before the first request needs one, and reports the outcome (the
+    /// token's id, or why there is none). In single-use mode the token fetched is kept for the
+    /// next caller.
+    ///
+    /// # Errors
+    ///
+    /// The fetch's [`Error`].
+    pub async fn warm(&self) -> Result<TokenId, crate::Error> {
+        match self.inner.single_use_pool() {
+            Some(pool) => self.inner.warm_single(pool).await,
+            None => self.get().await.map(|s| s.id()),
         }
     }
 
@@ -211,10 +274,11 @@ impl TokenCache {
 
 impl fmt::Debug for TokenCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Reads only: looking at a cache is not a use of its token.
         f.debug_struct("TokenCache")
             .field("name", &self.config().name)
             .field("single_use", &self.is_single_use())
-            .field("current", &self.cached().map(|s| s.id()))
+            .field("current", &self.inner.peek())
             .field("stats", &self.stats())
             .finish()
     }
@@ -226,6 +290,7 @@ pub struct TokenCacheBuilder {
     presentation: Presentation,
     config: CacheConfig,
     single_use: Option<usize>,
+    clock: Clock,
 }
 
 impl TokenCacheBuilder {
@@ -277,14 +342,69 @@ impl TokenCacheBuilder {
     pub fn with_refresh_ahead(mut self, fraction: f64, jitter: f64) -> Self {
         self.config.refresh_ahead = fraction;
         self.config.refresh_jitter = jitter;
+        self.config.refresh_window = RefreshWindow::Fraction;
         self
     }
 
-    /// The first and the longest delay between failed fetches.
+    /// Start the background refresh this long before expiry (capped at half the lifetime;
+    /// [`RefreshWindow::Before`]).
+    #[must_use]
+    pub fn with_refresh_before(mut self, window: Duration) -> Self {
+        self.config.refresh_window = RefreshWindow::Before(window);
+        self
+    }
+
+    /// A refresh window that grows with the token's lifetime ([`RefreshWindow::Scaled`]).
+    #[must_use]
+    pub fn with_scaled_refresh(mut self) -> Self {
+        self.config.refresh_window = RefreshWindow::Scaled;
+        self
+    }
+
+    /// "Static stability": while the issuer is failing, keep serving the last token for up to
+    /// `grace` past its mandatory point — never past its stated expiry unless
+    /// [`with_grace_past_expiry`](Self::with_grace_past_expiry). Counted and logged.
+    #[must_use]
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.config.grace = grace;
+        self
+    }
+
+    /// Let the grace period run past the token's stated expiry.
+    #[must_use]
+    pub fn with_grace_past_expiry(mut self, allow: bool) -> Self {
+        self.config.grace_past_expiry = allow;
+        self
+    }
+
+    /// The first delay after a failed fetch while no usable token is held. Default 100 ms.
+    #[must_use]
+    pub fn with_first_fetch_backoff(mut self, base: Duration) -> Self {
+        self.config.first_fetch_backoff = base;
+        self
+    }
+
+    /// Single-use mode: the most issuer requests in flight at once. Default 4.
+    #[must_use]
+    pub fn with_max_concurrent_fetches(mut self, n: usize) -> Self {
+        self.config.max_concurrent_fetches = n;
+        self
+    }
+
+    /// The clock to read (default [`Clock::runtime`]; [`Clock::manual`] for tests).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The first and the longest delay between failed fetches (the first-fetch backoff is
+    /// kept at most `base`).
     #[must_use]
     pub fn with_backoff(mut self, base: Duration, max: Duration) -> Self {
         self.config.backoff_base = base;
         self.config.backoff_max = max;
+        self.config.first_fetch_backoff = self.config.first_fetch_backoff.min(base);
         self
     }
 
@@ -332,6 +452,7 @@ impl TokenCacheBuilder {
                 self.presentation,
                 self.config,
                 self.single_use,
+                self.clock,
             )),
         })
     }
@@ -343,6 +464,7 @@ impl fmt::Debug for TokenCacheBuilder {
             .field("presentation", &self.presentation)
             .field("config", &self.config)
             .field("single_use", &self.single_use)
+            .field("clock", &self.clock)
             .finish_non_exhaustive()
     }
 }
