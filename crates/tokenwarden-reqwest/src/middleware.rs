@@ -132,6 +132,14 @@ impl TokenMiddleware {
     }
 }
 
+/// An answer that was not a rejection says the API took the token (a `401` the classifier
+/// let through says nothing either way).
+fn accepted(token: &tokenwarden_core::Snapshot, status: http::StatusCode) {
+    if status != http::StatusCode::UNAUTHORIZED {
+        token.mark_accepted();
+    }
+}
+
 #[async_trait]
 impl Middleware for TokenMiddleware {
     async fn handle(
@@ -160,6 +168,7 @@ impl Middleware for TokenMiddleware {
         self.check_final(&response)?;
         let (mut response, rejected) = self.screen(response).await?;
         if !rejected {
+            accepted(&token, response.status());
             return Ok(response);
         }
 
@@ -195,6 +204,8 @@ impl Middleware for TokenMiddleware {
             // A fresh token rejected too: no second replay; the cache's fresh-rejection
             // backoff protects the issuer if this keeps happening.
             self.cache.invalidate(fresh.id());
+        } else {
+            accepted(&fresh, response.status());
         }
         response.extensions_mut().insert(Replay::Replayed {
             rejected: token.id(),

@@ -216,6 +216,15 @@ where
     (Request::from_parts(parts, body), Some(replay))
 }
 
+/// An answer that was not a rejection says the API took the token (a `401` the classifier
+/// let through says nothing either way).
+#[inline]
+fn accepted(token: &Snapshot, status: http::StatusCode) {
+    if status != http::StatusCode::UNAUTHORIZED {
+        token.mark_accepted();
+    }
+}
+
 /// A request that has to wait for a token.
 async fn send_later<S, ReqBody, ResBody>(
     mut inner: S,
@@ -257,7 +266,10 @@ pub(crate) fn screen<S, ResBody>(
     };
     let classifier = replay.shared.settings.policy.classifier();
     match classifier.classify(response.status(), response.headers()) {
-        Verdict::Accepted => Screened::Done(response.map(ResponseBody::new)),
+        Verdict::Accepted => {
+            accepted(&replay.token, response.status());
+            Screened::Done(response.map(ResponseBody::new))
+        }
         verdict => Screened::Suspect(replay, response, verdict),
     }
 }
@@ -299,6 +311,7 @@ where
     };
     let mut rejection = Response::from_parts(head, body);
     if !rejected {
+        accepted(&token, rejection.status());
         return Ok(rejection);
     }
 
@@ -345,6 +358,8 @@ where
         // A fresh token rejected too: no second replay. Invalidating it lets the cache's
         // fresh-rejection backoff protect the issuer if this keeps happening.
         cache.invalidate(fresh.id());
+    } else {
+        accepted(&fresh, response.status());
     }
     let mut response = response.map(ResponseBody::new);
     response.extensions_mut().insert(Replay::Replayed {

@@ -36,6 +36,8 @@ struct Sandbox {
     valid: Mutex<HashSet<String>>,
     seen: Mutex<Vec<Seen>>,
     minted: AtomicUsize,
+    /// Requests served per token on `/limited`, which ends a token after 70.
+    uses: Mutex<std::collections::HashMap<String, usize>>,
 }
 
 impl Sandbox {
@@ -114,6 +116,22 @@ impl Sandbox {
             }
             r
         };
+        if path == "/limited" && authorized {
+            let token =
+                parts.headers["authorization"].to_str().unwrap()["Bearer ".len()..].to_owned();
+            let mut uses = self.uses.lock().unwrap();
+            let used = uses.entry(token.clone()).or_default();
+            *used += 1;
+            if *used > 70 {
+                self.valid.lock().unwrap().remove(&token);
+                return respond(
+                    StatusCode::UNAUTHORIZED,
+                    Some(r#"Bearer error="invalid_token""#),
+                    "",
+                );
+            }
+            return respond(StatusCode::OK, None, "ok");
+        }
         if path == "/early" && !authorized {
             // answers before reading the body
             return respond(StatusCode::UNAUTHORIZED, None, "");
@@ -286,6 +304,25 @@ async fn a_rejected_replay_reaches_the_caller_without_a_loop() {
         sandbox.fetches()
     );
     assert!(cache.stats().suppressed_invalidations >= 40);
+}
+
+#[tokio::test]
+async fn an_api_ending_tokens_that_worked_is_ordinary_expiry_not_a_broken_api() {
+    // Each token is accepted 70 times, then rejected: every rejection follows a success, so
+    // every one is replaced at once and replayed; none is "still rejected".
+    let (sandbox, addr) = Sandbox::start().await;
+    let cache = TokenCache::new(sandbox.source());
+    let svc = ServiceBuilder::new()
+        .layer(TokenLayer::new(cache.clone(), scope(addr)))
+        .service(client());
+    for i in 0..562 {
+        let response = svc.clone().oneshot(get(addr, "/limited")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "request {i}");
+    }
+    assert_eq!(sandbox.fetches(), 9, "562 requests at 70 per token");
+    let stats = cache.stats();
+    assert_eq!(stats.suppressed_invalidations, 0);
+    assert_eq!(stats.invalidations, 8);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -857,21 +857,14 @@ impl Inner {
         let current = st.current.as_ref();
         let valid = current.filter(|c| now < c.schedule.mandatory_at);
         let state = match st.retry_at.filter(|at| now < *at) {
+            _ if self.in_grace(&st, now) => CacheState::Grace,
             Some(at) if st.last_error.as_ref().is_some_and(Error::is_rejected) => {
                 CacheState::CredentialsRejected { retry_in: at - now }
             }
             Some(at) => CacheState::BackingOff { retry_in: at - now },
             None if st.flight.is_some() => CacheState::Refreshing,
             None if valid.is_some() => CacheState::Fresh,
-            None if self.in_grace(&st, now) => CacheState::Grace,
             None => CacheState::Empty,
-        };
-        let state = match state {
-            // Backing off with a usable token is still degraded, and says so; in grace too.
-            CacheState::Fresh | CacheState::Refreshing if self.in_grace(&st, now) => {
-                CacheState::Grace
-            }
-            other => other,
         };
         CacheStatus {
             state,

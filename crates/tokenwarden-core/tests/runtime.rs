@@ -1,0 +1,478 @@
+//! The cache keeps its promises whatever runtime and traffic it meets: undriven and dying
+//! runtimes, sync callers, first use inside the refresh window, single-use blips, APIs that end
+//! tokens that worked; and the settings users know from the cloud SDKs' credential caches.
+//! Time is Tokio's paused clock, or a manual clock where it must pass without any runtime
+//! being driven.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
+
+use tokenwarden_core::{
+    CacheState, Clock, Error, FetchError, ManualClock, Token, TokenCache, TokenCacheBuilder,
+};
+use tokio::time::{advance, sleep};
+
+/// Mints `tok-1`, `tok-2`, ... living `lifetime`, after `delay`; fails while `failing` is
+/// set; counts calls and the most calls in flight at once.
+#[derive(Clone)]
+struct Issuer {
+    calls: Arc<AtomicUsize>,
+    in_flight: Arc<AtomicUsize>,
+    most_in_flight: Arc<AtomicUsize>,
+    failing: Arc<AtomicBool>,
+    rejecting: Arc<AtomicBool>,
+    delay: Duration,
+    lifetime: Duration,
+}
+
+impl Issuer {
+    fn new(lifetime: Duration) -> Self {
+        Self {
+            calls: Arc::default(),
+            in_flight: Arc::default(),
+            most_in_flight: Arc::default(),
+            failing: Arc::default(),
+            rejecting: Arc::default(),
+            delay: Duration::ZERO,
+            lifetime,
+        }
+    }
+
+    fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(SeqCst)
+    }
+
+    fn fail(&self, failing: bool) {
+        self.failing.store(failing, SeqCst);
+    }
+
+    fn builder(&self) -> TokenCacheBuilder {
+        TokenCache::builder(self.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl tokenwarden_core::TokenSource for Issuer {
+    async fn fetch(&self) -> Result<Token, FetchError> {
+        let n = self.calls.fetch_add(1, SeqCst) + 1;
+        let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+        self.most_in_flight.fetch_max(now, SeqCst);
+        sleep(self.delay).await;
+        self.in_flight.fetch_sub(1, SeqCst);
+        if self.rejecting.load(SeqCst) {
+            return Err(FetchError::rejected("bad credentials"));
+        }
+        if self.failing.load(SeqCst) {
+            return Err(FetchError::transient("503"));
+        }
+        Ok(Token::new(format!("tok-{n}")).with_expires_in(self.lifetime))
+    }
+}
+
+fn current_thread(paused: bool) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(paused)
+        .build()
+        .unwrap()
+}
+
+/// A cache on a manual clock: time passes only when the test says so.
+fn manual(issuer: &Issuer) -> (TokenCache, ManualClock) {
+    let (clock, hand) = Clock::manual();
+    let cache = issuer.builder().with_clock(clock).build().unwrap();
+    (cache, hand)
+}
+
+// ---- 1. expiry without a driven runtime ----------------------------------------------------
+
+#[test]
+fn sync_code_calling_block_on_per_request_never_gets_a_token_past_its_deadline() {
+    let issuer = Issuer::new(Duration::from_secs(15));
+    let (cache, clock) = manual(&issuer);
+    let runtime = current_thread(false);
+    let first = runtime.block_on(cache.get()).unwrap().id();
+    for _ in 0..100 {
+        assert_eq!(runtime.block_on(cache.get()).unwrap().id(), first);
+    }
+    // A long idle gap in which nothing drives the runtime. Usable life 15 s - 5 s skew, its
+    // mandatory point 1 s before that: at 9.5 s the token must no longer be served.
+    clock.advance(Duration::from_millis(9500));
+    let next = runtime.block_on(cache.get()).unwrap().id();
+    assert_ne!(next, first, "served past its mandatory point");
+    assert_eq!(issuer.calls(), 2);
+}
+
+#[test]
+fn a_task_looping_on_an_always_ready_get_sees_the_deadline() {
+    let issuer = Issuer::new(Duration::from_secs(15));
+    let (cache, clock) = manual(&issuer);
+    let runtime = current_thread(false);
+    let served = runtime.block_on(async {
+        let first = cache.get().await.unwrap().id();
+        // Never yields while the token is cached: no timer of this runtime can run.
+        let mut served_after_deadline = 0;
+        for i in 0..20_000u32 {
+            if i == 10_000 {
+                clock.advance(Duration::from_secs(10));
+            }
+            let id = cache.get().await.unwrap().id();
+            if i >= 10_000 && id == first {
+                served_after_deadline += 1;
+            }
+        }
+        served_after_deadline
+    });
+    assert_eq!(served, 0);
+    assert_eq!(issuer.calls(), 2);
+}
+
+// ---- 2. flights on other runtimes ----------------------------------------------------------
+
+#[test]
+fn a_fetch_stranded_on_an_idle_runtime_holds_no_caller_past_the_fetch_timeout() {
+    let issuer = Issuer::new(Duration::from_secs(60)).with_delay(Duration::from_millis(50));
+    let cache = issuer
+        .builder()
+        .with_fetch_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let idle = current_thread(true);
+    let c = cache.clone();
+    idle.block_on(async {
+        tokio::spawn(async move { c.get().await });
+        tokio::task::yield_now().await;
+    });
+    // `idle` lives on, never driven again: its fetch never finishes.
+    let other = current_thread(true);
+    let (first, second, waited) = other.block_on(async {
+        let start = tokio::time::Instant::now();
+        let first = cache.get().await;
+        let waited = start.elapsed();
+        (first, cache.get().await, waited)
+    });
+    assert!(matches!(first, Err(Error::Timeout(_))), "{first:?}");
+    assert!(
+        waited <= Duration::from_millis(2100),
+        "waited {waited:?} for a 2 s fetch timeout"
+    );
+    // The stranded fetch was given up: the next caller fetched on its own runtime.
+    assert_eq!(second.unwrap().token().secret().expose(), "tok-2");
+    assert_eq!(cache.stats().superseded_fetches, 1);
+    drop(idle);
+}
+
+#[test]
+fn a_fetch_whose_runtime_shuts_down_hands_no_waiter_a_spurious_cancelled() {
+    let issuer = Issuer::new(Duration::from_secs(60)).with_delay(Duration::from_secs(3600));
+    let cache = issuer.builder().build().unwrap();
+    let dying = current_thread(true);
+    let c = cache.clone();
+    dying.block_on(async {
+        tokio::spawn(async move { c.get().await });
+        tokio::task::yield_now().await;
+    });
+    let other = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let c = cache.clone();
+    let waiter = other.spawn(async move { c.get().await });
+    // Wait until it is waiting for the dying runtime's fetch.
+    while cache.stats().waits < 2 {
+        std::thread::yield_now();
+    }
+    drop(dying);
+    // The waiter starts over on its own runtime; that fetch sleeps an hour of real time,
+    // so only its start is asserted: no Cancelled came back.
+    let outcome =
+        other.block_on(async { tokio::time::timeout(Duration::from_millis(200), waiter).await });
+    match outcome {
+        Err(_elapsed) => {} // still waiting, on a fetch of its own
+        Ok(result) => assert!(
+            !matches!(result.unwrap(), Err(Error::Cancelled)),
+            "spurious Cancelled"
+        ),
+    }
+    assert_eq!(issuer.calls(), 2, "the waiter started a fetch of its own");
+}
+
+// ---- 3. refresh ahead on use -----------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_token_first_used_inside_its_window_is_refreshed_in_the_background() {
+    let issuer = Issuer::new(Duration::from_secs(100));
+    let cache = issuer.builder().build().unwrap();
+    cache.get().await.unwrap();
+    // Idle when the window opens (70-80 s of 95 s usable), used at 85 s.
+    sleep(Duration::from_secs(85)).await;
+    assert_eq!(cache.get().await.unwrap().secret_text(), "tok-1");
+    sleep(Duration::from_millis(1)).await;
+    let stats = cache.stats();
+    assert_eq!(stats.refreshes_ahead, 1);
+    assert_eq!(issuer.calls(), 2);
+    assert_eq!(cache.get().await.unwrap().secret_text(), "tok-2");
+    assert_eq!(stats.waits, 1, "only the very first call waited");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_cache_never_calls_the_issuer() {
+    let issuer = Issuer::new(Duration::from_secs(100));
+    let cache = issuer.builder().build().unwrap();
+    cache.get().await.unwrap();
+    sleep(Duration::from_secs(3600)).await;
+    assert_eq!(issuer.calls(), 1);
+}
+
+// ---- 4. single-use under failure -----------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_single_use_blip_under_load_is_one_failure_and_a_bounded_burst() {
+    let issuer = Issuer::new(Duration::from_secs(60)).with_delay(Duration::from_millis(100));
+    let cache = issuer.builder().single_use().build().unwrap();
+    issuer.fail(true);
+    let callers: Vec<_> = (0..50)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get().await })
+        })
+        .collect();
+    for caller in callers {
+        assert!(caller.await.unwrap().is_err());
+    }
+    assert!(
+        issuer.calls() <= 4,
+        "{} issuer requests for 50 callers",
+        issuer.calls()
+    );
+    let status = cache.status();
+    assert_eq!(status.failures, 1, "one outage, one failure");
+    let CacheState::BackingOff { retry_in } = status.state else {
+        panic!("{status:?}");
+    };
+    assert!(retry_in <= Duration::from_millis(100), "{retry_in:?}");
+    issuer.fail(false);
+    advance(retry_in).await;
+    cache.get().await.expect("backoff as after one failure");
+}
+
+#[tokio::test(start_paused = true)]
+async fn single_use_keeps_at_most_four_issuer_requests_in_flight_pool_included() {
+    let issuer = Issuer::new(Duration::from_secs(60)).with_delay(Duration::from_millis(50));
+    let cache = issuer.builder().with_pool(3).build().unwrap();
+    let callers: Vec<_> = (0..200)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get().await.map(|s| s.id()) })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for caller in callers {
+        ids.push(caller.await.unwrap().unwrap());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 200, "every caller its own token");
+    assert!(issuer.most_in_flight.load(SeqCst) <= 4);
+}
+
+// ---- 5. acceptance ---------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_token_that_worked_and_is_then_rejected_is_replaced_at_once() {
+    let issuer = Issuer::new(Duration::from_secs(600));
+    let cache = issuer.builder().build().unwrap();
+    for round in 1..=20 {
+        let token = cache.get().await.unwrap();
+        token.mark_accepted();
+        sleep(Duration::from_millis(200)).await;
+        assert!(cache.invalidate(token.id()), "round {round}");
+    }
+    assert_eq!(cache.stats().suppressed_invalidations, 0);
+    assert_eq!(issuer.calls(), 20);
+    // Tokens rejected before any success still count as fresh rejections.
+    let first = cache.get().await.unwrap();
+    assert!(cache.invalidate(first.id()));
+    let second = cache.get().await.unwrap();
+    assert!(!cache.invalidate(second.id()), "held off");
+}
+
+// ---- 6. looking is not using -----------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn debug_and_status_have_no_side_effects() {
+    let issuer = Issuer::new(Duration::from_secs(100));
+    let cache = issuer.builder().build().unwrap();
+    for _ in 0..3 {
+        cache.get().await.unwrap();
+    }
+    let before = cache.stats();
+    sleep(Duration::from_secs(85)).await;
+    let _ = format!("{cache:?}");
+    let _ = cache.status();
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(cache.stats(), before, "neither counted as a use");
+    assert_eq!(issuer.calls(), 1, "nor started the refresh");
+}
+
+// ---- the SDK caches' settings ----------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn grace_serves_the_last_token_while_the_issuer_fails_never_past_its_expiry() {
+    let issuer = Issuer::new(Duration::from_secs(100));
+    let cache = issuer
+        .builder()
+        .with_grace(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let token = cache.get().await.unwrap().id();
+    issuer.fail(true);
+    // Usable life 95 s, mandatory at 90 s, stated expiry at 100 s.
+    sleep(Duration::from_secs(91)).await;
+    assert_eq!(cache.get().await.unwrap().id(), token, "in grace");
+    assert_eq!(cache.status().state, CacheState::Grace);
+    sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        cache.get().await.unwrap().id(),
+        token,
+        "still before expiry"
+    );
+    assert!(cache.stats().grace_serves >= 2);
+    sleep(Duration::from_secs(2)).await;
+    assert!(cache.get().await.is_err(), "never past the stated expiry");
+    issuer.fail(false);
+    sleep(Duration::from_secs(1)).await;
+    assert_ne!(cache.get().await.unwrap().id(), token);
+}
+
+#[tokio::test(start_paused = true)]
+async fn grace_past_expiry_is_an_explicit_opt_in() {
+    let issuer = Issuer::new(Duration::from_secs(100));
+    let cache = issuer
+        .builder()
+        .with_grace(Duration::from_secs(30))
+        .with_grace_past_expiry(true)
+        .build()
+        .unwrap();
+    let token = cache.get().await.unwrap().id();
+    issuer.fail(true);
+    sleep(Duration::from_secs(110)).await;
+    assert_eq!(cache.get().await.unwrap().id(), token);
+    sleep(Duration::from_secs(15)).await;
+    assert!(
+        cache.get().await.is_err(),
+        "grace ends 30 s past the mandatory point"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_grace_a_failing_issuer_leaves_callers_with_the_error() {
+    let issuer = Issuer::new(Duration::from_secs(100));
+    let cache = issuer.builder().build().unwrap();
+    cache.get().await.unwrap();
+    issuer.fail(true);
+    sleep(Duration::from_secs(91)).await;
+    assert!(cache.get().await.is_err());
+    assert_eq!(cache.stats().grace_serves, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_fetch_backs_off_for_less_than_a_refresh_does() {
+    let issuer = Issuer::new(Duration::from_secs(100));
+    issuer.fail(true);
+    let empty = issuer.builder().build().unwrap();
+    assert!(empty.get().await.is_err());
+    let CacheState::BackingOff { retry_in } = empty.status().state else {
+        panic!("{:?}", empty.status());
+    };
+    assert!(retry_in <= Duration::from_millis(100), "{retry_in:?}");
+
+    issuer.fail(false);
+    let holding = issuer.builder().build().unwrap();
+    holding.get().await.unwrap();
+    issuer.fail(true);
+    sleep(Duration::from_secs(80)).await;
+    holding.get().await.unwrap(); // in the window (66.5-76 s): the refresh starts, and fails
+    sleep(Duration::from_millis(1)).await;
+    let status = holding.status();
+    let CacheState::BackingOff { retry_in } = status.state else {
+        panic!("{status:?}");
+    };
+    assert!(retry_in >= Duration::from_millis(120), "{retry_in:?}");
+    assert!(status.token.is_some(), "the working token is still served");
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_says_what_the_cache_is_doing() {
+    let issuer = Issuer::new(Duration::from_secs(100)).with_delay(Duration::from_secs(1));
+    let cache = issuer.builder().build().unwrap();
+    assert_eq!(cache.status().state, CacheState::Empty);
+    let c = cache.clone();
+    let warming = tokio::spawn(async move { c.warm().await });
+    sleep(Duration::from_millis(10)).await;
+    assert_eq!(cache.status().state, CacheState::Refreshing);
+    let id = warming.await.unwrap().unwrap();
+    let status = cache.status();
+    assert_eq!(status.state, CacheState::Fresh);
+    assert_eq!(status.token, Some(id));
+    assert_eq!(status.expires_in, Some(Duration::from_secs(99)));
+    assert!(status.refresh_in.unwrap() > Duration::from_secs(60));
+    assert!(status.last_error.is_none());
+
+    issuer.rejecting.store(true, SeqCst);
+    let rejected = issuer.builder().build().unwrap();
+    assert!(rejected.warm().await.unwrap_err().is_rejected());
+    let status = rejected.status();
+    assert!(
+        matches!(status.state, CacheState::CredentialsRejected { .. }),
+        "{status:?}"
+    );
+    assert!(status.last_error.unwrap().is_rejected());
+}
+
+#[tokio::test(start_paused = true)]
+async fn warm_in_single_use_mode_keeps_the_token_for_the_next_caller() {
+    let issuer = Issuer::new(Duration::from_secs(100));
+    let cache = issuer.builder().single_use().build().unwrap();
+    let warmed = cache.warm().await.unwrap();
+    assert_eq!(cache.get().await.unwrap().id(), warmed);
+    assert_eq!(issuer.calls(), 1);
+    assert_ne!(cache.get().await.unwrap().id(), warmed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_absolute_refresh_window_starts_the_refresh_that_long_before_expiry() {
+    let issuer = Issuer::new(Duration::from_secs(3605));
+    let cache = issuer
+        .builder()
+        .with_refresh_before(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    cache.get().await.unwrap();
+    // Usable life 3600 s: the window opens 600-660 s before it.
+    sleep(Duration::from_secs(2930)).await;
+    cache.get().await.unwrap();
+    sleep(Duration::from_millis(1)).await;
+    assert_eq!(issuer.calls(), 1, "not yet");
+    sleep(Duration::from_secs(71)).await;
+    cache.get().await.unwrap();
+    sleep(Duration::from_millis(1)).await;
+    assert_eq!(issuer.calls(), 2);
+}
+
+trait SecretText {
+    fn secret_text(&self) -> String;
+}
+
+impl SecretText for tokenwarden_core::Snapshot {
+    fn secret_text(&self) -> String {
+        self.token().secret().expose().to_owned()
+    }
+}
