@@ -1,5 +1,8 @@
 //! The cached hot path under contention: `TokenCache::get` against the common hand-rolled
-//! designs holding the same token, at 1, 2 and 4 threads, in one run.
+//! designs holding the same token, at 1, 2 and 4 threads, in one run: `std::sync::RwLock`,
+//! `std::sync::Mutex` and `tokio::sync::RwLock` around an `Arc<Entry>`, and `arc_swap::ArcSwap`
+//! read both ways, `load` (a guard, no reference count touched while few are held) and
+//! `load_full` (an `Arc` clone, as the locks return).
 //!
 //! Each iteration: every thread obtains the token and its prebuilt `Authorization` value once.
 //! Reported time is per operation per thread (lower is better; throughput = threads / time).
@@ -14,6 +17,7 @@ use std::task::{Context, Poll, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::HeaderValue;
 use tokenwarden::core::{FetchError, Token, TokenCache};
@@ -80,6 +84,7 @@ fn bench(c: &mut Criterion) {
     let rwlock = RwLock::new(entry());
     let mutex = Mutex::new(entry());
     let tokio_rwlock = tokio::sync::RwLock::new(entry());
+    let arc_swap = ArcSwap::new(entry());
 
     let mut group = c.benchmark_group("contention");
     group
@@ -126,6 +131,30 @@ fn bench(c: &mut Criterion) {
                 b.iter_custom(|iters| {
                     contended(n, iters, &tokio_rwlock, |lock| {
                         let entry = Arc::clone(&poll_once(lock.read()));
+                        black_box(&entry.authorization);
+                    })
+                });
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("arc_swap_load", threads),
+            &threads,
+            |b, &n| {
+                b.iter_custom(|iters| {
+                    contended(n, iters, &arc_swap, |swap| {
+                        let entry = swap.load();
+                        black_box(&entry.authorization);
+                    })
+                });
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("arc_swap_load_full", threads),
+            &threads,
+            |b, &n| {
+                b.iter_custom(|iters| {
+                    contended(n, iters, &arc_swap, |swap| {
+                        let entry = swap.load_full();
                         black_box(&entry.authorization);
                     })
                 });

@@ -16,6 +16,8 @@ use tokenwarden_core::{
     TokenCache,
 };
 use tokenwarden_reqwest::TokenMiddleware;
+use tokenwarden_test_support::ClockHold;
+use tokio::time::Instant;
 
 /// A token endpoint on the mock server answering `tok-1`, `tok-2`, ...; returns the mock (to
 /// assert its hits) and a source that calls it.
@@ -134,8 +136,12 @@ async fn a_401_is_replayed_with_the_identical_json_body() {
     tokens.assert_async().await;
 }
 
-#[tokio::test]
+// The first rejection opens a backoff window (125–250 ms) inside which the others are held off.
+// Time stands still throughout, so every request falls inside it however slow the machine.
+#[tokio::test(start_paused = true)]
 async fn a_double_401_is_returned_and_fetches_stay_bounded() {
+    let _clock = ClockHold::start();
+    let start = Instant::now();
     let mut server = Server::new_async().await;
     let (tokens, source) = token_endpoint(&mut server, 2).await;
     let api = server
@@ -172,6 +178,7 @@ async fn a_double_401_is_returned_and_fetches_stay_bounded() {
     api.assert_async().await; // 2 for the first request, 1 for each of the other 10
     tokens.assert_async().await; // tok-1 and tok-2, nothing more
     assert_eq!(cache.stats().suppressed_invalidations, 11);
+    assert_eq!(start.elapsed(), Duration::ZERO);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

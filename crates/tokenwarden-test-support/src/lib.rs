@@ -6,6 +6,8 @@
 //! - [`LoopbackResolver`]: a hyper-util resolver that sends every host name to `127.0.0.1`,
 //!   so that `evil.example` stands in for another host on this machine.
 //! - [`LogCapture`]: every tracing event, at every level, written to a buffer.
+//! - [`ClockHold`]: keeps a paused tokio clock still while a test waits on loopback I/O, so
+//!   that time moves only where the test advances it.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
@@ -286,5 +288,36 @@ impl io::Write for Writer {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// Keeps a paused tokio clock from advancing on its own while it lives, so that time moves
+/// only through `tokio::time::advance`.
+///
+/// A current-thread runtime with a paused clock jumps time to its next timer whenever it has
+/// nothing to run, and a runtime waiting for a loopback server's answer has nothing to run: time
+/// would leap by a fetch timeout or a backoff window between two requests, more or less often
+/// depending on how fast the server answers. Tokio does not auto-advance while a blocking task
+/// runs (see `tokio::time::pause`); the hold is such a task, ended when the hold is dropped.
+/// Tokio's `test-util` feature (which pausing needs anyway) must be on, or this does nothing.
+#[derive(Debug)]
+pub struct ClockHold {
+    _release: std::sync::mpsc::Sender<()>,
+}
+
+impl ClockHold {
+    /// Holds the clock of the current runtime.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    #[must_use]
+    pub fn start() -> Self {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        // Inhibition starts when the task is spawned, not when a thread picks it up.
+        drop(tokio::task::spawn_blocking(move || {
+            let _ = released.recv();
+        }));
+        Self { _release: release }
     }
 }
