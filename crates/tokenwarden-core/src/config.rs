@@ -37,8 +37,8 @@ pub struct CacheConfig {
     pub default_lifetime: Duration,
     /// A token is treated as expired this long before its stated expiry. Default 5 s.
     pub clock_skew: Duration,
-    /// Past this margin before expiry (capped at a quarter of the lifetime), callers wait for a
-    /// fresh token instead of getting the current one. Capped at a tenth of the lifetime. Default 5 s.
+    /// Past this margin before expiry, callers wait for a fresh token instead of getting the
+    /// current one. Capped at a tenth of the lifetime. Default 5 s.
     pub mandatory_margin: Duration,
     /// The fraction of the lifetime, before expiry, at which a background refresh starts.
     /// Default 0.2.

@@ -4,6 +4,7 @@
 //! Time is Tokio's paused clock, or a manual clock where it must pass without any runtime
 //! being driven.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
@@ -475,4 +476,24 @@ impl SecretText for tokenwarden_core::Snapshot {
     fn secret_text(&self) -> String {
         self.token().secret().expose().to_owned()
     }
+}
+
+#[test]
+fn a_cached_token_is_served_outside_any_runtime() {
+    let issuer = Issuer::new(Duration::from_secs(600));
+    let cache = issuer.builder().build().unwrap();
+    current_thread(false).block_on(cache.warm()).unwrap();
+    // From a plain thread, polled once with no runtime: the hot path (and the slow path's
+    // first look) need none.
+    let served = std::thread::spawn(move || {
+        let mut get = std::pin::pin!(cache.get());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match get.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(result) => result.map(|s| s.secret_text()),
+            std::task::Poll::Pending => panic!("waited outside a runtime"),
+        }
+    })
+    .join()
+    .unwrap();
+    assert_eq!(served.unwrap(), "tok-1");
 }

@@ -431,9 +431,6 @@ impl Inner {
     // ---- shared mode -------------------------------------------------------------------
 
     pub(crate) async fn get_slow(self: &Arc<Self>) -> Result<Snapshot, Error> {
-        if Handle::try_current().is_err() {
-            return Err(Error::NoRuntime);
-        }
         if let Some(pool) = self.single_use {
             return self.get_single(pool).await;
         }
@@ -449,6 +446,8 @@ impl Inner {
                     self.fill_local(state, &snapshot, check_at);
                     return Ok(snapshot);
                 }
+                // Waiting needs a runtime's timer (a fetch could start only on a runtime).
+                Step::Wait(..) if Handle::try_current().is_err() => return Err(Error::NoRuntime),
                 Step::Wait(rx, deadline, flight) => (rx, deadline, flight),
             };
             Counters::bump(&self.counters.waits);
@@ -882,6 +881,9 @@ impl Inner {
         loop {
             if let Some(snapshot) = self.take_pooled(pool)? {
                 return Ok(snapshot);
+            }
+            if Handle::try_current().is_err() {
+                return Err(Error::NoRuntime);
             }
             // At most `max_concurrent_fetches` issuer requests at once; a queued caller waits
             // no longer than one fetch may take.
