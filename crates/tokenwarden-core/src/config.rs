@@ -54,8 +54,9 @@ pub struct CacheConfig {
     /// How long a rejection of the credentials is remembered before the issuer is asked again.
     /// Default 5 s.
     pub rejection_hold: Duration,
-    /// A token rejected (invalidated) within this time of being fetched counts as a *fresh*
-    /// rejection. After one, further invalidations of fresh tokens are held off with backoff
+    /// A token rejected (invalidated) within this time of being fetched, and never accepted
+    /// ([`Snapshot::mark_accepted`](crate::Snapshot::mark_accepted)), counts as a *fresh*
+    /// rejection; one that worked and is then rejected has simply expired. After one, further invalidations of fresh tokens are held off with backoff
     /// (the token is kept) so an API that rejects every token — or one route that answers 401
     /// for another reason — cannot make the cache hammer the issuer. Default 10 s.
     pub fresh_rejection_window: Duration,

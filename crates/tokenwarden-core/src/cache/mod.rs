@@ -210,8 +210,10 @@ impl TokenCache {
     /// fetches a fresh one; returns whether it was discarded. Call it with the id a rejected
     /// request carried: a late rejection of a token that was already replaced changes nothing.
     ///
-    /// While freshly fetched tokens keep being rejected (within
-    /// [`CacheConfig::fresh_rejection_window`] of their fetch), the second such invalidation and
+    /// A token that was accepted ([`Snapshot::mark_accepted`]) and is then rejected has
+    /// simply expired: it is discarded at once. While freshly fetched tokens keep being
+    /// rejected before any success (within [`CacheConfig::fresh_rejection_window`] of their
+    /// fetch), the second such invalidation and
     /// those after it are held off with exponential backoff: the token is kept and `false`
     /// returned. An API that rejects every token — or one route that answers 401 for another
     /// reason — then costs the issuer one fetch per backoff period, and other requests keep
