@@ -443,6 +443,8 @@ async fn warm_in_single_use_mode_keeps_the_token_for_the_next_caller() {
     let issuer = Issuer::new(Duration::from_secs(100));
     let cache = issuer.builder().single_use().build().unwrap();
     let warmed = cache.warm().await.unwrap();
+    // Kept for as long as it is usable (95 s of life, mandatory point at 90 s).
+    sleep(Duration::from_secs(60)).await;
     assert_eq!(cache.get().await.unwrap().id(), warmed);
     assert_eq!(issuer.calls(), 1);
     assert_ne!(cache.get().await.unwrap().id(), warmed);

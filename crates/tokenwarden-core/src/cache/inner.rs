@@ -432,7 +432,7 @@ impl Inner {
 
     pub(crate) async fn get_slow(self: &Arc<Self>) -> Result<Snapshot, Error> {
         if let Some(pool) = self.single_use {
-            return self.get_single(pool).await;
+            return self.get_single(pool).await.map(|pooled| pooled.snapshot);
         }
         loop {
             let step = {
@@ -877,10 +877,10 @@ impl Inner {
 
     // ---- single-use mode ----------------------------------------------------------------
 
-    async fn get_single(self: &Arc<Self>, pool: usize) -> Result<Snapshot, Error> {
+    async fn get_single(self: &Arc<Self>, pool: usize) -> Result<Pooled, Error> {
         loop {
-            if let Some(snapshot) = self.take_pooled(pool)? {
-                return Ok(snapshot);
+            if let Some(pooled) = self.take_pooled(pool)? {
+                return Ok(pooled);
             }
             if Handle::try_current().is_err() {
                 return Err(Error::NoRuntime);
@@ -901,10 +901,10 @@ impl Inner {
                 let mut st = self.lock();
                 let now = self.clock.now();
                 // A refill may have landed, or a failure been counted, while this one queued.
-                if let Some(snapshot) = self.pop_pool(&mut st, now) {
+                if let Some(pooled) = self.pop_pool(&mut st, now) {
                     self.ensure_refill(&mut st, pool);
                     Counters::bump(&self.counters.slow_hits);
-                    return Ok(snapshot);
+                    return Ok(pooled);
                 }
                 self.gate(&st, now)?;
                 self.ensure_refill(&mut st, pool);
@@ -924,9 +924,12 @@ impl Inner {
                 continue;
             }
             return match result.and_then(|fetched| self.prepare(&mut st, fetched)) {
-                Ok((snapshot, _)) => {
+                Ok((snapshot, schedule)) => {
                     self.record_success(&mut st);
-                    Ok(snapshot)
+                    Ok(Pooled {
+                        snapshot,
+                        usable_until: schedule.mandatory_at,
+                    })
                 }
                 Err(error) => {
                     let now = self.clock.now();
@@ -938,22 +941,22 @@ impl Inner {
     }
 
     /// A pooled token, if one is usable; the backoff gate otherwise.
-    fn take_pooled(self: &Arc<Self>, pool: usize) -> Result<Option<Snapshot>, Error> {
+    fn take_pooled(self: &Arc<Self>, pool: usize) -> Result<Option<Pooled>, Error> {
         let mut st = self.lock();
         let now = self.clock.now();
-        if let Some(snapshot) = self.pop_pool(&mut st, now) {
+        if let Some(pooled) = self.pop_pool(&mut st, now) {
             self.ensure_refill(&mut st, pool);
             Counters::bump(&self.counters.slow_hits);
-            return Ok(Some(snapshot));
+            return Ok(Some(pooled));
         }
         self.gate(&st, now)?;
         Ok(None)
     }
 
-    fn pop_pool(&self, st: &mut State, now: Instant) -> Option<Snapshot> {
+    fn pop_pool(&self, st: &mut State, now: Instant) -> Option<Pooled> {
         while let Some(pooled) = st.pool.pop_front() {
             if now < pooled.usable_until {
-                return Some(pooled.snapshot);
+                return Some(pooled);
             }
         }
         None
@@ -964,14 +967,9 @@ impl Inner {
         if Handle::try_current().is_err() {
             return Err(Error::NoRuntime);
         }
-        let snapshot = self.get_single(pool).await?;
-        let id = snapshot.id();
-        let mut st = self.lock();
-        let usable_until = self.clock.now() + self.config.fetch_timeout.max(Duration::from_secs(1));
-        st.pool.push_front(Pooled {
-            snapshot,
-            usable_until,
-        });
+        let pooled = self.get_single(pool).await?;
+        let id = pooled.snapshot.id();
+        self.lock().pool.push_front(pooled);
         Ok(id)
     }
 
