@@ -499,3 +499,37 @@ fn a_cached_token_is_served_outside_any_runtime() {
     .unwrap();
     assert_eq!(served.unwrap(), "tok-1");
 }
+
+#[test]
+fn a_refresh_stranded_on_an_idle_runtime_is_given_up_not_waited_for() {
+    // The background refresh starts on a runtime that is then never driven again; at the
+    // mandatory point a caller elsewhere starts over instead of getting a zero-wait timeout.
+    let issuer = Issuer::new(Duration::from_secs(15)).with_delay(Duration::from_millis(50));
+    let (clock, hand) = Clock::manual();
+    let cache = issuer
+        .builder()
+        .with_clock(clock)
+        .with_fetch_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let idle = current_thread(false);
+    assert_eq!(idle.block_on(cache.get()).unwrap().secret_text(), "tok-1");
+    // Usable life 10 s: the window opens at 7-8 s, the mandatory point is at 9 s.
+    hand.advance(Duration::from_secs(8));
+    assert_eq!(idle.block_on(cache.get()).unwrap().secret_text(), "tok-1");
+    assert_eq!(
+        cache.stats().refreshes_ahead,
+        1,
+        "the refresh started on `idle`"
+    );
+    hand.advance(Duration::from_secs(2));
+    let other = current_thread(false);
+    let got = other.block_on(cache.get()).expect("no zero-wait timeout");
+    assert_ne!(
+        got.secret_text(),
+        "tok-1",
+        "a fresh token, fetched on `other`"
+    );
+    assert_eq!(cache.stats().superseded_fetches, 1);
+    drop(idle);
+}

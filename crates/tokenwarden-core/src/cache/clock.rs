@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// The coarse clock's resolution at worst (`CLOCK_MONOTONIC_COARSE` ticks every 1–4 ms).
+const COARSE_TICK: Duration = Duration::from_millis(5);
+
 /// The clock a [`TokenCache`](crate::TokenCache) reads to decide when a token must no longer
 /// be served.
 ///
@@ -71,11 +74,15 @@ impl Clock {
         }
     }
 
-    /// The hot path's ticks at `at` (a slow-path instant), given both clocks read `now`.
+    /// The hot path's ticks at `at` (a slow-path instant), given both clocks read `now` (the
+    /// ticks read first). The coarse clock lags the precise one by up to a tick, so its
+    /// deadline is brought forward by that much: early, never late.
     pub(crate) fn ticks_at(&self, at: Instant, now: Instant, ticks_now: u64) -> u64 {
         let ahead = at.saturating_duration_since(now);
         let ahead = match &self.0 {
-            Kind::Runtime => coarsetime::Duration::from(ahead).as_ticks(),
+            Kind::Runtime => {
+                coarsetime::Duration::from(ahead.saturating_sub(COARSE_TICK)).as_ticks()
+            }
             Kind::Manual(_) => u64::try_from(ahead.as_nanos()).unwrap_or(u64::MAX),
         };
         ticks_now.saturating_add(ahead)

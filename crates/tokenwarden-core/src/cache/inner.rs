@@ -149,10 +149,17 @@ struct TaskGuard {
     inner: Weak<Inner>,
     kind: TaskKind,
     id: u64,
+    /// Set on the task's first poll. A task dropped unpolled (spawned on a runtime that was
+    /// shutting down: tokio drops it at once, while the spawner still holds the lock) clears
+    /// nothing; the flight it left behind is superseded at its deadline.
+    armed: bool,
 }
 
 impl Drop for TaskGuard {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         let Some(inner) = self.inner.upgrade() else {
             return;
         };
@@ -268,8 +275,10 @@ impl Inner {
         if state & USABLE == 0 {
             return;
         }
+        // Ticks first: a clock moving between the two reads can only make `check_at` early.
+        let ticks = self.clock.ticks();
         let now = self.clock.now();
-        let check_at = self.clock.ticks_at(check_at, now, self.clock.ticks());
+        let check_at = self.clock.ticks_at(check_at, now, ticks);
         let cell = self.locals.get_or(|| {
             let hits = Arc::new(Padded(AtomicU64::new(0)));
             (self
@@ -489,6 +498,22 @@ impl Inner {
     /// caller starts a new fetch on its own runtime.
     fn supersede(&self, id: u64) {
         let mut st = self.lock();
+        self.supersede_locked(&mut st, id);
+    }
+
+    /// Gives up on the flight if it is past its deadline (its runtime is idle or gone).
+    fn drop_stalled_flight(&self, st: &mut State, now: Instant) {
+        if let Some(id) = st
+            .flight
+            .as_ref()
+            .filter(|f| now >= f.deadline)
+            .map(|f| f.id)
+        {
+            self.supersede_locked(st, id);
+        }
+    }
+
+    fn supersede_locked(&self, st: &mut State, id: u64) {
         if let Some(flight) = st.flight.take_if(|f| f.id == id) {
             flight.abort.abort();
             flight.tx.send_replace(Outcome::Superseded);
@@ -498,10 +523,15 @@ impl Inner {
                 timeout_ms = self.config.fetch_timeout.as_millis() as u64,
                 "a token fetch did not finish within the fetch timeout (its runtime is not being driven, or has gone); giving up on it"
             );
+            // Threads serving the current token look again: the refresh may be restarted.
+            if st.current.is_some() {
+                self.publish(st);
+            }
         }
     }
 
     fn step(self: &Arc<Self>, st: &mut State, now: Instant) -> Result<Step, Error> {
+        self.drop_stalled_flight(st, now);
         if let Some(current) = &st.current {
             let schedule = current.schedule;
             if now < schedule.mandatory_at {
@@ -548,10 +578,11 @@ impl Inner {
     /// The token was used inside its advisory window: one background refresh, unless one is
     /// running or the cache is backing off.
     fn refresh_ahead(self: &Arc<Self>, st: &mut State, now: Instant) {
-        if st.flight.is_none() && self.gate(st, now).is_ok() {
+        if st.flight.is_none()
+            && self.gate(st, now).is_ok()
+            && self.start_flight(st, FetchReason::AheadOfExpiry).is_ok()
+        {
             Counters::bump(&self.counters.refreshes_ahead);
-            // On a runtime (the slow path checked), so this cannot fail for want of one.
-            let _ = self.start_flight(st, FetchReason::AheadOfExpiry);
         }
     }
 
@@ -670,13 +701,15 @@ impl Inner {
         st.next_task += 1;
         let id = st.next_task;
         let weak = Arc::downgrade(self);
-        let guard = TaskGuard {
+        let mut guard = TaskGuard {
             inner: weak.clone(),
             kind,
             id,
+            armed: false,
         };
         let work = work(weak, id);
         let task = runtime.spawn(async move {
+            guard.armed = true;
             let _guard = guard;
             work.await;
         });
@@ -967,9 +1000,17 @@ impl Inner {
         if Handle::try_current().is_err() {
             return Err(Error::NoRuntime);
         }
+        let sent_under = {
+            let st = self.lock();
+            (st.epoch, st.pool_generation)
+        };
         let pooled = self.get_single(pool).await?;
         let id = pooled.snapshot.id();
-        self.lock().pool.push_front(pooled);
+        let mut st = self.lock();
+        // Not if a rejection or a revocation came while it was fetched: presumed stale.
+        if (st.epoch, st.pool_generation) == sent_under {
+            st.pool.push_front(pooled);
+        }
         Ok(id)
     }
 
