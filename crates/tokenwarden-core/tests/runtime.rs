@@ -533,3 +533,41 @@ fn a_refresh_stranded_on_an_idle_runtime_is_given_up_not_waited_for() {
     assert_eq!(cache.stats().superseded_fetches, 1);
     drop(idle);
 }
+
+#[test]
+fn starting_over_never_stretches_a_wait_past_the_first_deadline() {
+    // Every fetch hangs. A waiter's fetch dies with its runtime; the waiter starts over on its
+    // own runtime, but still returns by the first fetch's deadline (1 s + 100 ms), not a whole
+    // new fetch timeout later. (Real time, on a multi-thread runtime: the runtimes' own clocks
+    // are what is under test.)
+    let issuer = Issuer::new(Duration::from_secs(60)).with_delay(Duration::from_secs(3600));
+    let cache = issuer
+        .builder()
+        .with_fetch_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let dying = current_thread(false);
+    let c = cache.clone();
+    dying.block_on(async {
+        tokio::spawn(async move { c.get().await });
+        tokio::task::yield_now().await;
+    });
+    let other = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let c = cache.clone();
+    let waiter = other.spawn(async move { c.get().await });
+    while cache.stats().waits < 2 {
+        std::thread::yield_now();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    drop(dying);
+    let result = other.block_on(waiter).unwrap();
+    let waited = start.elapsed();
+    assert!(matches!(result, Err(Error::Timeout(_))), "{result:?}");
+    assert!(waited < Duration::from_millis(1400), "waited {waited:?}");
+    assert_eq!(issuer.calls(), 2, "it did start over");
+}

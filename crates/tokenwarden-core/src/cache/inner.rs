@@ -443,6 +443,9 @@ impl Inner {
         if let Some(pool) = self.single_use {
             return self.get_single(pool).await.map(|pooled| pooled.snapshot);
         }
+        // However many times a caller starts over (a fetch's runtime died, a revocation), it
+        // waits no longer than the deadline of the first fetch it waited for.
+        let mut overall: Option<Instant> = None;
         loop {
             let step = {
                 let mut st = self.lock();
@@ -462,7 +465,11 @@ impl Inner {
             Counters::bump(&self.counters.waits);
             // Never wait past the fetch's own deadline: a fetch on a runtime that is not being
             // driven (or has gone) would otherwise hold this caller for ever.
-            let patience = deadline.saturating_duration_since(self.clock.now());
+            let limit = *overall.get_or_insert(deadline);
+            let own_deadline = deadline <= limit;
+            let patience = deadline
+                .min(limit)
+                .saturating_duration_since(self.clock.now());
             let waited =
                 tokio::time::timeout(patience, rx.wait_for(|o| !matches!(o, Outcome::Pending)))
                     .await;
@@ -471,7 +478,9 @@ impl Inner {
                 // The flight is gone without a word: start over.
                 Ok(Err(_)) => continue,
                 Err(_) => {
-                    self.supersede(flight);
+                    if own_deadline {
+                        self.supersede(flight);
+                    }
                     return self.or_grace(Error::Timeout(self.config.fetch_timeout));
                 }
             };
