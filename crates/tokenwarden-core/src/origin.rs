@@ -427,13 +427,8 @@ impl Scope {
     /// [`any_origin`](Self::any_origin).
     #[must_use]
     pub fn covers(&self, scheme: Option<&str>, host: Option<&str>, port: Option<u16>) -> bool {
-        match &self.0 {
-            Kind::Any => true,
-            Kind::Origins(list) => match (scheme, host) {
-                (Some(scheme), Some(host)) => list.iter().any(|o| o.matches(scheme, host, port)),
-                _ => false,
-            },
-        }
+        // Any origin (`Err`), or a listed one found.
+        !matches!(self.find(scheme, host, port), Ok(None))
     }
 }
 

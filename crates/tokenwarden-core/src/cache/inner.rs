@@ -767,8 +767,7 @@ impl Inner {
         }
         // In the window: look again when a failed refresh may be retried, and tell the
         // threads then too.
-        let retry = st.retry_at.filter(|_| st.flight.is_none());
-        let due = retry.filter(|at| now >= *at);
+        let due = st.retry_at.filter(|at| st.flight.is_none() && now >= *at);
         if let Some(current) = st.current.as_mut()
             && (!current.advisory_published || (due.is_some() && current.retry_published != due))
         {
@@ -776,10 +775,7 @@ impl Inner {
             current.retry_published = due;
             self.publish(&mut st);
         }
-        match retry {
-            Some(at) if now < at => Some(at.min(schedule.mandatory_at)),
-            _ => Some(schedule.mandatory_at),
-        }
+        Some(self.check_point(&st, now))
     }
 
     pub(crate) fn invalidate(&self, id: TokenId) -> bool {
