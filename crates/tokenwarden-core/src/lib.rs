@@ -57,7 +57,7 @@ pub use origin::{
 };
 pub use policy::{
     Classifier, DEFAULT_MAX_REPLAY_BODY, DefaultClassifier, LayerPolicy, NotReplayed, Replay,
-    SkipToken, Verdict, challenge_allows_refresh, challenge_errors,
+    SkipToken, Verdict, challenge_allows_refresh, challenge_errors, record_acceptance,
 };
 pub use presentation::{Presentation, TokenCharset, TokenProblem};
 pub use secret::Secret;

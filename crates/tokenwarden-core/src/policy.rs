@@ -8,7 +8,7 @@ use http::header::WWW_AUTHENTICATE;
 use http::{HeaderMap, StatusCode};
 
 use crate::origin::transport_allowed;
-use crate::{InsecureTransport, Scope, TokenId};
+use crate::{InsecureTransport, Scope, Snapshot, TokenId};
 
 /// The default cap on a request body kept for a replay: 64 KiB.
 ///
@@ -68,6 +68,16 @@ impl fmt::Display for NotReplayed {
             NotReplayed::NoFreshToken(e) => write!(f, "no fresh token could be had: {e}"),
             NotReplayed::StillRejected => f.write_str("freshly fetched tokens keep being rejected"),
         }
+    }
+}
+
+/// Records on `token` that an API took it, given the status of an answer that was not
+/// classified as a rejection: any status but `401` (a `401` the classifier let through says
+/// nothing either way). Both HTTP layers call it; see [`Snapshot::mark_accepted`].
+#[inline]
+pub fn record_acceptance(token: &Snapshot, status: StatusCode) {
+    if status != StatusCode::UNAUTHORIZED {
+        token.mark_accepted();
     }
 }
 

@@ -6,7 +6,7 @@ use reqwest::{Request, Response};
 use reqwest_middleware::{Error, Middleware, Next, Result};
 use tokenwarden_core::{
     Classifier, InsecureTransport, LayerPolicy, NotReplayed, PrefixedBody, Replay, Scope,
-    SkipToken, TokenCache, Verdict, drain,
+    SkipToken, TokenCache, Verdict, drain, record_acceptance,
 };
 
 use crate::redirect::LeftScope;
@@ -132,14 +132,6 @@ impl TokenMiddleware {
     }
 }
 
-/// An answer that was not a rejection says the API took the token (a `401` the classifier
-/// let through says nothing either way).
-fn accepted(token: &tokenwarden_core::Snapshot, status: http::StatusCode) {
-    if status != http::StatusCode::UNAUTHORIZED {
-        token.mark_accepted();
-    }
-}
-
 #[async_trait]
 impl Middleware for TokenMiddleware {
     async fn handle(
@@ -168,7 +160,7 @@ impl Middleware for TokenMiddleware {
         self.check_final(&response)?;
         let (mut response, rejected) = self.screen(response).await?;
         if !rejected {
-            accepted(&token, response.status());
+            record_acceptance(&token, response.status());
             return Ok(response);
         }
 
@@ -205,7 +197,7 @@ impl Middleware for TokenMiddleware {
             // backoff protects the issuer if this keeps happening.
             self.cache.invalidate(fresh.id());
         } else {
-            accepted(&fresh, response.status());
+            record_acceptance(&fresh, response.status());
         }
         response.extensions_mut().insert(Replay::Replayed {
             rejected: token.id(),

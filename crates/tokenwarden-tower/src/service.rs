@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use tokenwarden_core::{
-    NotReplayed, Replay, Scope, SkipToken, Snapshot, TokenCache, Verdict, drain,
+    NotReplayed, Replay, Scope, SkipToken, Snapshot, TokenCache, Verdict, drain, record_acceptance,
 };
 use tower::{BoxError, Service, ServiceExt};
 
@@ -216,15 +216,6 @@ where
     (Request::from_parts(parts, body), Some(replay))
 }
 
-/// An answer that was not a rejection says the API took the token (a `401` the classifier
-/// let through says nothing either way).
-#[inline]
-fn accepted(token: &Snapshot, status: http::StatusCode) {
-    if status != http::StatusCode::UNAUTHORIZED {
-        token.mark_accepted();
-    }
-}
-
 /// A request that has to wait for a token.
 async fn send_later<S, ReqBody, ResBody>(
     mut inner: S,
@@ -267,7 +258,7 @@ pub(crate) fn screen<S, ResBody>(
     let classifier = replay.shared.settings.policy.classifier();
     match classifier.classify(response.status(), response.headers()) {
         Verdict::Accepted => {
-            accepted(&replay.token, response.status());
+            record_acceptance(&replay.token, response.status());
             Screened::Done(response.map(ResponseBody::new))
         }
         verdict => Screened::Suspect(replay, response, verdict),
@@ -311,7 +302,7 @@ where
     };
     let mut rejection = Response::from_parts(head, body);
     if !rejected {
-        accepted(&token, rejection.status());
+        record_acceptance(&token, rejection.status());
         return Ok(rejection);
     }
 
@@ -359,7 +350,7 @@ where
         // fresh-rejection backoff protect the issuer if this keeps happening.
         cache.invalidate(fresh.id());
     } else {
-        accepted(&fresh, response.status());
+        record_acceptance(&fresh, response.status());
     }
     let mut response = response.map(ResponseBody::new);
     response.extensions_mut().insert(Replay::Replayed {
