@@ -154,6 +154,25 @@ impl Origin {
             })
     }
 
+    /// The origin of `uri` as text for messages — `scheme://host[:port]`, never a path, a
+    /// query or credentials — or what the URI is instead.
+    ///
+    /// ```
+    /// use tokenwarden_core::Origin;
+    ///
+    /// let uri = "http://user:pw@evil.example:8080/steal?code=1".parse().unwrap();
+    /// assert_eq!(Origin::describe(&uri), "http://evil.example:8080");
+    /// assert_eq!(Origin::describe(&"/v1".parse().unwrap()), "a relative URL");
+    /// ```
+    #[must_use]
+    pub fn describe(uri: &Uri) -> String {
+        match (uri.scheme_str(), Self::from_uri(uri)) {
+            (_, Some(origin)) => origin.to_string(),
+            (None, None) => "a relative URL".to_owned(),
+            (Some(_), None) => "a URL with no http(s) origin".to_owned(),
+        }
+    }
+
     /// The origin of an absolute URI; `None` for a relative one or another scheme.
     #[must_use]
     pub fn from_uri(uri: &Uri) -> Option<Self> {

@@ -125,20 +125,13 @@ pub struct RedirectFollowed {
 }
 
 impl RedirectFollowed {
-    /// From the final URL's parts.
+    /// From the final response's status and URL (only its origin is kept).
     #[must_use]
-    pub fn new(
-        status: http::StatusCode,
-        scheme: &str,
-        host: Option<&str>,
-        port: Option<u16>,
-    ) -> Self {
-        let to = match (host, port) {
-            (Some(host), Some(port)) => format!("{scheme}://{host}:{port}"),
-            (Some(host), None) => format!("{scheme}://{host}"),
-            _ => format!("a {scheme} URL"),
-        };
-        Self { status, to }
+    pub fn new(status: http::StatusCode, last: &http::Uri) -> Self {
+        Self {
+            status,
+            to: tokenwarden_core::Origin::describe(last),
+        }
     }
 }
 
@@ -238,12 +231,8 @@ impl HttpSend for IssuerClient {
             .await
             .map_err(reqwest::Error::without_url)?;
         if response.url() != &url {
-            return Err(Box::new(RedirectFollowed::new(
-                response.status(),
-                response.url().scheme(),
-                response.url().host_str(),
-                response.url().port_or_known_default(),
-            )));
+            let last = response.url().as_str().parse().unwrap_or_default();
+            return Err(Box::new(RedirectFollowed::new(response.status(), &last)));
         }
         if response
             .content_length()
@@ -310,12 +299,7 @@ where
         if let Some(tower_http::follow_redirect::RequestUri(last)) = response.extensions().get()
             && *last != sent_to
         {
-            return Err(Box::new(RedirectFollowed::new(
-                response.status(),
-                last.scheme_str().unwrap_or(""),
-                last.host(),
-                last.port_u16(),
-            )));
+            return Err(Box::new(RedirectFollowed::new(response.status(), last)));
         }
         let (head, body) = response.into_parts();
         let body = Limited::new(body, max_body).collect().await.map_err(|e| {

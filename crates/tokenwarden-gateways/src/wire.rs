@@ -196,10 +196,8 @@ impl Issuer {
         };
         match location.scheme_str() {
             // A relative reference: the endpoint's own origin.
-            None => Origin::from_uri(&self.uri)
-                .map_or_else(|| "the same origin".to_owned(), |o| o.to_string()),
-            Some(_) => Origin::from_uri(&location)
-                .map_or_else(|| "a URL of another scheme".to_owned(), |o| o.to_string()),
+            None => Origin::describe(&self.uri),
+            Some(_) => Origin::describe(&location),
         }
     }
 }

@@ -101,11 +101,10 @@ pub struct LeftScope {
 
 impl LeftScope {
     pub(crate) fn new(url: &Url, insecure: bool) -> Self {
-        let to = match (url.host_str(), url.port()) {
-            (Some(host), Some(port)) => format!("{}://{host}:{port}", url.scheme()),
-            (Some(host), None) => format!("{}://{host}", url.scheme()),
-            _ => url.scheme().to_owned(),
-        };
+        let to = url.as_str().parse::<http::Uri>().map_or_else(
+            |_| "an unreadable URL".to_owned(),
+            |uri| tokenwarden_core::Origin::describe(&uri),
+        );
         Self { to, insecure }
     }
 }
