@@ -52,8 +52,8 @@ pub use cache::{
 pub use config::{CacheConfig, RefreshWindow};
 pub use error::{ConfigError, Error};
 pub use origin::{
-    InsecureTransport, Origin, RedactedUri, Scope, check_transport, is_loopback, port_text_valid,
-    redact_url, transport_allowed,
+    InsecureTransport, Origin, RedactedUri, Scope, check_transport, is_loopback, redact_url,
+    transport_allowed,
 };
 pub use policy::{
     Classifier, DEFAULT_MAX_REPLAY_BODY, DefaultClassifier, LayerPolicy, NotReplayed, Replay,

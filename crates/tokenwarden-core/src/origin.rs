@@ -254,8 +254,7 @@ impl std::str::FromStr for Origin {
 /// Whether the port part of an authority (`host`, `host:443`, `[::1]:80`) is absent or a
 /// number from 0 to 65535 — `http` reads anything else as "no port", which would silently
 /// become the default one.
-#[must_use]
-pub fn port_text_valid(authority: &str) -> bool {
+fn port_text_valid(authority: &str) -> bool {
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let port = match host_port.strip_prefix('[') {
         Some(rest) => match rest.split_once(']') {

@@ -10,9 +10,7 @@ use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderName, HeaderValue, Request, StatusCode, Uri};
 use serde_json::Value;
-use tokenwarden_core::{
-    ConfigError, Origin, RedactedUri, port_text_valid, redact_url, transport_allowed,
-};
+use tokenwarden_core::{ConfigError, Origin, RedactedUri, redact_url, transport_allowed};
 
 use crate::http::{RedirectFollowed, TooLarge};
 use crate::{DEFAULT_MAX_RESPONSE, GatewayError, HttpSend};
@@ -49,24 +47,20 @@ impl Issuer {
         setting: &'static str,
     ) -> Result<Self, ConfigError> {
         let url = format!("{}{path}", base.trim_end_matches('/'));
-        let uri = match url.parse::<Uri>() {
-            Ok(uri)
-                if matches!(uri.scheme_str(), Some("https" | "http"))
-                    && uri.host().is_some()
-                    && uri.authority().is_some_and(|a| port_text_valid(a.as_str())) =>
-            {
-                uri
-            }
-            _ => {
-                return Err(ConfigError::Invalid {
-                    name: setting,
-                    reason: "must be an absolute https URL with a valid port (plain http only to \
-                             loopback)",
-                });
-            }
+        let invalid = ConfigError::Invalid {
+            name: setting,
+            reason: "must be an absolute https URL with a valid port (plain http only to loopback)",
         };
-        let (scheme, host) = (uri.scheme_str().unwrap_or(""), uri.host().unwrap_or(""));
-        if transport_allowed(scheme, host, sender.allows_insecure_http()).is_err() {
+        let uri: Uri = url.parse().map_err(|_| invalid.clone())?;
+        // Scheme, host and port checked by the same rules as a token scope's origins.
+        let origin = Origin::of_url(&url).map_err(|_| invalid)?;
+        if transport_allowed(
+            origin.scheme(),
+            origin.host(),
+            sender.allows_insecure_http(),
+        )
+        .is_err()
+        {
             return Err(ConfigError::Invalid {
                 name: setting,
                 reason: "is plain http to a host that is not loopback, which would send the \
