@@ -84,6 +84,24 @@ fn current_thread(paused: bool) -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A one-worker multi-thread runtime, driven on its own.
+fn multi_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Starts a fetch on `runtime` (a caller there, polled once) and leaves it to that runtime.
+fn start_fetch_on(runtime: &tokio::runtime::Runtime, cache: &TokenCache) {
+    let c = cache.clone();
+    runtime.block_on(async {
+        tokio::spawn(async move { c.get().await });
+        tokio::task::yield_now().await;
+    });
+}
+
 /// A cache on a manual clock: time passes only when the test says so.
 fn manual(issuer: &Issuer) -> (TokenCache, ManualClock) {
     let (clock, hand) = Clock::manual();
@@ -145,11 +163,7 @@ fn a_fetch_stranded_on_an_idle_runtime_holds_no_caller_past_the_fetch_timeout() 
         .build()
         .unwrap();
     let idle = current_thread(true);
-    let c = cache.clone();
-    idle.block_on(async {
-        tokio::spawn(async move { c.get().await });
-        tokio::task::yield_now().await;
-    });
+    start_fetch_on(&idle, &cache);
     // `idle` lives on, never driven again: its fetch never finishes.
     let other = current_thread(true);
     let (first, second, waited) = other.block_on(async {
@@ -174,16 +188,8 @@ fn a_fetch_whose_runtime_shuts_down_hands_no_waiter_a_spurious_cancelled() {
     let issuer = Issuer::new(Duration::from_secs(60)).with_delay(Duration::from_secs(3600));
     let cache = issuer.builder().build().unwrap();
     let dying = current_thread(true);
-    let c = cache.clone();
-    dying.block_on(async {
-        tokio::spawn(async move { c.get().await });
-        tokio::task::yield_now().await;
-    });
-    let other = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    start_fetch_on(&dying, &cache);
+    let other = multi_thread();
     let c = cache.clone();
     let waiter = other.spawn(async move { c.get().await });
     // Wait until it is waiting for the dying runtime's fetch.
@@ -547,16 +553,8 @@ fn starting_over_never_stretches_a_wait_past_the_first_deadline() {
         .build()
         .unwrap();
     let dying = current_thread(false);
-    let c = cache.clone();
-    dying.block_on(async {
-        tokio::spawn(async move { c.get().await });
-        tokio::task::yield_now().await;
-    });
-    let other = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    start_fetch_on(&dying, &cache);
+    let other = multi_thread();
     let start = std::time::Instant::now();
     let c = cache.clone();
     let waiter = other.spawn(async move { c.get().await });
