@@ -15,7 +15,7 @@ use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use reqwest_middleware::ClientBuilder;
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use tokenwarden::{
     ConfigError, Error, FetchError, InsecureTransport, LayerPolicy, Origin, Presentation, Scope,
     Token, TokenCache, TokenCharset, TokenProblem, TokenSource,
@@ -69,6 +69,14 @@ fn token_needles() -> Vec<(&'static str, &'static str)> {
         ("merchant-account header", "\nmerchant-account:"),
         ("x-api-key header", "\nx-api-key:"),
     ]
+}
+
+/// `http` under a token middleware scoped to `origin`.
+fn with_middleware(http: reqwest::Client, cache: TokenCache, origin: &str) -> ClientWithMiddleware {
+    let scope = Scope::origin(origin).unwrap();
+    ClientBuilder::new(http)
+        .with(TokenMiddleware::new(cache, scope))
+        .build()
 }
 
 fn hyper_client() -> Client<HttpConnector<LoopbackResolver>, RequestBody<Full<Bytes>>> {
@@ -155,12 +163,7 @@ async fn reqwest_client_builder_never_follows_a_redirect_to_another_host() {
             .resolve("evil.example", evil.addr())
             .build()
             .unwrap();
-        let client = ClientBuilder::new(http)
-            .with(TokenMiddleware::new(
-                cache(),
-                Scope::origin(&api_origin).unwrap(),
-            ))
-            .build();
+        let client = with_middleware(http, cache(), &api_origin);
         let response = client
             .post(format!("{api_origin}/pay"))
             .body("{}")
@@ -191,12 +194,11 @@ async fn reqwest_client_builder_follows_redirects_within_the_origin_with_the_tok
         .expect(1)
         .create_async()
         .await;
-    let client = ClientBuilder::new(tokenwarden_reqwest::client_builder().build().unwrap())
-        .with(TokenMiddleware::new(
-            cache(),
-            Scope::origin(&server.url()).unwrap(),
-        ))
-        .build();
+    let client = with_middleware(
+        tokenwarden_reqwest::client_builder().build().unwrap(),
+        cache(),
+        &server.url(),
+    );
     let response = client
         .get(format!("{}/old", server.url()))
         .send()
@@ -213,12 +215,7 @@ async fn reqwest_with_a_following_client_fails_with_left_scope_not_a_silent_succ
     let api = redirecting_api(&evil, "localhost").await;
     let api_origin = api.origin("http", "127.0.0.1");
     // A client with reqwest's default policy: it follows below the middleware.
-    let client = ClientBuilder::new(reqwest::Client::new())
-        .with(TokenMiddleware::new(
-            cache(),
-            Scope::origin(&api_origin).unwrap(),
-        ))
-        .build();
+    let client = with_middleware(reqwest::Client::new(), cache(), &api_origin);
     let error = client
         .get(format!("{api_origin}/pay"))
         .send()
@@ -696,12 +693,11 @@ async fn a_traced_flow_with_credentials_in_the_issuer_url_prints_no_secret() {
         .expect(1)
         .create_async()
         .await;
-    let client = ClientBuilder::new(tokenwarden_reqwest::client_builder().build().unwrap())
-        .with(TokenMiddleware::new(
-            cache.clone(),
-            Scope::origin(&server.url()).unwrap(),
-        ))
-        .build();
+    let client = with_middleware(
+        tokenwarden_reqwest::client_builder().build().unwrap(),
+        cache.clone(),
+        &server.url(),
+    );
     let response = client
         .get(format!("{}/v1/orders", server.url()))
         .send()
