@@ -820,3 +820,39 @@ async fn token_values_are_trimmed_or_refused_with_the_problem_named() {
     let relaxed = bearer().with_token_charset(TokenCharset::Visible);
     assert_eq!(fetched("a,b", relaxed).await.unwrap(), "Bearer a,b");
 }
+
+#[tokio::test]
+async fn an_issuer_whose_body_stalls_is_a_timeout_not_a_hang() {
+    // Answers the head and one byte of a 100-byte body, then holds the connection open.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = stream.read(&mut buf).await;
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{")
+            .await;
+        std::future::pending::<()>().await;
+        drop(stream);
+    });
+    let source = JsonSource::json(
+        IssuerClient::new().unwrap(),
+        &format!("http://{addr}/token"),
+        serde_json::json!({"client_secret": APP_SECRET}),
+    )
+    .unwrap();
+    let cache = TokenCache::builder(source)
+        .with_fetch_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let error = tokio::time::timeout(Duration::from_secs(5), cache.get())
+        .await
+        .expect("no hang")
+        .unwrap_err();
+    assert!(matches!(error, Error::Timeout(_)), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    server.abort();
+}

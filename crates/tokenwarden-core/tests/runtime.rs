@@ -569,3 +569,39 @@ fn starting_over_never_stretches_a_wait_past_the_first_deadline() {
     assert!(waited < Duration::from_millis(1400), "waited {waited:?}");
     assert_eq!(issuer.calls(), 2, "it did start over");
 }
+
+#[tokio::test(start_paused = true)]
+async fn single_use_callers_cancelled_mid_fetch_release_their_places() {
+    let issuer = Issuer::new(Duration::from_secs(60)).with_delay(Duration::from_secs(1));
+    let cache = issuer.builder().single_use().build().unwrap();
+    let callers: Vec<_> = (0..10)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get().await })
+        })
+        .collect();
+    sleep(Duration::from_millis(100)).await;
+    for caller in &callers {
+        caller.abort();
+    }
+    for caller in callers {
+        assert!(caller.await.unwrap_err().is_cancelled());
+    }
+    // All four places are free again: four callers fetch at once, each in one delay.
+    let start = tokio::time::Instant::now();
+    let again: Vec<_> = (0..4)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get().await })
+        })
+        .collect();
+    for caller in again {
+        caller.await.unwrap().unwrap();
+    }
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    assert_eq!(
+        cache.status().failures,
+        0,
+        "a cancelled caller is no failure"
+    );
+}
