@@ -5,6 +5,8 @@
 //! This crate re-exports the workspace's crates:
 //!
 //! - [`core`] (always): the token cache, token sources, presentations and errors.
+//! - [`http`] (always): what both HTTP layers decide per request — scopes in use, the
+//!   classifier, replay markers, the opt-out — and the engine they share.
 //! - [`tower`] (feature `tower`): the tower layer for hyper-util clients and any tower
 //!   service taking `http` requests.
 //! - [`reqwest`] (feature `reqwest`): the `reqwest-middleware` middleware.
@@ -32,13 +34,16 @@
 
 pub use tokenwarden_core as core;
 pub use tokenwarden_core::{
-    CacheConfig, CacheStats, Classifier, ConfigError, DefaultClassifier, Error, Expiry, FetchError,
-    InsecureTransport, LayerPolicy, NotReplayed, Origin, Presentation, Replay, Scope, Secret,
-    SkipToken, Snapshot, Token, TokenCache, TokenCacheBuilder, TokenCharset, TokenId, TokenProblem,
-    TokenSource, Verdict,
+    CacheConfig, CacheState, CacheStats, CacheStatus, ConfigError, Error, Expiry, FetchError,
+    InsecureTransport, Origin, Presentation, RefreshWindow, Scope, Secret, Snapshot, Token,
+    TokenCache, TokenCacheBuilder, TokenCharset, TokenId, TokenProblem, TokenSource,
 };
 #[cfg(feature = "gateways")]
 pub use tokenwarden_gateways as gateways;
+pub use tokenwarden_http as http;
+pub use tokenwarden_http::{
+    Classifier, DefaultClassifier, LayerPolicy, NotReplayed, Replay, SkipToken, Verdict,
+};
 #[cfg(feature = "reqwest")]
 pub use tokenwarden_reqwest as reqwest;
 #[cfg(feature = "sandbox")]

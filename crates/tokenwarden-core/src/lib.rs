@@ -1,8 +1,9 @@
 //! The core of tokenwarden: a token cache that fetches once, shares with every task, renews
 //! ahead of expiry and coalesces invalidations, with a hot path that costs a few nanoseconds.
 //!
-//! This crate knows nothing of tower or reqwest; the layers in `tokenwarden-tower` and
-//! `tokenwarden-reqwest` put its [`Snapshot`]s on requests.
+//! This crate knows nothing of tower or reqwest: `tokenwarden-http` decides, per request,
+//! where a [`Snapshot`] goes and what a rejection means, and the layers in `tokenwarden-tower`
+//! and `tokenwarden-reqwest` adapt it to their request and response types.
 //!
 //! - [`TokenSource`]: fetches a fresh token (a struct or a closure).
 //! - [`Token`]: the secret value, its expiry, metadata; never printed.
@@ -32,12 +33,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 
-mod body;
 mod cache;
 mod config;
 mod error;
 mod origin;
-mod policy;
 mod presentation;
 mod secret;
 mod snapshot;
@@ -45,7 +44,6 @@ mod source;
 mod stats;
 mod token;
 
-pub use body::{DRAIN_LIMIT, DRAIN_TIME, PrefixedBody, drain};
 pub use cache::{
     CacheState, CacheStatus, Clock, ManualClock, TokenCache, TokenCacheBuilder, future,
 };
@@ -54,10 +52,6 @@ pub use error::{ConfigError, Error};
 pub use origin::{
     InsecureTransport, Origin, RedactedUri, Scope, check_transport, is_loopback, redact_url,
     transport_allowed,
-};
-pub use policy::{
-    Classifier, DEFAULT_MAX_REPLAY_BODY, DefaultClassifier, LayerPolicy, NotReplayed, Replay,
-    SkipToken, Verdict, challenge_allows_refresh, challenge_errors, record_acceptance,
 };
 pub use presentation::{Presentation, TokenCharset, TokenProblem};
 pub use secret::Secret;

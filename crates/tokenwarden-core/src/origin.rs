@@ -448,6 +448,42 @@ impl Scope {
         // Any origin (`Err`), or a listed one found.
         !matches!(self.find(scheme, host, port), Ok(None))
     }
+
+    /// What to do with a request to this scheme, host and port (`None`: the scheme's
+    /// default): `Ok(true)` put the token on, `Ok(false)` send it untouched (it is outside the
+    /// scope), or an [`InsecureTransport`] error: it is in scope but the plain-text rule
+    /// forbids the token there (`allow_insecure_http` lifts it for `http` off loopback).
+    ///
+    /// # Errors
+    ///
+    /// [`InsecureTransport`] for plain `http` to a host that is not loopback (unless allowed),
+    /// or a scheme that is neither secure nor plain HTTP.
+    pub fn admit(
+        &self,
+        scheme: Option<&str>,
+        host: Option<&str>,
+        port: Option<u16>,
+        allow_insecure_http: bool,
+    ) -> Result<bool, InsecureTransport> {
+        match self.find(scheme, host, port) {
+            // Listed: whether it is secure or loopback was decided when the origin was parsed.
+            Ok(Some(origin)) if origin.transport_ok(allow_insecure_http) => Ok(true),
+            Ok(Some(origin)) => Err(InsecureTransport {
+                scheme: origin.scheme().to_ascii_lowercase(),
+                host: host.unwrap_or("").to_owned(),
+            }),
+            Ok(None) => Ok(false),
+            // Any origin: judge the request's own scheme and host.
+            Err(()) => match scheme {
+                Some(scheme) => {
+                    transport_allowed(scheme, host.unwrap_or(""), allow_insecure_http)?;
+                    Ok(true)
+                }
+                // A relative URI.
+                None => Ok(true),
+            },
+        }
+    }
 }
 
 impl From<Origin> for Scope {

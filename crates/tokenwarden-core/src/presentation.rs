@@ -1,7 +1,7 @@
 //! How a token is put on a request: which headers, in which format.
 
 use http::header::AUTHORIZATION;
-use http::{HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use std::fmt;
 
@@ -236,6 +236,25 @@ impl Presentation {
     /// How many of the rendered headers carry the token (they come first).
     pub(crate) fn token_headers(&self) -> usize {
         self.templates.len()
+    }
+
+    /// Whether `headers` already carry every header that would carry the token: the caller
+    /// supplied its own credentials, [`Snapshot::apply_to`](crate::Snapshot::apply_to) would put
+    /// no token on, and a rejection would not be about a cached token. Known before any token is
+    /// fetched.
+    ///
+    /// ```
+    /// use http::{HeaderMap, HeaderValue, header::AUTHORIZATION};
+    /// use tokenwarden_core::Presentation;
+    ///
+    /// let mut headers = HeaderMap::new();
+    /// assert!(!Presentation::bearer().supplied_by(&headers));
+    /// headers.insert(AUTHORIZATION, HeaderValue::from_static("Basic dXNlcjpwYXNz"));
+    /// assert!(Presentation::bearer().supplied_by(&headers));
+    /// ```
+    #[must_use]
+    pub fn supplied_by(&self, headers: &HeaderMap) -> bool {
+        self.templates.iter().all(|t| headers.contains_key(&t.name))
     }
 
     /// The names of every header this presentation sets.

@@ -6,12 +6,12 @@
 //!
 //! - Every request gets the headers of one token snapshot; headers the caller set are kept.
 //! - **401 → refresh → replay once**, with the default or a custom
-//!   [`Classifier`](tokenwarden_core::Classifier) (`WWW-Authenticate` parsed; `403` opt-in; the
+//!   [`Classifier`](tokenwarden_http::Classifier) (`WWW-Authenticate` parsed; `403` opt-in; the
 //!   body can be inspected). A rejected replay reaches the caller: no loop.
 //! - **Bodies.** A request whose body cannot be cloned (`Request::try_clone` returns `None`,
 //!   e.g. a stream) is **still sent**, once — never refused before sending. Its rejection still
 //!   invalidates the token so the next request succeeds, and the caller gets the 401 with a
-//!   [`Replay::NotReplayed`](tokenwarden_core::Replay) response extension. In-memory bodies
+//!   [`Replay::NotReplayed`](tokenwarden_http::Replay) response extension. In-memory bodies
 //!   are cloned by reference count, so no size cap applies to them.
 //! - **Scope: fails closed.** A middleware is made for the origins it may send tokens to
 //!   ([`Scope`](tokenwarden_core::Scope)); requests anywhere else go through untouched. Every
@@ -85,4 +85,7 @@ mod redirect;
 
 pub use middleware::TokenMiddleware;
 pub use redirect::{LeftScope, MAX_REDIRECTS, client_builder, redirect_policy};
-pub use tokenwarden_core::SkipToken;
+pub use tokenwarden_http::{
+    Classifier, DefaultClassifier, LayerPolicy, NotReplayed, Replay, ResponseBody, SkipToken,
+    Verdict,
+};

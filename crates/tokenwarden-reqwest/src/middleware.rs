@@ -2,12 +2,10 @@
 
 use async_trait::async_trait;
 use http::Extensions;
-use reqwest::{Request, Response};
+use reqwest::{Request, Response, ResponseBuilderExt, Url};
 use reqwest_middleware::{Error, Middleware, Next, Result};
-use tokenwarden_core::{
-    Classifier, InsecureTransport, LayerPolicy, NotReplayed, PrefixedBody, Replay, Scope,
-    SkipToken, TokenCache, Verdict, drain, record_acceptance,
-};
+use tokenwarden_core::{InsecureTransport, Scope, TokenCache};
+use tokenwarden_http::{Engine, NotReplayed, Recovered, ResponseBody, SkipToken, Verdict};
 
 use crate::redirect::LeftScope;
 
@@ -32,8 +30,7 @@ use crate::redirect::LeftScope;
 /// ```
 #[derive(Clone, Debug)]
 pub struct TokenMiddleware {
-    cache: TokenCache,
-    policy: LayerPolicy,
+    engine: Engine,
 }
 
 impl TokenMiddleware {
@@ -43,93 +40,52 @@ impl TokenMiddleware {
     /// [`Scope::any_origin`].
     pub fn new(cache: TokenCache, scope: impl Into<Scope>) -> Self {
         Self {
-            cache,
-            policy: LayerPolicy::new(scope),
+            engine: Engine::new(cache, scope),
         }
     }
 
-    /// Replaces the whole [`LayerPolicy`].
-    #[must_use]
-    pub fn with_policy(mut self, policy: LayerPolicy) -> Self {
-        self.policy = policy;
-        self
+    fn engine(&self) -> &Engine {
+        &self.engine
     }
 
-    /// Decides which responses mean the token was rejected. Default:
-    /// [`DefaultClassifier`](tokenwarden_core::DefaultClassifier).
-    #[must_use]
-    pub fn with_classifier(mut self, classifier: impl Classifier) -> Self {
-        self.policy = self.policy.with_classifier(classifier);
-        self
+    fn engine_mut(&mut self) -> &mut Engine {
+        &mut self.engine
     }
 
-    /// Also treat `403 Forbidden` as a rejected token (with the default classifier).
-    #[must_use]
-    pub fn with_forbidden_as_rejection(mut self) -> Self {
-        self.policy = self.policy.with_forbidden_as_rejection();
-        self
-    }
-
-    /// How much of a response body a classifier that asks for it gets to see. Default 8 KiB.
-    #[must_use]
-    pub fn with_max_inspect_body(mut self, bytes: usize) -> Self {
-        self.policy = self.policy.with_max_inspect_body(bytes);
-        self
-    }
-
-    /// Allow tokens on plain `http://` requests to in-scope hosts that are not loopback. Off
-    /// by default: such requests fail with [`InsecureTransport`] before they are sent. Only
-    /// for a network you trust end to end: anyone on the path reads the token.
-    #[must_use]
-    pub fn with_insecure_http(mut self, allow: bool) -> Self {
-        self.policy = self.policy.with_insecure_http(allow);
-        self
-    }
-
-    /// Whether a request to `url` gets the token (`Ok(false)`: outside the scope).
-    fn admit(&self, url: &reqwest::Url) -> std::result::Result<bool, InsecureTransport> {
-        self.policy
-            .admit(Some(url.scheme()), url.host_str(), url.port())
-    }
+    tokenwarden_http::__layer_settings!();
 
     /// The client followed a redirect below this middleware: fails if it ended outside the
     /// scope or on plain text, where the token headers must not have gone.
     fn check_final(&self, response: &Response) -> Result<()> {
-        match self.admit(response.url()) {
+        let url = response.url();
+        let policy = self.engine.policy();
+        match policy.admit(Some(url.scheme()), url.host_str(), url.port()) {
             Ok(true) => Ok(()),
-            Ok(false) => Err(Error::middleware(LeftScope::new(response.url(), false))),
-            Err(_) => Err(Error::middleware(LeftScope::new(response.url(), true))),
+            Ok(false) => Err(Error::middleware(LeftScope::new(url, false))),
+            Err(_) => Err(Error::middleware(LeftScope::new(url, true))),
         }
     }
 
-    /// The cache tokens come from.
-    pub fn cache(&self) -> &TokenCache {
-        &self.cache
-    }
-
-    /// Classifies a response, reading the start of its body if the classifier asks; returns
-    /// the response (whole again) and whether it rejected the token.
-    async fn screen(&self, response: Response) -> Result<(Response, bool)> {
-        let classifier = self.policy.classifier();
-        match classifier.classify(response.status(), response.headers()) {
-            Verdict::Accepted => Ok((response, false)),
-            Verdict::Rejected => Ok((response, true)),
-            _ => {
-                let (head, body) = http::Response::from(response).into_parts();
-                let mut body = PrefixedBody::new(body);
-                let start = body
-                    .inspect(self.policy.max_inspect_body())
-                    .await
-                    .map_err(Error::Reqwest)?;
-                let rejected = classifier.classify_body(head.status, &head.headers, &start);
-                let body = reqwest::Body::wrap(body);
-                Ok((
-                    Response::from(http::Response::from_parts(head, body)),
-                    rejected,
-                ))
-            }
+    /// A copy of the request to replay (taken before the token goes on), or why there is none:
+    /// a body over the replay cap, or a stream that cannot be cloned.
+    fn keep(&self, request: &Request) -> std::result::Result<Request, NotReplayed> {
+        let cap = self.engine.policy().max_replay_body();
+        match request.body().map(reqwest::Body::as_bytes) {
+            Some(Some(bytes)) if bytes.len() > cap => Err(NotReplayed::BodyTooLarge),
+            Some(None) => Err(NotReplayed::BodyNotReplayable),
+            _ => request.try_clone().ok_or(NotReplayed::BodyNotReplayable),
         }
     }
+}
+
+/// A response that went through `http::Response` back as a `reqwest::Response`, with its URL
+/// (and everything else it had: headers, extensions, version) as before.
+fn restore(response: http::Response<ResponseBody<reqwest::Body>>, url: Url) -> Response {
+    let (mut parts, body) = response.into_parts();
+    if let Ok(marker) = http::Response::builder().url(url).body(()) {
+        parts.extensions.extend(marker.into_parts().0.extensions);
+    }
+    Response::from(http::Response::from_parts(parts, reqwest::Body::wrap(body)))
 }
 
 #[async_trait]
@@ -140,68 +96,52 @@ impl Middleware for TokenMiddleware {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> Result<Response> {
-        if extensions.get::<SkipToken>().is_some()
-            || !self.admit(request.url()).map_err(Error::middleware)?
-        {
-            // Opted out, or outside the scope: untouched.
+        let url = request.url();
+        let admitted = self
+            .engine
+            .admit(
+                extensions.get::<SkipToken>().is_some(),
+                Some(url.scheme()),
+                url.host_str(),
+                url.port(),
+                request.headers(),
+            )
+            .map_err(|e: InsecureTransport| Error::middleware(e))?;
+        if !admitted {
+            // Opted out, outside the scope, or carrying the caller's own credentials:
+            // untouched, and no token fetched.
             return next.run(request, extensions).await;
         }
-        let token = self.cache.get().await.map_err(Error::middleware)?;
-        // The copy kept for a replay is taken before the token goes on; None for a body that
-        // cannot be cloned, which is still sent, once.
-        let original = request.try_clone();
-        if !token.apply_to(request.headers_mut()) {
-            // The caller sent its own credentials: a rejection is not about our token.
-            let response = next.run(request, extensions).await?;
-            self.check_final(&response)?;
-            return Ok(response);
-        }
+        let token = self.engine.cache().get().await.map_err(Error::middleware)?;
+        let again = self.keep(&request);
+        token.apply_to(request.headers_mut());
         let response = next.clone().run(request, extensions).await?;
         self.check_final(&response)?;
-        let (mut response, rejected) = self.screen(response).await?;
-        if !rejected {
-            record_acceptance(&token, response.status());
+        let verdict = self
+            .engine
+            .screen(&token, response.status(), response.headers());
+        if verdict == Verdict::Accepted {
             return Ok(response);
         }
 
-        let replacement = match original {
-            Some(again) => self
-                .cache
-                .replace(token.id())
-                .await
-                .map(|fresh| (again, fresh)),
-            None => {
-                self.cache.invalidate(token.id());
-                Err(NotReplayed::BodyNotReplayable)
-            }
-        };
-        let (mut again, fresh) = match replacement {
-            Ok(replacement) => replacement,
-            Err(reason) => {
-                tracing::debug!(token = %token.id(), %reason, "token rejected; request not replayed");
-                response
-                    .extensions_mut()
-                    .insert(Replay::NotReplayed(reason));
-                return Ok(response);
-            }
-        };
-        drain(http::Response::from(response).into_body()).await;
-
+        let url = response.url().clone();
+        let response = http::Response::from(response);
+        let (mut again, fresh, rejected) =
+            match self.engine.recover(token, response, verdict, again).await {
+                Recovered::Respond(response) => return Ok(restore(response, url)),
+                Recovered::Replay {
+                    kept,
+                    fresh,
+                    rejected,
+                } => (kept, fresh, rejected),
+            };
         fresh.apply_to(again.headers_mut());
-        tracing::debug!(rejected = %token.id(), fresh = %fresh.id(), "token rejected; replaying");
         let mut response = next.run(again, extensions).await?;
         self.check_final(&response)?;
-        let classifier = self.policy.classifier();
-        if classifier.classify(response.status(), response.headers()) == Verdict::Rejected {
-            // A fresh token rejected too: no second replay; the cache's fresh-rejection
-            // backoff protects the issuer if this keeps happening.
-            self.cache.invalidate(fresh.id());
-        } else {
-            record_acceptance(&fresh, response.status());
-        }
-        response.extensions_mut().insert(Replay::Replayed {
-            rejected: token.id(),
-        });
+        let marker = self
+            .engine
+            .replayed(rejected, &fresh, response.status(), response.headers());
+        response.extensions_mut().insert(marker);
         Ok(response)
     }
 }

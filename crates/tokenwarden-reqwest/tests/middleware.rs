@@ -11,11 +11,8 @@ use http_body::Frame;
 use http_body_util::StreamBody;
 use mockito::{Matcher, Server, ServerGuard};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
-use tokenwarden_core::{
-    FetchError, InsecureTransport, NotReplayed, Presentation, Replay, Scope, SkipToken, Token,
-    TokenCache,
-};
-use tokenwarden_reqwest::TokenMiddleware;
+use tokenwarden_core::{FetchError, InsecureTransport, Presentation, Scope, Token, TokenCache};
+use tokenwarden_reqwest::{NotReplayed, Replay, SkipToken, TokenMiddleware};
 use tokenwarden_test_support::ClockHold;
 use tokio::time::Instant;
 

@@ -3,83 +3,143 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
+use tokenwarden_core::future::GetOwned;
+use tokenwarden_core::{Snapshot, TokenId};
+use tokenwarden_http::{Recover, Recovered, ResponseBody, Verdict};
 use tower::{BoxError, Service};
 
-use crate::ResponseBody;
-use crate::body::RequestBody;
-use crate::service::{ReplayState, Screened, recover, screen};
+use crate::body::{KeepBody, Tee};
+use crate::service::{Shared, prepare};
 
-type Boxed<B> = Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, BoxError>> + Send>>;
+/// What a request keeps for a replay: the token it carried, its head as the caller made it,
+/// and its body as `M` keeps it.
+pub(crate) struct Kept<ReqBody, M: KeepBody<ReqBody>> {
+    pub(crate) token: Snapshot,
+    pub(crate) parts: http::request::Parts,
+    pub(crate) body: M::Kept,
+}
 
 pin_project! {
     /// Resolves to the response of the request, or of its replay.
     ///
     /// While a token is cached and the response is not a rejection, it is the inner service's
-    /// future and nothing else: no allocation. Waiting for a token and recovering from a
-    /// rejection run in a boxed future.
+    /// future and a few words beside it: no allocation, and no bound beyond the inner
+    /// service's own (`Send` when it is, no `'static` or `Unpin` required).
     #[must_use = "futures do nothing unless polled"]
-    pub struct ResponseFuture<S, ReqBody, ResBody>
+    pub struct ResponseFuture<S, ReqBody, ResBody, M = Tee>
     where
-        S: Service<Request<RequestBody<ReqBody>>>,
+        M: KeepBody<ReqBody>,
+        S: Service<Request<<M as KeepBody<ReqBody>>::Sent>>,
+        ResBody: Body,
     {
         #[pin]
-        state: State<S::Future, ResBody>,
-        replay: Option<Box<ReplayState<S>>>,
+        state: State<S, ReqBody, ResBody, M>,
+        shared: Option<Arc<Shared<S>>>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, B> {
-        First { #[pin] future: F },
-        Boxed { future: Boxed<B> },
-        Failed { error: Option<BoxError> },
+    enum State<S, ReqBody, ResBody, M>
+    where
+        M: KeepBody<ReqBody>,
+        S: Service<Request<<M as KeepBody<ReqBody>>::Sent>>,
+        ResBody: Body,
+    {
+        // No token was cached: waiting for one, with the service driven to ready.
+        Waiting {
+            token: GetOwned,
+            inner: Option<S>,
+            request: Option<Request<ReqBody>>,
+        },
+        // The request is sent; `kept` is what a replay needs (`None`: untouched request).
+        First {
+            #[pin]
+            future: S::Future,
+            kept: Option<Kept<ReqBody, M>>,
+        },
+        // The answer was not accepted: the engine decides, and fetches a fresh token.
+        Recovering {
+            recover: Recover<ResBody, Request<<M as KeepBody<ReqBody>>::Sent>>,
+        },
+        // Driving a clone of the service to ready for the replay.
+        Ready {
+            inner: S,
+            request: Option<Request<<M as KeepBody<ReqBody>>::Sent>>,
+            rejected: TokenId,
+            fresh: Snapshot,
+        },
+        Replaying {
+            #[pin]
+            future: S::Future,
+            rejected: TokenId,
+            fresh: Snapshot,
+        },
+        Failed {
+            error: Option<BoxError>,
+        },
     }
 }
 
-impl<S, ReqBody, ResBody> ResponseFuture<S, ReqBody, ResBody>
+impl<S, ReqBody, ResBody, M> ResponseFuture<S, ReqBody, ResBody, M>
 where
-    S: Service<Request<RequestBody<ReqBody>>>,
+    M: KeepBody<ReqBody>,
+    S: Service<Request<M::Sent>>,
+    ResBody: Body,
 {
-    pub(crate) fn first(future: S::Future, replay: Option<Box<ReplayState<S>>>) -> Self {
+    #[inline]
+    pub(crate) fn untouched(future: S::Future) -> Self {
         Self {
-            state: State::First { future },
-            replay,
+            state: State::First { future, kept: None },
+            shared: None,
         }
     }
 
-    pub(crate) fn boxed(future: Boxed<ResBody>) -> Self {
+    #[inline]
+    pub(crate) fn first(future: S::Future, kept: Kept<ReqBody, M>, shared: Arc<Shared<S>>) -> Self {
         Self {
-            state: State::Boxed { future },
-            replay: None,
+            state: State::First {
+                future,
+                kept: Some(kept),
+            },
+            shared: Some(shared),
+        }
+    }
+
+    pub(crate) fn waiting(inner: S, request: Request<ReqBody>, shared: Arc<Shared<S>>) -> Self {
+        Self {
+            state: State::Waiting {
+                token: shared.engine.cache().get_owned(),
+                inner: Some(inner),
+                request: Some(request),
+            },
+            shared: Some(shared),
         }
     }
 
     pub(crate) fn failed(error: BoxError) -> Self {
         Self {
             state: State::Failed { error: Some(error) },
-            replay: None,
+            shared: None,
         }
     }
 }
 
-impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody, ResBody>
+const DONE: &str = "`ResponseFuture` polled after it completed";
+
+impl<S, ReqBody, ResBody, M> Future for ResponseFuture<S, ReqBody, ResBody, M>
 where
-    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>
-        + Clone
-        + Send
-        + 'static,
+    M: KeepBody<ReqBody>,
+    S: Service<Request<M::Sent>, Response = Response<ResBody>> + Clone,
     S::Error: Into<BoxError>,
-    S::Future: Send,
-    ReqBody: Body<Data = Bytes> + Send + 'static,
-    ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
-    ResBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes>,
 {
     type Output = Result<Response<ResponseBody<ResBody>>, BoxError>;
 
@@ -87,35 +147,110 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::First { future } => {
+                StateProj::First { future, kept } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    match screen(response, this.replay.take()) {
-                        Screened::Done(response) => return Poll::Ready(Ok(response)),
-                        Screened::Suspect(replay, response, verdict) => {
-                            let future = Box::pin(recover(replay, response, verdict));
-                            this.state.set(State::Boxed { future });
-                        }
+                    let (Some(kept), Some(shared)) = (kept.take(), this.shared.as_ref()) else {
+                        return Poll::Ready(Ok(response.map(ResponseBody::new)));
+                    };
+                    let engine = &shared.engine;
+                    let verdict = engine.screen(&kept.token, response.status(), response.headers());
+                    if verdict == Verdict::Accepted {
+                        return Poll::Ready(Ok(response.map(ResponseBody::new)));
                     }
+                    let Kept { token, parts, body } = kept;
+                    let again = M::replay(body).map(|body| Request::from_parts(parts, body));
+                    let recover = engine.recover(token, response, verdict, again);
+                    this.state.set(State::Recovering { recover });
                 }
-                StateProj::Boxed { future } => return future.as_mut().poll(cx),
+                StateProj::Recovering { recover } => match ready!(Pin::new(recover).poll(cx)) {
+                    Recovered::Respond(response) => return Poll::Ready(Ok(response)),
+                    Recovered::Replay {
+                        kept: mut request,
+                        fresh,
+                        rejected,
+                    } => {
+                        fresh.apply_to(request.headers_mut());
+                        let shared = this.shared.as_ref().expect(DONE);
+                        // tower's contract: a service is driven to ready before every call, the
+                        // replay's too; a clone of the service as it was wrapped sends it.
+                        this.state.set(State::Ready {
+                            inner: shared.replay_service(),
+                            request: Some(request),
+                            rejected,
+                            fresh,
+                        });
+                    }
+                },
+                StateProj::Ready {
+                    inner,
+                    request,
+                    rejected,
+                    fresh,
+                } => {
+                    ready!(inner.poll_ready(cx)).map_err(Into::into)?;
+                    let future = inner.call(request.take().expect(DONE));
+                    let (rejected, fresh) = (*rejected, fresh.clone());
+                    this.state.set(State::Replaying {
+                        future,
+                        rejected,
+                        fresh,
+                    });
+                }
+                StateProj::Replaying {
+                    future,
+                    rejected,
+                    fresh,
+                } => {
+                    let mut response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    let shared = this.shared.as_ref().expect(DONE);
+                    let marker = shared.engine.replayed(
+                        *rejected,
+                        fresh,
+                        response.status(),
+                        response.headers(),
+                    );
+                    response.extensions_mut().insert(marker);
+                    return Poll::Ready(Ok(response.map(ResponseBody::new)));
+                }
+                StateProj::Waiting {
+                    token,
+                    inner,
+                    request,
+                } => {
+                    let token = ready!(Pin::new(token).poll(cx))?;
+                    let shared = this.shared.as_ref().expect(DONE);
+                    let request = request.take().expect(DONE);
+                    let (request, kept) = prepare::<M, ReqBody>(request, token, &shared.engine);
+                    let future = inner.take().expect(DONE).call(request);
+                    this.state.set(State::First {
+                        future,
+                        kept: Some(kept),
+                    });
+                }
                 StateProj::Failed { error } => {
-                    let error = error
-                        .take()
-                        .unwrap_or_else(|| "response future polled after completion".into());
-                    return Poll::Ready(Err(error));
+                    return Poll::Ready(Err(error.take().expect(DONE)));
                 }
             }
         }
     }
 }
 
-impl<S, ReqBody, ResBody> fmt::Debug for ResponseFuture<S, ReqBody, ResBody>
+impl<S, ReqBody, ResBody, M> fmt::Debug for ResponseFuture<S, ReqBody, ResBody, M>
 where
-    S: Service<Request<RequestBody<ReqBody>>>,
+    M: KeepBody<ReqBody>,
+    S: Service<Request<M::Sent>>,
+    ResBody: Body,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Waiting { .. } => "waiting for a token",
+            State::First { .. } => "sending",
+            State::Recovering { .. } => "recovering from a rejection",
+            State::Ready { .. } | State::Replaying { .. } => "replaying",
+            State::Failed { .. } => "failed",
+        };
         f.debug_struct("ResponseFuture")
-            .field("replayable", &self.replay.is_some())
+            .field("state", &state)
             .finish_non_exhaustive()
     }
 }

@@ -7,7 +7,7 @@
 //! - **401 → refresh → replay once.** By default a `401` counts unless its `WWW-Authenticate`
 //!   challenge names an error a fresh token cannot fix (`insufficient_scope`,
 //!   `invalid_request`); `403` only if enabled; a custom
-//!   [`Classifier`](tokenwarden_core::Classifier) can look at the body. If the replay is
+//!   [`Classifier`](tokenwarden_http::Classifier) can look at the body. If the replay is
 //!   rejected too, that response goes to the caller: no loop, and the cache's backoff keeps an
 //!   API that rejects every token from making it hammer the issuer.
 //! - **Bodies.** The request body is copied aside *as it is sent*, up to
@@ -15,7 +15,7 @@
 //!   bodies fit, and a thousand requests in flight keep at most 64 MiB). A larger body, or one
 //!   the server answered before reading to its end, is still sent once; its rejection still
 //!   invalidates the token so the next request succeeds, and the caller gets the rejection with
-//!   a [`Replay::NotReplayed`](tokenwarden_core::Replay) response extension. Method, URI,
+//!   a [`Replay::NotReplayed`](tokenwarden_http::Replay) response extension. Method, URI,
 //!   headers, version and extensions are kept exactly on replay.
 //! - **Readiness.** The replay uses a clone of the inner service driven to ready, as tower's
 //!   retry does.
@@ -23,7 +23,7 @@
 //!   ([`Scope`](tokenwarden_core::Scope)); a request anywhere else, or with a relative URI,
 //!   goes through untouched. Every origin is a named opt-in,
 //!   [`Scope::any_origin`](tokenwarden_core::Scope::any_origin).
-//! - **Opt-out** per request with the [`SkipToken`](tokenwarden_core::SkipToken) extension.
+//! - **Opt-out** per request with the [`SkipToken`](tokenwarden_http::SkipToken) extension.
 //! - **Transport.** In scope, tokens go on `https` requests, and on plain `http` only to
 //!   loopback (no other scheme, `wss` included: an HTTP client would send it in clear text); elsewhere the request fails with
 //!   [`InsecureTransport`](tokenwarden_core::InsecureTransport), unsent, unless
@@ -89,10 +89,10 @@ pub mod future;
 mod layer;
 mod service;
 
-pub use body::RequestBody;
-
-/// The response body the caller receives: the inner service's body, after any frames read to
-/// classify the response.
-pub type ResponseBody<B> = tokenwarden_core::PrefixedBody<B>;
+pub use body::{CloneBody, KeepBody, RequestBody, Tee};
 pub use layer::TokenLayer;
 pub use service::TokenService;
+pub use tokenwarden_http::{
+    Classifier, DefaultClassifier, LayerPolicy, NotReplayed, Replay, ResponseBody, SkipToken,
+    Verdict,
+};

@@ -15,11 +15,9 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokenwarden_core::{
-    Classifier, FetchError, InsecureTransport, NotReplayed, Presentation, Replay, Scope, SkipToken,
-    Token, TokenCache, Verdict,
-};
+use tokenwarden_core::{FetchError, InsecureTransport, Presentation, Scope, Token, TokenCache};
 use tokenwarden_test_support::ClockHold;
+use tokenwarden_tower::{Classifier, NotReplayed, Replay, SkipToken, Verdict};
 use tokenwarden_tower::{RequestBody, TokenLayer};
 use tokio::time::Instant;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};

@@ -1,4 +1,5 @@
-//! The future of [`TokenCache::get`](crate::TokenCache::get).
+//! The futures of [`TokenCache::get`](crate::TokenCache::get) and
+//! [`TokenCache::get_owned`](crate::TokenCache::get_owned).
 
 use std::fmt;
 use std::future::Future;
@@ -7,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use super::inner::Inner;
-use crate::{Error, Snapshot};
+use crate::{Error, Snapshot, TokenCache};
 
 type Slow<'a> = Pin<Box<dyn Future<Output = Result<Snapshot, Error>> + Send + 'a>>;
 
@@ -55,6 +56,51 @@ fn slow(inner: &Arc<Inner>) -> Slow<'_> {
 impl fmt::Debug for Get<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Get")
+            .field("waiting", &self.slow.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+type OwnedSlow = Pin<Box<dyn Future<Output = Result<Snapshot, Error>> + Send>>;
+
+/// Resolves to a token to send, like [`Get`], holding its own handle to the cache. Ready on
+/// its first poll while a valid token is cached, without allocating.
+#[must_use = "futures do nothing unless polled"]
+pub struct GetOwned {
+    cache: TokenCache,
+    slow: Option<OwnedSlow>,
+}
+
+impl GetOwned {
+    pub(crate) fn new(cache: TokenCache) -> Self {
+        Self { cache, slow: None }
+    }
+}
+
+impl Future for GetOwned {
+    type Output = Result<Snapshot, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.slow.is_none()
+            && let Some(snapshot) = self.cache.cached()
+        {
+            return Poll::Ready(Ok(snapshot));
+        }
+        let this = &mut *self;
+        let cache = &this.cache;
+        this.slow
+            .get_or_insert_with(|| {
+                let cache = cache.clone();
+                Box::pin(async move { cache.get().await })
+            })
+            .as_mut()
+            .poll(cx)
+    }
+}
+
+impl fmt::Debug for GetOwned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GetOwned")
             .field("waiting", &self.slow.is_some())
             .finish_non_exhaustive()
     }

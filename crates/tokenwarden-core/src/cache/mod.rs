@@ -17,8 +17,8 @@ pub use status::{CacheState, CacheStatus};
 #[cfg(doc)]
 use crate::Error;
 use crate::{
-    CacheConfig, CacheStats, ConfigError, NotReplayed, Presentation, RefreshWindow, Snapshot,
-    TokenId, TokenSource,
+    CacheConfig, CacheStats, ConfigError, Presentation, RefreshWindow, Snapshot, TokenId,
+    TokenSource,
 };
 
 /// One token cache, shared by every task and every clone.
@@ -226,23 +226,14 @@ impl TokenCache {
         self.inner.invalidate(id)
     }
 
-    /// After a request carrying token `rejected` was rejected: invalidates it (if it is still
-    /// current) and returns the token to replay the request with — or why it should not be
-    /// replayed: fresh tokens keep being rejected ([`NotReplayed::StillRejected`], the cache
-    /// holds off replacing this one), or no fresh token could be had.
-    ///
-    /// This is the replay decision both HTTP layers make.
+    /// The same as [`get`](Self::get), as a future that owns a handle to the cache: it can be
+    /// stored in a struct, returned from a function or moved to a task.
     ///
     /// # Errors
     ///
-    /// The [`NotReplayed`] reason.
-    pub async fn replace(&self, rejected: TokenId) -> Result<Snapshot, NotReplayed> {
-        self.invalidate(rejected);
-        match self.get().await {
-            Ok(fresh) if fresh.id() == rejected => Err(NotReplayed::StillRejected),
-            Ok(fresh) => Ok(fresh),
-            Err(error) => Err(NotReplayed::NoFreshToken(error.to_string())),
-        }
+    /// As [`get`](Self::get).
+    pub fn get_owned(&self) -> future::GetOwned {
+        future::GetOwned::new(self.clone())
     }
 
     /// Drops the current token (and any pooled ones), and makes sure no fetch that was already

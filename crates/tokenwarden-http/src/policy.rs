@@ -3,12 +3,11 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::WWW_AUTHENTICATE;
 use http::{HeaderMap, StatusCode};
-
-use crate::origin::transport_allowed;
-use crate::{InsecureTransport, Scope, Snapshot, TokenId};
+use tokenwarden_core::{Error, InsecureTransport, Scope, Snapshot, TokenId};
 
 /// The default cap on a request body kept for a replay: 64 KiB.
 ///
@@ -21,7 +20,7 @@ pub const DEFAULT_MAX_REPLAY_BODY: usize = 64 * 1024;
 ///
 /// ```
 /// let mut request = http::Request::new(());
-/// request.extensions_mut().insert(tokenwarden_core::SkipToken);
+/// request.extensions_mut().insert(tokenwarden_http::SkipToken);
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SkipToken;
@@ -43,39 +42,60 @@ pub enum Replay {
 }
 
 /// Why a rejected request was not sent again.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Its `Display` says what happened; the cache's error, for
+/// [`NoFreshToken`](Self::NoFreshToken), is its [`source`](std::error::Error::source), so an
+/// error-chain printer shows each message once.
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NotReplayed {
     /// Its body is larger than the replay cap.
+    #[error("its body is larger than the replay cap")]
     BodyTooLarge,
     /// Its body is a stream of unknown length (or cannot be cloned).
+    #[error("its body is a stream that cannot be sent twice")]
     BodyNotReplayable,
-    /// No fresh token could be had; the error says why.
-    NoFreshToken(String),
+    /// No fresh token could be had; the cache's error says why.
+    #[error("no fresh token could be had")]
+    NoFreshToken(#[source] Error),
     /// Freshly fetched tokens keep being rejected, so the cache holds off replacing this one
     /// for now: the rejection is probably not about the token's age (check its scope and
     /// permissions, and the request).
+    #[error("freshly fetched tokens keep being rejected")]
     StillRejected,
 }
 
-impl fmt::Display for NotReplayed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl NotReplayed {
+    /// The cache's error, for [`NoFreshToken`](Self::NoFreshToken).
+    #[must_use]
+    pub fn error(&self) -> Option<&Error> {
         match self {
-            NotReplayed::BodyTooLarge => f.write_str("its body is larger than the replay cap"),
-            NotReplayed::BodyNotReplayable => {
-                f.write_str("its body is a stream that cannot be sent twice")
-            }
-            NotReplayed::NoFreshToken(e) => write!(f, "no fresh token could be had: {e}"),
-            NotReplayed::StillRejected => f.write_str("freshly fetched tokens keep being rejected"),
+            NotReplayed::NoFreshToken(error) => Some(error),
+            _ => None,
         }
     }
 }
 
+/// Two reasons are equal if they are the same reason; two [`NoFreshToken`](Self::NoFreshToken)
+/// are equal if their errors say the same.
+impl PartialEq for NotReplayed {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (NotReplayed::NoFreshToken(a), NotReplayed::NoFreshToken(b)) => {
+                a.to_string() == b.to_string()
+            }
+            _ => std::mem::discriminant(self) == std::mem::discriminant(other),
+        }
+    }
+}
+
+impl Eq for NotReplayed {}
+
 /// Records on `token` that an API took it, given the status of an answer that was not
 /// classified as a rejection: any status but `401` (a `401` the classifier let through says
-/// nothing either way). Both HTTP layers call it; see [`Snapshot::mark_accepted`].
+/// nothing either way). See [`Snapshot::mark_accepted`].
 #[inline]
-pub fn record_acceptance(token: &Snapshot, status: StatusCode) {
+pub(crate) fn record_acceptance(token: &Snapshot, status: StatusCode) {
     if status != StatusCode::UNAUTHORIZED {
         token.mark_accepted();
     }
@@ -101,7 +121,7 @@ pub enum Verdict {
 ///
 /// ```
 /// use http::{HeaderMap, StatusCode};
-/// use tokenwarden_core::{Classifier, Verdict};
+/// use tokenwarden_http::{Classifier, Verdict};
 ///
 /// struct SaysExpired;
 ///
@@ -245,7 +265,8 @@ impl<'a> Iterator for AuthParams<'a> {
 /// opt-in — for [`Scope::any_origin`].
 ///
 /// ```
-/// use tokenwarden_core::{LayerPolicy, Scope};
+/// use tokenwarden_core::Scope;
+/// use tokenwarden_http::LayerPolicy;
 ///
 /// let policy = LayerPolicy::new(Scope::origin("https://api.example.com")?)
 ///     .with_max_replay_body(256 * 1024);
@@ -260,8 +281,12 @@ pub struct LayerPolicy {
     classifier: Arc<dyn Classifier>,
     max_replay_body: usize,
     max_inspect_body: usize,
+    inspect_timeout: Duration,
     allow_insecure_http: bool,
 }
+
+/// How long a classifier that asks for a response's body waits for it by default: 1 s.
+pub const DEFAULT_INSPECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl LayerPolicy {
     /// A policy putting tokens on requests to the origins of `scope`, with the default rules.
@@ -271,6 +296,7 @@ impl LayerPolicy {
             classifier: Arc::new(DefaultClassifier::default()),
             max_replay_body: DEFAULT_MAX_REPLAY_BODY,
             max_inspect_body: 8 * 1024,
+            inspect_timeout: DEFAULT_INSPECT_TIMEOUT,
             allow_insecure_http: false,
         }
     }
@@ -300,6 +326,15 @@ impl LayerPolicy {
     #[must_use]
     pub fn with_max_inspect_body(mut self, bytes: usize) -> Self {
         self.max_inspect_body = bytes;
+        self
+    }
+
+    /// How long the start of a response's body is waited for, when the classifier asks for
+    /// it. Default [`DEFAULT_INSPECT_TIMEOUT`] (1 s). When it runs out, the response goes to
+    /// the caller as it is — not a rejection — with the bytes read so far still in its body.
+    #[must_use]
+    pub fn with_inspect_timeout(mut self, timeout: Duration) -> Self {
+        self.inspect_timeout = timeout;
         self
     }
 
@@ -342,6 +377,12 @@ impl LayerPolicy {
         self.max_inspect_body
     }
 
+    /// How long the start of a body is waited for when the classifier asks for it.
+    #[must_use]
+    pub fn inspect_timeout(&self) -> Duration {
+        self.inspect_timeout
+    }
+
     /// What to do with a request to this scheme, host and port (`None`: the scheme's
     /// default): `Ok(true)` put the token on, `Ok(false)` send it untouched (it is outside the
     /// scope), or an [`InsecureTransport`] error: it is in scope but the plain-text rule
@@ -357,25 +398,8 @@ impl LayerPolicy {
         host: Option<&str>,
         port: Option<u16>,
     ) -> Result<bool, InsecureTransport> {
-        let refused = |scheme: &str, host: Option<&str>| InsecureTransport {
-            scheme: scheme.to_ascii_lowercase(),
-            host: host.unwrap_or("").to_owned(),
-        };
-        match self.scope.find(scheme, host, port) {
-            // Listed: whether it is secure or loopback was decided when the origin was parsed.
-            Ok(Some(origin)) if origin.transport_ok(self.allow_insecure_http) => Ok(true),
-            Ok(Some(origin)) => Err(refused(origin.scheme(), host)),
-            Ok(None) => Ok(false),
-            // Any origin: judge the request's own scheme and host.
-            Err(()) => match scheme {
-                Some(scheme) => {
-                    transport_allowed(scheme, host.unwrap_or(""), self.allow_insecure_http)?;
-                    Ok(true)
-                }
-                // A relative URI.
-                None => Ok(true),
-            },
-        }
+        self.scope
+            .admit(scheme, host, port, self.allow_insecure_http)
     }
 
     /// Whether plain `http` off loopback was allowed.
@@ -390,6 +414,7 @@ impl fmt::Debug for LayerPolicy {
         f.debug_struct("LayerPolicy")
             .field("max_replay_body", &self.max_replay_body)
             .field("max_inspect_body", &self.max_inspect_body)
+            .field("inspect_timeout", &self.inspect_timeout)
             .field("allow_insecure_http", &self.allow_insecure_http)
             .field("scope", &self.scope)
             .finish_non_exhaustive()
@@ -399,8 +424,8 @@ impl fmt::Debug for LayerPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check_transport;
     use http::HeaderValue;
+    use tokenwarden_core::check_transport;
 
     fn with_challenge(values: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -1,0 +1,376 @@
+//! [`Engine`]: the per-request algorithm, once, for every adapter.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, Response, StatusCode};
+use http_body::Body;
+use tokenwarden_core::future::GetOwned;
+use tokenwarden_core::{InsecureTransport, Scope, Snapshot, TokenCache, TokenId};
+use tokio::time::Sleep;
+
+use crate::body::{DRAIN_LIMIT, DRAIN_TIME, PrefixedBody, ResponseBody};
+use crate::policy::{LayerPolicy, NotReplayed, Replay, Verdict, record_acceptance};
+
+/// What an HTTP layer does per request, written once: the tower layer and the reqwest
+/// middleware only adapt their request, response and body types to it.
+///
+/// For one request, in this order:
+///
+/// 1. [`admit`](Self::admit): opted out ([`SkipToken`](crate::SkipToken)), outside the scope
+///    or carrying the caller's own credentials → sent untouched, **before any token is
+///    fetched**; plain text off loopback → refused, unsent.
+/// 2. The adapter takes a token ([`TokenCache::get`]), keeps what a replay needs (the request
+///    head before the token went on, and its body if it can be kept within
+///    [`LayerPolicy::max_replay_body`]), puts the token on and sends.
+/// 3. [`screen`](Self::screen) the answer by status and headers. Accepted (the common case):
+///    it goes to the caller, and the token is marked as having worked.
+/// 4. Otherwise [`recover`](Self::recover): read the start of the body if the classifier asks
+///    (bounded in bytes and in time), invalidate the token, and get a fresh one **while the
+///    rejected body drains**; it resolves to the response to hand back (marked
+///    [`Replay::NotReplayed`]) or to the request to send again.
+/// 5. The adapter sends the replay once, and [`replayed`](Self::replayed) marks its answer.
+///
+/// Cloning is one reference count.
+#[derive(Clone)]
+pub struct Engine {
+    settings: Arc<Settings>,
+}
+
+#[derive(Clone)]
+struct Settings {
+    cache: TokenCache,
+    policy: LayerPolicy,
+}
+
+impl Engine {
+    /// An engine putting `cache`'s tokens on requests to the origins of `scope`, with the
+    /// default [`LayerPolicy`].
+    pub fn new(cache: TokenCache, scope: impl Into<Scope>) -> Self {
+        Self::with_policy(cache, LayerPolicy::new(scope))
+    }
+
+    /// An engine with a whole policy.
+    #[must_use]
+    pub fn with_policy(cache: TokenCache, policy: LayerPolicy) -> Self {
+        Self {
+            settings: Arc::new(Settings { cache, policy }),
+        }
+    }
+
+    /// The cache tokens come from.
+    #[must_use]
+    pub fn cache(&self) -> &TokenCache {
+        &self.settings.cache
+    }
+
+    /// The policy.
+    #[must_use]
+    pub fn policy(&self) -> &LayerPolicy {
+        &self.settings.policy
+    }
+
+    /// Changes the policy (of this engine only: clones made before keep theirs).
+    pub fn edit_policy(&mut self, change: impl FnOnce(LayerPolicy) -> LayerPolicy) {
+        let settings = Arc::make_mut(&mut self.settings);
+        settings.policy = change(settings.policy.clone());
+    }
+
+    /// Step 1: whether a request gets a token (`Ok(true)`), goes untouched (`Ok(false)`:
+    /// `skip` — the caller opted out —, outside the scope, or its `headers` already carry the
+    /// caller's own credentials), or is refused unsent (plain text off loopback, in scope).
+    ///
+    /// # Errors
+    ///
+    /// [`InsecureTransport`], when the request is in scope but its transport may not carry
+    /// the token.
+    #[inline]
+    pub fn admit(
+        &self,
+        skip: bool,
+        scheme: Option<&str>,
+        host: Option<&str>,
+        port: Option<u16>,
+        headers: &HeaderMap,
+    ) -> Result<bool, InsecureTransport> {
+        if skip {
+            return Ok(false);
+        }
+        match self.settings.policy.admit(scheme, host, port) {
+            Ok(false) => Ok(false),
+            // The caller's own credentials: not ours to replace, and no token is needed.
+            _ if self.settings.cache.presentation().supplied_by(headers) => Ok(false),
+            admitted => admitted,
+        }
+    }
+
+    /// Step 3: what a first answer says about the token it carried. On
+    /// [`Verdict::Accepted`] the token is marked as having worked, and the response goes to
+    /// the caller; anything else goes to [`recover`](Self::recover).
+    #[inline]
+    pub fn screen(&self, token: &Snapshot, status: StatusCode, headers: &HeaderMap) -> Verdict {
+        let verdict = self.settings.policy.classifier().classify(status, headers);
+        if verdict == Verdict::Accepted {
+            record_acceptance(token, status);
+        }
+        verdict
+    }
+
+    /// Step 4: the rejection path for a response [`screen`](Self::screen) did not accept.
+    /// `kept` is what a replay needs (`K`: the adapter's request copy), or why the request
+    /// cannot be sent again.
+    pub fn recover<B, K>(
+        &self,
+        token: Snapshot,
+        response: Response<B>,
+        verdict: Verdict,
+        kept: Result<K, NotReplayed>,
+    ) -> Recover<B, K>
+    where
+        B: Body<Data = Bytes>,
+    {
+        let (head, body) = response.into_parts();
+        let body = Some(Box::pin(PrefixedBody::new(body)));
+        let phase = if verdict == Verdict::InspectBody {
+            Phase::Inspect
+        } else {
+            Phase::Decide { rejected: true }
+        };
+        Recover {
+            engine: self.clone(),
+            token,
+            head: Some(head),
+            kept: Some(kept),
+            phase,
+            timer: None,
+            fetch: None,
+            body,
+        }
+    }
+
+    /// Step 5: the marker for a replay's answer (put it in the response's extensions). A
+    /// fresh token rejected too is invalidated — no second replay; the cache's backoff keeps
+    /// an API that rejects every token from making it hammer the issuer.
+    pub fn replayed(
+        &self,
+        rejected: TokenId,
+        fresh: &Snapshot,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> Replay {
+        match self.settings.policy.classifier().classify(status, headers) {
+            Verdict::Rejected => {
+                self.settings.cache.invalidate(fresh.id());
+            }
+            Verdict::Accepted => record_acceptance(fresh, status),
+            _ => {}
+        }
+        Replay::Replayed { rejected }
+    }
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("cache", &self.settings.cache)
+            .field("policy", &self.settings.policy)
+            .finish()
+    }
+}
+
+/// What [`Recover`] resolves to.
+#[derive(Debug)]
+pub enum Recovered<B: Body, K> {
+    /// Hand this response to the caller. If its token was rejected, it carries a
+    /// [`Replay::NotReplayed`] extension.
+    Respond(Response<ResponseBody<B>>),
+    /// Send the request again: `kept` with `fresh`'s headers put on, once; then mark the
+    /// answer with [`Engine::replayed`].
+    Replay {
+        /// What the adapter kept of the request.
+        kept: K,
+        /// The token to send it with.
+        fresh: Snapshot,
+        /// The token that was rejected.
+        rejected: TokenId,
+    },
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Phase {
+    /// Reading the start of the body for the classifier.
+    Inspect,
+    /// The verdict is in.
+    Decide {
+        rejected: bool,
+    },
+    /// Waiting for the fresh token, draining the rejected body meanwhile.
+    Replace,
+    Done,
+}
+
+/// The rejection path of one request ([`Engine::recover`]).
+///
+/// Reading the body for a classifier is bounded by [`LayerPolicy::max_inspect_body`] and
+/// [`LayerPolicy::inspect_timeout`]: when the time runs out the response goes to the caller as
+/// it is, with the bytes read so far still in its body. The rejected body drains (up to
+/// [`DRAIN_LIMIT`] and [`DRAIN_TIME`]) while the fresh token is fetched, and the replay never
+/// waits for it; if no replay follows, the caller gets the rejection with what was read still
+/// in its body.
+#[must_use = "futures do nothing unless polled"]
+pub struct Recover<B: Body, K> {
+    engine: Engine,
+    token: Snapshot,
+    head: Option<http::response::Parts>,
+    kept: Option<Result<K, NotReplayed>>,
+    phase: Phase,
+    timer: Option<Pin<Box<Sleep>>>,
+    fetch: Option<GetOwned>,
+    // Boxed so that a body that is not `Unpin` can be read here and handed on afterwards.
+    body: Option<Pin<Box<PrefixedBody<B>>>>,
+}
+
+// Nothing in it is pinned in place: the body is pinned in its own box.
+impl<B: Body, K> Unpin for Recover<B, K> {}
+
+impl<B, K> Recover<B, K>
+where
+    B: Body<Data = Bytes>,
+{
+    /// Resets the timer to fire `after` from now.
+    fn arm(&mut self, after: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + after;
+        match &mut self.timer {
+            Some(sleep) => sleep.as_mut().reset(deadline),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+    }
+
+    fn timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        self.timer
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+    }
+
+    fn body(&mut self) -> Pin<&mut PrefixedBody<B>> {
+        self.body
+            .as_mut()
+            .expect("the body is kept until done")
+            .as_mut()
+    }
+
+    fn respond(&mut self, marker: Option<NotReplayed>) -> Recovered<B, K> {
+        self.phase = Phase::Done;
+        let head = self.head.take().expect("the head is kept until done");
+        let body = self.body.take().expect("the body is kept until done");
+        let mut response = Response::from_parts(head, ResponseBody::read_ahead(body));
+        if let Some(reason) = marker {
+            tracing::debug!(token = %self.token.id(), %reason, "token rejected; request not replayed");
+            response
+                .extensions_mut()
+                .insert(Replay::NotReplayed(reason));
+        }
+        Recovered::Respond(response)
+    }
+}
+
+impl<B, K> Future for Recover<B, K>
+where
+    B: Body<Data = Bytes>,
+{
+    type Output = Recovered<B, K>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            match this.phase {
+                Phase::Inspect => {
+                    let limit = this.engine.policy().max_inspect_body();
+                    if this.timer.is_none() {
+                        this.arm(this.engine.policy().inspect_timeout());
+                    }
+                    if this.body().poll_read_ahead(cx, limit).is_pending() {
+                        if !this.timed_out(cx) {
+                            return Poll::Pending;
+                        }
+                        // Out of time: the response goes to the caller as it is.
+                        tracing::debug!(
+                            read = this.body().peek(limit).len(),
+                            "response body inspection timed out; passing the response on"
+                        );
+                        this.phase = Phase::Decide { rejected: false };
+                        continue;
+                    }
+                    let start = this.body().peek(limit);
+                    let head = this.head.as_ref().expect("the head is kept until done");
+                    let rejected = this.engine.policy().classifier().classify_body(
+                        head.status,
+                        &head.headers,
+                        &start,
+                    );
+                    if !rejected {
+                        record_acceptance(&this.token, head.status);
+                    }
+                    this.phase = Phase::Decide { rejected };
+                }
+                Phase::Decide { rejected: false } => return Poll::Ready(this.respond(None)),
+                Phase::Decide { rejected: true } => {
+                    let cache = this.engine.cache();
+                    cache.invalidate(this.token.id());
+                    match this.kept.take().expect("kept until decided") {
+                        Ok(kept) => {
+                            this.fetch = Some(cache.get_owned());
+                            this.kept = Some(Ok(kept));
+                            this.arm(DRAIN_TIME);
+                            this.phase = Phase::Replace;
+                        }
+                        Err(reason) => return Poll::Ready(this.respond(Some(reason))),
+                    }
+                }
+                Phase::Replace => {
+                    let fetch = this.fetch.as_mut().expect("set when replacing");
+                    let Poll::Ready(fetched) = Pin::new(fetch).poll(cx) else {
+                        // Meanwhile the rejected body drains, so the connection can be reused.
+                        if !this.timed_out(cx) {
+                            let _ = this.body().poll_read_ahead(cx, DRAIN_LIMIT);
+                        }
+                        return Poll::Pending;
+                    };
+                    this.fetch = None;
+                    let rejected = this.token.id();
+                    let reason = match fetched {
+                        Ok(fresh) if fresh.id() == rejected => NotReplayed::StillRejected,
+                        Err(error) => NotReplayed::NoFreshToken(error),
+                        Ok(fresh) => {
+                            this.phase = Phase::Done;
+                            let Some(Ok(kept)) = this.kept.take() else {
+                                unreachable!("kept when replacing")
+                            };
+                            tracing::debug!(%rejected, fresh = %fresh.id(), "token rejected; replaying");
+                            return Poll::Ready(Recovered::Replay {
+                                kept,
+                                fresh,
+                                rejected,
+                            });
+                        }
+                    };
+                    return Poll::Ready(this.respond(Some(reason)));
+                }
+                Phase::Done => panic!("`Recover` polled after it completed"),
+            }
+        }
+    }
+}
+
+impl<B: Body, K> fmt::Debug for Recover<B, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Recover")
+            .field("token", &self.token.id())
+            .field("phase", &self.phase)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,35 @@
+//! The HTTP side of tokenwarden, written once: which requests get a token, what an answer says
+//! about the token it carried, and the replay after a rejection.
+//!
+//! The tower layer (`tokenwarden-tower`) and the reqwest middleware (`tokenwarden-reqwest`)
+//! are thin adapters over [`Engine`]: they convert their request, response and body types and
+//! send; every decision is made here, so the two behave the same by construction.
+//!
+//! - [`LayerPolicy`]: the scope, the [`Classifier`], the body caps and the inspection time.
+//! - [`Engine`]: the per-request algorithm, step by step, and [`Recover`], its rejection path.
+//! - [`Replay`] / [`NotReplayed`]: what a response says about the replay, in its extensions.
+//! - [`SkipToken`]: the per-request opt-out.
+//! - [`ResponseBody`]: the body callers receive (the inner body, or the bytes read ahead and
+//!   then the rest).
+//!
+//! It is a crate of its own so that `tokenwarden-core` stays about the cache, with no body or
+//! response types in it, and so that both adapters depend on one engine rather than on each
+//! other.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+#![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+
+mod body;
+mod engine;
+mod policy;
+mod setters;
+
+#[doc(hidden)]
+pub use setters::__private;
+
+pub use body::{DRAIN_LIMIT, DRAIN_TIME, ResponseBody};
+pub use engine::{Engine, Recover, Recovered};
+pub use policy::{
+    Classifier, DEFAULT_INSPECT_TIMEOUT, DEFAULT_MAX_REPLAY_BODY, DefaultClassifier, LayerPolicy,
+    NotReplayed, Replay, SkipToken, Verdict, challenge_allows_refresh, challenge_errors,
+};
