@@ -58,6 +58,17 @@ struct Lane {
     tally: Arc<Tally>,
 }
 
+/// An error and every cause under it, each message once.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}
+
 impl Lane {
     async fn send(&self, url: &str) {
         self.tally.requests.fetch_add(1, Relaxed);
@@ -69,7 +80,7 @@ impl Lane {
                 .send()
                 .await
                 .map(|r| (r.status().as_u16(), r.extensions().get::<Replay>().cloned()))
-                .map_err(|e| e.to_string()),
+                .map_err(|e| chain(&e)),
             Driver::Hyper(client) => {
                 let request = http::Request::post(url)
                     .header("content-type", "application/json")
@@ -82,7 +93,7 @@ impl Lane {
                     .oneshot(request)
                     .await
                     .map(|r| (r.status().as_u16(), r.extensions().get::<Replay>().cloned()))
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| chain(&*e))
             }
         };
         match outcome {

@@ -35,7 +35,7 @@ async fn session(
         // The error names the gateway and status, never a credential.
         Err(error) => (
             StatusCode::BAD_GATEWAY,
-            Json(json!({"error": error.to_string()})),
+            Json(json!({"error": error.chain()})),
         ),
     }
 }

@@ -11,17 +11,21 @@ use crate::presentation::TokenProblem;
 ///
 /// Cloneable, because one failed fetch is reported to every caller that waited for it.
 /// Never contains a secret. [`Error::is_retryable`] says whether trying again later can help.
+///
+/// Its `Display` says what this error is; what caused it is its
+/// [`source`](std::error::Error::source), so a printer that walks the chain (`anyhow`'s `{:#}`,
+/// `tracing`'s error fields, [`Error::chain`]) shows every message once.
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The issuer rejected the credentials. Retrying with the same credentials cannot help:
     /// fix the configuration.
     #[error(
-        "the token issuer rejected the credentials ({0}); retrying cannot help, check the credentials"
+        "the token issuer rejected the credentials; retrying cannot help, check the credentials"
     )]
     Rejected(#[source] FetchError),
     /// A fetch failed in a way a later attempt may not.
-    #[error("token fetch failed: {0}; it will be retried with backoff")]
+    #[error("token fetch failed; it will be retried with backoff")]
     Fetch(#[source] FetchError),
     /// The source did not answer within the fetch timeout.
     #[error("token fetch timed out after {0:?}; the issuer is slow or unreachable")]
@@ -62,7 +66,7 @@ pub enum Error {
     /// Recent attempts failed and the cache will not call the issuer again before
     /// `retry_in` has passed; `last` says what failed.
     #[error(
-        "not asking the token issuer again for another {retry_in:?} after {failures} failure(s): {last}"
+        "not asking the token issuer again for another {retry_in:?} after {failures} failure(s)"
     )]
     BackingOff {
         /// How long until the next attempt is allowed.
@@ -107,6 +111,20 @@ impl Error {
             Error::BackingOff { last, .. } => last.is_rejected(),
             _ => false,
         }
+    }
+
+    /// Every message of the chain, joined with `": "`: this error's, then its sources', each
+    /// once. For logs that take one string.
+    #[must_use]
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(error) = source {
+            text.push_str(": ");
+            text.push_str(&error.to_string());
+            source = error.source();
+        }
+        text
     }
 
     /// The [`FetchError`] the source returned, if this error came from one.

@@ -245,13 +245,26 @@ async fn an_error_is_shared_by_every_waiter() {
         let err = t.await.unwrap().unwrap_err();
         assert!(matches!(err, Error::Fetch(_)), "{err}");
         assert!(err.is_retryable());
-        assert!(err.to_string().contains("issuer answered 503"));
+        assert!(err.chain().contains("issuer answered 503"));
     }
     assert_eq!(calls.load(SeqCst), 1);
     // Right after, the cache backs off instead of calling the issuer again.
     let err = cache.get().await.unwrap_err();
     assert!(matches!(err, Error::BackingOff { .. }), "{err}");
     assert_eq!(calls.load(SeqCst), 1);
+    // Walking the chain shows each message once.
+    let chain = err.chain();
+    for message in [
+        "not asking",
+        "will be retried with backoff",
+        "issuer answered 503",
+    ] {
+        assert_eq!(
+            chain.matches(message).count(),
+            1,
+            "{message:?} in {chain:?}"
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,9 +1,12 @@
 //! What can go wrong getting a token from a gateway.
 
+use std::error::Error as StdError;
 use std::fmt;
+use std::io;
+use std::sync::Arc;
 
 use http::StatusCode;
-use tokenwarden_core::FetchError;
+use tokenwarden_core::{BoxError, FetchError};
 
 /// One code and message a gateway returned with a refusal (BOIPA's `messageCode` /
 /// `fieldName`, Sipay's `status_code` / `status_description`).
@@ -31,15 +34,26 @@ impl fmt::Display for GatewayCode {
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum GatewayError {
-    /// The issuer could not be reached (connection, TLS, timeout).
-    #[error(
-        "{gateway}: the token issuer could not be reached ({reason}); check the base URL and the network"
-    )]
+    /// The issuer could not be reached (connection, TLS, timeout): no answer came.
+    #[error("{gateway}: the token issuer could not be reached; check the base URL and the network")]
     Unreachable {
         /// The gateway.
         gateway: &'static str,
-        /// What failed.
-        reason: String,
+        /// What failed, as the HTTP client said it.
+        #[source]
+        source: TransportError,
+    },
+    /// The issuer answered, but its body broke off while it was read (a connection reset, a
+    /// read timeout): the answer was lost half way.
+    #[error("{gateway}: the token response (HTTP {status}) broke off while it was read")]
+    Interrupted {
+        /// The gateway.
+        gateway: &'static str,
+        /// The status of the answer that broke off.
+        status: StatusCode,
+        /// What failed, as the HTTP client said it.
+        #[source]
+        source: TransportError,
     },
     /// The issuer answered with an HTTP error status.
     #[error("{gateway}: the token issuer answered HTTP {status}{}", hint(*status))]
@@ -125,6 +139,7 @@ impl GatewayError {
     pub fn is_retryable(&self) -> bool {
         match self {
             GatewayError::Unreachable { .. }
+            | GatewayError::Interrupted { .. }
             | GatewayError::Malformed { .. }
             | GatewayError::TooLarge { .. } => true,
             GatewayError::Status { status, .. } => {
@@ -140,6 +155,7 @@ impl GatewayError {
     pub fn gateway(&self) -> &'static str {
         match self {
             GatewayError::Unreachable { gateway, .. }
+            | GatewayError::Interrupted { gateway, .. }
             | GatewayError::Redirected { gateway, .. }
             | GatewayError::Status { gateway, .. }
             | GatewayError::Refused { gateway, .. }
@@ -155,11 +171,127 @@ impl GatewayError {
             GatewayError::Status { status, .. }
             | GatewayError::Redirected { status, .. }
             | GatewayError::Refused { status, .. }
+            | GatewayError::Interrupted { status, .. }
             | GatewayError::Malformed { status, .. } => Some(*status),
             _ => None,
         }
     }
 }
+
+impl GatewayError {
+    /// The transport failure under an [`Unreachable`](Self::Unreachable) or
+    /// [`Interrupted`](Self::Interrupted), for [`TransportError::is_timeout`] and the like.
+    #[must_use]
+    pub fn transport(&self) -> Option<&TransportError> {
+        match self {
+            GatewayError::Unreachable { source, .. } | GatewayError::Interrupted { source, .. } => {
+                Some(source)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A transport failure between a token source and its issuer: the HTTP client's error, kept
+/// whole for [`is_timeout`](Self::is_timeout), [`is_connect`](Self::is_connect) or a downcast
+/// ([`get_ref`](Self::get_ref)), and its text with the endpoint's secrets taken out.
+///
+/// Its `Display` is that text: the client's message and its causes, each once. It has no
+/// `source` of its own (the text already holds the chain, scrubbed).
+#[derive(Clone)]
+pub struct TransportError {
+    text: String,
+    error: Arc<dyn StdError + Send + Sync>,
+}
+
+impl TransportError {
+    /// `error`, shown as `text` (which must hold no secret).
+    pub(crate) fn new(error: BoxError, text: String) -> Self {
+        Self {
+            text,
+            error: Arc::from(error),
+        }
+    }
+
+    /// The text of `error` and every cause under it, joined with `": "`, each once.
+    pub(crate) fn describe(error: &(dyn StdError + 'static)) -> String {
+        let mut text = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            let more = cause.to_string();
+            // Clients often repeat their cause in their own message.
+            if !text.contains(&more) {
+                text.push_str(": ");
+                text.push_str(&more);
+            }
+            source = cause.source();
+        }
+        text
+    }
+
+    /// Every error of the chain, from the client's own down.
+    fn chain(&self) -> impl Iterator<Item = &(dyn StdError + 'static)> {
+        let first: &(dyn StdError + 'static) = &*self.error;
+        std::iter::successors(Some(first), |&e| e.source())
+    }
+
+    /// Whether the client gave up waiting: connecting, or for an answer.
+    #[must_use]
+    pub fn is_timeout(&self) -> bool {
+        self.chain().any(|e| {
+            #[cfg(feature = "reqwest")]
+            if e.downcast_ref::<reqwest::Error>()
+                .is_some_and(reqwest::Error::is_timeout)
+            {
+                return true;
+            }
+            e.downcast_ref::<io::Error>()
+                .is_some_and(|e| e.kind() == io::ErrorKind::TimedOut)
+        })
+    }
+
+    /// Whether no connection could be made (refused, no route, DNS, TLS handshake).
+    #[must_use]
+    pub fn is_connect(&self) -> bool {
+        self.chain().any(|e| {
+            #[cfg(feature = "reqwest")]
+            if e.downcast_ref::<reqwest::Error>()
+                .is_some_and(reqwest::Error::is_connect)
+            {
+                return true;
+            }
+            e.downcast_ref::<io::Error>().is_some_and(|e| {
+                matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionRefused
+                        | io::ErrorKind::HostUnreachable
+                        | io::ErrorKind::NetworkUnreachable
+                        | io::ErrorKind::AddrNotAvailable
+                )
+            })
+        })
+    }
+
+    /// The client's error itself, to downcast (`reqwest::Error`, `hyper_util`'s, `io::Error`).
+    #[must_use]
+    pub fn get_ref(&self) -> &(dyn StdError + Send + Sync + 'static) {
+        &*self.error
+    }
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl fmt::Debug for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("TransportError").field(&self.text).finish()
+    }
+}
+
+impl StdError for TransportError {}
 
 impl From<GatewayError> for FetchError {
     fn from(error: GatewayError) -> Self {

@@ -135,6 +135,19 @@ impl RedirectFollowed {
     }
 }
 
+/// The answer's body broke off while it was read (a connection reset, a read timeout): what a
+/// sender returns then, so the source can tell it from an issuer that could not be reached
+/// ([`GatewayError::Interrupted`](crate::GatewayError::Interrupted)).
+#[derive(Debug, thiserror::Error)]
+#[error("the response body (HTTP {status}) broke off while it was read")]
+pub struct ReadFailed {
+    /// The status of the answer.
+    pub status: http::StatusCode,
+    /// What failed.
+    #[source]
+    pub error: BoxError,
+}
+
 /// A response body longer than the cap.
 #[derive(Debug, thiserror::Error)]
 #[error("the response body is longer than {limit} bytes")]
@@ -241,11 +254,11 @@ impl HttpSend for IssuerClient {
             return Err(Box::new(TooLarge { limit: max_body }));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(reqwest::Error::without_url)?
-        {
+        let status = response.status();
+        while let Some(chunk) = response.chunk().await.map_err(|e| ReadFailed {
+            status,
+            error: Box::new(e.without_url()),
+        })? {
             if body.len() + chunk.len() > max_body {
                 return Err(Box::new(TooLarge { limit: max_body }));
             }
@@ -306,7 +319,10 @@ where
             if e.is::<http_body_util::LengthLimitError>() {
                 Box::new(TooLarge { limit: max_body }) as BoxError
             } else {
-                e
+                Box::new(ReadFailed {
+                    status: head.status,
+                    error: e,
+                })
             }
         })?;
         Ok(Response::from_parts(head, body.to_bytes()))

@@ -58,10 +58,12 @@ pub mod sipay;
 pub mod torus;
 mod wire;
 
-pub use error::{GatewayCode, GatewayError};
+pub use error::{GatewayCode, GatewayError, TransportError};
 #[cfg(feature = "reqwest")]
 pub use http::IssuerClient;
 #[cfg(feature = "tower")]
 pub use http::ServiceSender;
-pub use http::{DEFAULT_MAX_RESPONSE, HttpSend, InsecureHttp, RedirectFollowed, TooLarge};
+pub use http::{
+    DEFAULT_MAX_RESPONSE, HttpSend, InsecureHttp, ReadFailed, RedirectFollowed, TooLarge,
+};
 pub use wire::{jwt_expiry, local_time};

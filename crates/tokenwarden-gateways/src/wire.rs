@@ -10,9 +10,10 @@ use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderName, HeaderValue, Request, StatusCode, Uri};
 use serde_json::Value;
-use tokenwarden_core::{ConfigError, Origin, RedactedUri, redact_url, transport_allowed};
+use tokenwarden_core::{BoxError, ConfigError, Origin, RedactedUri, redact_url, transport_allowed};
 
-use crate::http::{RedirectFollowed, TooLarge};
+use crate::error::TransportError;
+use crate::http::{ReadFailed, RedirectFollowed, TooLarge};
 use crate::{DEFAULT_MAX_RESPONSE, GatewayError, HttpSend};
 
 /// One token endpoint and the client that reaches it: what every source has.
@@ -115,7 +116,7 @@ impl Issuer {
         }
         let request = request.body(body).map_err(|e| GatewayError::Unreachable {
             gateway: self.gateway,
-            reason: self.scrub(&e.to_string()),
+            source: self.transport(Box::new(e)),
         })?;
         match self.sender.send(request, self.max_response).await {
             Ok(response) if response.status().is_redirection() => Err(GatewayError::Redirected {
@@ -128,24 +129,31 @@ impl Issuer {
                 gateway: self.gateway,
                 limit: self.max_response,
             }),
-            Err(error) if error.is::<RedirectFollowed>() => {
-                let followed = error.downcast::<RedirectFollowed>().map_err(|_| {
-                    GatewayError::Unreachable {
-                        gateway: self.gateway,
-                        reason: "redirected".to_owned(),
-                    }
-                })?;
-                Err(GatewayError::Redirected {
+            Err(error) => match error.downcast::<RedirectFollowed>() {
+                Ok(followed) => Err(GatewayError::Redirected {
                     gateway: self.gateway,
                     status: followed.status,
                     target: followed.to,
-                })
-            }
-            Err(error) => Err(GatewayError::Unreachable {
-                gateway: self.gateway,
-                reason: self.scrub(&error.to_string()),
-            }),
+                }),
+                Err(error) => match error.downcast::<ReadFailed>() {
+                    Ok(failed) => Err(GatewayError::Interrupted {
+                        gateway: self.gateway,
+                        status: failed.status,
+                        source: self.transport(failed.error),
+                    }),
+                    Err(error) => Err(GatewayError::Unreachable {
+                        gateway: self.gateway,
+                        source: self.transport(error),
+                    }),
+                },
+            },
         }
+    }
+
+    /// A transport error, shown with this endpoint's secrets taken out.
+    fn transport(&self, error: BoxError) -> TransportError {
+        let text = self.scrub(&TransportError::describe(&*error));
+        TransportError::new(error, text)
     }
 
     /// A transport error's text with this endpoint's secrets taken out, should a sender have

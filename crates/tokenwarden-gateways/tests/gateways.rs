@@ -35,6 +35,17 @@ async fn issuer(
     (mock, calls)
 }
 
+/// Every message of an error's chain, joined.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text = format!("{text}: {e}");
+        source = e.source();
+    }
+    text
+}
+
 fn gateway_error(error: &Error) -> &GatewayError {
     error
         .fetch_error()
@@ -219,7 +230,7 @@ async fn boipa_refusals_and_bad_answers_reach_the_caller_typed() {
     assert_eq!(*status, StatusCode::OK);
     assert_eq!(reference.as_deref(), Some("53e7926b"));
     assert_eq!(codes[0].code, "allowOriginUrl");
-    let text = error.to_string();
+    let text = error.chain();
     assert!(
         text.contains("BOIPA") && text.contains("This field is required"),
         "{text}"
@@ -607,7 +618,8 @@ async fn payments_revoking_an_authentication_token_expires_its_session_tokens() 
         "the session token minted under it is gone"
     );
     let error = client_a.post(&url).send().await.unwrap_err();
-    assert!(error.to_string().contains("revoked"), "{error}");
+    let text = chain(&error);
+    assert!(text.contains("revoked"), "{text}");
     assert!(sessions.mint("refunds").await.is_err());
     assert!(sessions.cache("refunds").is_none());
     // the other authentication token's sessions are untouched
@@ -695,4 +707,72 @@ async fn the_generic_source_posts_credentials_and_reads_by_pointer() {
         .parse(StatusCode::OK, br#"{"data":{"jwt":5}}"#)
         .unwrap_err();
     assert!(e.to_string().contains("`/data/jwt` is a number"), "{e}");
+}
+
+/// A loopback issuer that answers `200` with a `content-length` of 100, sends 10 bytes and
+/// closes: the answer breaks off half way.
+async fn issuer_that_breaks_off() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0; 4096];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"token\":")
+                .await;
+            drop(stream);
+        }
+    });
+    format!("http://{addr}/token")
+}
+
+#[tokio::test]
+async fn transport_failures_keep_the_client_error_and_say_what_broke() {
+    // Nothing listens: unreachable, a connect error, each message once in the chain.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let source = JsonSource::json(
+        IssuerClient::new().unwrap(),
+        &format!("http://{closed}/token?key=s3cr3t"),
+        serde_json::json!({}),
+    )
+    .unwrap();
+    let error = source.fetch().await.unwrap_err();
+    let gateway = error.get_ref().downcast_ref::<GatewayError>().unwrap();
+    assert!(
+        matches!(gateway, GatewayError::Unreachable { .. }),
+        "{gateway:?}"
+    );
+    let transport = gateway.transport().unwrap();
+    assert!(transport.is_connect(), "{transport:?}");
+    assert!(!transport.is_timeout());
+    assert!(transport.get_ref().is::<reqwest::Error>());
+    let text = chain(gateway);
+    assert_eq!(text.matches("could not be reached").count(), 1, "{text}");
+    assert!(!text.contains("s3cr3t"), "{text}");
+
+    // An answer that breaks off half way is not "could not be reached", through either sender.
+    let url = issuer_that_breaks_off().await;
+    let reqwest_source =
+        JsonSource::json(IssuerClient::new().unwrap(), &url, serde_json::json!({})).unwrap();
+    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let hyper_source = JsonSource::json(ServiceSender(hyper), &url, serde_json::json!({})).unwrap();
+    for source in [reqwest_source, hyper_source] {
+        let error = source.fetch().await.unwrap_err();
+        let gateway = error.get_ref().downcast_ref::<GatewayError>().unwrap();
+        let GatewayError::Interrupted { status, source, .. } = gateway else {
+            panic!("{gateway:?}")
+        };
+        assert_eq!(*status, StatusCode::OK);
+        assert!(!source.is_connect(), "{source:?}");
+        assert!(gateway.is_retryable());
+        let text = chain(gateway);
+        assert!(text.contains("broke off while it was read"), "{text}");
+        assert!(!text.contains("could not be reached"), "{text}");
+    }
 }

@@ -196,7 +196,7 @@ async fn wrong_credentials_are_refused_the_documented_way() {
         .get()
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("Invalid credentials"), "{e}");
+    assert!(e.chain().contains("Invalid credentials"), "{}", e.chain());
     let bad_boipa = tokenwarden_gateways::boipa::BoipaConfig::new(
         sandbox.base_url(Gateway::Boipa),
         1,
