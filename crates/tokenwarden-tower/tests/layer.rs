@@ -654,3 +654,96 @@ async fn an_inspected_body_that_is_not_a_rejection_reaches_the_caller_whole() {
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "token rejected");
 }
+
+pin_project_lite::pin_project! {
+    /// A response body that is not `Unpin` (as a decompression layer's body may be).
+    struct PinnedBody {
+        inner: Full<Bytes>,
+        #[pin]
+        _pinned: std::marker::PhantomPinned,
+    }
+}
+
+impl http_body::Body for PinnedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        std::pin::Pin::new(self.project().inner).poll_frame(cx)
+    }
+}
+
+#[tokio::test]
+async fn a_service_that_is_not_send_with_a_body_that_is_not_unpin_is_served_and_replayed() {
+    // `Rc`: neither the service nor its future is `Send`; the body is `!Unpin`.
+    let calls = std::rc::Rc::new(std::cell::Cell::new(0));
+    let counted = std::rc::Rc::clone(&calls);
+    let inner = tower::service_fn(move |request: Request<RequestBody<Full<Bytes>>>| {
+        let counted = std::rc::Rc::clone(&counted);
+        async move {
+            counted.set(counted.get() + 1);
+            let body = request.into_body().collect().await?.to_bytes();
+            let ok = counted.get() > 1;
+            let mut response = Response::new(PinnedBody {
+                inner: Full::new(body),
+                _pinned: std::marker::PhantomPinned,
+            });
+            if !ok {
+                *response.status_mut() = StatusCode::UNAUTHORIZED;
+            }
+            Ok::<_, BoxError>(response)
+        }
+    });
+    let fetched = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&fetched);
+    let cache = TokenCache::new(move || {
+        let n = counter.fetch_add(1, SeqCst) + 1;
+        async move { Ok::<_, FetchError>(Token::new(format!("tok-{n}"))) }
+    });
+    let scope = Scope::origin("https://api.example.com").unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(TokenLayer::new(cache, scope))
+        .service(inner);
+    let request = Request::post("https://api.example.com/pay")
+        .body(Full::new(Bytes::from_static(b"{\"amount\":1}")))
+        .unwrap();
+    let response = svc.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(matches!(
+        response.extensions().get::<Replay>(),
+        Some(Replay::Replayed { .. })
+    ));
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        "{\"amount\":1}"
+    );
+    assert_eq!(calls.get(), 2);
+    assert_eq!(fetched.load(SeqCst), 2);
+}
+
+#[tokio::test]
+async fn with_cloned_bodies_the_client_keeps_its_own_body_type() {
+    let (sandbox, addr) = Sandbox::start().await;
+    let cache = TokenCache::new(sandbox.source());
+    // hyper-util's client for `Full<Bytes>`, as it was before the layer.
+    let plain: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let svc = ServiceBuilder::new()
+        .layer(TokenLayer::new(cache, scope(addr)).cloning_bodies())
+        .service(plain);
+    svc.clone().oneshot(get(addr, "/warm")).await.unwrap();
+    sandbox.expire_all();
+    let response = svc.oneshot(post(addr, "/pay", "{\"n\":1}")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(matches!(
+        response.extensions().get::<Replay>(),
+        Some(Replay::Replayed { .. })
+    ));
+    let seen = sandbox.seen("/pay");
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].body, seen[1].body);
+    assert_eq!(seen[1].body, "{\"n\":1}");
+}
