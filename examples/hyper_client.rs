@@ -1,9 +1,10 @@
 //! `cargo run --example hyper_client`
 //!
-//! A hyper-util client with the `TokenLayer`. By default it talks to the in-process sandbox's
-//! Sipay: the token is fetched once (through hyper too, with `ServiceSender`), put on every
-//! request, and when the API stops accepting it the request is replayed with a fresh token
-//! without the caller seeing the 401.
+//! A hyper-util client with the `TokenLayer`: an `https` client (rustls, with the web's root
+//! certificates) whose type does not change when the layer goes on it. By default it talks to
+//! the in-process sandbox's Sipay, over plain `http` on loopback: the token is fetched once
+//! (through hyper too, with `ServiceSender`), put on every request, and when the API stops
+//! accepting it the request is replayed with a fresh token without the caller seeing the 401.
 //!
 //! Against a real OAuth-style endpoint instead: `TOKEN_URL` (POSTed `TOKEN_REQUEST_JSON`, token
 //! read at `TOKEN_POINTER`, default `/access_token`) and `API_URL`.
@@ -17,7 +18,7 @@ use tokenwarden::{Replay, Scope, TokenCache};
 use tokenwarden_gateways::generic::JsonSource;
 use tokenwarden_gateways::{ServiceSender, sipay};
 use tokenwarden_sandbox::{Gateway, Sandbox};
-use tokenwarden_tower::{RequestBody, TokenLayer};
+use tokenwarden_tower::TokenLayer;
 use tower::{ServiceBuilder, ServiceExt};
 
 #[tokio::main]
@@ -45,11 +46,18 @@ async fn main() -> Result<(), tower::BoxError> {
         }
     };
 
-    // The one line that matters: the layer goes on the client.
-    let client = Client::builder(TokioExecutor::new()).build_http::<RequestBody<Full<Bytes>>>();
-    // Tokens go to the API's origin only: any other host gets no token header.
+    // The client an application already has: https through rustls (plain http too, for the
+    // loopback sandbox), bodies of type `Full<Bytes>`.
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(https);
+    // The one line that matters: the layer goes on the client. Tokens go to the API's origin
+    // only; `cloning_bodies()` keeps the client's body type (a `Full` is cheap to clone).
     let client = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache.clone(), Scope::origin_of(&api)?))
+        .layer(TokenLayer::new(cache.clone(), Scope::origin_of(&api)?).cloning_bodies())
         .service(client);
 
     for order in 1..=3 {
