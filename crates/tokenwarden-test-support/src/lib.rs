@@ -3,6 +3,12 @@
 //! - [`Recorder`]: a host on a loopback port that keeps the raw bytes of every request it
 //!   receives and answers each with a fixed reply (such as a redirect), to assert that no
 //!   token or credential byte ever reached it.
+//! - [`LoopbackApi`]: a hyper server on loopback answering each request by a route function
+//!   (an [`Answer`] whose body may trickle or stall) and recording what it [`Received`] — method,
+//!   path, headers but those each client sets its own way, body — to compare what two HTTP
+//!   clients put on the wire.
+//! - [`CountingIssuer`]: a token source minting `tok-1`, `tok-2`, … that counts its calls, or
+//!   fails every one.
 //! - [`LoopbackResolver`]: a hyper-util resolver that sends every host name to `127.0.0.1`,
 //!   so that `evil.example` stands in for another host on this machine.
 //! - [`LogCapture`]: every tracing event, at every level, written to a buffer.
@@ -11,6 +17,12 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+
+mod api;
+mod issuer;
+
+pub use api::{Answer, CLIENT_HEADERS, Listener, LoopbackApi, Received, Route};
+pub use issuer::CountingIssuer;
 
 use std::future::{Ready, ready};
 use std::io;
