@@ -661,6 +661,45 @@ async fn s08_a_body_over_the_replay_cap_is_sent_once_and_not_replayed() {
 }
 
 #[tokio::test]
+async fn s13_a_stream_within_the_cap_is_copied_as_it_is_sent_and_replayed() {
+    let requests = [Req::post("/upload", "").streamed(&["chunk-1", "chunk-2"])];
+    Scenario::new(first_token_expired, requests)
+        .expect(|run, r| {
+            r.eq(run, "responses", run.responses(), [r#"200 Replayed "ok""#]);
+            let tokens = ["Bearer tok-1", "Bearer tok-2"];
+            r.eq(run, "tokens seen", run.tokens_seen(), tokens);
+            let bodies: Vec<_> = run.seen.iter().map(|s| s.body.clone()).collect();
+            r.eq(run, "bodies", bodies, ["chunk-1chunk-2", "chunk-1chunk-2"]);
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn s14_a_stream_over_the_cap_is_sent_once_and_not_replayed() {
+    let requests = [
+        Req::post("/upload", "").streamed(&["chunk-1", "chunk-2"]),
+        Req::get("/orders"),
+    ];
+    let scenario = Scenario::new(first_token_expired, requests);
+    Scenario {
+        policy: |p| p.with_max_replay_body(10),
+        ..scenario
+    }
+    .expect(|run, r| {
+        let rejected = r#"401 NotReplayed(BodyTooLarge) """#;
+        r.eq(
+            run,
+            "responses",
+            run.responses(),
+            [rejected, r#"200 - "ok""#],
+        );
+        let tokens = ["Bearer tok-1", "Bearer tok-2"];
+        r.eq(run, "tokens seen", run.tokens_seen(), tokens);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn s09_a_caller_with_its_own_credentials_needs_no_issuer() {
     let route: Route = |seen| match seen.header("authorization") {
         Some("Bearer mine") => Answer::new(200, "mine"),

@@ -11,6 +11,8 @@
 //! - [`SkipToken`]: the per-request opt-out.
 //! - [`ResponseBody`]: the body callers receive (the inner body, or the bytes read ahead and
 //!   then the rest).
+//! - [`RequestBody`]: a request body copied aside as it is sent, up to the replay cap, for
+//!   bodies that cannot be cloned (streams).
 //!
 //! It is a crate of its own so that `tokenwarden-core` stays about the cache, with no body or
 //! response types in it, and so that both adapters depend on one engine rather than on each
@@ -22,6 +24,7 @@
 mod body;
 mod engine;
 mod policy;
+mod request;
 mod setters;
 
 #[doc(hidden)]
@@ -33,3 +36,4 @@ pub use policy::{
     Classifier, DEFAULT_INSPECT_TIMEOUT, DEFAULT_MAX_REPLAY_BODY, DefaultClassifier, LayerPolicy,
     NotReplayed, Replay, SkipToken, Verdict, challenge_allows_refresh, challenge_errors,
 };
+pub use request::{KeptBody, RequestBody};

@@ -5,7 +5,9 @@ use http::Extensions;
 use reqwest::{Request, Response, ResponseBuilderExt, Url};
 use reqwest_middleware::{Error, Middleware, Next, Result};
 use tokenwarden_core::{InsecureTransport, Scope, TokenCache};
-use tokenwarden_http::{Engine, NotReplayed, Recovered, ResponseBody, SkipToken, Verdict};
+use tokenwarden_http::{
+    Engine, KeptBody, NotReplayed, Recovered, RequestBody, ResponseBody, SkipToken, Verdict,
+};
 
 use crate::redirect::LeftScope;
 
@@ -66,16 +68,44 @@ impl TokenMiddleware {
         }
     }
 
-    /// A copy of the request to replay (taken before the token goes on), or why there is none:
-    /// a body over the replay cap, or a stream that cannot be cloned.
-    fn keep(&self, request: &Request) -> std::result::Result<Request, NotReplayed> {
+    /// A copy of the request to replay (taken before the token goes on), or why there is none.
+    /// An in-memory body is shared by reference count; a stream is copied aside as it is
+    /// sent, up to the replay cap, exactly as the tower layer does.
+    fn keep(&self, request: &mut Request) -> std::result::Result<Kept, NotReplayed> {
         let cap = self.engine.policy().max_replay_body();
         match request.body().map(reqwest::Body::as_bytes) {
             Some(Some(bytes)) if bytes.len() > cap => Err(NotReplayed::BodyTooLarge),
-            Some(None) => Err(NotReplayed::BodyNotReplayable),
-            _ => request.try_clone().ok_or(NotReplayed::BodyNotReplayable),
+            Some(None) => {
+                let Some(stream) = request.body_mut().take() else {
+                    return Err(NotReplayed::BodyNotReplayable);
+                };
+                let (teed, kept) = RequestBody::keep(stream, cap);
+                // Without its body, the request clones.
+                let copy = request.try_clone();
+                *request.body_mut() = Some(reqwest::Body::wrap(teed));
+                copy.map(|copy| (copy, Some(kept)))
+                    .ok_or(NotReplayed::BodyNotReplayable)
+            }
+            _ => request
+                .try_clone()
+                .map(|copy| (copy, None))
+                .ok_or(NotReplayed::BodyNotReplayable),
         }
     }
+}
+
+/// A copy of a request, and the stream body copied aside for it if it had one.
+type Kept = (Request, Option<KeptBody>);
+
+/// The request to send again, once the first attempt was answered (a stream copied aside is
+/// complete only then).
+fn replayable(kept: Kept) -> std::result::Result<Request, NotReplayed> {
+    let (mut request, stream) = kept;
+    if let Some(stream) = stream {
+        let body = stream.replay::<reqwest::Body>()?;
+        *request.body_mut() = Some(reqwest::Body::wrap(body));
+    }
+    Ok(request)
 }
 
 /// A response that went through `http::Response` back as a `reqwest::Response`, with its URL
@@ -113,7 +143,7 @@ impl Middleware for TokenMiddleware {
             return next.run(request, extensions).await;
         }
         let token = self.engine.cache().get().await.map_err(Error::middleware)?;
-        let again = self.keep(&request);
+        let kept = self.keep(&mut request);
         token.apply_to(request.headers_mut());
         let response = next.clone().run(request, extensions).await?;
         self.check_final(&response)?;
@@ -126,6 +156,7 @@ impl Middleware for TokenMiddleware {
 
         let url = response.url().clone();
         let response = http::Response::from(response);
+        let again = kept.and_then(replayable);
         let (mut again, fresh, rejected) =
             match self.engine.recover(token, response, verdict, again).await {
                 Recovered::Respond(response) => return Ok(restore(response, url)),

@@ -212,8 +212,52 @@ async fn three_hundred_concurrent_401s_for_one_token_cause_one_fetch() {
     assert_eq!(cache.stats().invalidations, 1);
 }
 
+fn stream(chunks: &[&'static str]) -> reqwest::Body {
+    let frames: Vec<Result<Frame<Bytes>, Infallible>> = chunks
+        .iter()
+        .map(|c| Ok(Frame::data(Bytes::from(*c))))
+        .collect();
+    reqwest::Body::wrap(StreamBody::new(futures_util::stream::iter(frames)))
+}
+
 #[tokio::test]
-async fn a_streaming_body_is_sent_once_and_the_next_request_succeeds() {
+async fn a_streaming_body_is_copied_as_it_is_sent_and_replayed_within_the_cap() {
+    let mut server = Server::new_async().await;
+    let (tokens, source) = token_endpoint(&mut server, 2).await;
+    let rejected = server
+        .mock("POST", "/v1/upload")
+        .match_header("authorization", "Bearer tok-1")
+        .match_body("chunk-1chunk-2")
+        .with_status(401)
+        .expect(1)
+        .create_async()
+        .await;
+    let replayed = server
+        .mock("POST", "/v1/upload")
+        .match_header("authorization", "Bearer tok-2")
+        .match_body("chunk-1chunk-2")
+        .expect(1)
+        .create_async()
+        .await;
+    let client = client(TokenCache::new(source), &server.url());
+    let response = client
+        .post(format!("{}/v1/upload", server.url()))
+        .body(stream(&["chunk-1", "chunk-2"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(matches!(
+        response.extensions().get::<Replay>(),
+        Some(Replay::Replayed { .. })
+    ));
+    rejected.assert_async().await;
+    replayed.assert_async().await;
+    tokens.assert_async().await;
+}
+
+#[tokio::test]
+async fn a_streaming_body_over_the_cap_is_sent_once_and_the_next_request_succeeds() {
     let mut server = Server::new_async().await;
     let (tokens, source) = token_endpoint(&mut server, 2).await;
     let upload = server
@@ -230,21 +274,20 @@ async fn a_streaming_body_is_sent_once_and_the_next_request_succeeds() {
         .expect(1)
         .create_async()
         .await;
-    let client = client(TokenCache::new(source), &server.url());
-    let frames: Vec<Result<Frame<Bytes>, Infallible>> = ["chunk-1", "chunk-2"]
-        .map(|c| Ok(Frame::data(Bytes::from(c))))
-        .into();
-    let stream = StreamBody::new(futures_util::stream::iter(frames));
+    let scope = Scope::origin(&server.url()).unwrap();
+    let client = ClientBuilder::new(tokenwarden_reqwest::client_builder().build().unwrap())
+        .with(TokenMiddleware::new(TokenCache::new(source), scope).with_max_replay_body(10))
+        .build();
     let response = client
         .post(format!("{}/v1/upload", server.url()))
-        .body(reqwest::Body::wrap(stream))
+        .body(stream(&["chunk-1", "chunk-2"]))
         .send()
         .await
-        .expect("a body that cannot be cloned is still sent");
+        .expect("a body over the cap is still sent");
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
         response.extensions().get::<Replay>(),
-        Some(&Replay::NotReplayed(NotReplayed::BodyNotReplayable))
+        Some(&Replay::NotReplayed(NotReplayed::BodyTooLarge))
     );
     let response = client
         .get(format!("{}/v1/orders", server.url()))

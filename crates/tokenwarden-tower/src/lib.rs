@@ -89,10 +89,10 @@ pub mod future;
 mod layer;
 mod service;
 
-pub use body::{CloneBody, KeepBody, RequestBody, Tee};
+pub use body::{CloneBody, KeepBody, Tee};
 pub use layer::TokenLayer;
 pub use service::TokenService;
 pub use tokenwarden_http::{
-    Classifier, DefaultClassifier, LayerPolicy, NotReplayed, Replay, ResponseBody, SkipToken,
-    Verdict,
+    Classifier, DefaultClassifier, LayerPolicy, NotReplayed, Replay, RequestBody, ResponseBody,
+    SkipToken, Verdict,
 };
