@@ -4,7 +4,10 @@
 //!
 //! `cargo bench --bench tower_overhead`
 //!
-//! `TOWER_OVERHEAD_COUNT=<layer|by_hand>:<requests>` instead sends that many sequential requests
+//! Two layered clients: the default, which copies bodies aside as they are sent (the client takes
+//! `RequestBody<Full<Bytes>>`), and `cloning_bodies()`, whose client keeps `Full<Bytes>`.
+//!
+//! `TOWER_OVERHEAD_COUNT=<layer|cloning|by_hand>:<requests>` instead sends that many sequential requests
 //! through one variant on one thread and exits, for counting instructions with
 //! `valgrind --tool=callgrind` (deterministic, unlike wall time on a shared machine).
 
@@ -22,11 +25,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use support::{BODY, concurrently, interleaved, report};
-use tokenwarden_tower::{RequestBody, TokenLayer, TokenService};
+use tokenwarden_tower::{CloneBody, RequestBody, TokenLayer, TokenService};
 use tower::{ServiceBuilder, ServiceExt};
 
 type Bare = Client<HttpConnector, Full<Bytes>>;
 type Layered = TokenService<Client<HttpConnector, RequestBody<Full<Bytes>>>>;
+type Cloning = TokenService<Bare, CloneBody>;
 
 fn request(addr: SocketAddr, header: Option<&HeaderValue>) -> Request<Full<Bytes>> {
     let mut request = Request::post(format!("http://{addr}/v1/payments"))
@@ -39,24 +43,35 @@ fn request(addr: SocketAddr, header: Option<&HeaderValue>) -> Request<Full<Bytes
     request
 }
 
-async fn setup() -> (SocketAddr, HeaderValue, Bare, Layered) {
+async fn setup() -> (SocketAddr, HeaderValue, Bare, Layered, Cloning) {
     let addr = support::server().await;
     let cache = support::cache();
     let snapshot = cache.get().await.unwrap();
     let by_hand = snapshot.headers().next().unwrap().1.clone();
     let bare = Client::builder(TokioExecutor::new()).build_http();
     let client = Client::builder(TokioExecutor::new()).build_http();
-    let layered = ServiceBuilder::new()
-        .layer(TokenLayer::new(
-            cache,
-            tokenwarden::core::Scope::origin(&format!("http://{addr}")).unwrap(),
-        ))
-        .service(client);
-    (addr, by_hand, bare, layered)
+    let layer = TokenLayer::new(
+        cache,
+        tokenwarden::core::Scope::origin(&format!("http://{addr}")).unwrap(),
+    );
+    let cloning = ServiceBuilder::new()
+        .layer(layer.clone().cloning_bodies())
+        .service(bare.clone());
+    let layered = ServiceBuilder::new().layer(layer).service(client);
+    (addr, by_hand, bare, layered, cloning)
 }
 
 async fn through_layer(layered: &Layered, addr: SocketAddr) {
     let svc = layered.clone();
+    concurrently(move || {
+        let svc = svc.clone();
+        async move { drop(svc.oneshot(request(addr, None)).await.unwrap()) }
+    })
+    .await;
+}
+
+async fn cloning(svc: &Cloning, addr: SocketAddr) {
+    let svc = svc.clone();
     concurrently(move || {
         let svc = svc.clone();
         async move { drop(svc.oneshot(request(addr, None)).await.unwrap()) }
@@ -75,10 +90,12 @@ async fn by_hand(bare: &Bare, addr: SocketAddr, header: &HeaderValue) {
 
 fn count_only(variant: &str, n: usize) {
     support::runtime(None).block_on(async {
-        let (addr, header, bare, layered) = setup().await;
+        let (addr, header, bare, layered, cloned) = setup().await;
         for _ in 0..n {
             if variant == "layer" {
                 drop(layered.clone().oneshot(request(addr, None)).await.unwrap());
+            } else if variant == "cloning" {
+                drop(cloned.clone().oneshot(request(addr, None)).await.unwrap());
             } else {
                 drop(
                     bare.clone()
@@ -96,10 +113,11 @@ fn bench(c: &mut Criterion) {
         return count_only(&variant, n);
     }
     let runtime = support::runtime(Some(2));
-    let (addr, header, bare, layered) = runtime.block_on(setup());
+    let (addr, header, bare, layered, cloned) = runtime.block_on(setup());
     runtime.block_on(async {
         by_hand(&bare, addr, &header).await;
         through_layer(&layered, addr).await;
+        cloning(&cloned, addr).await;
     });
 
     let mut group = c.benchmark_group("tower_overhead");
@@ -113,6 +131,9 @@ fn bench(c: &mut Criterion) {
     group.bench_function("with_token_layer", |b| {
         b.to_async(&runtime).iter(|| through_layer(&layered, addr))
     });
+    group.bench_function("with_token_layer_cloning_bodies", |b| {
+        b.to_async(&runtime).iter(|| cloning(&cloned, addr))
+    });
     group.finish();
 
     let rounds = 600;
@@ -123,6 +144,16 @@ fn bench(c: &mut Criterion) {
     ));
     report(
         "tower_overhead/interleaved: layer / header set by hand",
+        rounds,
+        ratio,
+    );
+    let ratio = runtime.block_on(interleaved(
+        rounds,
+        || cloning(&cloned, addr),
+        || by_hand(&bare, addr, &header),
+    ));
+    report(
+        "tower_overhead/interleaved: layer cloning bodies / header set by hand",
         rounds,
         ratio,
     );

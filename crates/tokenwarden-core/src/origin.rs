@@ -36,6 +36,8 @@ pub struct Origin {
     port: u16,
     /// Whether `host` is loopback, decided once.
     loopback: bool,
+    /// `host:port`, as a request's authority most often reads: compared as text first.
+    authority: Box<str>,
 }
 
 /// The schemes an origin can have: the two HTTP clients speak. (`ws`/`wss` are not among
@@ -130,10 +132,25 @@ impl Origin {
     fn new(scheme: Scheme, host: String, port: u16) -> Self {
         Self {
             loopback: is_loopback(&host),
+            authority: format!("{host}:{port}").into(),
             scheme,
             host: host.into(),
             port,
         }
+    }
+
+    /// Whether a request with this scheme and authority text is to this origin, read off the
+    /// text without parsing it: `host:port`, or `host` where the port is the scheme's default,
+    /// any case. `false` means only "not in this spelling" (the parsed comparison decides).
+    #[inline]
+    fn spelled_as(&self, scheme: &str, authority: &str) -> bool {
+        let same = |ours: &str| {
+            ours.len() == authority.len()
+                && (*ours == *authority || ours.eq_ignore_ascii_case(authority))
+        };
+        self.scheme.as_str() == scheme
+            && (same(&self.authority)
+                || (self.port == self.scheme.default_port() && same(&self.host)))
     }
 
     /// The origin of an absolute URL such as an API's base URL (`https://api.example.com/v1`):
@@ -449,6 +466,70 @@ impl Scope {
         !matches!(self.find(scheme, host, port), Ok(None))
     }
 
+    /// [`admit`](Self::admit) for a request's URI. The common spelling of a listed origin
+    /// (`scheme://host:port`, or without the default port) is recognised from the URI's text
+    /// without parsing its authority; anything else is parsed and decided by `admit`.
+    ///
+    /// # Errors
+    ///
+    /// As [`admit`](Self::admit).
+    #[inline]
+    pub fn admit_uri(
+        &self,
+        uri: &Uri,
+        allow_insecure_http: bool,
+    ) -> Result<bool, InsecureTransport> {
+        if let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority())
+            && let Some(decided) =
+                self.admit_spelled(scheme, authority.as_str(), allow_insecure_http)
+        {
+            return decided;
+        }
+        self.admit(
+            uri.scheme_str(),
+            uri.host(),
+            uri.port_u16(),
+            allow_insecure_http,
+        )
+    }
+
+    /// [`admit`](Self::admit) decided from a request's scheme and authority *text*, when that
+    /// text is a listed origin's usual spelling (`host:port`, or `host` for the scheme's
+    /// default port, in any case): `None` when it is not (it may still be in scope, written
+    /// otherwise — decide with `admit`). Costs a comparison of strings, no parsing.
+    ///
+    /// # Errors
+    ///
+    /// As [`admit`](Self::admit).
+    #[inline]
+    pub fn admit_spelled(
+        &self,
+        scheme: &str,
+        authority: &str,
+        allow_insecure_http: bool,
+    ) -> Option<Result<bool, InsecureTransport>> {
+        let Kind::Origins(list) = &self.0 else {
+            return None;
+        };
+        let origin = list.iter().find(|o| o.spelled_as(scheme, authority))?;
+        Some(if origin.transport_ok(allow_insecure_http) {
+            Ok(true)
+        } else {
+            // Spelled `host` or `host:port`.
+            let host = if authority.len() == origin.host.len() {
+                authority
+            } else {
+                authority
+                    .rsplit_once(':')
+                    .map_or(authority, |(host, _)| host)
+            };
+            Err(InsecureTransport {
+                scheme: origin.scheme().to_owned(),
+                host: host.to_owned(),
+            })
+        })
+    }
+
     /// What to do with a request to this scheme, host and port (`None`: the scheme's
     /// default): `Ok(true)` put the token on, `Ok(false)` send it untouched (it is outside the
     /// scope), or an [`InsecureTransport`] error: it is in scope but the plain-text rule
@@ -635,6 +716,48 @@ impl fmt::Debug for RedactedUri {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reading_the_uri_text_decides_as_parsing_it_does() {
+        let scopes = [
+            Scope::origins(["https://api.example.com", "http://127.0.0.1:8080"]).unwrap(),
+            Scope::origins(["http://api.example.com", "https://[::1]:8443"]).unwrap(),
+            Scope::origin("http://localhost").unwrap(),
+            Scope::any_origin(),
+        ];
+        let uris = [
+            "https://api.example.com/v1",
+            "https://API.Example.com:443/v1",
+            "https://api.example.com:8443/v1",
+            "https://api.example.com./v1",
+            "https://user@api.example.com/v1",
+            "http://api.example.com/v1",
+            "http://API.EXAMPLE.COM/v1",
+            "http://api.example.com:80/v1",
+            "http://127.0.0.1:8080/x",
+            "http://127.0.0.1:08080/x",
+            "http://127.0.0.1/x",
+            "https://[::1]:8443/",
+            "https://[0:0:0:0:0:0:0:1]:8443/",
+            "http://localhost/",
+            "http://localhost:80/",
+            "http://LOCALHOST/",
+            "ws://api.example.com/",
+            "/relative",
+        ];
+        for scope in &scopes {
+            for uri in uris {
+                let parsed: Uri = uri.parse().unwrap();
+                for allow in [false, true] {
+                    assert_eq!(
+                        scope.admit_uri(&parsed, allow),
+                        scope.admit(parsed.scheme_str(), parsed.host(), parsed.port_u16(), allow),
+                        "{scope:?} {uri} allow_insecure={allow}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn normalises() {

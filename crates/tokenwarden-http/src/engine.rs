@@ -83,29 +83,68 @@ impl Engine {
     /// Step 1: whether a request gets a token (`Ok(true)`), goes untouched (`Ok(false)`:
     /// `skip` — the caller opted out —, outside the scope, or its `headers` already carry the
     /// caller's own credentials), or is refused unsent (plain text off loopback, in scope).
+    /// `authority` is the request's authority as written, if the adapter has it at hand: the
+    /// usual spelling of a listed origin is then recognised without comparing parsed parts.
     ///
     /// # Errors
     ///
     /// [`InsecureTransport`], when the request is in scope but its transport may not carry
     /// the token.
     #[inline]
-    pub fn admit(
+    pub fn admit<'a>(
         &self,
         skip: bool,
         scheme: Option<&str>,
-        host: Option<&str>,
-        port: Option<u16>,
+        authority: Option<&str>,
+        host_port: impl FnOnce() -> (Option<&'a str>, Option<u16>),
         headers: &HeaderMap,
     ) -> Result<bool, InsecureTransport> {
         if skip {
             return Ok(false);
         }
-        match self.settings.policy.admit(scheme, host, port) {
+        let policy = &self.settings.policy;
+        let spelled = match (scheme, authority) {
+            (Some(scheme), Some(authority)) => policy.admit_spelled(scheme, authority),
+            _ => None,
+        };
+        let admitted = spelled.unwrap_or_else(|| {
+            let (host, port) = host_port();
+            policy.admit(scheme, host, port)
+        });
+        self.own_credentials(admitted, headers)
+    }
+
+    /// The caller's own credentials: not ours to replace, and no token is needed.
+    #[inline]
+    fn own_credentials(
+        &self,
+        admitted: Result<bool, InsecureTransport>,
+        headers: &HeaderMap,
+    ) -> Result<bool, InsecureTransport> {
+        match admitted {
             Ok(false) => Ok(false),
-            // The caller's own credentials: not ours to replace, and no token is needed.
             _ if self.settings.cache.presentation().supplied_by(headers) => Ok(false),
             admitted => admitted,
         }
+    }
+
+    /// [`admit`](Self::admit) for a request's URI (the common spelling of a listed origin is
+    /// recognised without parsing it).
+    ///
+    /// # Errors
+    ///
+    /// As [`admit`](Self::admit).
+    #[inline]
+    pub fn admit_uri(
+        &self,
+        skip: bool,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+    ) -> Result<bool, InsecureTransport> {
+        if skip {
+            return Ok(false);
+        }
+        self.own_credentials(self.settings.policy.admit_uri(uri), headers)
     }
 
     /// Step 3: what a first answer says about the token it carried. On

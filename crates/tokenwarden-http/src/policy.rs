@@ -402,6 +402,30 @@ impl LayerPolicy {
             .admit(scheme, host, port, self.allow_insecure_http)
     }
 
+    /// [`admit`](Self::admit) for a request's URI, recognising the common spelling of a
+    /// listed origin without parsing ([`Scope::admit_uri`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`admit`](Self::admit).
+    #[inline]
+    pub fn admit_uri(&self, uri: &http::Uri) -> Result<bool, InsecureTransport> {
+        self.scope.admit_uri(uri, self.allow_insecure_http)
+    }
+
+    /// [`admit`](Self::admit) read off a request's scheme and authority text when that text
+    /// is a listed origin's usual spelling; `None` otherwise ([`Scope::admit_spelled`]).
+    #[inline]
+    #[must_use]
+    pub fn admit_spelled(
+        &self,
+        scheme: &str,
+        authority: &str,
+    ) -> Option<Result<bool, InsecureTransport>> {
+        self.scope
+            .admit_spelled(scheme, authority, self.allow_insecure_http)
+    }
+
     /// Whether plain `http` off loopback was allowed.
     #[must_use]
     pub fn allows_insecure_http(&self) -> bool {

@@ -61,7 +61,10 @@ impl TokenMiddleware {
     fn check_final(&self, response: &Response) -> Result<()> {
         let url = response.url();
         let policy = self.engine.policy();
-        match policy.admit(Some(url.scheme()), url.host_str(), url.port()) {
+        let admitted = policy
+            .admit_spelled(url.scheme(), url.authority())
+            .unwrap_or_else(|| policy.admit(Some(url.scheme()), url.host_str(), url.port()));
+        match admitted {
             Ok(true) => Ok(()),
             Ok(false) => Err(Error::middleware(LeftScope::new(url, false))),
             Err(_) => Err(Error::middleware(LeftScope::new(url, true))),
@@ -132,8 +135,8 @@ impl Middleware for TokenMiddleware {
             .admit(
                 extensions.get::<SkipToken>().is_some(),
                 Some(url.scheme()),
-                url.host_str(),
-                url.port(),
+                Some(url.authority()),
+                || (url.host_str(), url.port()),
                 request.headers(),
             )
             .map_err(|e: InsecureTransport| Error::middleware(e))?;

@@ -2,6 +2,7 @@
 //! ([`CloneBody`]).
 
 use bytes::Bytes;
+use http::Request;
 use http_body::Body;
 use tokenwarden_http::{KeptBody, NotReplayed, RequestBody};
 
@@ -22,9 +23,9 @@ pub trait KeepBody<B>: sealed::Sealed {
     #[doc(hidden)]
     type Kept;
     #[doc(hidden)]
-    fn passthrough(body: B) -> Self::Sent;
+    fn passthrough(request: Request<B>) -> Request<Self::Sent>;
     #[doc(hidden)]
-    fn keep(body: B, cap: usize) -> (Self::Sent, Self::Kept);
+    fn keep(request: Request<B>, cap: usize) -> (Request<Self::Sent>, Self::Kept);
     #[doc(hidden)]
     fn replay(kept: Self::Kept) -> Result<Self::Sent, NotReplayed>;
 }
@@ -50,13 +51,15 @@ where
     type Kept = KeptBody;
 
     #[inline]
-    fn passthrough(body: B) -> RequestBody<B> {
-        RequestBody::passthrough(body)
+    fn passthrough(request: Request<B>) -> Request<RequestBody<B>> {
+        request.map(RequestBody::passthrough)
     }
 
     #[inline]
-    fn keep(body: B, cap: usize) -> (RequestBody<B>, KeptBody) {
-        RequestBody::keep(body, cap)
+    fn keep(request: Request<B>, cap: usize) -> (Request<RequestBody<B>>, KeptBody) {
+        let (parts, body) = request.into_parts();
+        let (body, kept) = RequestBody::keep(body, cap);
+        (Request::from_parts(parts, body), kept)
     }
 
     fn replay(kept: KeptBody) -> Result<RequestBody<B>, NotReplayed> {
@@ -72,19 +75,20 @@ where
     type Kept = Result<B, NotReplayed>;
 
     #[inline]
-    fn passthrough(body: B) -> B {
-        body
+    fn passthrough(request: Request<B>) -> Request<B> {
+        request
     }
 
     #[inline]
-    fn keep(body: B, cap: usize) -> (B, Result<B, NotReplayed>) {
+    fn keep(request: Request<B>, cap: usize) -> (Request<B>, Result<B, NotReplayed>) {
+        let body = request.body();
         let kept = match body.size_hint().upper() {
             Some(upper) if upper <= cap as u64 => Ok(body.clone()),
             Some(_) => Err(NotReplayed::BodyTooLarge),
             None if body.size_hint().lower() > cap as u64 => Err(NotReplayed::BodyTooLarge),
             None => Err(NotReplayed::BodyNotReplayable),
         };
-        (body, kept)
+        (request, kept)
     }
 
     #[inline]

@@ -22,8 +22,23 @@ use crate::service::{Shared, prepare};
 /// and its body as `M` keeps it.
 pub(crate) struct Kept<ReqBody, M: KeepBody<ReqBody>> {
     pub(crate) token: Snapshot,
-    pub(crate) parts: http::request::Parts,
+    pub(crate) head: http::request::Parts,
     pub(crate) body: M::Kept,
+}
+
+/// A request waiting for a token, and the service driven to ready for it.
+pub(crate) struct Waiting<S, ReqBody> {
+    token: GetOwned,
+    inner: Option<S>,
+    request: Option<Request<ReqBody>>,
+}
+
+/// A replay waiting for a clone of the service to be ready.
+pub(crate) struct ReadyToReplay<S, Sent> {
+    inner: S,
+    request: Option<Request<Sent>>,
+    rejected: TokenId,
+    fresh: Snapshot,
 }
 
 pin_project! {
@@ -53,28 +68,25 @@ pin_project! {
         S: Service<Request<<M as KeepBody<ReqBody>>::Sent>>,
         ResBody: Body,
     {
-        // No token was cached: waiting for one, with the service driven to ready.
+        // No token was cached: waiting for one, with the service driven to ready. (The rare
+        // states are boxed: the future stays as small as the common one, and moves cheaply.)
         Waiting {
-            token: GetOwned,
-            inner: Option<S>,
-            request: Option<Request<ReqBody>>,
+            waiting: Box<Waiting<S, ReqBody>>,
         },
-        // The request is sent; `kept` is what a replay needs (`None`: untouched request).
+        // The request is sent; `kept` is what a replay needs (`None`: untouched request),
+        // boxed so that the future moves as cheaply as the inner one.
         First {
             #[pin]
             future: S::Future,
-            kept: Option<Kept<ReqBody, M>>,
+            kept: Option<Box<Kept<ReqBody, M>>>,
         },
         // The answer was not accepted: the engine decides, and fetches a fresh token.
         Recovering {
-            recover: Recover<ResBody, Request<<M as KeepBody<ReqBody>>::Sent>>,
+            recover: Box<Recover<ResBody, Request<<M as KeepBody<ReqBody>>::Sent>>>,
         },
         // Driving a clone of the service to ready for the replay.
         Ready {
-            inner: S,
-            request: Option<Request<<M as KeepBody<ReqBody>>::Sent>>,
-            rejected: TokenId,
-            fresh: Snapshot,
+            ready: Box<ReadyToReplay<S, <M as KeepBody<ReqBody>>::Sent>>,
         },
         Replaying {
             #[pin]
@@ -103,7 +115,11 @@ where
     }
 
     #[inline]
-    pub(crate) fn first(future: S::Future, kept: Kept<ReqBody, M>, shared: Arc<Shared<S>>) -> Self {
+    pub(crate) fn first(
+        future: S::Future,
+        kept: Box<Kept<ReqBody, M>>,
+        shared: Arc<Shared<S>>,
+    ) -> Self {
         Self {
             state: State::First {
                 future,
@@ -116,9 +132,11 @@ where
     pub(crate) fn waiting(inner: S, request: Request<ReqBody>, shared: Arc<Shared<S>>) -> Self {
         Self {
             state: State::Waiting {
-                token: shared.engine.cache().get_owned(),
-                inner: Some(inner),
-                request: Some(request),
+                waiting: Box::new(Waiting {
+                    token: shared.engine.cache().get_owned(),
+                    inner: Some(inner),
+                    request: Some(request),
+                }),
             },
             shared: Some(shared),
         }
@@ -157,36 +175,41 @@ where
                     if verdict == Verdict::Accepted {
                         return Poll::Ready(Ok(response.map(ResponseBody::new)));
                     }
-                    let Kept { token, parts, body } = kept;
-                    let again = M::replay(body).map(|body| Request::from_parts(parts, body));
-                    let recover = engine.recover(token, response, verdict, again);
+                    let Kept { token, head, body } = *kept;
+                    let again = M::replay(body).map(|body| Request::from_parts(head, body));
+                    let recover = Box::new(engine.recover(token, response, verdict, again));
                     this.state.set(State::Recovering { recover });
                 }
-                StateProj::Recovering { recover } => match ready!(Pin::new(recover).poll(cx)) {
-                    Recovered::Respond(response) => return Poll::Ready(Ok(response)),
-                    Recovered::Replay {
-                        kept: mut request,
-                        fresh,
-                        rejected,
-                    } => {
-                        fresh.apply_to(request.headers_mut());
-                        let shared = this.shared.as_ref().expect(DONE);
-                        // tower's contract: a service is driven to ready before every call, the
-                        // replay's too; a clone of the service as it was wrapped sends it.
-                        this.state.set(State::Ready {
-                            inner: shared.replay_service(),
-                            request: Some(request),
-                            rejected,
+                StateProj::Recovering { recover } => {
+                    match ready!(Pin::new(&mut **recover).poll(cx)) {
+                        Recovered::Respond(response) => return Poll::Ready(Ok(response)),
+                        Recovered::Replay {
+                            kept: mut request,
                             fresh,
-                        });
+                            rejected,
+                        } => {
+                            fresh.apply_to(request.headers_mut());
+                            let shared = this.shared.as_ref().expect(DONE);
+                            // tower's contract: a service is driven to ready before every call, the
+                            // replay's too; a clone of the service as it was wrapped sends it.
+                            this.state.set(State::Ready {
+                                ready: Box::new(ReadyToReplay {
+                                    inner: shared.replay_service(),
+                                    request: Some(request),
+                                    rejected,
+                                    fresh,
+                                }),
+                            });
+                        }
                     }
-                },
-                StateProj::Ready {
-                    inner,
-                    request,
-                    rejected,
-                    fresh,
-                } => {
+                }
+                StateProj::Ready { ready } => {
+                    let ReadyToReplay {
+                        inner,
+                        request,
+                        rejected,
+                        fresh,
+                    } = &mut **ready;
                     ready!(inner.poll_ready(cx)).map_err(Into::into)?;
                     let future = inner.call(request.take().expect(DONE));
                     let (rejected, fresh) = (*rejected, fresh.clone());
@@ -212,11 +235,12 @@ where
                     response.extensions_mut().insert(marker);
                     return Poll::Ready(Ok(response.map(ResponseBody::new)));
                 }
-                StateProj::Waiting {
-                    token,
-                    inner,
-                    request,
-                } => {
+                StateProj::Waiting { waiting } => {
+                    let Waiting {
+                        token,
+                        inner,
+                        request,
+                    } = &mut **waiting;
                     let token = ready!(Pin::new(token).poll(cx))?;
                     let shared = this.shared.as_ref().expect(DONE);
                     let request = request.take().expect(DONE);

@@ -149,12 +149,9 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let engine = &self.shared.engine;
-        let uri = request.uri();
-        let admitted = engine.admit(
+        let admitted = engine.admit_uri(
             request.extensions().get::<SkipToken>().is_some(),
-            uri.scheme_str(),
-            uri.host(),
-            uri.port_u16(),
+            request.uri(),
             request.headers(),
         );
         match admitted {
@@ -162,8 +159,7 @@ where
             // Opted out, outside the scope (another host, a redirect's target) or carrying the
             // caller's own credentials: untouched, and no token fetched.
             Ok(false) => {
-                let request = request.map(M::passthrough);
-                return ResponseFuture::untouched(self.inner.call(request));
+                return ResponseFuture::untouched(self.inner.call(M::passthrough(request)));
             }
             Err(insecure) => return ResponseFuture::failed(insecure.into()),
         }
@@ -193,20 +189,16 @@ pub(crate) fn prepare<M, ReqBody>(
     request: Request<ReqBody>,
     token: Snapshot,
     engine: &Engine,
-) -> (Request<M::Sent>, Kept<ReqBody, M>)
+) -> (Request<M::Sent>, Box<Kept<ReqBody, M>>)
 where
     M: KeepBody<ReqBody>,
 {
     let (mut parts, body) = request.into_parts();
     // The copy kept for a replay is taken before the token goes on; the request sent is the
     // caller's own, whose header map has room to grow.
-    let original = parts.clone();
+    let head = parts.clone();
     token.apply_to(&mut parts.headers);
-    let (body, kept) = M::keep(body, engine.policy().max_replay_body());
-    let kept = Kept {
-        token,
-        parts: original,
-        body: kept,
-    };
-    (Request::from_parts(parts, body), kept)
+    let request = Request::from_parts(parts, body);
+    let (request, body) = M::keep(request, engine.policy().max_replay_body());
+    (request, Box::new(Kept { token, head, body }))
 }
