@@ -2,17 +2,25 @@
 //! [`TokenCache`](tokenwarden_core::TokenCache)'s token on every request and, when the API
 //! still answers that the token was rejected, invalidates exactly that token, gets a fresh one
 //! and replays the request, once, without the caller noticing — the same rules as the tower
-//! layer, decided by the same code in `tokenwarden-core`.
+//! layer, decided by the same engine (`tokenwarden-http`): this crate only adapts reqwest's
+//! request and response types to it.
 //!
 //! - Every request gets the headers of one token snapshot; headers the caller set are kept.
 //! - **401 → refresh → replay once**, with the default or a custom
-//!   [`Classifier`](tokenwarden_http::Classifier) (`WWW-Authenticate` parsed; `403` opt-in; the
+//!   [`Classifier`] (`WWW-Authenticate` parsed; `403` opt-in; the
 //!   body can be inspected). A rejected replay reaches the caller: no loop.
-//! - **Bodies.** A request whose body cannot be cloned (`Request::try_clone` returns `None`,
-//!   e.g. a stream) is **still sent**, once — never refused before sending. Its rejection still
-//!   invalidates the token so the next request succeeds, and the caller gets the 401 with a
-//!   [`Replay::NotReplayed`](tokenwarden_http::Replay) response extension. In-memory bodies
-//!   are cloned by reference count, so no size cap applies to them.
+//! - **Bodies.** In-memory bodies are kept for a replay by reference count; a stream is
+//!   copied aside *as it is sent*, up to the replay cap
+//!   ([`with_max_replay_body`](TokenMiddleware::with_max_replay_body), 64 KiB by default), as
+//!   the tower layer does. A larger body is **still sent**, once — never refused before
+//!   sending; its rejection still invalidates the token so the next request succeeds, and the
+//!   caller gets the rejection with a
+//!   [`Replay::NotReplayed`](tokenwarden_http::Replay) response extension.
+//! - **Before anything is fetched**, a request carrying the caller's own credentials (every
+//!   header the token would go in) goes untouched: no token is fetched for it.
+//! - **Inspection** of a body a classifier asks for is bounded in bytes and in time
+//!   ([`with_inspect_timeout`](TokenMiddleware::with_inspect_timeout), 1 s); the response keeps
+//!   its URL and everything else it had.
 //! - **Scope: fails closed.** A middleware is made for the origins it may send tokens to
 //!   ([`Scope`](tokenwarden_core::Scope)); requests anywhere else go through untouched. Every
 //!   origin is a named opt-in, [`Scope::any_origin`](tokenwarden_core::Scope::any_origin).
@@ -24,8 +32,9 @@
 //!   from outside the scope anyway is an error ([`LeftScope`]), never a silent success.
 //!
 //! Errors are `reqwest_middleware::Error::Middleware` wrapping a
-//! [`tokenwarden_core::Error`] or an [`InsecureTransport`](tokenwarden_core::InsecureTransport)
-//! (downcast the `anyhow::Error`), or the client's own `reqwest::Error`s.
+//! [`tokenwarden_core::Error`], an [`InsecureTransport`](tokenwarden_core::InsecureTransport)
+//! or a [`LeftScope`] (downcast the `anyhow::Error`), or the client's own `reqwest::Error`s.
+//! Each keeps its causes as sources and prints each message once when the chain is walked.
 //!
 //! # Where it goes in a chain
 //!

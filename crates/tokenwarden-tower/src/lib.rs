@@ -2,28 +2,42 @@
 //! request and, when the API still answers that the token was rejected, invalidates exactly
 //! that token, gets a fresh one and replays the request, once, without the caller noticing.
 //!
+//! The decisions are the engine's (`tokenwarden-http`), shared with the reqwest middleware;
+//! this crate adapts tower's request, response and body types to it: [`TokenLayer`],
+//! [`TokenService`] and the [`future`] module, laid out as tower-http's layers are.
+//!
 //! - Every request gets the headers of one token snapshot (values prebuilt, marked sensitive);
 //!   headers the caller set are kept.
 //! - **401 → refresh → replay once.** By default a `401` counts unless its `WWW-Authenticate`
 //!   challenge names an error a fresh token cannot fix (`insufficient_scope`,
 //!   `invalid_request`); `403` only if enabled; a custom
-//!   [`Classifier`](tokenwarden_http::Classifier) can look at the body. If the replay is
+//!   [`Classifier`] can look at the body. If the replay is
 //!   rejected too, that response goes to the caller: no loop, and the cache's backoff keeps an
 //!   API that rejects every token from making it hammer the issuer.
-//! - **Bodies.** The request body is copied aside *as it is sent*, up to
+//! - **Bodies.** By default ([`Tee`]) the request body is copied aside *as it is sent*, up to
 //!   [`with_max_replay_body`](TokenLayer::with_max_replay_body) (64 KiB by default: typical API
-//!   bodies fit, and a thousand requests in flight keep at most 64 MiB). A larger body, or one
-//!   the server answered before reading to its end, is still sent once; its rejection still
-//!   invalidates the token so the next request succeeds, and the caller gets the rejection with
-//!   a [`Replay::NotReplayed`](tokenwarden_http::Replay) response extension. Method, URI,
-//!   headers, version and extensions are kept exactly on replay.
+//!   bodies fit, and a thousand requests in flight keep at most 64 MiB); the inner service
+//!   then takes [`RequestBody<B>`]. With [`cloning_bodies`](TokenLayer::cloning_bodies)
+//!   ([`CloneBody`]) a body that is cheap to clone (`Full<Bytes>`) is cloned instead, and the
+//!   inner service keeps the caller's body type. A body-less request keeps nothing. A larger
+//!   body, or one the server answered before reading to its end, is still sent once; its
+//!   rejection still invalidates the token so the next request succeeds, and the caller gets
+//!   the rejection with a [`Replay::NotReplayed`](tokenwarden_http::Replay) response
+//!   extension. Method, URI, headers, version and extensions are kept exactly on replay.
+//! - **Before anything is fetched**, a request carrying the caller's own credentials goes
+//!   untouched: no token is fetched for it.
+//! - **Inspection** of a body a classifier asks for is bounded in bytes and in time
+//!   ([`with_inspect_timeout`](TokenLayer::with_inspect_timeout), 1 s); the rejected body of a
+//!   replayed request drains while the fresh token is fetched.
+//! - **Bounds.** [`ResponseFuture`](future::ResponseFuture) is `Send` exactly when the inner
+//!   service's future is; no `'static` or `Unpin` is asked of the service or its body.
 //! - **Readiness.** The replay uses a clone of the inner service driven to ready, as tower's
 //!   retry does.
 //! - **Scope: fails closed.** A layer is made for the origins it may send tokens to
 //!   ([`Scope`](tokenwarden_core::Scope)); a request anywhere else, or with a relative URI,
 //!   goes through untouched. Every origin is a named opt-in,
 //!   [`Scope::any_origin`](tokenwarden_core::Scope::any_origin).
-//! - **Opt-out** per request with the [`SkipToken`](tokenwarden_http::SkipToken) extension.
+//! - **Opt-out** per request with the [`SkipToken`] extension.
 //! - **Transport.** In scope, tokens go on `https` requests, and on plain `http` only to
 //!   loopback (no other scheme, `wss` included: an HTTP client would send it in clear text); elsewhere the request fails with
 //!   [`InsecureTransport`](tokenwarden_core::InsecureTransport), unsent, unless
