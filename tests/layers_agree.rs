@@ -23,7 +23,7 @@ use tokenwarden::reqwest::{TokenMiddleware, client_builder};
 use tokenwarden::tower::{RequestBody, TokenLayer, TokenService};
 use tokenwarden::{Classifier, LayerPolicy, Replay, Scope, SkipToken, TokenCache, Verdict};
 use tokenwarden_test_support::{
-    Answer, ClockHold, CountingIssuer, Listener, LoopbackApi, Received, Route,
+    Answer, ClockHold, CountingIssuer, Listener, LoopbackApi, Received, Route, chain,
 };
 use tokio::time::Instant;
 use tower::{BoxError, Layer as _, ServiceExt};
@@ -98,11 +98,6 @@ impl Client {
             }
         }
     }
-}
-
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let causes = std::iter::successors(Some(error), |e| e.source());
-    causes.map(|e| e.to_string()).collect::<Vec<_>>().join(": ")
 }
 
 /// A request body as the caller hands it over.

@@ -5,8 +5,6 @@
 //! and a [`Recorder`] there keeps the raw bytes it receives, so that each test can assert that
 //! **zero** token or credential bytes arrived.
 
-use std::error::Error as _;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +13,6 @@ use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use tokenwarden::{
     ConfigError, Error, FetchError, InsecureTransport, LayerPolicy, Origin, Presentation, Scope,
     Token, TokenCache, TokenCharset, TokenProblem, TokenSource,
@@ -26,10 +23,13 @@ use tokenwarden_gateways::payments::SessionTokenSource;
 use tokenwarden_gateways::sipay::{self, SipayConfig};
 use tokenwarden_gateways::torus::{self, TorusConfig};
 use tokenwarden_gateways::{GatewayError, HttpSend, InsecureHttp, IssuerClient, ServiceSender};
-use tokenwarden_reqwest::{LeftScope, TokenMiddleware};
-use tokenwarden_test_support::{LogCapture, LoopbackResolver, Recorder, Reply};
+use tokenwarden_reqwest::LeftScope;
+use tokenwarden_test_support::{
+    Answer, LogCapture, LoopbackApi, LoopbackResolver, Recorder, Reply, chain, unused_addr,
+    with_middleware,
+};
 use tokenwarden_tower::{RequestBody, TokenLayer};
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Layer as _, ServiceBuilder, ServiceExt};
 use tower_http::follow_redirect::FollowRedirectLayer;
 
 const TOKEN: &str = "tok-SECRET-41";
@@ -71,12 +71,9 @@ fn token_needles() -> Vec<(&'static str, &'static str)> {
     ]
 }
 
-/// `http` under a token middleware scoped to `origin`.
-fn with_middleware(http: reqwest::Client, cache: TokenCache, origin: &str) -> ClientWithMiddleware {
-    let scope = Scope::origin(origin).unwrap();
-    ClientBuilder::new(http)
-        .with(TokenMiddleware::new(cache, scope))
-        .build()
+/// A token layer with [`cache`], scoped to `origin`.
+fn token_layer(origin: &str) -> TokenLayer {
+    TokenLayer::new(cache(), Scope::origin(origin).unwrap())
 }
 
 fn hyper_client() -> Client<HttpConnector<LoopbackResolver>, RequestBody<Full<Bytes>>> {
@@ -113,10 +110,7 @@ async fn tower_follow_redirect_outside_the_layer_carries_no_token_to_another_hos
         let api_origin = api.origin("http", "127.0.0.1");
         let client = ServiceBuilder::new()
             .layer(FollowRedirectLayer::new())
-            .layer(TokenLayer::new(
-                cache(),
-                Scope::origin(&api_origin).unwrap(),
-            ))
+            .layer(token_layer(&api_origin))
             .service(hyper_client());
         let response = client
             .oneshot(get(&format!("{api_origin}/pay")))
@@ -139,12 +133,7 @@ async fn tower_without_a_follower_hands_the_redirect_back() {
     let evil = Recorder::start(Reply::status(200)).await;
     let api = redirecting_api(&evil, "localhost").await;
     let api_origin = api.origin("http", "127.0.0.1");
-    let client = ServiceBuilder::new()
-        .layer(TokenLayer::new(
-            cache(),
-            Scope::origin(&api_origin).unwrap(),
-        ))
-        .service(hyper_client());
+    let client = token_layer(&api_origin).layer(hyper_client());
     let response = client
         .oneshot(get(&format!("{api_origin}/pay")))
         .await
@@ -178,35 +167,22 @@ async fn reqwest_client_builder_never_follows_a_redirect_to_another_host() {
 
 #[tokio::test]
 async fn reqwest_client_builder_follows_redirects_within_the_origin_with_the_token() {
-    let mut server = mockito::Server::new_async().await;
-    let moved = server
-        .mock("GET", "/old")
-        .match_header("token", TOKEN)
-        .with_status(307)
-        .with_header("location", "/new")
-        .expect(1)
-        .create_async()
-        .await;
-    let landed = server
-        .mock("GET", "/new")
-        .match_header("token", TOKEN)
-        .with_body("ok")
-        .expect(1)
-        .create_async()
-        .await;
+    let api = LoopbackApi::start(|seen| match seen.path.as_str() {
+        "/old" => Answer::new(307, "").with_header("location", "/new"),
+        _ => Answer::new(200, "ok"),
+    })
+    .await;
     let client = with_middleware(
         tokenwarden_reqwest::client_builder().build().unwrap(),
         cache(),
-        &server.url(),
+        &api.origin(),
     );
-    let response = client
-        .get(format!("{}/old", server.url()))
-        .send()
-        .await
-        .unwrap();
+    let response = client.get(api.url("/old")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    moved.assert_async().await;
-    landed.assert_async().await;
+    let seen = api.received();
+    let paths: Vec<_> = seen.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, ["/old", "/new"]);
+    assert!(seen.iter().all(|r| r.header("token") == Some(TOKEN)));
 }
 
 #[tokio::test]
@@ -234,11 +210,8 @@ async fn reqwest_with_a_following_client_fails_with_left_scope_not_a_silent_succ
 async fn plain_http_off_loopback_is_refused_unsent_by_both_layers() {
     let api = Recorder::start(Reply::status(200)).await;
     let origin = api.origin("http", "api.example");
-    let scope = Scope::origin(&origin).unwrap();
 
-    let tower = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache(), scope.clone()))
-        .service(hyper_client());
+    let tower = token_layer(&origin).layer(hyper_client());
     let error = tower
         .oneshot(get(&format!("{origin}/pay")))
         .await
@@ -253,9 +226,7 @@ async fn plain_http_off_loopback_is_refused_unsent_by_both_layers() {
         .resolve("api.example", api.addr())
         .build()
         .unwrap();
-    let client = ClientBuilder::new(http)
-        .with(TokenMiddleware::new(cache(), scope))
-        .build();
+    let client = with_middleware(http, cache(), &origin);
     let error = client
         .get(format!("{origin}/pay"))
         .send()
@@ -660,12 +631,8 @@ async fn a_traced_flow_with_credentials_in_the_issuer_url_prints_no_secret() {
 
     // 1. The issuer fails: the WARN line and the error.
     let error = cache.get().await.unwrap_err();
-    texts.push(format!("{error} {error:?}"));
-    let mut source_chain = error.source();
-    while let Some(cause) = source_chain {
-        texts.push(cause.to_string());
-        source_chain = cause.source();
-    }
+    texts.push(format!("{error:?}"));
+    texts.push(chain(&error));
     failing.assert_async().await;
 
     // 2. It answers; the API rejects the first token; the replay succeeds.
@@ -708,7 +675,7 @@ async fn a_traced_flow_with_credentials_in_the_issuer_url_prints_no_secret() {
     accepted.assert_async().await;
 
     // 3. An unreachable issuer with the same kind of URL.
-    let dead = SocketAddr::from(([127, 0, 0, 1], free_port().await));
+    let dead = unused_addr();
     let unreachable = JsonSource::json(
         IssuerClient::new().unwrap(),
         &format!("http://app:{PASSWORD}@{dead}/token?api_key={QUERY_KEY}"),
@@ -728,11 +695,6 @@ async fn a_traced_flow_with_credentials_in_the_issuer_url_prints_no_secret() {
     for secret in [PASSWORD, QUERY_KEY, CLIENT_SECRET, ISSUED] {
         assert!(!all.contains(secret), "{secret} appeared in:\n{all}");
     }
-}
-
-async fn free_port() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 #[test]
@@ -824,22 +786,11 @@ async fn token_values_are_trimmed_or_refused_with_the_problem_named() {
 #[tokio::test]
 async fn an_issuer_whose_body_stalls_is_a_timeout_not_a_hang() {
     // Answers the head and one byte of a 100-byte body, then holds the connection open.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let mut buf = [0u8; 4096];
-        let _ = stream.read(&mut buf).await;
-        let _ = stream
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{")
-            .await;
-        std::future::pending::<()>().await;
-        drop(stream);
-    });
+    let stalling = Reply::status(200).with_body("{").cut_short(100).held_open();
+    let issuer = Recorder::start(stalling).await;
     let source = JsonSource::json(
         IssuerClient::new().unwrap(),
-        &format!("http://{addr}/token"),
+        &format!("{}/token", issuer.origin("http", "127.0.0.1")),
         serde_json::json!({"client_secret": APP_SECRET}),
     )
     .unwrap();
@@ -854,5 +805,4 @@ async fn an_issuer_whose_body_stalls_is_a_timeout_not_a_hang() {
         .unwrap_err();
     assert!(matches!(error, Error::Timeout(_)), "{error}");
     assert!(started.elapsed() < Duration::from_secs(2));
-    server.abort();
 }

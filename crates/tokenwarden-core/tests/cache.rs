@@ -5,73 +5,28 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
 use tokenwarden_core::{Error, FetchError, Token, TokenCache, TokenSource};
+use tokenwarden_test_support::{CountingIssuer, distinct_tokens, secret, spawn_get, spawn_gets};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, advance, sleep};
 
-/// A source that mints `tok-1`, `tok-2`, ... with a fixed lifetime after an optional delay,
-/// counting its calls.
-#[derive(Clone)]
-struct Minting {
-    calls: Arc<AtomicUsize>,
-    delay: Duration,
-    lifetime: Option<Duration>,
-}
-
-impl Minting {
-    fn new(lifetime: Duration) -> Self {
-        Self {
-            calls: Arc::default(),
-            delay: Duration::ZERO,
-            lifetime: Some(lifetime),
-        }
-    }
-
-    fn with_delay(mut self, delay: Duration) -> Self {
-        self.delay = delay;
-        self
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(SeqCst)
-    }
-}
-
-#[async_trait::async_trait]
-impl TokenSource for Minting {
-    async fn fetch(&self) -> Result<Token, FetchError> {
-        let n = self.calls.fetch_add(1, SeqCst) + 1;
-        sleep(self.delay).await;
-        let token = Token::new(format!("tok-{n}"));
-        Ok(match self.lifetime {
-            Some(l) => token.with_expires_in(l),
-            None => token,
-        })
-    }
+/// An issuer minting `tok-1`, `tok-2`, ... that live `lifetime`, counting its calls.
+fn minting(lifetime: Duration) -> CountingIssuer {
+    CountingIssuer::up().with_lifetime(lifetime)
 }
 
 fn cache(source: impl TokenSource) -> TokenCache {
     TokenCache::builder(source).build().unwrap()
 }
 
-fn secret(cache_result: &tokenwarden_core::Snapshot) -> String {
-    cache_result.token().secret().expose().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stampede_of_1000_callers_on_an_empty_cache_fetches_once() {
-    let source = Minting::new(Duration::from_secs(300)).with_delay(Duration::from_millis(20));
-    let cache = cache(source.clone());
-    let tasks: Vec<_> = (0..1000)
-        .map(|_| {
-            let cache = cache.clone();
-            tokio::spawn(async move { cache.get().await.map(|s| s.id()) })
-        })
-        .collect();
+    let issuer = minting(Duration::from_secs(300)).with_delay(Duration::from_millis(20));
+    let cache = cache(issuer.source());
     let mut ids = Vec::new();
-    for t in tasks {
-        ids.push(t.await.unwrap().unwrap());
+    for t in spawn_gets(&cache, 1000) {
+        ids.push(t.await.unwrap().unwrap().id());
     }
-    assert_eq!(source.calls(), 1);
+    assert_eq!(issuer.calls(), 1);
     assert!(ids.iter().all(|id| *id == ids[0]));
     let stats = cache.stats();
     assert_eq!(stats.fetches, 1);
@@ -80,21 +35,15 @@ async fn stampede_of_1000_callers_on_an_empty_cache_fetches_once() {
 
 #[tokio::test(start_paused = true)]
 async fn stampede_on_an_expired_token_fetches_once() {
-    let source = Minting::new(Duration::from_secs(60)).with_delay(Duration::from_millis(50));
-    let cache = cache(source.clone());
+    let issuer = minting(Duration::from_secs(60)).with_delay(Duration::from_millis(50));
+    let cache = cache(issuer.source());
     let first = cache.get().await.unwrap();
     // Unused since its fetch, it gets no background refresh and lapses.
     advance(Duration::from_secs(61)).await;
-    let tasks: Vec<_> = (0..1000)
-        .map(|_| {
-            let cache = cache.clone();
-            tokio::spawn(async move { cache.get().await.unwrap().id() })
-        })
-        .collect();
-    for t in tasks {
-        assert_ne!(t.await.unwrap(), first.id());
+    for t in spawn_gets(&cache, 1000) {
+        assert_ne!(t.await.unwrap().unwrap().id(), first.id());
     }
-    assert_eq!(source.calls(), 2, "one fetch for the 1000 callers");
+    assert_eq!(issuer.calls(), 2, "one fetch for the 1000 callers");
     assert_eq!(cache.stats().refreshes_ahead, 0);
 }
 
@@ -102,10 +51,10 @@ async fn stampede_on_an_expired_token_fetches_once() {
 async fn refresh_ahead_runs_one_background_fetch_and_no_caller_waits() {
     // 100 s tokens, a 5 s skew: usable life 95 s, advisory window starts between 66.5 and 76 s,
     // mandatory margin at 90 s. The issuer takes 3 s to answer.
-    let source = Minting::new(Duration::from_secs(100)).with_delay(Duration::from_secs(3));
-    let cache = cache(source.clone());
+    let issuer = minting(Duration::from_secs(100)).with_delay(Duration::from_secs(3));
+    let cache = cache(issuer.source());
     let first = cache.get().await.unwrap();
-    assert_eq!(source.calls(), 1);
+    assert_eq!(issuer.calls(), 1);
     let waits_before = cache.stats().waits;
 
     let mut seen = Vec::new();
@@ -119,7 +68,7 @@ async fn refresh_ahead_runs_one_background_fetch_and_no_caller_waits() {
         }
         sleep(Duration::from_millis(250)).await;
     }
-    assert_eq!(source.calls(), 2, "exactly one background refresh");
+    assert_eq!(issuer.calls(), 2, "exactly one background refresh");
     assert_eq!(cache.stats().refreshes_ahead, 1);
     assert_eq!(cache.stats().waits, waits_before, "no caller waited");
     assert_eq!(seen.len(), 2);
@@ -128,8 +77,8 @@ async fn refresh_ahead_runs_one_background_fetch_and_no_caller_waits() {
 
 #[tokio::test(start_paused = true)]
 async fn past_the_mandatory_margin_callers_wait_for_a_fresh_token() {
-    let source = Minting::new(Duration::from_secs(100));
-    let cache = TokenCache::builder(source.clone())
+    let issuer = minting(Duration::from_secs(100));
+    let cache = TokenCache::builder(issuer.source())
         .with_refresh_ahead(0.0, 0.0)
         .build()
         .unwrap();
@@ -141,16 +90,13 @@ async fn past_the_mandatory_margin_callers_wait_for_a_fresh_token() {
     assert!(cache.cached().is_none(), "retired at the mandatory margin");
     let second = cache.get().await.unwrap();
     assert_ne!(second.id(), first.id());
-    assert_eq!(source.calls(), 2);
+    assert_eq!(issuer.calls(), 2);
 }
 
 #[tokio::test(start_paused = true)]
 async fn no_stated_expiry_gets_the_default_lifetime_and_skew_is_applied() {
-    let source = Minting {
-        lifetime: None,
-        ..Minting::new(Duration::ZERO)
-    };
-    let cache = TokenCache::builder(source.clone())
+    let issuer = CountingIssuer::up().without_expiry();
+    let cache = TokenCache::builder(issuer.source())
         .with_default_lifetime(Duration::from_secs(60))
         .with_clock_skew(Duration::from_secs(20))
         .with_mandatory_margin(Duration::from_secs(1))
@@ -163,7 +109,7 @@ async fn no_stated_expiry_gets_the_default_lifetime_and_skew_is_applied() {
     assert_eq!(cache.get().await.unwrap().id(), first.id());
     sleep(Duration::from_millis(200)).await;
     assert_ne!(cache.get().await.unwrap().id(), first.id());
-    assert_eq!(source.calls(), 2);
+    assert_eq!(issuer.calls(), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -191,8 +137,8 @@ async fn wall_clock_expiry_is_converted_from_the_send_time() {
 
 #[tokio::test(start_paused = true)]
 async fn invalidate_if_current_storm_fetches_once_and_stale_invalidations_none() {
-    let source = Minting::new(Duration::from_secs(300)).with_delay(Duration::from_millis(30));
-    let cache = cache(source.clone());
+    let issuer = minting(Duration::from_secs(300)).with_delay(Duration::from_millis(30));
+    let cache = cache(issuer.source());
     let rejected = cache.get().await.unwrap().id();
     let tasks: Vec<_> = (0..1000)
         .map(|_| {
@@ -208,7 +154,7 @@ async fn invalidate_if_current_storm_fetches_once_and_stale_invalidations_none()
         fresh.push(t.await.unwrap());
     }
     assert_eq!(
-        source.calls(),
+        issuer.calls(),
         2,
         "one initial fetch, one for the whole storm"
     );
@@ -220,38 +166,26 @@ async fn invalidate_if_current_storm_fetches_once_and_stale_invalidations_none()
     // A late 401 for the replaced token changes nothing.
     assert!(!cache.invalidate(rejected));
     assert_eq!(cache.get().await.unwrap().id(), fresh[0]);
-    assert_eq!(source.calls(), 2);
+    assert_eq!(issuer.calls(), 2);
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_error_is_shared_by_every_waiter() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c = calls.clone();
-    let cache = cache(move || {
-        let c = c.clone();
-        async move {
-            c.fetch_add(1, SeqCst);
-            sleep(Duration::from_millis(100)).await;
-            Err::<Token, _>(FetchError::transient("issuer answered 503"))
-        }
-    });
-    let tasks: Vec<_> = (0..200)
-        .map(|_| {
-            let cache = cache.clone();
-            tokio::spawn(async move { cache.get().await })
-        })
-        .collect();
-    for t in tasks {
+    let issuer = CountingIssuer::up()
+        .with_delay(Duration::from_millis(100))
+        .with_failures(|_| Some(FetchError::transient("issuer answered 503")));
+    let cache = cache(issuer.source());
+    for t in spawn_gets(&cache, 200) {
         let err = t.await.unwrap().unwrap_err();
         assert!(matches!(err, Error::Fetch(_)), "{err}");
         assert!(err.is_retryable());
         assert!(err.chain().contains("issuer answered 503"));
     }
-    assert_eq!(calls.load(SeqCst), 1);
+    assert_eq!(issuer.calls(), 1);
     // Right after, the cache backs off instead of calling the issuer again.
     let err = cache.get().await.unwrap_err();
     assert!(matches!(err, Error::BackingOff { .. }), "{err}");
-    assert_eq!(calls.load(SeqCst), 1);
+    assert_eq!(issuer.calls(), 1);
     // Walking the chain shows each message once.
     let chain = err.chain();
     for message in [
@@ -269,21 +203,10 @@ async fn an_error_is_shared_by_every_waiter() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failing_issuer_sees_bounded_attempts_over_a_minute_one_at_a_time() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let max_in_flight = Arc::new(AtomicUsize::new(0));
-    let (c, f, m) = (calls.clone(), in_flight.clone(), max_in_flight.clone());
-    let cache = cache(move || {
-        let (c, f, m) = (c.clone(), f.clone(), m.clone());
-        async move {
-            c.fetch_add(1, SeqCst);
-            let now = f.fetch_add(1, SeqCst) + 1;
-            m.fetch_max(now, SeqCst);
-            sleep(Duration::from_millis(10)).await;
-            f.fetch_sub(1, SeqCst);
-            Err::<Token, _>(FetchError::transient("connection refused"))
-        }
-    });
+    let issuer = CountingIssuer::up()
+        .with_delay(Duration::from_millis(10))
+        .with_failures(|_| Some(FetchError::transient("connection refused")));
+    let cache = cache(issuer.source());
     // 20 tasks each asking every 10 ms for a simulated minute: 120,000 calls.
     let start = Instant::now();
     let tasks: Vec<_> = (0..20)
@@ -303,27 +226,19 @@ async fn a_failing_issuer_sees_bounded_attempts_over_a_minute_one_at_a_time() {
         assert!(t.await.unwrap() > 0);
     }
     // base 250 ms doubling to 30 s with jitter: 8 to 11 attempts fit in a minute.
-    let attempts = calls.load(SeqCst);
+    let attempts = issuer.calls();
     assert!((8..=11).contains(&attempts), "{attempts} attempts");
-    assert_eq!(max_in_flight.load(SeqCst), 1);
+    assert_eq!(issuer.most_in_flight(), 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_failing_refresh_keeps_serving_the_valid_token_and_retries_with_backoff() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c = calls.clone();
-    let cache = TokenCache::builder(move || {
-        let c = c.clone();
-        async move {
-            match c.fetch_add(1, SeqCst) {
-                0 => Ok(Token::new("good").with_expires_in(Duration::from_secs(600))),
-                _ => Err(FetchError::transient("503")),
-            }
-        }
-    })
-    .with_refresh_ahead(0.2, 0.0)
-    .build()
-    .unwrap();
+    let issuer = minting(Duration::from_secs(600))
+        .with_failures(|n| (n > 1).then(|| FetchError::transient("503")));
+    let cache = TokenCache::builder(issuer.source())
+        .with_refresh_ahead(0.2, 0.0)
+        .build()
+        .unwrap();
     let first = cache.get().await.unwrap();
     // Usable life 595 s: the refresh window runs from 476 s to the mandatory margin at 590 s.
     let start = Instant::now();
@@ -331,7 +246,7 @@ async fn a_failing_refresh_keeps_serving_the_valid_token_and_retries_with_backof
         assert_eq!(cache.get().await.unwrap().id(), first.id());
         sleep(Duration::from_secs(1)).await;
     }
-    let retries = calls.load(SeqCst) - 1;
+    let retries = issuer.calls() - 1;
     // 114 s of window, backoff 0.25 s doubling to 30 s with equal jitter: 10 to 14 tries.
     assert!((10..=14).contains(&retries), "{retries} background retries");
     assert!(cache.stats().fetch_failures as usize == retries);
@@ -339,20 +254,15 @@ async fn a_failing_refresh_keeps_serving_the_valid_token_and_retries_with_backof
 
 #[tokio::test(start_paused = true)]
 async fn rejected_credentials_are_terminal_and_remembered() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c = calls.clone();
-    let cache = TokenCache::builder(move || {
-        let c = c.clone();
-        async move {
-            c.fetch_add(1, SeqCst);
-            Err::<Token, _>(FetchError::rejected(
-                "issuer answered 401: invalid request token",
-            ))
-        }
-    })
-    .with_rejection_hold(Duration::from_secs(5))
-    .build()
-    .unwrap();
+    let issuer = CountingIssuer::up().with_failures(|_| {
+        Some(FetchError::rejected(
+            "issuer answered 401: invalid request token",
+        ))
+    });
+    let cache = TokenCache::builder(issuer.source())
+        .with_rejection_hold(Duration::from_secs(5))
+        .build()
+        .unwrap();
     let err = cache.get().await.unwrap_err();
     assert!(matches!(err, Error::Rejected(_)));
     assert!(!err.is_retryable() && err.is_rejected());
@@ -361,10 +271,10 @@ async fn rejected_credentials_are_terminal_and_remembered() {
         let err = cache.get().await.unwrap_err();
         assert!(err.is_rejected() && !err.is_retryable(), "{err}");
     }
-    assert_eq!(calls.load(SeqCst), 1);
+    assert_eq!(issuer.calls(), 1);
     advance(Duration::from_secs(5)).await;
     assert!(cache.get().await.is_err());
-    assert_eq!(calls.load(SeqCst), 2);
+    assert_eq!(issuer.calls(), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -414,13 +324,7 @@ async fn a_panicking_source_poisons_nothing() {
     })
     .build()
     .unwrap();
-    let waiters: Vec<_> = (0..10)
-        .map(|_| {
-            let cache = cache.clone();
-            tokio::spawn(async move { cache.get().await })
-        })
-        .collect();
-    for w in waiters {
+    for w in spawn_gets(&cache, 10) {
         assert!(matches!(w.await.unwrap(), Err(Error::SourcePanicked)));
     }
     advance(Duration::from_secs(1)).await;
@@ -430,67 +334,46 @@ async fn a_panicking_source_poisons_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_first_caller_does_not_cancel_the_fetch() {
-    let source = Minting::new(Duration::from_secs(60)).with_delay(Duration::from_secs(1));
-    let cache = cache(source.clone());
-    let first = {
-        let cache = cache.clone();
-        tokio::spawn(async move { cache.get().await })
-    };
+    let issuer = minting(Duration::from_secs(60)).with_delay(Duration::from_secs(1));
+    let cache = cache(issuer.source());
+    let first = spawn_get(&cache);
     tokio::task::yield_now().await; // the first caller starts the fetch
-    assert_eq!(source.calls(), 1);
-    let second = {
-        let cache = cache.clone();
-        tokio::spawn(async move { cache.get().await })
-    };
+    assert_eq!(issuer.calls(), 1);
+    let second = spawn_get(&cache);
     tokio::task::yield_now().await;
     first.abort();
     assert!(first.await.unwrap_err().is_cancelled());
     let got = second.await.unwrap().unwrap();
     assert_eq!(secret(&got), "tok-1");
-    assert_eq!(source.calls(), 1);
+    assert_eq!(issuer.calls(), 1);
 
     // Alone and cancelled, the fetch still completes and is installed.
     cache.revoke();
-    let lonely = {
-        let cache = cache.clone();
-        tokio::spawn(async move { cache.get().await })
-    };
+    let lonely = spawn_get(&cache);
     tokio::task::yield_now().await;
     lonely.abort();
     sleep(Duration::from_secs(2)).await;
     assert_eq!(secret(&cache.cached().expect("installed")), "tok-2");
-    assert_eq!(source.calls(), 2);
+    assert_eq!(issuer.calls(), 2);
 }
 
 #[tokio::test(start_paused = true)]
 async fn single_use_gives_every_caller_its_own_token() {
-    let source = Minting::new(Duration::from_secs(60)).with_delay(Duration::from_millis(5));
-    let cache = TokenCache::builder(source.clone())
+    let issuer = minting(Duration::from_secs(60)).with_delay(Duration::from_millis(5));
+    let cache = TokenCache::builder(issuer.source())
         .single_use()
         .build()
         .unwrap();
-    let tasks: Vec<_> = (0..100)
-        .map(|_| {
-            let cache = cache.clone();
-            tokio::spawn(async move { secret(&cache.get().await.unwrap()) })
-        })
-        .collect();
-    let mut tokens = std::collections::HashSet::new();
-    for t in tasks {
-        assert!(
-            tokens.insert(t.await.unwrap()),
-            "a token was handed out twice"
-        );
-    }
-    assert_eq!(tokens.len(), 100);
-    assert_eq!(source.calls(), 100);
+    let tokens = distinct_tokens(&cache, 100).await;
+    assert_eq!(tokens.len(), 100, "a token was handed out twice");
+    assert_eq!(issuer.calls(), 100);
     assert!(cache.cached().is_none());
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_single_use_pool_hides_the_fetch_latency() {
-    let source = Minting::new(Duration::from_secs(60)).with_delay(Duration::from_millis(200));
-    let cache = TokenCache::builder(source.clone())
+    let issuer = minting(Duration::from_secs(60)).with_delay(Duration::from_millis(200));
+    let cache = TokenCache::builder(issuer.source())
         .with_pool(3)
         .build()
         .unwrap();
@@ -512,8 +395,8 @@ async fn a_single_use_pool_hides_the_fetch_latency() {
 
 #[tokio::test(start_paused = true)]
 async fn a_rejection_discards_the_pool_and_a_refill_already_under_way() {
-    let source = Minting::new(Duration::from_secs(60)).with_delay(Duration::from_millis(100));
-    let cache = TokenCache::builder(source.clone())
+    let issuer = minting(Duration::from_secs(60)).with_delay(Duration::from_millis(100));
+    let cache = TokenCache::builder(issuer.source())
         .with_pool(2)
         .build()
         .unwrap();
@@ -547,10 +430,7 @@ async fn revoke_racing_an_in_flight_fetch_never_installs_the_old_token() {
             Ok(Token::new(format!("minted-{n}")).with_expires_in(Duration::from_secs(60)))
         }
     });
-    let waiter = {
-        let cache = cache.clone();
-        tokio::spawn(async move { cache.get().await })
-    };
+    let waiter = spawn_get(&cache);
     tokio::task::yield_now().await;
     assert_eq!(calls.load(SeqCst), 1);
     cache.revoke();
@@ -564,8 +444,8 @@ async fn revoke_racing_an_in_flight_fetch_never_installs_the_old_token() {
 
 #[tokio::test(start_paused = true)]
 async fn revoke_drops_the_current_token() {
-    let source = Minting::new(Duration::from_secs(60));
-    let cache = cache(source.clone());
+    let issuer = minting(Duration::from_secs(60));
+    let cache = cache(issuer.source());
     let first = cache.get().await.unwrap();
     cache.revoke();
     assert!(cache.cached().is_none());
@@ -575,8 +455,8 @@ async fn revoke_drops_the_current_token() {
 
 #[tokio::test(start_paused = true)]
 async fn an_api_rejecting_every_fresh_token_cannot_make_the_cache_hammer_the_issuer() {
-    let source = Minting::new(Duration::from_secs(3600));
-    let cache = cache(source.clone());
+    let issuer = minting(Duration::from_secs(3600));
+    let cache = cache(issuer.source());
     // Every request is rejected: invalidate the token it carried, get another, for a minute.
     let start = Instant::now();
     let mut held_off = 0;
@@ -589,9 +469,9 @@ async fn an_api_rejecting_every_fresh_token_cannot_make_the_cache_hammer_the_iss
     }
     // The first rejection refetches at once; later ones wait 0.25 s doubling to 30 s.
     assert!(
-        (8..=12).contains(&source.calls()),
+        (8..=12).contains(&issuer.calls()),
         "{} fetches",
-        source.calls()
+        issuer.calls()
     );
     assert!(held_off > 5000);
     assert_eq!(cache.stats().suppressed_invalidations, held_off);
@@ -599,8 +479,8 @@ async fn an_api_rejecting_every_fresh_token_cannot_make_the_cache_hammer_the_iss
 
 #[tokio::test(start_paused = true)]
 async fn a_fresh_token_rejected_once_is_replaced_at_once() {
-    let source = Minting::new(Duration::from_secs(3600));
-    let cache = cache(source.clone());
+    let issuer = minting(Duration::from_secs(3600));
+    let cache = cache(issuer.source());
     for _ in 0..3 {
         // each token is rejected once, then accepted for a while: no backoff applies
         let s = cache.get().await.unwrap();
@@ -618,8 +498,8 @@ async fn a_fresh_token_rejected_once_is_replaced_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn dropping_the_last_handle_stops_background_work() {
-    let source = Minting::new(Duration::from_secs(10));
-    let cache = cache(source.clone());
+    let issuer = minting(Duration::from_secs(10));
+    let cache = cache(issuer.source());
     let clone = cache.clone();
     // Refreshes run ahead of expiry while the token is in use and a handle lives.
     for _ in 0..60 {
@@ -627,7 +507,7 @@ async fn dropping_the_last_handle_stops_background_work() {
         sleep(Duration::from_secs(1)).await;
     }
     drop(cache);
-    let with_a_handle = source.calls();
+    let with_a_handle = issuer.calls();
     assert!(
         with_a_handle >= 5,
         "refreshes ran while a handle lived: {with_a_handle}"
@@ -635,7 +515,7 @@ async fn dropping_the_last_handle_stops_background_work() {
     drop(clone);
     sleep(Duration::from_secs(600)).await;
     assert_eq!(
-        source.calls(),
+        issuer.calls(),
         with_a_handle,
         "no refresh after the last handle dropped"
     );
@@ -643,7 +523,7 @@ async fn dropping_the_last_handle_stops_background_work() {
 
 #[test]
 fn outside_a_runtime_get_reports_the_missing_runtime() {
-    let cache = cache(Minting::new(Duration::from_secs(60)));
+    let cache = cache(minting(Duration::from_secs(60)).source());
     let result = futures_executor_block_on(cache.get());
     assert!(matches!(result, Err(Error::NoRuntime)));
 }
@@ -681,8 +561,7 @@ fn a_runtime_shutting_down_mid_fetch_leaves_no_waiter_hanging() {
     };
     let first = runtime();
     first.block_on(async {
-        let c = cache.clone();
-        tokio::spawn(async move { c.get().await });
+        spawn_get(&cache);
         tokio::task::yield_now().await;
     });
     drop(first); // the fetch task dies with its runtime

@@ -5,75 +5,19 @@
 //! being driven.
 
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
-use tokenwarden_core::{
-    CacheState, Clock, Error, FetchError, ManualClock, Token, TokenCache, TokenCacheBuilder,
-};
+use tokenwarden_core::{CacheState, Clock, Error, ManualClock, TokenCache, TokenCacheBuilder};
+use tokenwarden_test_support::{CountingIssuer, secret, spawn_get, spawn_gets};
 use tokio::time::{advance, sleep};
 
-/// Mints `tok-1`, `tok-2`, ... living `lifetime`, after `delay`; fails while `failing` is
-/// set; counts calls and the most calls in flight at once.
-#[derive(Clone)]
-struct Issuer {
-    calls: Arc<AtomicUsize>,
-    in_flight: Arc<AtomicUsize>,
-    most_in_flight: Arc<AtomicUsize>,
-    failing: Arc<AtomicBool>,
-    rejecting: Arc<AtomicBool>,
-    delay: Duration,
-    lifetime: Duration,
+/// An issuer minting `tok-1`, `tok-2`, ... that live `lifetime`, counting its calls.
+fn minting(lifetime: Duration) -> CountingIssuer {
+    CountingIssuer::up().with_lifetime(lifetime)
 }
 
-impl Issuer {
-    fn new(lifetime: Duration) -> Self {
-        Self {
-            calls: Arc::default(),
-            in_flight: Arc::default(),
-            most_in_flight: Arc::default(),
-            failing: Arc::default(),
-            rejecting: Arc::default(),
-            delay: Duration::ZERO,
-            lifetime,
-        }
-    }
-
-    fn with_delay(mut self, delay: Duration) -> Self {
-        self.delay = delay;
-        self
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(SeqCst)
-    }
-
-    fn fail(&self, failing: bool) {
-        self.failing.store(failing, SeqCst);
-    }
-
-    fn builder(&self) -> TokenCacheBuilder {
-        TokenCache::builder(self.clone())
-    }
-}
-
-#[async_trait::async_trait]
-impl tokenwarden_core::TokenSource for Issuer {
-    async fn fetch(&self) -> Result<Token, FetchError> {
-        let n = self.calls.fetch_add(1, SeqCst) + 1;
-        let now = self.in_flight.fetch_add(1, SeqCst) + 1;
-        self.most_in_flight.fetch_max(now, SeqCst);
-        sleep(self.delay).await;
-        self.in_flight.fetch_sub(1, SeqCst);
-        if self.rejecting.load(SeqCst) {
-            return Err(FetchError::rejected("bad credentials"));
-        }
-        if self.failing.load(SeqCst) {
-            return Err(FetchError::transient("503"));
-        }
-        Ok(Token::new(format!("tok-{n}")).with_expires_in(self.lifetime))
-    }
+fn builder(issuer: &CountingIssuer) -> TokenCacheBuilder {
+    TokenCache::builder(issuer.source())
 }
 
 fn current_thread(paused: bool) -> tokio::runtime::Runtime {
@@ -95,17 +39,16 @@ fn multi_thread() -> tokio::runtime::Runtime {
 
 /// Starts a fetch on `runtime` (a caller there, polled once) and leaves it to that runtime.
 fn start_fetch_on(runtime: &tokio::runtime::Runtime, cache: &TokenCache) {
-    let c = cache.clone();
     runtime.block_on(async {
-        tokio::spawn(async move { c.get().await });
+        spawn_get(cache);
         tokio::task::yield_now().await;
     });
 }
 
 /// A cache on a manual clock: time passes only when the test says so.
-fn manual(issuer: &Issuer) -> (TokenCache, ManualClock) {
+fn manual(issuer: &CountingIssuer) -> (TokenCache, ManualClock) {
     let (clock, hand) = Clock::manual();
-    let cache = issuer.builder().with_clock(clock).build().unwrap();
+    let cache = builder(issuer).with_clock(clock).build().unwrap();
     (cache, hand)
 }
 
@@ -113,7 +56,7 @@ fn manual(issuer: &Issuer) -> (TokenCache, ManualClock) {
 
 #[test]
 fn sync_code_calling_block_on_per_request_never_gets_a_token_past_its_deadline() {
-    let issuer = Issuer::new(Duration::from_secs(15));
+    let issuer = minting(Duration::from_secs(15));
     let (cache, clock) = manual(&issuer);
     let runtime = current_thread(false);
     let first = runtime.block_on(cache.get()).unwrap().id();
@@ -130,7 +73,7 @@ fn sync_code_calling_block_on_per_request_never_gets_a_token_past_its_deadline()
 
 #[test]
 fn a_task_looping_on_an_always_ready_get_sees_the_deadline() {
-    let issuer = Issuer::new(Duration::from_secs(15));
+    let issuer = minting(Duration::from_secs(15));
     let (cache, clock) = manual(&issuer);
     let runtime = current_thread(false);
     let served = runtime.block_on(async {
@@ -156,9 +99,8 @@ fn a_task_looping_on_an_always_ready_get_sees_the_deadline() {
 
 #[test]
 fn a_fetch_stranded_on_an_idle_runtime_holds_no_caller_past_the_fetch_timeout() {
-    let issuer = Issuer::new(Duration::from_secs(60)).with_delay(Duration::from_millis(50));
-    let cache = issuer
-        .builder()
+    let issuer = minting(Duration::from_secs(60)).with_delay(Duration::from_millis(50));
+    let cache = builder(&issuer)
         .with_fetch_timeout(Duration::from_secs(2))
         .build()
         .unwrap();
@@ -185,8 +127,8 @@ fn a_fetch_stranded_on_an_idle_runtime_holds_no_caller_past_the_fetch_timeout() 
 
 #[test]
 fn a_fetch_whose_runtime_shuts_down_hands_no_waiter_a_spurious_cancelled() {
-    let issuer = Issuer::new(Duration::from_secs(60)).with_delay(Duration::from_secs(3600));
-    let cache = issuer.builder().build().unwrap();
+    let issuer = minting(Duration::from_secs(60)).with_delay(Duration::from_secs(3600));
+    let cache = builder(&issuer).build().unwrap();
     let dying = current_thread(true);
     start_fetch_on(&dying, &cache);
     let other = multi_thread();
@@ -215,24 +157,24 @@ fn a_fetch_whose_runtime_shuts_down_hands_no_waiter_a_spurious_cancelled() {
 
 #[tokio::test(start_paused = true)]
 async fn a_token_first_used_inside_its_window_is_refreshed_in_the_background() {
-    let issuer = Issuer::new(Duration::from_secs(100));
-    let cache = issuer.builder().build().unwrap();
+    let issuer = minting(Duration::from_secs(100));
+    let cache = builder(&issuer).build().unwrap();
     cache.get().await.unwrap();
     // Idle when the window opens (70-80 s of 95 s usable), used at 85 s.
     sleep(Duration::from_secs(85)).await;
-    assert_eq!(cache.get().await.unwrap().secret_text(), "tok-1");
+    assert_eq!(secret(&cache.get().await.unwrap()), "tok-1");
     sleep(Duration::from_millis(1)).await;
     let stats = cache.stats();
     assert_eq!(stats.refreshes_ahead, 1);
     assert_eq!(issuer.calls(), 2);
-    assert_eq!(cache.get().await.unwrap().secret_text(), "tok-2");
+    assert_eq!(secret(&cache.get().await.unwrap()), "tok-2");
     assert_eq!(stats.waits, 1, "only the very first call waited");
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_idle_cache_never_calls_the_issuer() {
-    let issuer = Issuer::new(Duration::from_secs(100));
-    let cache = issuer.builder().build().unwrap();
+    let issuer = minting(Duration::from_secs(100));
+    let cache = builder(&issuer).build().unwrap();
     cache.get().await.unwrap();
     sleep(Duration::from_secs(3600)).await;
     assert_eq!(issuer.calls(), 1);
@@ -242,16 +184,10 @@ async fn an_idle_cache_never_calls_the_issuer() {
 
 #[tokio::test(start_paused = true)]
 async fn a_single_use_blip_under_load_is_one_failure_and_a_bounded_burst() {
-    let issuer = Issuer::new(Duration::from_secs(60)).with_delay(Duration::from_millis(100));
-    let cache = issuer.builder().single_use().build().unwrap();
+    let issuer = minting(Duration::from_secs(60)).with_delay(Duration::from_millis(100));
+    let cache = builder(&issuer).single_use().build().unwrap();
     issuer.fail(true);
-    let callers: Vec<_> = (0..50)
-        .map(|_| {
-            let cache = cache.clone();
-            tokio::spawn(async move { cache.get().await })
-        })
-        .collect();
-    for caller in callers {
+    for caller in spawn_gets(&cache, 50) {
         assert!(caller.await.unwrap().is_err());
     }
     assert!(
@@ -272,30 +208,24 @@ async fn a_single_use_blip_under_load_is_one_failure_and_a_bounded_burst() {
 
 #[tokio::test(start_paused = true)]
 async fn single_use_keeps_at_most_four_issuer_requests_in_flight_pool_included() {
-    let issuer = Issuer::new(Duration::from_secs(60)).with_delay(Duration::from_millis(50));
-    let cache = issuer.builder().with_pool(3).build().unwrap();
-    let callers: Vec<_> = (0..200)
-        .map(|_| {
-            let cache = cache.clone();
-            tokio::spawn(async move { cache.get().await.map(|s| s.id()) })
-        })
-        .collect();
+    let issuer = minting(Duration::from_secs(60)).with_delay(Duration::from_millis(50));
+    let cache = builder(&issuer).with_pool(3).build().unwrap();
     let mut ids = Vec::new();
-    for caller in callers {
-        ids.push(caller.await.unwrap().unwrap());
+    for caller in spawn_gets(&cache, 200) {
+        ids.push(caller.await.unwrap().unwrap().id());
     }
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 200, "every caller its own token");
-    assert!(issuer.most_in_flight.load(SeqCst) <= 4);
+    assert!(issuer.most_in_flight() <= 4);
 }
 
 // ---- 5. acceptance ---------------------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]
 async fn a_token_that_worked_and_is_then_rejected_is_replaced_at_once() {
-    let issuer = Issuer::new(Duration::from_secs(600));
-    let cache = issuer.builder().build().unwrap();
+    let issuer = minting(Duration::from_secs(600));
+    let cache = builder(&issuer).build().unwrap();
     for round in 1..=20 {
         let token = cache.get().await.unwrap();
         token.mark_accepted();
@@ -315,8 +245,8 @@ async fn a_token_that_worked_and_is_then_rejected_is_replaced_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn debug_and_status_have_no_side_effects() {
-    let issuer = Issuer::new(Duration::from_secs(100));
-    let cache = issuer.builder().build().unwrap();
+    let issuer = minting(Duration::from_secs(100));
+    let cache = builder(&issuer).build().unwrap();
     for _ in 0..3 {
         cache.get().await.unwrap();
     }
@@ -333,9 +263,8 @@ async fn debug_and_status_have_no_side_effects() {
 
 #[tokio::test(start_paused = true)]
 async fn grace_serves_the_last_token_while_the_issuer_fails_never_past_its_expiry() {
-    let issuer = Issuer::new(Duration::from_secs(100));
-    let cache = issuer
-        .builder()
+    let issuer = minting(Duration::from_secs(100));
+    let cache = builder(&issuer)
         .with_grace(Duration::from_secs(30))
         .build()
         .unwrap();
@@ -361,9 +290,8 @@ async fn grace_serves_the_last_token_while_the_issuer_fails_never_past_its_expir
 
 #[tokio::test(start_paused = true)]
 async fn grace_past_expiry_is_an_explicit_opt_in() {
-    let issuer = Issuer::new(Duration::from_secs(100));
-    let cache = issuer
-        .builder()
+    let issuer = minting(Duration::from_secs(100));
+    let cache = builder(&issuer)
         .with_grace(Duration::from_secs(30))
         .with_grace_past_expiry(true)
         .build()
@@ -381,8 +309,8 @@ async fn grace_past_expiry_is_an_explicit_opt_in() {
 
 #[tokio::test(start_paused = true)]
 async fn without_grace_a_failing_issuer_leaves_callers_with_the_error() {
-    let issuer = Issuer::new(Duration::from_secs(100));
-    let cache = issuer.builder().build().unwrap();
+    let issuer = minting(Duration::from_secs(100));
+    let cache = builder(&issuer).build().unwrap();
     cache.get().await.unwrap();
     issuer.fail(true);
     sleep(Duration::from_secs(91)).await;
@@ -392,9 +320,9 @@ async fn without_grace_a_failing_issuer_leaves_callers_with_the_error() {
 
 #[tokio::test(start_paused = true)]
 async fn the_first_fetch_backs_off_for_less_than_a_refresh_does() {
-    let issuer = Issuer::new(Duration::from_secs(100));
+    let issuer = minting(Duration::from_secs(100));
     issuer.fail(true);
-    let empty = issuer.builder().build().unwrap();
+    let empty = builder(&issuer).build().unwrap();
     assert!(empty.get().await.is_err());
     let CacheState::BackingOff { retry_in } = empty.status().state else {
         panic!("{:?}", empty.status());
@@ -402,7 +330,7 @@ async fn the_first_fetch_backs_off_for_less_than_a_refresh_does() {
     assert!(retry_in <= Duration::from_millis(100), "{retry_in:?}");
 
     issuer.fail(false);
-    let holding = issuer.builder().build().unwrap();
+    let holding = builder(&issuer).build().unwrap();
     holding.get().await.unwrap();
     issuer.fail(true);
     sleep(Duration::from_secs(80)).await;
@@ -418,8 +346,8 @@ async fn the_first_fetch_backs_off_for_less_than_a_refresh_does() {
 
 #[tokio::test(start_paused = true)]
 async fn status_says_what_the_cache_is_doing() {
-    let issuer = Issuer::new(Duration::from_secs(100)).with_delay(Duration::from_secs(1));
-    let cache = issuer.builder().build().unwrap();
+    let issuer = minting(Duration::from_secs(100)).with_delay(Duration::from_secs(1));
+    let cache = builder(&issuer).build().unwrap();
     assert_eq!(cache.status().state, CacheState::Empty);
     let c = cache.clone();
     let warming = tokio::spawn(async move { c.warm().await });
@@ -433,8 +361,8 @@ async fn status_says_what_the_cache_is_doing() {
     assert!(status.refresh_in.unwrap() > Duration::from_secs(60));
     assert!(status.last_error.is_none());
 
-    issuer.rejecting.store(true, SeqCst);
-    let rejected = issuer.builder().build().unwrap();
+    issuer.reject(true);
+    let rejected = builder(&issuer).build().unwrap();
     assert!(rejected.warm().await.unwrap_err().is_rejected());
     let status = rejected.status();
     assert!(
@@ -446,8 +374,8 @@ async fn status_says_what_the_cache_is_doing() {
 
 #[tokio::test(start_paused = true)]
 async fn warm_in_single_use_mode_keeps_the_token_for_the_next_caller() {
-    let issuer = Issuer::new(Duration::from_secs(100));
-    let cache = issuer.builder().single_use().build().unwrap();
+    let issuer = minting(Duration::from_secs(100));
+    let cache = builder(&issuer).single_use().build().unwrap();
     let warmed = cache.warm().await.unwrap();
     // Kept for as long as it is usable (95 s of life, mandatory point at 90 s).
     sleep(Duration::from_secs(60)).await;
@@ -458,9 +386,8 @@ async fn warm_in_single_use_mode_keeps_the_token_for_the_next_caller() {
 
 #[tokio::test(start_paused = true)]
 async fn an_absolute_refresh_window_starts_the_refresh_that_long_before_expiry() {
-    let issuer = Issuer::new(Duration::from_secs(3605));
-    let cache = issuer
-        .builder()
+    let issuer = minting(Duration::from_secs(3605));
+    let cache = builder(&issuer)
         .with_refresh_before(Duration::from_secs(600))
         .build()
         .unwrap();
@@ -476,20 +403,10 @@ async fn an_absolute_refresh_window_starts_the_refresh_that_long_before_expiry()
     assert_eq!(issuer.calls(), 2);
 }
 
-trait SecretText {
-    fn secret_text(&self) -> String;
-}
-
-impl SecretText for tokenwarden_core::Snapshot {
-    fn secret_text(&self) -> String {
-        self.token().secret().expose().to_owned()
-    }
-}
-
 #[test]
 fn a_cached_token_is_served_outside_any_runtime() {
-    let issuer = Issuer::new(Duration::from_secs(600));
-    let cache = issuer.builder().build().unwrap();
+    let issuer = minting(Duration::from_secs(600));
+    let cache = builder(&issuer).build().unwrap();
     current_thread(false).block_on(cache.warm()).unwrap();
     // From a plain thread, polled once with no runtime: the hot path (and the slow path's
     // first look) need none.
@@ -497,7 +414,7 @@ fn a_cached_token_is_served_outside_any_runtime() {
         let mut get = std::pin::pin!(cache.get());
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         match get.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(result) => result.map(|s| s.secret_text()),
+            std::task::Poll::Ready(result) => result.map(|s| secret(&s)),
             std::task::Poll::Pending => panic!("waited outside a runtime"),
         }
     })
@@ -510,19 +427,18 @@ fn a_cached_token_is_served_outside_any_runtime() {
 fn a_refresh_stranded_on_an_idle_runtime_is_given_up_not_waited_for() {
     // The background refresh starts on a runtime that is then never driven again; at the
     // mandatory point a caller elsewhere starts over instead of getting a zero-wait timeout.
-    let issuer = Issuer::new(Duration::from_secs(15)).with_delay(Duration::from_millis(50));
+    let issuer = minting(Duration::from_secs(15)).with_delay(Duration::from_millis(50));
     let (clock, hand) = Clock::manual();
-    let cache = issuer
-        .builder()
+    let cache = builder(&issuer)
         .with_clock(clock)
         .with_fetch_timeout(Duration::from_secs(1))
         .build()
         .unwrap();
     let idle = current_thread(false);
-    assert_eq!(idle.block_on(cache.get()).unwrap().secret_text(), "tok-1");
+    assert_eq!(secret(&idle.block_on(cache.get()).unwrap()), "tok-1");
     // Usable life 10 s: the window opens at 7-8 s, the mandatory point is at 9 s.
     hand.advance(Duration::from_secs(8));
-    assert_eq!(idle.block_on(cache.get()).unwrap().secret_text(), "tok-1");
+    assert_eq!(secret(&idle.block_on(cache.get()).unwrap()), "tok-1");
     assert_eq!(
         cache.stats().refreshes_ahead,
         1,
@@ -531,11 +447,7 @@ fn a_refresh_stranded_on_an_idle_runtime_is_given_up_not_waited_for() {
     hand.advance(Duration::from_secs(2));
     let other = current_thread(false);
     let got = other.block_on(cache.get()).expect("no zero-wait timeout");
-    assert_ne!(
-        got.secret_text(),
-        "tok-1",
-        "a fresh token, fetched on `other`"
-    );
+    assert_ne!(secret(&got), "tok-1", "a fresh token, fetched on `other`");
     assert_eq!(cache.stats().superseded_fetches, 1);
     drop(idle);
 }
@@ -546,9 +458,8 @@ fn starting_over_never_stretches_a_wait_past_the_first_deadline() {
     // own runtime, but still returns by the first fetch's deadline (1 s + 100 ms), not a whole
     // new fetch timeout later. (Real time, on a multi-thread runtime: the runtimes' own clocks
     // are what is under test.)
-    let issuer = Issuer::new(Duration::from_secs(60)).with_delay(Duration::from_secs(3600));
-    let cache = issuer
-        .builder()
+    let issuer = minting(Duration::from_secs(60)).with_delay(Duration::from_secs(3600));
+    let cache = builder(&issuer)
         .with_fetch_timeout(Duration::from_secs(1))
         .build()
         .unwrap();
@@ -572,14 +483,9 @@ fn starting_over_never_stretches_a_wait_past_the_first_deadline() {
 
 #[tokio::test(start_paused = true)]
 async fn single_use_callers_cancelled_mid_fetch_release_their_places() {
-    let issuer = Issuer::new(Duration::from_secs(60)).with_delay(Duration::from_secs(1));
-    let cache = issuer.builder().single_use().build().unwrap();
-    let callers: Vec<_> = (0..10)
-        .map(|_| {
-            let cache = cache.clone();
-            tokio::spawn(async move { cache.get().await })
-        })
-        .collect();
+    let issuer = minting(Duration::from_secs(60)).with_delay(Duration::from_secs(1));
+    let cache = builder(&issuer).single_use().build().unwrap();
+    let callers = spawn_gets(&cache, 10);
     sleep(Duration::from_millis(100)).await;
     for caller in &callers {
         caller.abort();
@@ -589,13 +495,7 @@ async fn single_use_callers_cancelled_mid_fetch_release_their_places() {
     }
     // All four places are free again: four callers fetch at once, each in one delay.
     let start = tokio::time::Instant::now();
-    let again: Vec<_> = (0..4)
-        .map(|_| {
-            let cache = cache.clone();
-            tokio::spawn(async move { cache.get().await })
-        })
-        .collect();
-    for caller in again {
+    for caller in spawn_gets(&cache, 4) {
         caller.await.unwrap().unwrap();
     }
     assert_eq!(start.elapsed(), Duration::from_secs(1));

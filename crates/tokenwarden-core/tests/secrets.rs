@@ -1,43 +1,17 @@
 //! No secret reaches `Debug`, `Display`, errors or `tracing` output.
 
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 use tokenwarden_core::{FetchError, Presentation, Secret, Token, TokenCache};
+use tokenwarden_test_support::LogCapture;
 
 const SECRET: &str = "S3CR3T-t0k3n-value";
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn secrets_are_absent_from_debug_display_errors_and_traces() {
-    let logs = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(logs.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = LogCapture::start();
 
     let calls = Arc::new(Mutex::new(0));
     let c = calls.clone();
@@ -88,7 +62,7 @@ async fn secrets_are_absent_from_debug_display_errors_and_traces() {
     cache.get().await.unwrap();
     seen.push(format!("{:?} {}", Secret::new(SECRET), Secret::new(SECRET)));
 
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     assert!(logs.contains("token fetched"), "{logs}");
     assert!(logs.contains("token fetch failed"), "{logs}");
     assert!(logs.contains("test-gateway"), "{logs}");

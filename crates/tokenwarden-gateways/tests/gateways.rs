@@ -5,9 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use http::{HeaderName, StatusCode};
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use mockito::{Matcher, Mock, Server, ServerGuard};
-use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use tokenwarden_core::{Error, Expiry, Scope, Secret, TokenCache, TokenSource};
 use tokenwarden_gateways::boipa::{self, Action, ActionRequest, BoipaConfig};
 use tokenwarden_gateways::generic::{ExpiryField, JsonSource};
@@ -15,7 +19,9 @@ use tokenwarden_gateways::payments::{self, ClientAppSource, SessionTokenSource, 
 use tokenwarden_gateways::sipay::{self, SipayConfig, ThreeD};
 use tokenwarden_gateways::torus::{self, TorusConfig};
 use tokenwarden_gateways::{GatewayError, IssuerClient, ServiceSender};
-use tokenwarden_reqwest::TokenMiddleware;
+use tokenwarden_test_support::{
+    Recorder, Reply, chain, distinct_tokens, gateway_error, middleware_client, unused_addr,
+};
 
 /// A token endpoint answering `body(n)` for the n-th call; counts calls.
 async fn issuer(
@@ -33,24 +39,6 @@ async fn issuer(
         .create_async()
         .await;
     (mock, calls)
-}
-
-/// Every message of an error's chain, joined.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text = format!("{text}: {e}");
-        source = e.source();
-    }
-    text
-}
-
-fn gateway_error(error: &Error) -> &GatewayError {
-    error
-        .fetch_error()
-        .and_then(|f| f.get_ref().downcast_ref::<GatewayError>())
-        .unwrap_or_else(|| panic!("not a gateway error: {error:?}"))
 }
 
 /// API mocks on `path`: `reject` answers 401, `accept` answers 200; returns the 200 mock.
@@ -78,11 +66,29 @@ async fn api(
     (rejected, accepted)
 }
 
-fn client(cache: TokenCache, origin: &str) -> ClientWithMiddleware {
-    let scope = Scope::origin(origin).unwrap();
-    ClientBuilder::new(tokenwarden_reqwest::client_builder().build().unwrap())
-        .with(TokenMiddleware::new(cache, scope))
-        .build()
+/// POSTs `{}` to `path` on `server` through the middleware with `cache`: the answer is a `200`
+/// and every one of `mocks` was met.
+async fn post_through_middleware(
+    server: &ServerGuard,
+    cache: TokenCache,
+    path: &str,
+    mocks: [&Mock; 3],
+) {
+    let response = middleware_client(cache, &server.url())
+        .post(format!("{}{path}", server.url()))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    for mock in mocks {
+        mock.assert_async().await;
+    }
+}
+
+/// A sender of token requests through hyper-util's client: no reqwest on the way.
+fn hyper_sender() -> ServiceSender<Client<HttpConnector, Full<Bytes>>> {
+    ServiceSender(Client::builder(TokioExecutor::new()).build_http())
 }
 
 // ---- BOIPA ------------------------------------------------------------------------------
@@ -170,29 +176,8 @@ async fn boipa_sends_every_form_field_with_a_fresh_timestamp_and_tokens_are_sing
         .unwrap()
         .build()
         .unwrap();
-    let tasks: Vec<_> = (0..5)
-        .map(|_| {
-            let cache = cache.clone();
-            tokio::spawn(async move {
-                cache
-                    .get()
-                    .await
-                    .unwrap()
-                    .token()
-                    .secret()
-                    .expose()
-                    .to_owned()
-            })
-        })
-        .collect();
-    let mut tokens = std::collections::HashSet::new();
-    for task in tasks {
-        assert!(
-            tokens.insert(task.await.unwrap()),
-            "a BOIPA token was handed out twice"
-        );
-    }
-    assert_eq!(tokens.len(), 5);
+    let tokens = distinct_tokens(&cache, 5).await;
+    assert_eq!(tokens.len(), 5, "a BOIPA token was handed out twice");
     token_endpoint.assert_async().await;
     assert!(!format!("{cache:?}").contains("p@ss"));
 }
@@ -256,16 +241,13 @@ async fn boipa_end_to_end_each_request_its_own_token_and_a_401_replayed() {
     .unwrap()
     .build()
     .unwrap();
-    let response = client(cache, &server.url())
-        .post(format!("{}/api/purchase", server.url()))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    rejected.assert_async().await;
-    accepted.assert_async().await;
-    tokens.assert_async().await;
+    post_through_middleware(
+        &server,
+        cache,
+        "/api/purchase",
+        [&rejected, &accepted, &tokens],
+    )
+    .await;
 }
 
 // ---- Torus ------------------------------------------------------------------------------
@@ -326,10 +308,6 @@ async fn torus_a_rejected_request_token_is_terminal() {
 
 #[tokio::test]
 async fn torus_end_to_end_through_the_tower_layer_and_hyper() {
-    use bytes::Bytes;
-    use http_body_util::Full;
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
     use tower::{ServiceBuilder, ServiceExt};
 
     let mut server = Server::new_async().await;
@@ -339,9 +317,11 @@ async fn torus_end_to_end_through_the_tower_layer_and_hyper() {
     .await;
     let (rejected, accepted) = api(&mut server, "/orders", "token", "torus-1", "torus-2").await;
     // The issuer is called through hyper-util too: no reqwest anywhere on this path.
-    let sender = ServiceSender(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
     let config = TorusConfig::new(server.url(), "rt", "k", "s");
-    let cache = torus::cache(sender, config).unwrap().build().unwrap();
+    let cache = torus::cache(hyper_sender(), config)
+        .unwrap()
+        .build()
+        .unwrap();
     let client = Client::builder(TokioExecutor::new()).build_http();
     let client = ServiceBuilder::new()
         .layer(tokenwarden_tower::TokenLayer::new(
@@ -440,15 +420,7 @@ async fn sipay_refusals_and_oversized_answers_are_typed() {
         let config = SipayConfig::new(server.url(), "huge", "s");
         let source = match sender {
             "reqwest" => sipay::SipaySource::new(IssuerClient::new().unwrap(), config),
-            _ => sipay::SipaySource::new(
-                ServiceSender(
-                    hyper_util::client::legacy::Client::builder(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .build_http::<http_body_util::Full<bytes::Bytes>>(),
-                ),
-                config,
-            ),
+            _ => sipay::SipaySource::new(hyper_sender(), config),
         }
         .unwrap();
         let error = TokenCache::new(source).get().await.unwrap_err();
@@ -485,17 +457,13 @@ async fn sipay_end_to_end_bearer_token_refreshed_after_a_401() {
     .unwrap()
     .build()
     .unwrap();
-    let client = client(cache, &server.url());
-    let response = client
-        .post(format!("{}/api/paySmart3D", server.url()))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    rejected.assert_async().await;
-    accepted.assert_async().await;
-    tokens.assert_async().await;
+    post_through_middleware(
+        &server,
+        cache,
+        "/api/paySmart3D",
+        [&rejected, &accepted, &tokens],
+    )
+    .await;
 }
 
 // ---- Payments API ---------------------------------------------------------------------------
@@ -597,7 +565,8 @@ async fn payments_revoking_an_authentication_token_expires_its_session_tokens() 
         sessions.cache("refunds").unwrap(),
         sessions.cache("checkout").unwrap(),
     );
-    let (client_a, client_b) = (client(a.clone(), &server.url()), client(b, &server.url()));
+    let client_a = middleware_client(a.clone(), &server.url());
+    let client_b = middleware_client(b, &server.url());
     let url = format!("{}/payments", server.url());
     assert_eq!(
         client_a.post(&url).send().await.unwrap().status(),
@@ -658,16 +627,7 @@ async fn payments_client_app_end_to_end_renews_its_session_token_after_a_401() {
         .with_presentation(payments::presentation("FNS-1").unwrap())
         .build()
         .unwrap();
-    let response = client(cache, &server.url())
-        .post(format!("{}/payments", server.url()))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    rejected.assert_async().await;
-    accepted.assert_async().await;
-    tokens.assert_async().await;
+    post_through_middleware(&server, cache, "/payments", [&rejected, &accepted, &tokens]).await;
 }
 
 // ---- generic JSON ----------------------------------------------------------------------------
@@ -709,32 +669,10 @@ async fn the_generic_source_posts_credentials_and_reads_by_pointer() {
     assert!(e.to_string().contains("`/data/jwt` is a number"), "{e}");
 }
 
-/// A loopback issuer that answers `200` with a `content-length` of 100, sends 10 bytes and
-/// closes: the answer breaks off half way.
-async fn issuer_that_breaks_off() -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let mut buf = [0; 4096];
-            let _ = stream.read(&mut buf).await;
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"token\":")
-                .await;
-            drop(stream);
-        }
-    });
-    format!("http://{addr}/token")
-}
-
 #[tokio::test]
 async fn transport_failures_keep_the_client_error_and_say_what_broke() {
     // Nothing listens: unreachable, a connect error, each message once in the chain.
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
+    let closed = unused_addr();
     let source = JsonSource::json(
         IssuerClient::new().unwrap(),
         &format!("http://{closed}/token?key=s3cr3t"),
@@ -755,13 +693,13 @@ async fn transport_failures_keep_the_client_error_and_say_what_broke() {
     assert_eq!(text.matches("could not be reached").count(), 1, "{text}");
     assert!(!text.contains("s3cr3t"), "{text}");
 
-    // An answer that breaks off half way is not "could not be reached", through either sender.
-    let url = issuer_that_breaks_off().await;
+    // An answer that breaks off half way is not "could not be reached", through either sender:
+    // a `200` with a `content-length` of 100, then 9 bytes and the connection closes.
+    let issuer = Recorder::start(Reply::json(r#"{"token":"#).cut_short(100)).await;
+    let url = format!("{}/token", issuer.origin("http", "127.0.0.1"));
     let reqwest_source =
         JsonSource::json(IssuerClient::new().unwrap(), &url, serde_json::json!({})).unwrap();
-    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<bytes::Bytes>>();
-    let hyper_source = JsonSource::json(ServiceSender(hyper), &url, serde_json::json!({})).unwrap();
+    let hyper_source = JsonSource::json(hyper_sender(), &url, serde_json::json!({})).unwrap();
     for source in [reqwest_source, hyper_source] {
         let error = source.fetch().await.unwrap_err();
         let gateway = error.get_ref().downcast_ref::<GatewayError>().unwrap();

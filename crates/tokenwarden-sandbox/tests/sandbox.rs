@@ -3,29 +3,38 @@
 
 use std::time::Duration;
 
-use reqwest_middleware::ClientBuilder;
-use tokenwarden_core::{Error, Secret, TokenCache};
+use tokenwarden_core::{ConfigError, Error, Secret, TokenCache, TokenCacheBuilder};
 use tokenwarden_gateways::boipa::{self, Action, ActionRequest};
 use tokenwarden_gateways::payments::SessionTokens;
 use tokenwarden_gateways::{GatewayError, IssuerClient, sipay, torus};
-use tokenwarden_reqwest::TokenMiddleware;
 use tokenwarden_sandbox::{Fault, Gateway, Sandbox, credentials};
+use tokenwarden_test_support::{gateway_error, middleware_client};
 
-fn gateway_error(error: &Error) -> &GatewayError {
-    error
-        .fetch_error()
-        .and_then(|f| f.get_ref().downcast_ref::<GatewayError>())
-        .unwrap_or_else(|| panic!("not a gateway error: {error:?}"))
+/// The Payments API's session tokens, under the sandbox's authentication token as `main`.
+fn sessions(sandbox: &Sandbox, http: IssuerClient) -> SessionTokens {
+    let sessions = SessionTokens::new(
+        http,
+        sandbox.base_url(Gateway::Payments),
+        credentials::PAYMENTS_MERCHANT,
+    )
+    .unwrap();
+    sessions
+        .register(
+            "main",
+            &Secret::new(credentials::PAYMENTS_AUTHENTICATION_TOKEN),
+        )
+        .unwrap();
+    sessions
+}
+
+/// The error of the first token request of a cache built from `builder`.
+async fn first_error(builder: Result<TokenCacheBuilder, ConfigError>) -> Error {
+    builder.unwrap().build().unwrap().get().await.unwrap_err()
 }
 
 /// Sends `n` requests to `gateway`'s API through a client with `cache`; returns the statuses.
 async fn call(sandbox: &Sandbox, gateway: Gateway, cache: &TokenCache, n: usize) -> Vec<u16> {
-    let client = ClientBuilder::new(tokenwarden_reqwest::client_builder().build().unwrap())
-        .with(TokenMiddleware::new(
-            cache.clone(),
-            sandbox.scope().unwrap(),
-        ))
-        .build();
+    let client = middleware_client(cache.clone(), &sandbox.url());
     let mut statuses = Vec::new();
     for _ in 0..n {
         let response = client
@@ -58,21 +67,10 @@ async fn every_gateway_issues_tokens_its_api_accepts_and_forgets_on_demand() {
                 .build()
                 .unwrap(),
         ),
-        (Gateway::Payments, {
-            let sessions = SessionTokens::new(
-                http.clone(),
-                sandbox.base_url(Gateway::Payments),
-                credentials::PAYMENTS_MERCHANT,
-            )
-            .unwrap();
-            sessions
-                .register(
-                    "main",
-                    &Secret::new(credentials::PAYMENTS_AUTHENTICATION_TOKEN),
-                )
-                .unwrap();
-            sessions.cache("main").unwrap()
-        }),
+        (
+            Gateway::Payments,
+            sessions(&sandbox, http.clone()).cache("main").unwrap(),
+        ),
     ];
     for (gateway, cache) in &caches {
         assert_eq!(
@@ -176,26 +174,14 @@ async fn wrong_credentials_are_refused_the_documented_way() {
         "k",
         "s",
     );
-    let e = torus::cache(http.clone(), bad_torus)
-        .unwrap()
-        .build()
-        .unwrap()
-        .get()
-        .await
-        .unwrap_err();
+    let e = first_error(torus::cache(http.clone(), bad_torus)).await;
     assert!(e.is_rejected(), "{e}");
     let bad_sipay = tokenwarden_gateways::sipay::SipayConfig::new(
         sandbox.base_url(Gateway::Sipay),
         "app",
         "wrong",
     );
-    let e = sipay::cache(http.clone(), bad_sipay)
-        .unwrap()
-        .build()
-        .unwrap()
-        .get()
-        .await
-        .unwrap_err();
+    let e = first_error(sipay::cache(http.clone(), bad_sipay)).await;
     assert!(e.chain().contains("Invalid credentials"), "{}", e.chain());
     let bad_boipa = tokenwarden_gateways::boipa::BoipaConfig::new(
         sandbox.base_url(Gateway::Boipa),
@@ -203,13 +189,13 @@ async fn wrong_credentials_are_refused_the_documented_way() {
         "wrong",
         "https://x",
     );
-    let e = boipa::cache(http, bad_boipa, ActionRequest::new(Action::Verify), 0)
-        .unwrap()
-        .build()
-        .unwrap()
-        .get()
-        .await
-        .unwrap_err();
+    let e = first_error(boipa::cache(
+        http,
+        bad_boipa,
+        ActionRequest::new(Action::Verify),
+        0,
+    ))
+    .await;
     let GatewayError::Refused {
         codes, reference, ..
     } = gateway_error(&e)
@@ -223,19 +209,7 @@ async fn wrong_credentials_are_refused_the_documented_way() {
 #[tokio::test]
 async fn revoking_an_authentication_token_rejects_its_session_tokens() {
     let sandbox = Sandbox::start().await.unwrap();
-    let http = IssuerClient::new().unwrap();
-    let sessions = SessionTokens::new(
-        http,
-        sandbox.base_url(Gateway::Payments),
-        credentials::PAYMENTS_MERCHANT,
-    )
-    .unwrap();
-    sessions
-        .register(
-            "main",
-            &Secret::new(credentials::PAYMENTS_AUTHENTICATION_TOKEN),
-        )
-        .unwrap();
+    let sessions = sessions(&sandbox, IssuerClient::new().unwrap());
     let minted = sessions.mint("main").await.unwrap();
     let client = reqwest::Client::new();
     let url = sandbox.api_url(Gateway::Payments, "payments");

@@ -136,8 +136,17 @@ impl Answer {
 }
 
 /// How a [`LoopbackApi`] answers each request, from what it received (the whole body is read
-/// first).
+/// first). [`LoopbackApi::start`] also takes a closure, to keep state between requests.
 pub type Route = fn(&Received) -> Answer;
+
+/// How a [`LoopbackApi`] may answer a request before it reads the body.
+type EarlyRoute = dyn Fn(&Received) -> Option<Answer> + Send + Sync;
+
+/// The route and the early route of a [`LoopbackApi`].
+struct Routes {
+    route: Box<dyn Fn(&Received) -> Answer + Send + Sync>,
+    before_body: Box<EarlyRoute>,
+}
 
 /// A hyper (HTTP/1) server on two loopback ports — the API's origin, and another origin to
 /// send requests outside a token scope to — answering by its [`Route`] and recording every
@@ -150,12 +159,31 @@ pub struct LoopbackApi {
 }
 
 impl LoopbackApi {
-    /// Starts the server on two ports of `127.0.0.1`.
+    /// Starts the server on two ports of `127.0.0.1`, answering each request by `route`.
     ///
     /// # Panics
     ///
     /// If no loopback port can be bound.
-    pub async fn start(route: Route) -> Self {
+    pub async fn start(route: impl Fn(&Received) -> Answer + Send + Sync + 'static) -> Self {
+        Self::start_answering_early(route, |_| None).await
+    }
+
+    /// Like [`start`](Self::start), but `before_body` sees each request first, with an empty
+    /// body: an [`Answer`] it gives goes out at once and the body is never read (as a server
+    /// refusing an upload does; the request is recorded with an empty body); `None` reads the
+    /// body and asks `route`.
+    ///
+    /// # Panics
+    ///
+    /// If no loopback port can be bound.
+    pub async fn start_answering_early(
+        route: impl Fn(&Received) -> Answer + Send + Sync + 'static,
+        before_body: impl Fn(&Received) -> Option<Answer> + Send + Sync + 'static,
+    ) -> Self {
+        let routes = Arc::new(Routes {
+            route: Box::new(route),
+            before_body: Box::new(before_body),
+        });
         let received = Arc::new(Mutex::new(Vec::new()));
         let mut addrs = [SocketAddr::from((Ipv4Addr::LOCALHOST, 0)); 2];
         let mut tasks = Vec::new();
@@ -165,14 +193,17 @@ impl LoopbackApi {
                 .expect("bind a loopback port");
             *addr = socket.local_addr().expect("local address");
             let log = Arc::clone(&received);
+            let routes = Arc::clone(&routes);
             tasks.push(tokio::spawn(async move {
                 // Aborting this task drops the set, which aborts every connection.
                 let mut connections = JoinSet::new();
                 while let Ok((stream, _)) = socket.accept().await {
-                    let log = Arc::clone(&log);
+                    let (log, routes) = (Arc::clone(&log), Arc::clone(&routes));
                     let service = hyper::service::service_fn(move |request| {
-                        let log = Arc::clone(&log);
-                        async move { Ok::<_, Infallible>(answer(listener, route, &log, request).await) }
+                        let (log, routes) = (Arc::clone(&log), Arc::clone(&routes));
+                        async move {
+                            Ok::<_, Infallible>(answer(listener, &routes, &log, request).await)
+                        }
                     });
                     let connection = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service);
@@ -223,7 +254,7 @@ impl Drop for LoopbackApi {
 
 async fn answer(
     listener: Listener,
-    route: Route,
+    routes: &Routes,
     log: &Mutex<Vec<Received>>,
     request: Request<Incoming>,
 ) -> Response<UnsyncBoxBody<Bytes, Infallible>> {
@@ -236,19 +267,24 @@ async fn answer(
         })
         .collect();
     headers.sort_by(|a, b| a.0.cmp(&b.0));
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let received = Received {
+    let mut received = Received {
         listener,
         method: parts.method,
         path: parts.uri.path().to_owned(),
         headers,
-        body,
+        body: Bytes::new(),
     };
-    let answer = route(&received);
+    let answer = match (routes.before_body)(&received) {
+        Some(early) => early,
+        None => {
+            received.body = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            (routes.route)(&received)
+        }
+    };
     log.lock()
         .unwrap_or_else(PoisonError::into_inner)
         .push(received);

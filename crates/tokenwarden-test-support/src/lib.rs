@@ -1,29 +1,46 @@
 //! Fixtures for tokenwarden's tests (not published).
 //!
 //! - [`Recorder`]: a host on a loopback port that keeps the raw bytes of every request it
-//!   receives and answers each with a fixed reply (such as a redirect), to assert that no
-//!   token or credential byte ever reached it.
+//!   receives and answers each with a fixed reply (such as a redirect, or an answer that breaks
+//!   off or stalls), to assert that no token or credential byte ever reached it.
 //! - [`LoopbackApi`]: a hyper server on loopback answering each request by a route function
 //!   (an [`Answer`] whose body may trickle or stall) and recording what it [`Received`] — method,
 //!   path, headers but those each client sets its own way, body — to compare what two HTTP
 //!   clients put on the wire.
-//! - [`CountingIssuer`]: a token source minting `tok-1`, `tok-2`, … that counts its calls, or
-//!   fails every one.
+//! - [`CountingIssuer`]: a token source minting `tok-1`, `tok-2`, … that counts its calls, with
+//!   a lifetime and a delay of your choice; it fails every call, on a schedule, or from the
+//!   moment it is told to.
 //! - [`LoopbackResolver`]: a hyper-util resolver that sends every host name to `127.0.0.1`,
 //!   so that `evil.example` stands in for another host on this machine.
 //! - [`LogCapture`]: every tracing event, at every level, written to a buffer.
 //! - [`ClockHold`]: keeps a paused tokio clock still while a test waits on loopback I/O, so
 //!   that time moves only where the test advances it.
+//! - [`every_kind_of_header`]: a presentation that puts the token in every kind of header.
+//! - Small helpers: [`spawn_get`] and [`spawn_gets`] (callers of a cache on tasks of their
+//!   own), [`distinct_tokens`] (what many callers at once got), [`secret`] (a snapshot's token text), [`chain`] (an error and its causes in one line),
+//!   [`unused_addr`] (a loopback address nothing listens on).
+//! - With the `reqwest` feature, `middleware_client` and `with_middleware`: reqwest clients
+//!   under the token middleware. With the `gateways` feature, `gateway_error`: the gateway
+//!   error inside a cache's error.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 
 mod api;
+#[cfg(feature = "gateways")]
+mod gateways;
 mod issuer;
+#[cfg(feature = "reqwest")]
+mod middleware;
 
 pub use api::{Answer, CLIENT_HEADERS, Listener, LoopbackApi, Received, Route};
+#[cfg(feature = "gateways")]
+pub use gateways::gateway_error;
 pub use issuer::CountingIssuer;
+#[cfg(feature = "reqwest")]
+pub use middleware::{middleware_client, with_middleware};
 
+use std::collections::HashSet;
 use std::future::{Ready, ready};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -31,9 +48,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::{HeaderName, HeaderValue};
 use hyper_util::client::legacy::connect::dns::Name;
+use tokenwarden_core::{Error, Presentation, Snapshot, TokenCache};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
 
 /// The answer a [`Recorder`] gives to every request.
 #[derive(Clone, Debug)]
@@ -41,6 +61,8 @@ pub struct Reply {
     status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    declared_length: Option<usize>,
+    held_open: bool,
 }
 
 impl Reply {
@@ -51,6 +73,8 @@ impl Reply {
             status,
             headers: Vec::new(),
             body: Vec::new(),
+            declared_length: None,
+            held_open: false,
         }
     }
 
@@ -82,6 +106,27 @@ impl Reply {
         self
     }
 
+    /// Declares a `content-length` of `declared` bytes, more than the body it sends: the
+    /// answer breaks off where the body ends (the connection closes, unless [`held_open`]).
+    ///
+    /// [`held_open`]: Self::held_open
+    #[must_use]
+    pub fn cut_short(self, declared: usize) -> Self {
+        let declared_length = Some(declared);
+        Self {
+            declared_length,
+            ..self
+        }
+    }
+
+    /// Keeps the connection open once the answer is sent, until the recorder is dropped: with
+    /// [`cut_short`](Self::cut_short), a body that stalls.
+    #[must_use]
+    pub fn held_open(self) -> Self {
+        let held_open = true;
+        Self { held_open, ..self }
+    }
+
     fn to_bytes(&self) -> Vec<u8> {
         let mut out = format!("HTTP/1.1 {} Recorded\r\n", self.status);
         for (name, value) in &self.headers {
@@ -89,7 +134,7 @@ impl Reply {
         }
         out.push_str(&format!(
             "content-length: {}\r\nconnection: close\r\n\r\n",
-            self.body.len()
+            self.declared_length.unwrap_or(self.body.len())
         ));
         let mut bytes = out.into_bytes();
         bytes.extend_from_slice(&self.body);
@@ -119,12 +164,14 @@ impl Recorder {
         let addr = listener.local_addr().expect("local address");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&seen);
-        let answer = Arc::new(reply.to_bytes());
+        let (answer, held_open) = (Arc::new(reply.to_bytes()), reply.held_open);
         let task = tokio::spawn(async move {
+            // Aborting this task drops the set, which aborts every connection.
+            let mut connections = JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
                 let (sink, answer) = (Arc::clone(&sink), Arc::clone(&answer));
-                tokio::spawn(async move {
-                    let _ = serve(stream, &sink, &answer).await;
+                connections.spawn(async move {
+                    let _ = serve(stream, &sink, &answer, held_open).await;
                 });
             }
         });
@@ -188,8 +235,14 @@ impl Drop for Recorder {
     }
 }
 
-/// Reads one request (head, then a body of `content-length` bytes), keeps its bytes, answers.
-async fn serve(mut stream: TcpStream, sink: &Mutex<Vec<Vec<u8>>>, answer: &[u8]) -> io::Result<()> {
+/// Reads one request (head, then a body of `content-length` bytes), keeps its bytes, answers;
+/// then closes the connection, or holds it open for good.
+async fn serve(
+    mut stream: TcpStream,
+    sink: &Mutex<Vec<Vec<u8>>>,
+    answer: &[u8],
+    held_open: bool,
+) -> io::Result<()> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let read = async {
@@ -215,6 +268,9 @@ async fn serve(mut stream: TcpStream, sink: &Mutex<Vec<Vec<u8>>>, answer: &[u8])
     }
     if matches!(outcome, Ok(Ok(()))) {
         stream.write_all(answer).await?;
+        if held_open {
+            std::future::pending::<()>().await;
+        }
         stream.shutdown().await?;
     }
     Ok(())
@@ -332,4 +388,75 @@ impl ClockHold {
         }));
         Self { _release: release }
     }
+}
+
+/// A presentation with a header of every kind: the token as `Authorization: Bearer <token>` and
+/// as `Token: <token>`, and the fixed `Merchant-Account: FNS-12345`.
+#[must_use]
+pub fn every_kind_of_header() -> Presentation {
+    Presentation::bearer()
+        .with_header(HeaderName::from_static("token"))
+        .with_fixed_header(
+            HeaderName::from_static("merchant-account"),
+            HeaderValue::from_static("FNS-12345"),
+        )
+}
+
+/// `n` callers of `cache` at once ([`spawn_gets`]): the texts of the tokens they got, each
+/// once. There are `n` only if no token was handed out twice.
+///
+/// # Panics
+///
+/// Outside a tokio runtime, or if a caller got no token.
+pub async fn distinct_tokens(cache: &TokenCache, n: usize) -> HashSet<String> {
+    let mut tokens = HashSet::new();
+    for caller in spawn_gets(cache, n) {
+        tokens.insert(secret(&caller.await.expect("a caller").expect("a token")));
+    }
+    tokens
+}
+
+/// An error and each of its causes, in order, joined by `": "`.
+#[must_use]
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let causes = std::iter::successors(Some(error), |e| e.source());
+    causes.map(|e| e.to_string()).collect::<Vec<_>>().join(": ")
+}
+
+/// A caller of `cache` on a task of its own: it asks for a token once.
+///
+/// # Panics
+///
+/// Outside a tokio runtime.
+pub fn spawn_get(cache: &TokenCache) -> JoinHandle<Result<Snapshot, Error>> {
+    let cache = cache.clone();
+    tokio::spawn(async move { cache.get().await })
+}
+
+/// `n` callers of `cache` at once, each on a task of its own ([`spawn_get`]).
+///
+/// # Panics
+///
+/// Outside a tokio runtime.
+pub fn spawn_gets(cache: &TokenCache, n: usize) -> Vec<JoinHandle<Result<Snapshot, Error>>> {
+    (0..n).map(|_| spawn_get(cache)).collect()
+}
+
+/// The text of a snapshot's token.
+#[must_use]
+pub fn secret(snapshot: &Snapshot) -> String {
+    snapshot.token().secret().expose().to_owned()
+}
+
+/// A loopback address that nothing listens on: a port bound and let go at once, so that a
+/// connection to it is refused.
+///
+/// # Panics
+///
+/// If no loopback port can be bound.
+#[must_use]
+pub fn unused_addr() -> SocketAddr {
+    let listener =
+        std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a loopback port");
+    listener.local_addr().expect("local address")
 }

@@ -1,8 +1,7 @@
 //! The tower layer against a real hyper server on loopback, through hyper-util's client.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,163 +10,131 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use tokenwarden_core::{FetchError, InsecureTransport, Presentation, Scope, Token, TokenCache};
-use tokenwarden_test_support::ClockHold;
+use tokenwarden_test_support::{
+    Answer, ClockHold, CountingIssuer, LoopbackApi, Received, every_kind_of_header,
+};
 use tokenwarden_tower::{Classifier, NotReplayed, Replay, SkipToken, Verdict};
 use tokenwarden_tower::{RequestBody, TokenLayer};
 use tokio::time::Instant;
-use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+use tower::{BoxError, Layer as _, Service, ServiceBuilder, ServiceExt};
 
-/// What the server saw of one request.
-#[derive(Clone, Debug)]
-struct Seen {
-    path: String,
-    headers: HeaderMap,
-    body: Bytes,
+/// A loopback API and the issuer of the tokens it accepts.
+struct Sandbox {
+    api: LoopbackApi,
+    tokens: Arc<Tokens>,
 }
 
-/// A loopback API and token issuer sharing one set of valid tokens.
-#[derive(Default)]
-struct Sandbox {
-    valid: Mutex<HashSet<String>>,
-    seen: Mutex<Vec<Seen>>,
-    minted: AtomicUsize,
+/// Which tokens the API accepts: those the issuer minted, until `expire_all`.
+struct Tokens {
+    /// Mints `tok-N`, each valid for 600 s.
+    issuer: CountingIssuer,
+    /// Every token up to `tok-N` has expired.
+    expired_through: AtomicUsize,
     /// Requests served per token on `/limited`, which ends a token after 70.
-    uses: Mutex<std::collections::HashMap<String, usize>>,
+    limited: Mutex<HashMap<String, usize>>,
 }
 
 impl Sandbox {
-    async fn start() -> (Arc<Self>, SocketAddr) {
-        let sandbox = Arc::new(Sandbox::default());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = Arc::clone(&sandbox);
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let state = Arc::clone(&state);
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |r| {
-                        let state = Arc::clone(&state);
-                        async move { Ok::<_, Infallible>(state.handle(r).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+    async fn start() -> Self {
+        let tokens = Arc::new(Tokens {
+            issuer: CountingIssuer::up().with_lifetime(Duration::from_secs(600)),
+            expired_through: AtomicUsize::new(0),
+            limited: Mutex::default(),
         });
-        (sandbox, addr)
+        let (route, early) = (Arc::clone(&tokens), Arc::clone(&tokens));
+        let api = LoopbackApi::start_answering_early(
+            move |seen| route.answer(seen),
+            move |seen| early.answer_early(seen),
+        )
+        .await;
+        Self { api, tokens }
     }
 
     /// A token source minting `tok-N`, each valid until the test says otherwise.
-    fn source(self: &Arc<Self>) -> impl tokenwarden_core::TokenSource {
-        let state = Arc::clone(self);
-        move || {
-            let state = Arc::clone(&state);
-            async move {
-                let n = state.minted.fetch_add(1, SeqCst) + 1;
-                let token = format!("tok-{n}");
-                state.valid.lock().unwrap().insert(token.clone());
-                Ok::<_, FetchError>(Token::new(token).with_expires_in(Duration::from_secs(600)))
-            }
-        }
+    fn source(&self) -> impl tokenwarden_core::TokenSource {
+        self.tokens.issuer.source()
     }
 
     fn fetches(&self) -> usize {
-        self.minted.load(SeqCst)
+        self.tokens.issuer.calls()
     }
 
     fn expire_all(&self) {
-        self.valid.lock().unwrap().clear();
+        let minted = self.tokens.issuer.calls();
+        self.tokens.expired_through.store(minted, SeqCst);
     }
 
-    fn seen(&self, path: &str) -> Vec<Seen> {
-        self.seen
-            .lock()
+    fn seen(&self, path: &str) -> Vec<Received> {
+        let received = self.api.received().into_iter();
+        received.filter(|seen| seen.path == path).collect()
+    }
+
+    fn scope(&self) -> Scope {
+        Scope::origin(&self.api.origin()).unwrap()
+    }
+
+    /// A token layer with `cache`, scoped to the API's origin.
+    fn token_layer(&self, cache: &TokenCache) -> TokenLayer {
+        TokenLayer::new(cache.clone(), self.scope())
+    }
+
+    fn post(&self, path: &str, body: &'static str) -> Request<Body> {
+        Request::post(self.api.url(path))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
             .unwrap()
-            .iter()
-            .filter(|s| s.path == path)
-            .cloned()
-            .collect()
     }
 
-    async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
-        let (parts, body) = request.into_parts();
-        let path = parts.uri.path().to_owned();
-        let authorized = parts
-            .headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| self.valid.lock().unwrap().contains(t));
-        let respond = |status: StatusCode, challenge: Option<&'static str>, body: &'static str| {
-            let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-            *r.status_mut() = status;
-            if let Some(c) = challenge {
-                r.headers_mut()
-                    .insert("www-authenticate", HeaderValue::from_static(c));
-            }
-            r
-        };
-        if path == "/limited" && authorized {
-            let token =
-                parts.headers["authorization"].to_str().unwrap()["Bearer ".len()..].to_owned();
-            let mut uses = self.uses.lock().unwrap();
-            let used = uses.entry(token.clone()).or_default();
+    fn get(&self, path: &str) -> Request<Body> {
+        Request::get(self.api.url(path))
+            .body(Full::default())
+            .unwrap()
+    }
+}
+
+impl Tokens {
+    fn authorized(&self, seen: &Received) -> bool {
+        let token = seen.header("authorization");
+        let token = token.and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+        let minted = token.strip_prefix("tok-").and_then(|n| n.parse().ok());
+        let current = |n: usize| n > self.expired_through.load(SeqCst) && n <= self.issuer.calls();
+        let used = self.limited.lock().unwrap().get(token).copied();
+        minted.is_some_and(current) && used.is_none_or(|used| used <= 70)
+    }
+
+    /// `/early` answers before reading the body.
+    fn answer_early(&self, seen: &Received) -> Option<Answer> {
+        (seen.path == "/early" && !self.authorized(seen)).then(|| Answer::new(401, ""))
+    }
+
+    fn answer(&self, seen: &Received) -> Answer {
+        let authorized = self.authorized(seen);
+        let challenge =
+            |challenge, body| Answer::new(401, body).with_header("www-authenticate", challenge);
+        if seen.path == "/limited" && authorized {
+            let token = seen.header("authorization").unwrap()["Bearer ".len()..].to_owned();
+            let mut limited = self.limited.lock().unwrap();
+            let used = limited.entry(token).or_default();
             *used += 1;
             if *used > 70 {
-                self.valid.lock().unwrap().remove(&token);
-                return respond(
-                    StatusCode::UNAUTHORIZED,
-                    Some(r#"Bearer error="invalid_token""#),
-                    "",
-                );
+                return challenge(r#"Bearer error="invalid_token""#, "");
             }
-            return respond(StatusCode::OK, None, "ok");
+            return Answer::new(200, "ok");
         }
-        if path == "/early" && !authorized {
-            // answers before reading the body
-            return respond(StatusCode::UNAUTHORIZED, None, "");
-        }
-        let body = body
-            .collect()
-            .await
-            .map(|c| c.to_bytes())
-            .unwrap_or_default();
-        self.seen.lock().unwrap().push(Seen {
-            path: path.clone(),
-            headers: parts.headers.clone(),
-            body,
-        });
-        match path.as_str() {
-            "/scope" => respond(
-                StatusCode::UNAUTHORIZED,
-                Some(r#"Bearer realm="api", error="insufficient_scope""#),
-                "",
-            ),
-            "/always-401" => respond(
-                StatusCode::UNAUTHORIZED,
-                Some(r#"Bearer error="invalid_token""#),
-                "",
-            ),
-            "/says-expired" if !authorized => respond(
-                StatusCode::BAD_REQUEST,
-                None,
-                r#"{"error":"session expired"}"#,
-            ),
-            _ if !authorized => respond(
-                StatusCode::UNAUTHORIZED,
-                Some(r#"Bearer realm="api", error="invalid_token""#),
+        match seen.path.as_str() {
+            "/scope" => challenge(r#"Bearer realm="api", error="insufficient_scope""#, ""),
+            "/always-401" => challenge(r#"Bearer error="invalid_token""#, ""),
+            "/says-expired" if !authorized => Answer::new(400, r#"{"error":"session expired"}"#),
+            _ if !authorized => challenge(
+                r#"Bearer realm="api", error="invalid_token""#,
                 "token rejected",
             ),
-            _ => respond(StatusCode::OK, None, "ok"),
+            _ => Answer::new(200, "ok"),
         }
     }
 }
@@ -182,67 +149,40 @@ where
     Client::builder(TokioExecutor::new()).build_http()
 }
 
-fn scope(addr: SocketAddr) -> Scope {
-    Scope::origin(&format!("http://{addr}")).unwrap()
-}
-
-fn post(addr: SocketAddr, path: &str, body: &'static str) -> Request<Body> {
-    Request::post(format!("http://{addr}{path}"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
-        .unwrap()
-}
-
-fn get(addr: SocketAddr, path: &str) -> Request<Body> {
-    Request::get(format!("http://{addr}{path}"))
-        .body(Full::default())
-        .unwrap()
-}
-
 #[tokio::test]
 async fn headers_of_every_kind_are_injected_from_one_token() {
-    let (sandbox, addr) = Sandbox::start().await;
-    let presentation = Presentation::bearer()
-        .with_header(HeaderName::from_static("token"))
-        .with_fixed_header(
-            HeaderName::from_static("merchant-account"),
-            HeaderValue::from_static("FNS-12345"),
-        );
+    let sandbox = Sandbox::start().await;
     let cache = TokenCache::builder(sandbox.source())
-        .with_presentation(presentation)
+        .with_presentation(every_kind_of_header())
         .build()
         .unwrap();
-    let svc = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache, scope(addr)))
-        .service(client());
-    let response = svc.oneshot(get(addr, "/echo")).await.unwrap();
+    let svc = sandbox.token_layer(&cache).layer(client());
+    let response = svc.oneshot(sandbox.get("/echo")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let seen = &sandbox.seen("/echo")[0];
-    assert_eq!(seen.headers["authorization"], "Bearer tok-1");
-    assert_eq!(seen.headers["token"], "tok-1");
-    assert_eq!(seen.headers["merchant-account"], "FNS-12345");
+    assert_eq!(seen.header("authorization"), Some("Bearer tok-1"));
+    assert_eq!(seen.header("token"), Some("tok-1"));
+    assert_eq!(seen.header("merchant-account"), Some("FNS-12345"));
     assert!(response.extensions().get::<Replay>().is_none());
 }
 
 #[tokio::test]
 async fn a_401_refreshes_once_and_replays_the_identical_post() {
-    let (sandbox, addr) = Sandbox::start().await;
+    let sandbox = Sandbox::start().await;
     let cache = TokenCache::new(sandbox.source());
-    let mut svc = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache.clone(), scope(addr)))
-        .service(client());
+    let mut svc = sandbox.token_layer(&cache).layer(client());
     let warm = svc
         .ready()
         .await
         .unwrap()
-        .call(get(addr, "/warm"))
+        .call(sandbox.get("/warm"))
         .await
         .unwrap();
     assert_eq!(warm.status(), StatusCode::OK);
     sandbox.expire_all();
 
     const BODY: &str = r#"{"amount":1999,"currency":"EUR","reference":"order-42"}"#;
-    let mut request = post(addr, "/pay", BODY);
+    let mut request = sandbox.post("/pay", BODY);
     request.extensions_mut().insert("caller extension");
     *request.version_mut() = http::Version::HTTP_11;
     let response = svc.ready().await.unwrap().call(request).await.unwrap();
@@ -260,10 +200,11 @@ async fn a_401_refreshes_once_and_replays_the_identical_post() {
     assert_eq!(seen.len(), 2, "sent, rejected, replayed");
     assert_eq!(seen[0].body, BODY);
     assert_eq!(seen[1].body, BODY);
-    assert_eq!(seen[0].headers["authorization"], "Bearer tok-1");
-    assert_eq!(seen[1].headers["authorization"], "Bearer tok-2");
+    assert_eq!(seen[0].header("authorization"), Some("Bearer tok-1"));
+    assert_eq!(seen[1].header("authorization"), Some("Bearer tok-2"));
     for name in ["content-type", "content-length"] {
-        assert_eq!(seen[0].headers[name], seen[1].headers[name]);
+        let sent = seen[0].header(name).expect(name);
+        assert_eq!(seen[1].header(name), Some(sent), "{name}");
     }
     assert_eq!(sandbox.fetches(), 2);
 }
@@ -274,14 +215,12 @@ async fn a_401_refreshes_once_and_replays_the_identical_post() {
 async fn a_rejected_replay_reaches_the_caller_without_a_loop() {
     let _clock = ClockHold::start();
     let start = Instant::now();
-    let (sandbox, addr) = Sandbox::start().await;
+    let sandbox = Sandbox::start().await;
     let cache = TokenCache::new(sandbox.source());
-    let svc = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache.clone(), scope(addr)))
-        .service(client());
+    let svc = sandbox.token_layer(&cache).layer(client());
     let response = svc
         .clone()
-        .oneshot(post(addr, "/always-401", "{}"))
+        .oneshot(sandbox.post("/always-401", "{}"))
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
@@ -297,7 +236,7 @@ async fn a_rejected_replay_reaches_the_caller_without_a_loop() {
     for _ in 0..50 {
         let r = svc
             .clone()
-            .oneshot(post(addr, "/always-401", "{}"))
+            .oneshot(sandbox.post("/always-401", "{}"))
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
@@ -317,13 +256,11 @@ async fn a_rejected_replay_reaches_the_caller_without_a_loop() {
 async fn an_api_ending_tokens_that_worked_is_ordinary_expiry_not_a_broken_api() {
     // Each token is accepted 70 times, then rejected: every rejection follows a success, so
     // every one is replaced at once and replayed; none is "still rejected".
-    let (sandbox, addr) = Sandbox::start().await;
+    let sandbox = Sandbox::start().await;
     let cache = TokenCache::new(sandbox.source());
-    let svc = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache.clone(), scope(addr)))
-        .service(client());
+    let svc = sandbox.token_layer(&cache).layer(client());
     for i in 0..562 {
-        let response = svc.clone().oneshot(get(addr, "/limited")).await.unwrap();
+        let response = svc.clone().oneshot(sandbox.get("/limited")).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "request {i}");
     }
     assert_eq!(sandbox.fetches(), 9, "562 requests at 70 per token");
@@ -334,25 +271,19 @@ async fn an_api_ending_tokens_that_worked_is_ordinary_expiry_not_a_broken_api() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_of_500_rejections_of_one_token_fetches_once() {
-    let (sandbox, addr) = Sandbox::start().await;
+    let sandbox = Sandbox::start().await;
     let cache = TokenCache::new(sandbox.source());
-    let svc = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache.clone(), scope(addr)))
-        .service(client());
-    let warm = svc.clone().oneshot(get(addr, "/warm")).await.unwrap();
+    let svc = sandbox.token_layer(&cache).layer(client());
+    let warm = svc.clone().oneshot(sandbox.get("/warm")).await.unwrap();
     assert_eq!(warm.status(), StatusCode::OK);
     sandbox.expire_all();
 
     let tasks: Vec<_> = (0..500)
         .map(|i| {
             let svc = svc.clone();
-            tokio::spawn(async move {
-                let body: &'static str = Box::leak(format!(r#"{{"n":{i}}}"#).into_boxed_str());
-                svc.oneshot(post(addr, "/storm", body))
-                    .await
-                    .unwrap()
-                    .status()
-            })
+            let body: &'static str = Box::leak(format!(r#"{{"n":{i}}}"#).into_boxed_str());
+            let request = sandbox.post("/storm", body);
+            tokio::spawn(async move { svc.oneshot(request).await.unwrap().status() })
         })
         .collect();
     for task in tasks {
@@ -367,24 +298,26 @@ async fn a_storm_of_500_rejections_of_one_token_fetches_once() {
 
 #[tokio::test]
 async fn a_streaming_body_over_the_cap_is_sent_once_and_the_next_request_succeeds() {
-    let (sandbox, addr) = Sandbox::start().await;
+    let sandbox = Sandbox::start().await;
     let cache = TokenCache::new(sandbox.source());
-    let svc = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache.clone(), scope(addr)).with_max_replay_body(1024))
-        .service(client());
-    svc.clone().oneshot(get(addr, "/warm")).await.unwrap();
+    let svc = sandbox
+        .token_layer(&cache)
+        .with_max_replay_body(1024)
+        .layer(client());
+    svc.clone().oneshot(sandbox.get("/warm")).await.unwrap();
     sandbox.expire_all();
 
     let chunks: Vec<Result<Frame<Bytes>, Infallible>> = (0..8)
         .map(|_| Ok(Frame::data(Bytes::from(vec![b'x'; 512]))))
         .collect();
     let stream = StreamBody::new(futures_util::stream::iter(chunks));
-    let request = Request::post(format!("http://{addr}/upload"))
+    let request = Request::post(sandbox.api.url("/upload"))
         .body(stream)
         .unwrap();
-    let streaming = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache.clone(), scope(addr)).with_max_replay_body(1024))
-        .service(client());
+    let streaming = sandbox
+        .token_layer(&cache)
+        .with_max_replay_body(1024)
+        .layer(client());
     let response = streaming.oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
@@ -396,7 +329,7 @@ async fn a_streaming_body_over_the_cap_is_sent_once_and_the_next_request_succeed
     assert_eq!(uploads[0].body.len(), 4096, "sent whole");
 
     // The rejection invalidated the token: the next request gets a fresh one.
-    let next = svc.oneshot(post(addr, "/pay", "{}")).await.unwrap();
+    let next = svc.oneshot(sandbox.post("/pay", "{}")).await.unwrap();
     assert_eq!(next.status(), StatusCode::OK);
     assert!(next.extensions().get::<Replay>().is_none());
     assert_eq!(sandbox.fetches(), 2);
@@ -404,22 +337,18 @@ async fn a_streaming_body_over_the_cap_is_sent_once_and_the_next_request_succeed
 
 #[tokio::test]
 async fn a_body_the_server_answered_before_reading_is_not_replayed() {
-    let (sandbox, addr) = Sandbox::start().await;
+    let sandbox = Sandbox::start().await;
     let cache = TokenCache::new(sandbox.source());
-    let svc = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache.clone(), scope(addr)))
-        .service(client());
-    svc.clone().oneshot(get(addr, "/warm")).await.unwrap();
+    let svc = sandbox.token_layer(&cache).layer(client());
+    svc.clone().oneshot(sandbox.get("/warm")).await.unwrap();
     sandbox.expire_all();
     // A stream of unknown length that is still sending when the server answers.
     let first: Vec<Result<Frame<Bytes>, Infallible>> =
         vec![Ok(Frame::data(Bytes::from_static(b"{")))];
     let stream =
         StreamBody::new(futures_util::stream::iter(first).chain(futures_util::stream::pending()));
-    let streaming = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache.clone(), scope(addr)))
-        .service(client());
-    let request = Request::post(format!("http://{addr}/early"))
+    let streaming = sandbox.token_layer(&cache).layer(client());
+    let request = Request::post(sandbox.api.url("/early"))
         .body(stream)
         .unwrap();
     let response = tokio::time::timeout(Duration::from_secs(10), streaming.oneshot(request))
@@ -432,19 +361,17 @@ async fn a_body_the_server_answered_before_reading_is_not_replayed() {
         Some(&Replay::NotReplayed(NotReplayed::BodyNotReplayable))
     );
     assert_eq!(cache.stats().invalidations, 1);
-    let next = svc.oneshot(get(addr, "/after")).await.unwrap();
+    let next = svc.oneshot(sandbox.get("/after")).await.unwrap();
     assert_eq!(next.status(), StatusCode::OK);
     assert_eq!(sandbox.fetches(), 2);
 }
 
 #[tokio::test]
 async fn insufficient_scope_is_not_a_reason_to_refresh() {
-    let (sandbox, addr) = Sandbox::start().await;
+    let sandbox = Sandbox::start().await;
     let cache = TokenCache::new(sandbox.source());
-    let svc = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache.clone(), scope(addr)))
-        .service(client());
-    let response = svc.oneshot(get(addr, "/scope")).await.unwrap();
+    let svc = sandbox.token_layer(&cache).layer(client());
+    let response = svc.oneshot(sandbox.get("/scope")).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert!(response.extensions().get::<Replay>().is_none());
     assert_eq!(sandbox.seen("/scope").len(), 1);
@@ -454,7 +381,7 @@ async fn insufficient_scope_is_not_a_reason_to_refresh() {
 
 #[tokio::test]
 async fn a_header_the_caller_set_is_kept() {
-    let (sandbox, addr) = Sandbox::start().await;
+    let sandbox = Sandbox::start().await;
     let presentation = Presentation::bearer().with_fixed_header(
         HeaderName::from_static("merchant-account"),
         HeaderValue::from_static("default"),
@@ -463,15 +390,13 @@ async fn a_header_the_caller_set_is_kept() {
         .with_presentation(presentation)
         .build()
         .unwrap();
-    let svc = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache, scope(addr)))
-        .service(client());
-    let mut request = get(addr, "/echo");
+    let svc = sandbox.token_layer(&cache).layer(client());
+    let mut request = sandbox.get("/echo");
     request
         .headers_mut()
         .insert("merchant-account", HeaderValue::from_static("caller"));
     svc.clone().oneshot(request).await.unwrap();
-    let mut own_token = get(addr, "/echo");
+    let mut own_token = sandbox.get("/echo");
     own_token
         .headers_mut()
         .insert("authorization", HeaderValue::from_static("Bearer mine"));
@@ -480,29 +405,22 @@ async fn a_header_the_caller_set_is_kept() {
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert!(response.extensions().get::<Replay>().is_none());
     let seen = sandbox.seen("/echo");
-    assert_eq!(seen[0].headers["merchant-account"], "caller");
-    assert_eq!(seen[0].headers["authorization"], "Bearer tok-1");
-    assert_eq!(seen[1].headers["authorization"], "Bearer mine");
+    assert_eq!(seen[0].header("merchant-account"), Some("caller"));
+    assert_eq!(seen[0].header("authorization"), Some("Bearer tok-1"));
+    assert_eq!(seen[1].header("authorization"), Some("Bearer mine"));
     assert_eq!(seen.len(), 2);
 }
 
 #[tokio::test]
 async fn the_opt_out_extension_sends_no_token() {
-    let (sandbox, addr) = Sandbox::start().await;
+    let sandbox = Sandbox::start().await;
     let cache = TokenCache::new(sandbox.source());
-    let svc = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache, scope(addr)))
-        .service(client());
-    let mut request = get(addr, "/public");
+    let svc = sandbox.token_layer(&cache).layer(client());
+    let mut request = sandbox.get("/public");
     request.extensions_mut().insert(SkipToken);
     let response = svc.oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    assert!(
-        sandbox.seen("/public")[0]
-            .headers
-            .get("authorization")
-            .is_none()
-    );
+    assert!(sandbox.seen("/public")[0].header("authorization").is_none());
     assert_eq!(sandbox.fetches(), 0);
 }
 
@@ -554,19 +472,19 @@ async fn plain_http_to_a_remote_host_is_refused_unless_allowed() {
 
 #[tokio::test]
 async fn only_the_configured_origin_gets_tokens() {
-    let (sandbox, addr) = Sandbox::start().await;
+    let sandbox = Sandbox::start().await;
     let cache = TokenCache::new(sandbox.source());
-    let layer = TokenLayer::new(cache, scope(addr));
-    let svc = ServiceBuilder::new().layer(layer).service(client());
-    svc.clone().oneshot(get(addr, "/echo")).await.unwrap();
-    let other = format!("http://localhost:{}/echo", addr.port());
+    let svc = sandbox.token_layer(&cache).layer(client());
+    svc.clone().oneshot(sandbox.get("/echo")).await.unwrap();
+    // The same server under another host name: another origin.
+    let other = sandbox.api.url("/echo").replace("127.0.0.1", "localhost");
     svc.oneshot(Request::get(other).body(Body::default()).unwrap())
         .await
         .unwrap();
     let seen = sandbox.seen("/echo");
-    assert!(seen[0].headers.contains_key("authorization"));
+    assert!(seen[0].header("authorization").is_some());
     assert!(
-        !seen[1].headers.contains_key("authorization"),
+        seen[1].header("authorization").is_none(),
         "another origin got the token"
     );
 }
@@ -574,15 +492,15 @@ async fn only_the_configured_origin_gets_tokens() {
 #[tokio::test]
 async fn the_replay_drives_the_inner_service_to_ready() {
     // ConcurrencyLimit panics when called without a permit from poll_ready.
-    let (sandbox, addr) = Sandbox::start().await;
+    let sandbox = Sandbox::start().await;
     let cache = TokenCache::new(sandbox.source());
     let svc = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache, scope(addr)))
+        .layer(sandbox.token_layer(&cache))
         .concurrency_limit(1)
         .service(client());
-    svc.clone().oneshot(get(addr, "/warm")).await.unwrap();
+    svc.clone().oneshot(sandbox.get("/warm")).await.unwrap();
     sandbox.expire_all();
-    let response = svc.oneshot(post(addr, "/pay", "{}")).await.unwrap();
+    let response = svc.oneshot(sandbox.post("/pay", "{}")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(sandbox.seen("/pay").len(), 2);
 }
@@ -601,16 +519,17 @@ async fn a_custom_classifier_can_read_the_body() {
             body.windows(7).any(|w| w == b"expired")
         }
     }
-    let (sandbox, addr) = Sandbox::start().await;
+    let sandbox = Sandbox::start().await;
     let cache = TokenCache::new(sandbox.source());
-    let svc = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache, scope(addr)).with_classifier(SaysExpired))
-        .service(client());
-    svc.clone().oneshot(get(addr, "/warm")).await.unwrap();
+    let svc = sandbox
+        .token_layer(&cache)
+        .with_classifier(SaysExpired)
+        .layer(client());
+    svc.clone().oneshot(sandbox.get("/warm")).await.unwrap();
     sandbox.expire_all();
     let response = svc
         .clone()
-        .oneshot(post(addr, "/says-expired", "{}"))
+        .oneshot(sandbox.post("/says-expired", "{}"))
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -621,7 +540,7 @@ async fn a_custom_classifier_can_read_the_body() {
         .oneshot(
             Request::builder()
                 .method(Method::POST)
-                .uri(format!("http://{addr}/scope"))
+                .uri(sandbox.api.url("/scope"))
                 .body(Body::default())
                 .unwrap(),
         )
@@ -638,18 +557,15 @@ async fn an_inspected_body_that_is_not_a_rejection_reaches_the_caller_whole() {
             Verdict::InspectBody
         }
     }
-    let (sandbox, addr) = Sandbox::start().await;
+    let sandbox = Sandbox::start().await;
     let cache = TokenCache::new(sandbox.source());
-    let svc = ServiceBuilder::new()
-        .layer(
-            TokenLayer::new(cache, scope(addr))
-                .with_classifier(LooksAtEverything)
-                .with_max_inspect_body(2),
-        )
-        .service(client());
-    svc.clone().oneshot(get(addr, "/warm")).await.unwrap();
+    let layer = sandbox
+        .token_layer(&cache)
+        .with_classifier(LooksAtEverything);
+    let svc = layer.with_max_inspect_body(2).layer(client());
+    svc.clone().oneshot(sandbox.get("/warm")).await.unwrap();
     sandbox.expire_all();
-    let response = svc.oneshot(get(addr, "/x")).await.unwrap();
+    let response = svc.oneshot(sandbox.get("/x")).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "token rejected");
@@ -697,12 +613,8 @@ async fn a_service_that_is_not_send_with_a_body_that_is_not_unpin_is_served_and_
             Ok::<_, BoxError>(response)
         }
     });
-    let fetched = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&fetched);
-    let cache = TokenCache::new(move || {
-        let n = counter.fetch_add(1, SeqCst) + 1;
-        async move { Ok::<_, FetchError>(Token::new(format!("tok-{n}"))) }
-    });
+    let issuer = CountingIssuer::up().without_expiry();
+    let cache = TokenCache::new(issuer.source());
     let scope = Scope::origin("https://api.example.com").unwrap();
     let svc = ServiceBuilder::new()
         .layer(TokenLayer::new(cache, scope))
@@ -721,22 +633,23 @@ async fn a_service_that_is_not_send_with_a_body_that_is_not_unpin_is_served_and_
         "{\"amount\":1}"
     );
     assert_eq!(calls.get(), 2);
-    assert_eq!(fetched.load(SeqCst), 2);
+    assert_eq!(issuer.calls(), 2);
 }
 
 #[tokio::test]
 async fn with_cloned_bodies_the_client_keeps_its_own_body_type() {
-    let (sandbox, addr) = Sandbox::start().await;
+    let sandbox = Sandbox::start().await;
     let cache = TokenCache::new(sandbox.source());
     // hyper-util's client for `Full<Bytes>`, as it was before the layer.
     let plain: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-    let svc = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache, scope(addr)).cloning_bodies())
-        .service(plain);
-    svc.clone().oneshot(get(addr, "/warm")).await.unwrap();
+        Client::builder(TokioExecutor::new()).build_http();
+    let svc = sandbox.token_layer(&cache).cloning_bodies().layer(plain);
+    svc.clone().oneshot(sandbox.get("/warm")).await.unwrap();
     sandbox.expire_all();
-    let response = svc.oneshot(post(addr, "/pay", "{\"n\":1}")).await.unwrap();
+    let response = svc
+        .oneshot(sandbox.post("/pay", "{\"n\":1}"))
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert!(matches!(
         response.extensions().get::<Replay>(),
