@@ -137,7 +137,15 @@ fn main() {
     support::runtime(None).block_on(async {
         let addr = support::server().await;
         let cache = support::cache();
-        let header = cache.get().await.unwrap().headers().next().unwrap().1.clone();
+        let header = cache
+            .get()
+            .await
+            .unwrap()
+            .headers()
+            .next()
+            .unwrap()
+            .1
+            .clone();
         let scope = Scope::origin(&format!("http://{addr}")).unwrap();
         let bare: Client<HttpConnector, Full<Bytes>> =
             Client::builder(TokioExecutor::new()).build_http();
@@ -146,19 +154,47 @@ fn main() {
         let layer = TokenLayer::new(cache.clone(), scope.clone());
 
         println!("allocations per request                          GET     POST");
-        tower_row("hyper-util, header set by hand", addr, Some(header.clone()), bare.clone())
-            .await;
+        tower_row(
+            "hyper-util, header set by hand",
+            addr,
+            Some(header.clone()),
+            bare.clone(),
+        )
+        .await;
         let layered = tower::Layer::layer(&layer, teeing);
-        tower_row("hyper-util + TokenLayer (bodies copied aside)", addr, None, layered).await;
+        tower_row(
+            "hyper-util + TokenLayer (bodies copied aside)",
+            addr,
+            None,
+            layered,
+        )
+        .await;
         let cloning = tower::Layer::layer(&layer.clone().cloning_bodies(), bare);
-        tower_row("hyper-util + TokenLayer (cloning_bodies)", addr, None, cloning).await;
+        tower_row(
+            "hyper-util + TokenLayer (cloning_bodies)",
+            addr,
+            None,
+            cloning,
+        )
+        .await;
 
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
         let by_hand = ClientBuilder::new(http.clone()).build();
-        reqwest_row("reqwest, header set by hand", addr, Some(header.clone()), by_hand).await;
+        reqwest_row(
+            "reqwest, header set by hand",
+            addr,
+            Some(header.clone()),
+            by_hand,
+        )
+        .await;
         let noop = ClientBuilder::new(http.clone()).with(Noop).build();
-        reqwest_row("reqwest + a middleware that does nothing", addr, Some(header.clone()), noop)
-            .await;
+        reqwest_row(
+            "reqwest + a middleware that does nothing",
+            addr,
+            Some(header.clone()),
+            noop,
+        )
+        .await;
         let middleware = ClientBuilder::new(http)
             .with(TokenMiddleware::new(cache, scope))
             .build();
