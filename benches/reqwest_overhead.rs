@@ -5,7 +5,9 @@
 //!
 //! `cargo bench --bench reqwest_overhead`
 //!
-//! `REQWEST_OVERHEAD_COUNT=<middleware|by_hand>:<requests>` instead sends that many sequential
+//! `REQWEST_OVERHEAD_COUNT=<middleware|noop|copy|by_hand>:<requests>` (`noop`: a middleware
+//! that does nothing, with the header set by hand: reqwest-middleware's own cost; `copy`: one
+//! that only keeps `Request::try_clone`, what any replay needs) instead sends that many sequential
 //! requests through one variant on one thread and exits, for `valgrind --tool=callgrind`.
 
 mod support;
@@ -55,12 +57,56 @@ async fn batch(client: &ClientWithMiddleware, addr: SocketAddr, header: Option<&
     concurrently(move || send(client.clone(), addr, header.clone())).await;
 }
 
+/// A middleware that does nothing: what reqwest-middleware itself costs per middleware.
+struct Noop;
+
+#[async_trait::async_trait]
+impl reqwest_middleware::Middleware for Noop {
+    async fn handle(
+        &self,
+        request: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: reqwest_middleware::Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        next.run(request, extensions).await
+    }
+}
+
+/// A middleware that only keeps what a replay needs (`Request::try_clone`) and sends: the
+/// floor under any replaying middleware.
+struct KeepsCopy;
+
+#[async_trait::async_trait]
+impl reqwest_middleware::Middleware for KeepsCopy {
+    async fn handle(
+        &self,
+        request: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: reqwest_middleware::Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        let copy = request.try_clone();
+        let response = next.run(request, extensions).await;
+        drop(copy);
+        response
+    }
+}
+
 fn count_only(variant: &str, n: usize) {
     support::runtime(None).block_on(async {
         let (addr, header, bare, with_middleware) = setup().await;
+        let noop = ClientBuilder::new(reqwest::Client::new())
+            .with(Noop)
+            .build();
+        let copy = ClientBuilder::new(reqwest::Client::new())
+            .with(KeepsCopy)
+            .build();
         for _ in 0..n {
             if variant == "middleware" {
                 send(with_middleware.clone(), addr, None).await;
+            } else if variant == "noop" {
+                send(noop.clone(), addr, Some(header.clone())).await;
+            } else if variant == "copy" {
+                send(copy.clone(), addr, Some(header.clone())).await;
             } else {
                 send(bare.clone(), addr, Some(header.clone())).await;
             }

@@ -7,7 +7,8 @@
 //! Two layered clients: the default, which copies bodies aside as they are sent (the client takes
 //! `RequestBody<Full<Bytes>>`), and `cloning_bodies()`, whose client keeps `Full<Bytes>`.
 //!
-//! `TOWER_OVERHEAD_COUNT=<layer|cloning|by_hand>:<requests>` instead sends that many sequential requests
+//! `TOWER_OVERHEAD_COUNT=<layer|cloning|head|by_hand>:<requests>` (`head`: by hand, plus the copy
+//! of the request head any replay needs) instead sends that many sequential requests
 //! through one variant on one thread and exits, for counting instructions with
 //! `valgrind --tool=callgrind` (deterministic, unlike wall time on a shared machine).
 
@@ -96,6 +97,13 @@ fn count_only(variant: &str, n: usize) {
                 drop(layered.clone().oneshot(request(addr, None)).await.unwrap());
             } else if variant == "cloning" {
                 drop(cloned.clone().oneshot(request(addr, None)).await.unwrap());
+            } else if variant == "head" {
+                // By hand, plus the copy of the head any replay needs, boxed until the answer.
+                let (parts, body) = request(addr, Some(&header)).into_parts();
+                let kept = Box::new(parts.clone());
+                let request = Request::from_parts(parts, body);
+                drop(bare.clone().oneshot(request).await.unwrap());
+                drop(kept);
             } else {
                 drop(
                     bare.clone()
