@@ -280,9 +280,12 @@ impl<B, K> Recover<B, K>
 where
     B: Body<Data = Bytes>,
 {
-    /// Resets the timer to fire `after` from now.
+    /// Resets the timer to fire `after` from now. A time too long to add to now
+    /// (`Duration::MAX` for "no limit") is taken as thirty years, as `tokio::time::sleep` does.
     fn arm(&mut self, after: std::time::Duration) {
-        let deadline = tokio::time::Instant::now() + after;
+        const FAR: std::time::Duration = std::time::Duration::from_secs(86_400 * 365 * 30);
+        let now = tokio::time::Instant::now();
+        let deadline = now.checked_add(after).unwrap_or(now + FAR);
         match &mut self.timer {
             Some(sleep) => sleep.as_mut().reset(deadline),
             None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
@@ -411,5 +414,55 @@ impl<B: Body, K> fmt::Debug for Recover<B, K> {
             .field("token", &self.token.id())
             .field("phase", &self.phase)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::{HeaderMap, Response, StatusCode};
+    use http_body_util::{BodyExt, Full};
+    use tokenwarden_core::{FetchError, Scope, Token, TokenCache};
+
+    use super::*;
+
+    /// Reads the body of every response: "expired" in it is a rejection.
+    struct SaysExpired;
+
+    impl crate::Classifier for SaysExpired {
+        fn classify(&self, _: StatusCode, _: &HeaderMap) -> Verdict {
+            Verdict::InspectBody
+        }
+
+        fn classify_body(&self, _: StatusCode, _: &HeaderMap, body: &[u8]) -> bool {
+            body.windows(7).any(|w| w == b"expired")
+        }
+    }
+
+    fn engine(edit: impl FnOnce(LayerPolicy) -> LayerPolicy) -> Engine {
+        let cache = TokenCache::new(|| async { Ok::<_, FetchError>(Token::new("t0k3n")) });
+        let policy = LayerPolicy::new(Scope::any_origin()).with_classifier(SaysExpired);
+        Engine::with_policy(cache, edit(policy))
+    }
+
+    fn answer(status: u16, body: &'static str) -> Response<Full<Bytes>> {
+        let body = Full::new(Bytes::from_static(body.as_bytes()));
+        Response::builder().status(status).body(body).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_inspect_timeout_too_long_to_add_to_now_is_no_limit() {
+        let engine = engine(|p| p.with_inspect_timeout(Duration::MAX));
+        let token = engine.cache().get().await.unwrap();
+        let kept = Ok::<_, NotReplayed>("the request");
+        let recover = engine.recover(token, answer(400, "bad amount"), Verdict::InspectBody, kept);
+        let Recovered::Respond(response) = recover.await else {
+            panic!("a 400 that does not say expired was replayed");
+        };
+        assert!(response.extensions().get::<crate::Replay>().is_none());
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "bad amount");
     }
 }
