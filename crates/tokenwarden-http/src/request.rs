@@ -234,6 +234,13 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Passthrough { body } | Kind::Teed { body, .. } => body.size_hint(),
+            // With trailers to come the length stays open, as it was for the stream copied: a
+            // body of exact length goes with a `content-length`, and HTTP/1 drops its trailers.
+            Kind::Replay { replay } if matches!(replay.0.back(), Some(Kept::Trailers(_))) => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(replay.1);
+                hint
+            }
             Kind::Replay { replay } => SizeHint::with_exact(replay.1),
             Kind::Empty => SizeHint::with_exact(0),
         }
@@ -289,5 +296,57 @@ impl std::fmt::Debug for KeptBody {
             KeptKind::TooLarge => "too large",
         };
         f.debug_tuple("KeptBody").field(&kind).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+    use http_body_util::{BodyExt, StreamBody};
+
+    use super::*;
+
+    fn stream(frames: Vec<Frame<Bytes>>) -> impl Body<Data = Bytes, Error = BoxError> {
+        StreamBody::new(futures_util::stream::iter(frames.into_iter().map(Ok)))
+    }
+
+    // An HTTP/1 client frames a body of exact length with `content-length`, and then has nowhere
+    // to put trailers: it drops them. A stream of unknown length goes chunked, trailers and all.
+    #[tokio::test]
+    async fn a_replay_with_trailers_is_framed_as_the_stream_it_copies() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("checksum", HeaderValue::from_static("abc"));
+        let frames = vec![
+            Frame::data(Bytes::from_static(b"chunk")),
+            Frame::trailers(trailers.clone()),
+        ];
+        let (sent, kept) = RequestBody::keep(stream(frames), 1024);
+        assert_eq!(sent.size_hint().exact(), None);
+        let sent = sent.collect().await.unwrap();
+        assert_eq!(sent.trailers(), Some(&trailers));
+
+        let replay = kept.replay::<http_body_util::Empty<Bytes>>().unwrap();
+        assert_eq!(replay.size_hint().lower(), 5);
+        assert_eq!(
+            replay.size_hint().exact(),
+            None,
+            "trailers would be dropped"
+        );
+        let replayed = replay.collect().await.unwrap();
+        assert_eq!(replayed.trailers(), Some(&trailers));
+        assert_eq!(replayed.to_bytes(), "chunk");
+    }
+
+    #[tokio::test]
+    async fn a_replay_without_trailers_has_its_exact_length() {
+        let frames = vec![
+            Frame::data(Bytes::from_static(b"ab")),
+            Frame::data(Bytes::from_static(b"c")),
+        ];
+        let (sent, kept) = RequestBody::keep(stream(frames), 1024);
+        assert_eq!(sent.collect().await.unwrap().to_bytes(), "abc");
+        let replay = kept.replay::<http_body_util::Empty<Bytes>>().unwrap();
+        assert_eq!(replay.size_hint().exact(), Some(3));
+        assert_eq!(replay.collect().await.unwrap().to_bytes(), "abc");
     }
 }
