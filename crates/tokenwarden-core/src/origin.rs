@@ -560,8 +560,14 @@ impl Scope {
                     transport_allowed(scheme, host.unwrap_or(""), allow_insecure_http)?;
                     Ok(true)
                 }
-                // A relative URI.
-                None => Ok(true),
+                // A relative URI; or an authority with no scheme (a CONNECT target), which an
+                // HTTP client sends in plain text: the plain-text rule applies.
+                None => {
+                    if let Some(host) = host {
+                        transport_allowed("http", host, allow_insecure_http)?;
+                    }
+                    Ok(true)
+                }
             },
         }
     }
@@ -630,7 +636,9 @@ pub fn check_transport(uri: &Uri, allow_insecure: bool) -> Result<(), InsecureTr
             scheme: scheme.to_owned(),
             host: String::new(),
         }),
-        _ => Ok(()),
+        // An authority with no scheme (a CONNECT target) goes in plain text.
+        (None, Some(host)) => transport_allowed("http", host, allow_insecure),
+        (None, None) => Ok(()),
     }
 }
 
@@ -716,6 +724,21 @@ impl fmt::Debug for RedactedUri {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_authority_with_no_scheme_is_held_to_the_plain_text_rule() {
+        // A CONNECT target: an HTTP client sends it in plain text.
+        let any = Scope::any_origin();
+        let connect: Uri = "api.example.com:443".parse().unwrap();
+        assert!(any.admit_uri(&connect, false).is_err());
+        assert_eq!(any.admit_uri(&connect, true), Ok(true));
+        assert!(check_transport(&connect, false).is_err());
+        let local: Uri = "localhost:8080".parse().unwrap();
+        assert_eq!(any.admit_uri(&local, false), Ok(true));
+        let relative: Uri = "/v1/orders".parse().unwrap();
+        assert_eq!(any.admit_uri(&relative, false), Ok(true));
+        assert!(check_transport(&relative, false).is_ok());
+    }
 
     #[test]
     fn reading_the_uri_text_decides_as_parsing_it_does() {

@@ -93,6 +93,9 @@ where
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => *this.ended = true,
                 Poll::Ready(Some(Err(error))) => *this.failed = Some(error),
+                // An empty data frame carries nothing: not kept, so a peer sending a flood of
+                // them cannot grow the read-ahead while the time runs.
+                Poll::Ready(Some(Ok(frame))) if frame.data_ref().is_some_and(Bytes::is_empty) => {}
                 Poll::Ready(Some(Ok(frame))) => {
                     *this.seen += frame.data_ref().map_or(0, Bytes::len);
                     this.prefix.push_back(frame);
@@ -269,6 +272,17 @@ mod tests {
         assert_eq!(body.peek(100), "abcd");
         assert_eq!(body.size_hint().lower(), 4);
         assert_eq!(body.collect().await.unwrap().to_bytes(), "abcdef");
+    }
+
+    #[tokio::test]
+    async fn empty_data_frames_read_ahead_are_not_kept() {
+        let mut frames: Vec<_> = (0..10_000).map(|_| Ok(Frame::data(Bytes::new()))).collect();
+        frames.push(Ok(Frame::data(Bytes::from_static(b"end"))));
+        let mut body = std::pin::pin!(body(frames));
+        std::future::poll_fn(|cx| body.as_mut().poll_read_ahead(cx, 100)).await;
+        assert_eq!(body.prefix.len(), 1, "only the frame with data is kept");
+        assert_eq!(body.peek(100), "end");
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "end");
     }
 
     #[tokio::test]

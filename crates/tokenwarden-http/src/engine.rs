@@ -174,10 +174,11 @@ impl Engine {
     {
         let (head, body) = response.into_parts();
         let body = Some(Box::pin(PrefixedBody::new(body)));
-        let phase = if verdict == Verdict::InspectBody {
-            Phase::Inspect
-        } else {
-            Phase::Decide { rejected: true }
+        let phase = match verdict {
+            Verdict::InspectBody => Phase::Inspect,
+            Verdict::Rejected => Phase::Decide { rejected: true },
+            // Not a rejection after all: handed on as it is.
+            _ => Phase::Decide { rejected: false },
         };
         Recover {
             engine: self.clone(),
@@ -450,6 +451,25 @@ mod tests {
     fn answer(status: u16, body: &'static str) -> Response<Full<Bytes>> {
         let body = Full::new(Bytes::from_static(body.as_bytes()));
         Response::builder().status(status).body(body).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_accepted_verdict_handed_to_recover_is_not_a_rejection() {
+        let engine = engine(|p| p);
+        let token = engine.cache().get().await.unwrap();
+        let kept = Ok::<_, NotReplayed>("the request");
+        let recover = engine.recover(token.clone(), answer(200, "ok"), Verdict::Accepted, kept);
+        let Recovered::Respond(response) = recover.await else {
+            panic!("an accepted answer is not replayed");
+        };
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.extensions().get::<Replay>().is_none());
+        assert_eq!(
+            engine.cache().stats().invalidations,
+            0,
+            "the token was kept"
+        );
+        assert_eq!(engine.cache().cached().map(|t| t.id()), Some(token.id()));
     }
 
     #[tokio::test]
