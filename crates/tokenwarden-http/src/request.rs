@@ -44,6 +44,9 @@ struct TeeBuffer {
     first: Option<Kept>,
     rest: Vec<Kept>,
     bytes: usize,
+    /// The length the body stated exactly when it was handed over, if it did: a client that
+    /// framed it with `content-length` stops reading once that many bytes are sent.
+    exact: Option<u64>,
     state: TeeState,
 }
 
@@ -59,12 +62,13 @@ enum TeeState {
 }
 
 impl TeeBuffer {
-    fn new(cap: usize) -> Self {
+    fn new(cap: usize, exact: Option<u64>) -> Self {
         Self {
             cap,
             first: None,
             rest: Vec::new(),
             bytes: 0,
+            exact,
             state: TeeState::Sending,
         }
     }
@@ -142,7 +146,8 @@ impl<B> RequestBody<B> {
         } else if body.size_hint().lower() > cap as u64 {
             (Self::passthrough(body), KeptBody(KeptKind::TooLarge))
         } else {
-            let tee = Arc::new(Mutex::new(TeeBuffer::new(cap)));
+            let exact = body.size_hint().exact();
+            let tee = Arc::new(Mutex::new(TeeBuffer::new(cap, exact)));
             let kept = KeptBody(KeptKind::Copy(Arc::clone(&tee)));
             (Self::teed(body, tee), kept)
         }
@@ -200,13 +205,20 @@ where
                             } else {
                                 tee.rest.push(kept);
                             }
-                            // Clients stop polling once a body says it has ended.
-                            if body.is_end_stream() {
+                            // Clients stop polling once a body says it has ended, or once the
+                            // length they framed it with is sent.
+                            if body.is_end_stream() || tee.exact == Some(tee.bytes as u64) {
                                 tee.state = TeeState::Complete;
                             }
                         }
                     }
                     None if tee.state == TeeState::Sending => tee.state = TeeState::Complete,
+                    // Trailers after the stated length was sent (a client that does send them).
+                    Some(Ok(frame)) if tee.state == TeeState::Complete => {
+                        if let Some(trailers) = frame.trailers_ref() {
+                            tee.rest.push(Kept::Trailers(trailers.clone()));
+                        }
+                    }
                     _ => {}
                 }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
@@ -308,6 +320,26 @@ mod tests {
 
     fn stream(frames: Vec<Frame<Bytes>>) -> impl Body<Data = Bytes, Error = BoxError> {
         StreamBody::new(futures_util::stream::iter(frames.into_iter().map(Ok)))
+    }
+
+    #[tokio::test]
+    async fn a_body_of_stated_length_is_complete_once_that_length_is_sent() {
+        // A client framing with `content-length` reads the data and stops: never the trailers.
+        let mut trailers = HeaderMap::new();
+        trailers.insert("checksum", HeaderValue::from_static("abc"));
+        let body = http_body_util::Full::new(Bytes::from_static(b"{\"amount\":1}"))
+            .map_err(|never| match never {})
+            .with_trailers(std::future::ready(Some(Ok::<_, BoxError>(trailers))));
+        assert_eq!(body.size_hint().exact(), Some(12));
+        let (sent, kept) = RequestBody::keep(body, 1024);
+        let mut sent = std::pin::pin!(sent);
+        let first = sent.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "{\"amount\":1}");
+        drop(sent);
+        let replay = kept
+            .replay::<http_body_util::Empty<Bytes>>()
+            .expect("replayable");
+        assert_eq!(replay.collect().await.unwrap().to_bytes(), "{\"amount\":1}");
     }
 
     // An HTTP/1 client frames a body of exact length with `content-length`, and then has nowhere
