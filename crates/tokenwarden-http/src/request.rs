@@ -335,7 +335,7 @@ mod tests {
         let mut sent = std::pin::pin!(sent);
         let first = sent.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), "{\"amount\":1}");
-        drop(sent);
+        // The client stops here: the trailers are never polled.
         let replay = kept
             .replay::<http_body_util::Empty<Bytes>>()
             .expect("replayable");
