@@ -34,6 +34,12 @@ use crate::policy::{LayerPolicy, NotReplayed, Replay, Verdict, record_acceptance
 ///    rejected body drains**; it resolves to the response to hand back (marked
 ///    [`Replay::NotReplayed`]) or to the request to send again.
 /// 5. The adapter sends the replay once, and [`replayed`](Self::replayed) marks its answer.
+///    The replay's answer is judged by status and headers only: a classifier's
+///    [`Verdict::InspectBody`] for it hands it to the caller as it is, the fresh token neither
+///    invalidated nor marked as having worked.
+///
+/// The rejection path uses Tokio's timers (the inspection and drain limits), as the cache
+/// does: it runs on a Tokio runtime with time enabled.
 ///
 /// Cloning is one reference count.
 #[derive(Clone)]
