@@ -19,12 +19,12 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use reqwest_middleware::ClientWithMiddleware;
-use tokenwarden::reqwest::{TokenMiddleware, client_builder};
-use tokenwarden::tower::{RequestBody, TokenLayer, TokenService};
 use tokenwarden::{Classifier, LayerPolicy, Replay, Scope, SkipToken, TokenCache, Verdict};
+use tokenwarden_reqwest::{TokenMiddleware, client_builder};
 use tokenwarden_test_support::{
     Answer, ClockHold, CountingIssuer, Listener, LoopbackApi, Received, Route, chain,
 };
+use tokenwarden_tower::{RequestBody, TokenLayer, TokenService};
 use tokio::time::Instant;
 use tower::{BoxError, Layer as _, ServiceExt};
 

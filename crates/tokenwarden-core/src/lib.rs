@@ -36,6 +36,7 @@
 mod cache;
 mod config;
 mod error;
+pub mod metrics;
 mod origin;
 mod presentation;
 mod secret;

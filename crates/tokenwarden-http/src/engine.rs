@@ -215,7 +215,9 @@ impl Engine {
             Verdict::Accepted => record_acceptance(fresh, status),
             _ => {}
         }
-        Replay::Replayed { rejected }
+        let replay = Replay::Replayed { rejected };
+        crate::metrics::replay(self.cache(), &replay);
+        replay
     }
 }
 
@@ -319,9 +321,9 @@ where
         let mut response = Response::from_parts(head, ResponseBody::read_ahead(body));
         if let Some(reason) = marker {
             tracing::debug!(token = %self.token.id(), %reason, "token rejected; request not replayed");
-            response
-                .extensions_mut()
-                .insert(Replay::NotReplayed(reason));
+            let replay = Replay::NotReplayed(reason);
+            crate::metrics::replay(self.engine.cache(), &replay);
+            response.extensions_mut().insert(replay);
         }
         Recovered::Respond(response)
     }
@@ -457,6 +459,56 @@ mod tests {
     fn answer(status: u16, body: &'static str) -> Response<Full<Bytes>> {
         let body = Full::new(Bytes::from_static(body.as_bytes()));
         Response::builder().status(status).body(body).unwrap()
+    }
+
+    #[cfg(feature = "metrics")]
+    #[test]
+    fn replays_are_counted_by_outcome() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+        let recorder = DebuggingRecorder::new();
+        metrics::with_local_recorder(&recorder, || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let engine = engine(|p| p);
+                let token = engine.cache().get().await.unwrap();
+                let too_large = Err::<(), _>(NotReplayed::BodyTooLarge);
+                let recover = engine.recover(token, answer(401, ""), Verdict::Rejected, too_large);
+                assert!(matches!(recover.await, Recovered::Respond(_)));
+                let fresh = engine.cache().get().await.unwrap();
+                engine.replayed(fresh.id(), &fresh, StatusCode::OK, &HeaderMap::new());
+            });
+        });
+        let counts: Vec<_> = recorder
+            .snapshotter()
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter_map(|(key, _, _, value)| {
+                let key = key.key();
+                let outcome = key
+                    .labels()
+                    .find(|l| l.key() == "outcome")?
+                    .value()
+                    .to_owned();
+                let cache = key
+                    .labels()
+                    .find(|l| l.key() == "cache")?
+                    .value()
+                    .to_owned();
+                let DebugValue::Counter(n) = value else {
+                    return None;
+                };
+                (key.name() == crate::metrics::REPLAYS).then_some((cache, outcome, n))
+            })
+            .collect();
+        let expect = |outcome: &str| (String::from("token"), outcome.to_owned(), 1);
+        assert!(counts.contains(&expect("body_too_large")), "{counts:?}");
+        assert!(counts.contains(&expect("replayed")), "{counts:?}");
+        assert_eq!(counts.len(), 2, "{counts:?}");
     }
 
     #[tokio::test]

@@ -23,6 +23,7 @@
 
 mod body;
 mod engine;
+pub mod metrics;
 mod policy;
 mod request;
 mod setters;

@@ -108,7 +108,9 @@ pub(crate) async fn fetch_once(
     let wall = SystemTime::now();
     tracing::debug!("fetching token");
     let attempt = AssertUnwindSafe(source.fetch()).catch_unwind();
-    let token = match tokio::time::timeout(cfg.fetch_timeout, attempt).await {
+    let answered = tokio::time::timeout(cfg.fetch_timeout, attempt).await;
+    crate::metrics::fetch_took(&cfg.name, clock.now().saturating_duration_since(sent_at));
+    let token = match answered {
         Err(_) => Err(Error::Timeout(cfg.fetch_timeout)),
         Ok(Err(_panic)) => Err(Error::SourcePanicked),
         Ok(Ok(result)) => result.map_err(Error::from),

@@ -19,6 +19,7 @@ use tracing::Instrument;
 use super::clock::Clock;
 use super::fetch::{FetchReason, Fetched, Schedule, fetch_once};
 use super::status::{CacheState, CacheStatus};
+use crate::metrics;
 use crate::stats::Counters;
 use crate::{CacheConfig, CacheStats, Error, Presentation, Snapshot, TokenId, TokenSource};
 
@@ -327,6 +328,7 @@ impl Inner {
     }
 
     fn record_success(&self, st: &mut State) {
+        metrics::fetch_ended(&self.config.name, Ok(()));
         st.failures = 0;
         st.failure_mark += 1;
         st.retry_at = None;
@@ -338,6 +340,7 @@ impl Inner {
     /// `mark` is the failure mark when the attempt started.
     fn record_failure(&self, st: &mut State, error: &Error, now: Instant, mark: u64) {
         Counters::bump(&self.counters.fetch_failures);
+        metrics::fetch_ended(&self.config.name, Err(error));
         st.last_error = Some(error.clone());
         if mark != st.failure_mark {
             tracing::debug!(cache = %self.config.name, error = %error, "an overlapping token fetch failed too");
@@ -394,6 +397,7 @@ impl Inner {
     fn serve_in_grace(&self, st: &mut State) -> Option<Snapshot> {
         let snapshot = st.current.as_ref()?.snapshot.clone();
         Counters::bump(&self.counters.grace_serves);
+        metrics::grace_serve(&self.config.name);
         if st.grace_warned != st.failures {
             st.grace_warned = st.failures;
             tracing::warn!(
@@ -788,12 +792,14 @@ impl Inner {
             st.pool_generation += 1;
             if discarded {
                 Counters::bump(&self.counters.invalidations);
+                metrics::invalidation(&self.config.name, "discarded");
                 tracing::debug!(cache = %self.config.name, token = %id, "pooled tokens discarded after a rejection");
             }
             return discarded;
         }
         let Some(current) = st.current.as_ref().filter(|c| c.snapshot.id() == id) else {
             Counters::bump(&self.counters.coalesced_invalidations);
+            metrics::invalidation(&self.config.name, "stale");
             return false;
         };
         let now = self.clock.now();
@@ -817,6 +823,7 @@ impl Inner {
                 current.held_off = true;
             }
             Counters::bump(&self.counters.suppressed_invalidations);
+            metrics::invalidation(&self.config.name, "held_off");
             tracing::debug!(cache = %self.config.name, token = %id, "invalidation held off");
             return false;
         }
@@ -834,6 +841,7 @@ impl Inner {
             }
         }
         Counters::bump(&self.counters.invalidations);
+        metrics::invalidation(&self.config.name, "discarded");
         self.discard(&mut st, FetchReason::Invalidated);
         true
     }
@@ -842,6 +850,7 @@ impl Inner {
         let mut st = self.lock();
         st.epoch += 1;
         Counters::bump(&self.counters.revocations);
+        metrics::revocation(&self.config.name);
         if let Some(flight) = st.flight.take() {
             flight.abort.abort();
             flight.tx.send_replace(Outcome::Superseded);

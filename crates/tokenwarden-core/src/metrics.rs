@@ -1,0 +1,99 @@
+//! The metrics a cache records through the [`metrics`](https://docs.rs/metrics) facade, with
+//! feature `metrics` (without it, nothing is recorded and nothing is compiled in). Install any
+//! exporter (Prometheus, OpenTelemetry, StatsD) as the `metrics` recorder to see them.
+//!
+//! Every metric has a `cache` label, the cache's name ([`TokenCacheBuilder::with_name`],
+//! `"token"` by default): one value per cache the program builds, so the labels stay bounded.
+//! No label ever holds a token, a credential or a key.
+//!
+//! | name | kind | labels | what |
+//! |---|---|---|---|
+//! | [`FETCHES`] | counter | `cache`, `outcome` | token fetches that ended, by outcome: `success`, `rejected` (the issuer refused the credentials), `transient` (a failure worth retrying), `timeout`, `unusable` (an expired or malformed token), `panicked`, `other` |
+//! | [`FETCH_DURATION`] | histogram (seconds) | `cache` | how long the token source took, success or not |
+//! | [`INVALIDATIONS`] | counter | `cache`, `result` | invalidations after a rejection: `discarded` (the token went), `stale` (it was already replaced), `held_off` (freshly fetched tokens keep being rejected: kept for now) |
+//! | [`GRACE_SERVES`] | counter | `cache` | tokens served past their mandatory point while the issuer fails (see [`TokenCacheBuilder::with_grace`]) |
+//! | [`REVOCATIONS`] | counter | `cache` | calls to [`TokenCache::revoke`] |
+//!
+//! The HTTP layers add `tokenwarden_replays_total` (see `tokenwarden-http`).
+//!
+//! [`TokenCacheBuilder::with_name`]: crate::TokenCacheBuilder::with_name
+//! [`TokenCacheBuilder::with_grace`]: crate::TokenCacheBuilder::with_grace
+//! [`TokenCache::revoke`]: crate::TokenCache::revoke
+
+#![cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+// The cache's name is passed as the `Cow` it is, so a `'static` name reaches the recorder
+// without a copy.
+#![allow(clippy::ptr_arg)]
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use crate::Error;
+
+/// Token fetches that ended, by `outcome`.
+pub const FETCHES: &str = "tokenwarden_token_fetches_total";
+/// How long the token source took, in seconds.
+pub const FETCH_DURATION: &str = "tokenwarden_token_fetch_duration_seconds";
+/// Invalidations after a rejection, by `result`.
+pub const INVALIDATIONS: &str = "tokenwarden_token_invalidations_total";
+/// Tokens served in their grace period.
+pub const GRACE_SERVES: &str = "tokenwarden_token_grace_serves_total";
+/// Revocations.
+pub const REVOCATIONS: &str = "tokenwarden_token_revocations_total";
+
+/// The `outcome` label of a fetch that failed with `error`.
+fn outcome(error: &Error) -> &'static str {
+    match error {
+        Error::Rejected(_) => "rejected",
+        Error::Fetch(_) => "transient",
+        Error::Timeout(_) => "timeout",
+        Error::AlreadyExpired { .. }
+        | Error::InvalidHeaderValue { .. }
+        | Error::MalformedToken(_) => "unusable",
+        Error::SourcePanicked => "panicked",
+        _ => "other",
+    }
+}
+
+#[cfg(feature = "metrics")]
+fn label(cache: &Cow<'static, str>) -> metrics::SharedString {
+    match cache {
+        Cow::Borrowed(name) => metrics::SharedString::from(*name),
+        Cow::Owned(name) => metrics::SharedString::from(name.clone()),
+    }
+}
+
+/// A fetch ended: `Ok` once installed (or pooled), `Err` with what failed.
+pub(crate) fn fetch_ended(cache: &Cow<'static, str>, result: Result<(), &Error>) {
+    #[cfg(feature = "metrics")]
+    {
+        let outcome = result.map_or_else(outcome, |()| "success");
+        metrics::counter!(FETCHES, "cache" => label(cache), "outcome" => outcome).increment(1);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = result.map_err(outcome);
+}
+
+/// The token source answered (or failed, or timed out) after `elapsed`.
+pub(crate) fn fetch_took(cache: &Cow<'static, str>, elapsed: Duration) {
+    #[cfg(feature = "metrics")]
+    metrics::histogram!(FETCH_DURATION, "cache" => label(cache)).record(elapsed.as_secs_f64());
+}
+
+/// An invalidation: `discarded`, `stale` or `held_off`.
+pub(crate) fn invalidation(cache: &Cow<'static, str>, result: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(INVALIDATIONS, "cache" => label(cache), "result" => result).increment(1);
+}
+
+/// A token served in its grace period.
+pub(crate) fn grace_serve(cache: &Cow<'static, str>) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(GRACE_SERVES, "cache" => label(cache)).increment(1);
+}
+
+/// A revocation.
+pub(crate) fn revocation(cache: &Cow<'static, str>) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(REVOCATIONS, "cache" => label(cache)).increment(1);
+}
