@@ -13,12 +13,14 @@
 //! | [`INVALIDATIONS`] | counter | `cache`, `result` | invalidations after a rejection: `discarded` (the token went), `stale` (it was already replaced), `held_off` (freshly fetched tokens keep being rejected: kept for now) |
 //! | [`GRACE_SERVES`] | counter | `cache` | tokens served past their mandatory point while the issuer fails (see [`TokenCacheBuilder::with_grace`]) |
 //! | [`REVOCATIONS`] | counter | `cache` | calls to [`TokenCache::revoke`] |
+//! | [`POOL_SIZE`] | gauge | `cache` | single-use mode: tokens waiting in the pool (see [`TokenCacheBuilder::with_pool`]) |
 //!
 //! The HTTP layers add `tokenwarden_replays_total` (see `tokenwarden-http`).
 //!
 //! [`TokenCacheBuilder::with_name`]: crate::TokenCacheBuilder::with_name
 //! [`TokenCacheBuilder::with_grace`]: crate::TokenCacheBuilder::with_grace
 //! [`TokenCache::revoke`]: crate::TokenCache::revoke
+//! [`TokenCacheBuilder::with_pool`]: crate::TokenCacheBuilder::with_pool
 
 #![cfg_attr(not(feature = "metrics"), allow(unused_variables))]
 // The cache's name is passed as the `Cow` it is, so a `'static` name reaches the recorder
@@ -40,6 +42,8 @@ pub const INVALIDATIONS: &str = "tokenwarden_token_invalidations_total";
 pub const GRACE_SERVES: &str = "tokenwarden_token_grace_serves_total";
 /// Revocations.
 pub const REVOCATIONS: &str = "tokenwarden_token_revocations_total";
+/// Single-use mode: tokens waiting in the pool.
+pub const POOL_SIZE: &str = "tokenwarden_token_pool_size";
 
 /// The `outcome` label of a fetch that failed with `error`.
 fn outcome(error: &Error) -> &'static str {
@@ -96,4 +100,10 @@ pub(crate) fn grace_serve(cache: &Cow<'static, str>) {
 pub(crate) fn revocation(cache: &Cow<'static, str>) {
     #[cfg(feature = "metrics")]
     metrics::counter!(REVOCATIONS, "cache" => label(cache)).increment(1);
+}
+
+/// Single-use mode: the pool now holds `size` tokens.
+pub(crate) fn pool_size(cache: &Cow<'static, str>, size: usize) {
+    #[cfg(feature = "metrics")]
+    metrics::gauge!(POOL_SIZE, "cache" => label(cache)).set(size as f64);
 }

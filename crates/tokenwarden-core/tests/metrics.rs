@@ -124,3 +124,45 @@ fn fetches_invalidations_and_revocations_are_counted_by_cache_and_outcome() {
     // No label carries a token.
     assert!(!text.contains("tok-"), "{text}");
 }
+
+#[test]
+fn the_single_use_pool_level_is_a_gauge() {
+    let recorder = DebuggingRecorder::new();
+    let level = |recorder: &DebuggingRecorder| {
+        let all = recorded(recorder);
+        match all
+            .iter()
+            .find(|(n, _)| n == "tokenwarden_token_pool_size{cache=boipa}")
+        {
+            Some((_, DebugValue::Gauge(level))) => Some(level.into_inner()),
+            _ => None,
+        }
+    };
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let calls = Arc::new(AtomicUsize::new(0));
+            let counted = Arc::clone(&calls);
+            let cache = TokenCache::builder(move || {
+                let n = counted.fetch_add(1, SeqCst) + 1;
+                async move { Ok::<_, FetchError>(Token::new(format!("tok-{n}"))) }
+            })
+            .with_name("boipa")
+            .single_use()
+            .with_pool(2)
+            .build()
+            .unwrap();
+            cache.get().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert_eq!(level(&recorder), Some(2.0), "the pool refilled to 2");
+            cache.get().await.unwrap();
+            assert_eq!(level(&recorder), Some(1.0), "one taken");
+            cache.revoke();
+            assert_eq!(level(&recorder), Some(0.0), "revoked");
+        });
+    });
+}

@@ -789,6 +789,7 @@ impl Inner {
             // rejection was seen — pooled or still being fetched — are presumed as stale as it was.
             let discarded = !st.pool.is_empty() || st.refill.is_some();
             st.pool.clear();
+            metrics::pool_size(&self.config.name, 0);
             st.pool_generation += 1;
             if discarded {
                 Counters::bump(&self.counters.invalidations);
@@ -859,6 +860,9 @@ impl Inner {
             refill.abort();
         }
         st.pool.clear();
+        if self.single_use.is_some() {
+            metrics::pool_size(&self.config.name, 0);
+        }
         self.discard(&mut st, FetchReason::Revoked);
         tracing::info!(cache = %self.config.name, "tokens revoked");
     }
@@ -1001,12 +1005,15 @@ impl Inner {
     }
 
     fn pop_pool(&self, st: &mut State, now: Instant) -> Option<Pooled> {
+        let mut found = None;
         while let Some(pooled) = st.pool.pop_front() {
             if now < pooled.usable_until {
-                return Some(pooled);
+                found = Some(pooled);
+                break;
             }
         }
-        None
+        metrics::pool_size(&self.config.name, st.pool.len());
+        found
     }
 
     /// Single-use mode: fetches one token into the front of the pool (for the next caller).
@@ -1024,6 +1031,7 @@ impl Inner {
         // Not if a rejection or a revocation came while it was fetched: presumed stale.
         if (st.epoch, st.pool_generation) == sent_under {
             st.pool.push_front(pooled);
+            metrics::pool_size(&self.config.name, st.pool.len());
         }
         Ok(id)
     }
@@ -1069,6 +1077,7 @@ impl Inner {
                             snapshot,
                             usable_until: schedule.mandatory_at,
                         });
+                        metrics::pool_size(&inner.config.name, st.pool.len());
                     }
                     Err(error) => {
                         let now = inner.clock.now();
