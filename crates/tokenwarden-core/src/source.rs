@@ -4,6 +4,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -59,6 +60,7 @@ where
 #[derive(Clone)]
 pub struct FetchError {
     retryable: bool,
+    retry_after: Option<Duration>,
     inner: Arc<dyn StdError + Send + Sync + 'static>,
 }
 
@@ -68,6 +70,7 @@ impl FetchError {
     pub fn transient(error: impl Into<BoxError>) -> Self {
         Self {
             retryable: true,
+            retry_after: None,
             inner: Arc::from(error.into()),
         }
     }
@@ -78,8 +81,33 @@ impl FetchError {
     pub fn rejected(error: impl Into<BoxError>) -> Self {
         Self {
             retryable: false,
+            retry_after: None,
             inner: Arc::from(error.into()),
         }
+    }
+
+    /// The issuer said when to ask again (`Retry-After` on a `429` or `503`): the cache does
+    /// not call it before then — at most [`CacheConfig::backoff_max`](crate::CacheConfig)
+    /// later (30 s by default), so a hint of hours cannot lock the cache out for hours.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokenwarden_core::FetchError;
+    ///
+    /// let busy = FetchError::transient("the issuer answered 503")
+    ///     .with_retry_after(Duration::from_secs(5));
+    /// assert_eq!(busy.retry_after(), Some(Duration::from_secs(5)));
+    /// ```
+    #[must_use]
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
+    /// When the issuer said to ask again, if it did.
+    #[must_use]
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
     }
 
     /// Whether a later attempt can succeed.
@@ -99,6 +127,7 @@ impl fmt::Debug for FetchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FetchError")
             .field("retryable", &self.retryable)
+            .field("retry_after", &self.retry_after)
             .field("error", &self.inner)
             .finish()
     }

@@ -571,3 +571,51 @@ fn a_runtime_shutting_down_mid_fetch_leaves_no_waiter_hanging() {
     assert_eq!(secret(&got.expect("no hang").unwrap()), "second");
     assert_eq!(calls.load(SeqCst), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_issuer_saying_retry_after_is_not_asked_again_before_then() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let cache = TokenCache::new(move || {
+        counted.fetch_add(1, SeqCst);
+        async {
+            Err::<Token, _>(
+                FetchError::transient("the issuer answered 503")
+                    .with_retry_after(Duration::from_secs(5)),
+            )
+        }
+    });
+    // A caller every second for ten seconds, as a busy client would.
+    let mut retry_in = None;
+    for _ in 0..10 {
+        if let Err(Error::BackingOff { retry_in: wait, .. }) = cache.get().await {
+            retry_in.get_or_insert(wait);
+        }
+        sleep(Duration::from_secs(1)).await;
+    }
+    // At 0 s and at 5 s; without the hint the backoff (100 ms, doubling) allows about six.
+    assert_eq!(calls.load(SeqCst), 2);
+    let retry_in = retry_in.expect("callers were told to wait");
+    assert!(retry_in > Duration::from_secs(3), "{retry_in:?}");
+
+    // A hint of an hour is capped by the backoff cap (30 s).
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let cache = TokenCache::new(move || {
+        counted.fetch_add(1, SeqCst);
+        async {
+            Err::<Token, _>(
+                FetchError::transient("the issuer answered 429")
+                    .with_retry_after(Duration::from_secs(3600)),
+            )
+        }
+    });
+    assert!(cache.get().await.is_err());
+    sleep(Duration::from_secs(31)).await;
+    assert!(cache.get().await.is_err());
+    assert_eq!(
+        calls.load(SeqCst),
+        2,
+        "asked again after the cap, not after an hour"
+    );
+}

@@ -247,6 +247,7 @@ pub fn parse(status: StatusCode, body: &[u8]) -> Result<Token, GatewayError> {
             return Err(GatewayError::Status {
                 gateway: GATEWAY,
                 status,
+                retry_after: None,
             });
         }
         Err(malformed) => return Err(malformed),
@@ -264,6 +265,7 @@ pub fn parse(status: StatusCode, body: &[u8]) -> Result<Token, GatewayError> {
         _ if !status.is_success() => Err(GatewayError::Status {
             gateway: GATEWAY,
             status,
+            retry_after: None,
         }),
         Some(other) => Err(answer.malformed(format!(
             "`/result` is {other:?}, not \"success\" or \"failure\""

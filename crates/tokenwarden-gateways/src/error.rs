@@ -4,6 +4,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::StatusCode;
 use tokenwarden_core::{BoxError, FetchError};
@@ -62,6 +63,9 @@ pub enum GatewayError {
         gateway: &'static str,
         /// The status.
         status: StatusCode,
+        /// When the issuer said to ask again (`Retry-After` on a `429` or `503`); the cache
+        /// waits that long (up to its backoff cap) before the next request.
+        retry_after: Option<Duration>,
     },
     /// The issuer refused the request with its own codes.
     #[error("{gateway}: the token request was refused (HTTP {status}{}): {}", reference.as_deref().map(|r| format!(", reference {r}")).unwrap_or_default(), list(codes))]
@@ -295,10 +299,18 @@ impl StdError for TransportError {}
 
 impl From<GatewayError> for FetchError {
     fn from(error: GatewayError) -> Self {
-        if error.is_retryable() {
+        let retry_after = match &error {
+            GatewayError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        };
+        let fetch_error = if error.is_retryable() {
             FetchError::transient(error)
         } else {
             FetchError::rejected(error)
+        };
+        match retry_after {
+            Some(after) => fetch_error.with_retry_after(after),
+            None => fetch_error,
         }
     }
 }

@@ -151,6 +151,7 @@ impl JsonSource {
             return Err(GatewayError::Status {
                 gateway: self.name,
                 status,
+                retry_after: None,
             });
         }
         let answer = Answer::parse(self.name, status, body)?;

@@ -70,6 +70,7 @@ pub fn parse(status: StatusCode, body: &[u8]) -> Result<Token, GatewayError> {
         return Err(GatewayError::Status {
             gateway: GATEWAY,
             status,
+            retry_after: None,
         });
     }
     let answer = Answer::parse(GATEWAY, status, body)?;

@@ -150,6 +150,7 @@ pub fn parse(status: StatusCode, body: &[u8], utc_offset: i32) -> Result<Token, 
             return Err(GatewayError::Status {
                 gateway: GATEWAY,
                 status,
+                retry_after: None,
             });
         }
         Err(malformed) => return Err(malformed),
@@ -160,6 +161,7 @@ pub fn parse(status: StatusCode, body: &[u8], utc_offset: i32) -> Result<Token, 
             return Err(GatewayError::Status {
                 gateway: GATEWAY,
                 status,
+                retry_after: None,
             });
         }
         Err(malformed) => return Err(malformed),
@@ -180,6 +182,7 @@ pub fn parse(status: StatusCode, body: &[u8], utc_offset: i32) -> Result<Token, 
         return Err(GatewayError::Status {
             gateway: GATEWAY,
             status,
+            retry_after: None,
         });
     }
     let secret = answer.string("/data/token")?;

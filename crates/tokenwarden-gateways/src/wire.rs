@@ -124,6 +124,19 @@ impl Issuer {
                 status: response.status(),
                 target: self.redirect_target(response.headers()),
             }),
+            // Busy or down, and perhaps saying when to come back: an error for every gateway.
+            Ok(response)
+                if matches!(
+                    response.status(),
+                    StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+                ) =>
+            {
+                Err(GatewayError::Status {
+                    gateway: self.gateway,
+                    status: response.status(),
+                    retry_after: retry_after(response.headers(), SystemTime::now()),
+                })
+            }
             Ok(response) => Ok((response.status(), response.into_body())),
             Err(error) if error.is::<TooLarge>() => Err(GatewayError::TooLarge {
                 gateway: self.gateway,
@@ -462,5 +475,50 @@ mod tests {
         assert!(jwt_expiry("not-a-jwt").is_none());
         assert!(jwt_expiry("a.%%%.c").is_none());
         assert!(jwt_expiry("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.sig").is_none()); // no exp
+    }
+}
+
+/// The `Retry-After` of an answer (RFC 9110 §10.2.3): delay-seconds, or an HTTP date (a date
+/// already past is "now"). `None` when absent or unreadable.
+pub(crate) fn retry_after(headers: &http::HeaderMap, now: SystemTime) -> Option<Duration> {
+    let value = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod retry_after_tests {
+    use super::*;
+
+    #[test]
+    fn reads_seconds_and_http_dates() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let header = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from_str(v).unwrap());
+            h
+        };
+        assert_eq!(retry_after(&header("5"), now), Some(Duration::from_secs(5)));
+        assert_eq!(
+            retry_after(&header(" 120 "), now),
+            Some(Duration::from_secs(120))
+        );
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(
+            retry_after(&header(&later), now),
+            Some(Duration::from_secs(30))
+        );
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(retry_after(&header(&earlier), now), Some(Duration::ZERO));
+        assert_eq!(retry_after(&header("soon"), now), None);
+        assert_eq!(retry_after(&header("-1"), now), None);
+        assert_eq!(retry_after(&http::HeaderMap::new(), now), None);
     }
 }

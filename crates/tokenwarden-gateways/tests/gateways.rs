@@ -714,3 +714,38 @@ async fn transport_failures_keep_the_client_error_and_say_what_broke() {
         assert!(!text.contains("could not be reached"), "{text}");
     }
 }
+
+#[tokio::test]
+async fn a_busy_issuer_saying_retry_after_is_not_asked_again_before_then() {
+    let mut server = Server::new_async().await;
+    let busy = server
+        .mock("POST", "/sipay/api/token")
+        .with_status(503)
+        .with_header("retry-after", "7")
+        .expect(1)
+        .create_async()
+        .await;
+    let config = SipayConfig::new(format!("{}/sipay", server.url()), "app-id", "app-secret");
+    let cache = sipay::cache(IssuerClient::new().unwrap(), config)
+        .unwrap()
+        .build()
+        .unwrap();
+    let error = cache.get().await.unwrap_err();
+    let GatewayError::Status {
+        status,
+        retry_after,
+        ..
+    } = gateway_error(&error)
+    else {
+        panic!("{}", error.chain())
+    };
+    assert_eq!(*status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(*retry_after, Some(Duration::from_secs(7)));
+    assert!(error.is_retryable());
+    // Asked again at once: the cache waits the issuer's 7 s, not its own 100 ms backoff.
+    let Err(Error::BackingOff { retry_in, .. }) = cache.get().await else {
+        panic!("the cache should be waiting")
+    };
+    assert!(retry_in > Duration::from_secs(6), "{retry_in:?}");
+    busy.assert_async().await;
+}

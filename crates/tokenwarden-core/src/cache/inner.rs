@@ -21,7 +21,9 @@ use super::fetch::{FetchReason, Fetched, Schedule, fetch_once};
 use super::status::{CacheState, CacheStatus};
 use crate::metrics;
 use crate::stats::Counters;
-use crate::{CacheConfig, CacheStats, Error, Presentation, Snapshot, TokenId, TokenSource};
+use crate::{
+    CacheConfig, CacheStats, Error, FetchError, Presentation, Snapshot, TokenId, TokenSource,
+};
 
 /// How much longer than the fetch timeout a caller waits for a fetch running on another
 /// runtime before giving up on it.
@@ -362,6 +364,9 @@ impl Inner {
             self.config
                 .backoff_from(self.config.first_fetch_backoff, st.failures)
         };
+        // The issuer said when to ask again: not sooner, and not later than the backoff cap.
+        let hinted = error.fetch_error().and_then(FetchError::retry_after);
+        let wait = hinted.map_or(wait, |after| wait.max(after.min(self.config.backoff_max)));
         st.retry_at = Some(now + wait);
         tracing::warn!(
             cache = %self.config.name,
