@@ -14,6 +14,9 @@
 //!   and generic JSON issuers.
 //! - [`sandbox`] (feature `sandbox`): an in-process sandbox of those gateways, for tests.
 //!
+//! Feature `metrics` records what the cache and the layers do through the `metrics` facade
+//! (names in [`core::metrics`] and [`http::metrics`]).
+//!
 //! ```
 //! use std::time::Duration;
 //! use tokenwarden::{FetchError, Token, TokenCache};
