@@ -81,6 +81,25 @@ pub enum GatewayError {
         /// Whether the gateway's code says a later attempt can succeed.
         retryable: bool,
     },
+    /// The token endpoint refused the request with an OAuth 2.0 error (RFC 6749 §5.2):
+    /// `error` and, if given, `error_description` (printed: servers put no secret there).
+    /// [`is_retryable`](GatewayError::is_retryable) and
+    /// [`is_configuration`](GatewayError::is_configuration) say what to do.
+    #[error(
+        "{gateway}: the token endpoint refused the request (HTTP {status}, `{error}`{}): {}",
+        description.as_deref().map(|d| format!(": {d}")).unwrap_or_default(),
+        oauth_hint(error)
+    )]
+    OAuth {
+        /// The gateway.
+        gateway: &'static str,
+        /// The HTTP status.
+        status: StatusCode,
+        /// The `error` code (`invalid_client`, `invalid_scope`, …).
+        error: String,
+        /// The `error_description`, if any (trimmed to 300 characters).
+        description: Option<String>,
+    },
     /// The answer is not what the gateway documents.
     #[error("{gateway}: the token response (HTTP {status}) is malformed: {problem}")]
     Malformed {
@@ -126,6 +145,25 @@ fn hint(status: StatusCode) -> &'static str {
     }
 }
 
+/// What to do about an RFC 6749 §5.2 error code.
+fn oauth_hint(error: &str) -> &'static str {
+    match error {
+        "invalid_client" | "unauthorized_client" => {
+            "the client credentials were rejected; fix them, retrying cannot help"
+        }
+        "invalid_grant" => "the grant was rejected; fix it, retrying cannot help",
+        "invalid_scope" => "a requested scope is not allowed for this client; fix the scope",
+        "invalid_request" => "the request is missing or repeats a parameter; fix the configuration",
+        "unsupported_grant_type" => {
+            "the endpoint does not take this grant type; fix the configuration"
+        }
+        "temporarily_unavailable" | "server_error" => {
+            "the issuer failed; it will be retried with backoff"
+        }
+        _ => "see the endpoint's documentation for this code",
+    }
+}
+
 fn list(codes: &[GatewayCode]) -> String {
     if codes.is_empty() {
         return "no reason given".to_owned();
@@ -150,6 +188,17 @@ impl GatewayError {
                 status.is_server_error() || matches!(status.as_u16(), 408 | 429)
             }
             GatewayError::Refused { retryable, .. } => *retryable,
+            GatewayError::OAuth { error, status, .. } => match error.as_str() {
+                "temporarily_unavailable" | "server_error" => true,
+                "invalid_client"
+                | "unauthorized_client"
+                | "invalid_grant"
+                | "access_denied"
+                | "invalid_scope"
+                | "invalid_request"
+                | "unsupported_grant_type" => false,
+                _ => status.is_server_error() || matches!(status.as_u16(), 408 | 429),
+            },
             GatewayError::Redirected { .. } => false,
         }
     }
@@ -163,6 +212,7 @@ impl GatewayError {
             | GatewayError::Redirected { gateway, .. }
             | GatewayError::Status { gateway, .. }
             | GatewayError::Refused { gateway, .. }
+            | GatewayError::OAuth { gateway, .. }
             | GatewayError::Malformed { gateway, .. }
             | GatewayError::TooLarge { gateway, .. } => gateway,
         }
@@ -175,6 +225,7 @@ impl GatewayError {
             GatewayError::Status { status, .. }
             | GatewayError::Redirected { status, .. }
             | GatewayError::Refused { status, .. }
+            | GatewayError::OAuth { status, .. }
             | GatewayError::Interrupted { status, .. }
             | GatewayError::Malformed { status, .. } => Some(*status),
             _ => None,
@@ -183,6 +234,15 @@ impl GatewayError {
 }
 
 impl GatewayError {
+    /// Whether the issuer says the request itself is wrong — an OAuth `invalid_scope`,
+    /// `invalid_request` or `unsupported_grant_type` — rather than the credentials or the
+    /// issuer's health: fix the configuration (not retried in a loop).
+    #[must_use]
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, GatewayError::OAuth { error, .. }
+            if matches!(error.as_str(), "invalid_scope" | "invalid_request" | "unsupported_grant_type"))
+    }
+
     /// The transport failure under an [`Unreachable`](Self::Unreachable) or
     /// [`Interrupted`](Self::Interrupted), for [`TransportError::is_timeout`] and the like.
     #[must_use]

@@ -148,6 +148,10 @@ impl JsonSource {
     /// [`GatewayError`] for an error status or a malformed answer.
     pub fn parse(&self, status: http::StatusCode, body: &[u8]) -> Result<Token, GatewayError> {
         if !status.is_success() {
+            // A standard OAuth 2.0 error body (RFC 6749 §5.2) says what went wrong.
+            if let Some(error) = oauth_error(self.name, status, body) {
+                return Err(error);
+            }
             return Err(GatewayError::Status {
                 gateway: self.name,
                 status,
@@ -188,4 +192,33 @@ impl TokenSource for JsonSource {
             .await?;
         Ok(self.parse(status, &body)?)
     }
+}
+
+/// An RFC 6749 §5.2 error answer: `{"error": "...", "error_description": "..."}`.
+fn oauth_error(
+    gateway: &'static str,
+    status: http::StatusCode,
+    body: &[u8],
+) -> Option<GatewayError> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let error = value.get("error")?.as_str()?;
+    // Error codes are printable ASCII without quotes or backslashes (§5.2); anything else is
+    // not a standard error body.
+    if error.is_empty()
+        || !error
+            .bytes()
+            .all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\')
+    {
+        return None;
+    }
+    let description = value
+        .get("error_description")
+        .and_then(serde_json::Value::as_str)
+        .map(|d| d.chars().filter(|c| !c.is_control()).take(300).collect());
+    Some(GatewayError::OAuth {
+        gateway,
+        status,
+        error: error.to_owned(),
+        description,
+    })
 }

@@ -124,12 +124,13 @@ impl Issuer {
                 status: response.status(),
                 target: self.redirect_target(response.headers()),
             }),
-            // Busy or down, and perhaps saying when to come back: an error for every gateway.
+            // Busy or down, saying when to come back: an error for every gateway, carrying the
+            // hint. (Without one, the source reads the answer as it documents it.)
             Ok(response)
                 if matches!(
                     response.status(),
                     StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-                ) =>
+                ) && response.headers().contains_key(http::header::RETRY_AFTER) =>
             {
                 Err(GatewayError::Status {
                     gateway: self.gateway,

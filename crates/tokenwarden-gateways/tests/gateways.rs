@@ -749,3 +749,76 @@ async fn a_busy_issuer_saying_retry_after_is_not_asked_again_before_then() {
     assert!(retry_in > Duration::from_secs(6), "{retry_in:?}");
     busy.assert_async().await;
 }
+
+#[tokio::test]
+async fn standard_oauth_error_bodies_are_typed_and_say_what_to_fix() {
+    let cases = [
+        (401, "invalid_client", false, false),
+        (400, "invalid_grant", false, false),
+        (400, "invalid_scope", false, true),
+        (400, "unsupported_grant_type", false, true),
+        (503, "temporarily_unavailable", true, false),
+    ];
+    for (status, code, retryable, configuration) in cases {
+        let mut server = Server::new_async().await;
+        let body = format!(r#"{{"error":"{code}","error_description":"explained: {code}"}}"#);
+        let endpoint = server
+            .mock("POST", "/oauth/token")
+            .with_status(status)
+            .with_body(body)
+            .expect(1)
+            .create_async()
+            .await;
+        let source = JsonSource::form(
+            IssuerClient::new().unwrap(),
+            &format!("{}/oauth/token", server.url()),
+            [
+                ("grant_type", "client_credentials"),
+                ("client_secret", "s3cr3t"),
+            ],
+        )
+        .unwrap();
+        let error = source.fetch().await.unwrap_err();
+        let gateway = error.get_ref().downcast_ref::<GatewayError>().unwrap();
+        let GatewayError::OAuth {
+            error: got,
+            description,
+            ..
+        } = gateway
+        else {
+            panic!("{code}: {gateway:?}")
+        };
+        assert_eq!(got, code);
+        assert_eq!(
+            description.as_deref(),
+            Some(format!("explained: {code}").as_str())
+        );
+        assert_eq!(gateway.is_retryable(), retryable, "{code}");
+        assert_eq!(error.is_retryable(), retryable, "{code}");
+        assert_eq!(gateway.is_configuration(), configuration, "{code}");
+        let text = gateway.to_string();
+        assert!(text.contains(code) && text.contains("explained"), "{text}");
+        assert!(!text.contains("s3cr3t"), "{text}");
+        endpoint.assert_async().await;
+    }
+    // A 400 without a standard body is still a status error.
+    let mut server = Server::new_async().await;
+    let _plain = server
+        .mock("POST", "/oauth/token")
+        .with_status(400)
+        .with_body("bad request")
+        .create_async()
+        .await;
+    let source = JsonSource::form(
+        IssuerClient::new().unwrap(),
+        &format!("{}/oauth/token", server.url()),
+        [("grant_type", "client_credentials")],
+    )
+    .unwrap();
+    let error = source.fetch().await.unwrap_err();
+    let gateway = error.get_ref().downcast_ref::<GatewayError>().unwrap();
+    assert!(
+        matches!(gateway, GatewayError::Status { .. }),
+        "{gateway:?}"
+    );
+}
