@@ -18,9 +18,11 @@ use crate::{GatewayError, HttpSend};
 pub enum ExpiryField {
     /// No field: the JWT `exp` if the token is a JWT, else the cache's default lifetime.
     None,
-    /// Seconds from now, at this JSON pointer (OAuth's `/expires_in`).
+    /// Seconds from now, at this JSON pointer (OAuth's `/expires_in`), a number or a string of
+    /// digits. When the field is absent (OAuth only recommends it): the JWT `exp` if the token
+    /// is a JWT, else the cache's default lifetime.
     InSeconds(String),
-    /// Seconds since the Unix epoch, at this JSON pointer.
+    /// Seconds since the Unix epoch, at this JSON pointer; when absent, as for `InSeconds`.
     AtUnixSeconds(String),
 }
 
@@ -161,11 +163,18 @@ impl JsonSource {
         let answer = Answer::parse(self.name, status, body)?;
         let secret = answer.string(&self.token_pointer)?;
         let token = Token::new(secret);
+        let from_jwt = |token: Token| match jwt_expiry(secret) {
+            Some(at) => token.with_expires_at(at),
+            None => token,
+        };
         Ok(match &self.expiry {
-            ExpiryField::None => match jwt_expiry(secret) {
-                Some(at) => token.with_expires_at(at),
-                None => token,
-            },
+            ExpiryField::None => from_jwt(token),
+            // Absent (OAuth's `expires_in` is only RECOMMENDED): the JWT's, else the default.
+            ExpiryField::InSeconds(pointer) | ExpiryField::AtUnixSeconds(pointer)
+                if answer.get(pointer).is_none_or(serde_json::Value::is_null) =>
+            {
+                from_jwt(token)
+            }
             ExpiryField::InSeconds(pointer) => {
                 let secs = answer.integer(pointer)?;
                 let secs = u64::try_from(secs)

@@ -822,3 +822,50 @@ async fn standard_oauth_error_bodies_are_typed_and_say_what_to_fix() {
         "{gateway:?}"
     );
 }
+
+#[tokio::test]
+async fn an_answer_without_expires_in_falls_back_to_the_jwt_then_the_default_lifetime() {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let claims = base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        format!(r#"{{"sub":"app","exp":{exp}}}"#),
+    );
+    let jwt = format!("eyJhbGciOiJIUzI1NiJ9.{claims}.c2ln");
+    for (answer, expiry) in [
+        (
+            r#"{"access_token":"opaque-1","token_type":"Bearer"}"#.to_owned(),
+            Expiry::Unknown,
+        ),
+        (
+            format!(r#"{{"access_token":"{jwt}","expires_in":null}}"#),
+            Expiry::At(UNIX_EPOCH + Duration::from_secs(exp)),
+        ),
+        (
+            r#"{"access_token":"opaque-2","expires_in":"120"}"#.to_owned(),
+            Expiry::In(Duration::from_secs(120)),
+        ),
+    ] {
+        let mut server = Server::new_async().await;
+        let _endpoint = server
+            .mock("POST", "/oauth/token")
+            .with_body(answer.clone())
+            .create_async()
+            .await;
+        let source = JsonSource::form(
+            IssuerClient::new().unwrap(),
+            &format!("{}/oauth/token", server.url()),
+            [("grant_type", "client_credentials")],
+        )
+        .unwrap()
+        .with_expiry(ExpiryField::InSeconds("/expires_in".into()));
+        let token = source
+            .fetch()
+            .await
+            .unwrap_or_else(|e| panic!("{answer}: {e}"));
+        assert_eq!(token.expiry(), expiry, "{answer}");
+    }
+}
