@@ -35,7 +35,9 @@ pub struct CacheConfig {
     pub fetch_timeout: Duration,
     /// The lifetime of a token whose issuer states none. Default 5 min.
     pub default_lifetime: Duration,
-    /// A token is treated as expired this long before its stated expiry. Default 5 s.
+    /// A token is treated as expired this long before its stated expiry, for clocks that
+    /// disagree. Capped at a quarter of the stated lifetime, so a short token keeps most of its
+    /// life (a 6 s token: 4.5 s). Default 5 s.
     pub clock_skew: Duration,
     /// Past this margin before expiry, callers wait for a fresh token instead of getting the
     /// current one. Capped at a tenth of the lifetime. Default 5 s.

@@ -98,14 +98,14 @@ async fn no_stated_expiry_gets_the_default_lifetime_and_skew_is_applied() {
     let issuer = CountingIssuer::up().without_expiry();
     let cache = TokenCache::builder(issuer.source())
         .with_default_lifetime(Duration::from_secs(60))
-        .with_clock_skew(Duration::from_secs(20))
+        .with_clock_skew(Duration::from_secs(12))
         .with_mandatory_margin(Duration::from_secs(1))
         .with_refresh_ahead(0.0, 0.0)
         .build()
         .unwrap();
     let first = cache.get().await.unwrap();
-    // 60 s default - 20 s skew - 1 s margin = usable until 39 s
-    sleep(Duration::from_millis(38_900)).await;
+    // 60 s default - 12 s skew - 1 s margin = usable until 47 s
+    sleep(Duration::from_millis(46_900)).await;
     assert_eq!(cache.get().await.unwrap().id(), first.id());
     sleep(Duration::from_millis(200)).await;
     assert_ne!(cache.get().await.unwrap().id(), first.id());
@@ -303,7 +303,8 @@ async fn an_absurdly_long_lifetime_is_capped_not_an_overflow() {
 
 #[tokio::test(start_paused = true)]
 async fn an_already_expired_token_is_a_failed_fetch() {
-    let cache = cache(|| async { Ok(Token::new("old").with_expires_in(Duration::from_secs(2))) });
+    let past = std::time::SystemTime::now() - Duration::from_secs(60);
+    let cache = cache(move || async move { Ok(Token::new("old").with_expires_at(past)) });
     let err = cache.get().await.unwrap_err();
     assert!(matches!(err, Error::AlreadyExpired { .. }), "{err}");
     assert_eq!(cache.stats().fetch_failures, 1);
@@ -618,4 +619,18 @@ async fn an_issuer_saying_retry_after_is_not_asked_again_before_then() {
         2,
         "asked again after the cap, not after an hour"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_short_token_keeps_most_of_its_life() {
+    // 6 s tokens under the default 5 s clock-skew margin, a caller every 100 ms for 20 s.
+    let issuer = minting(Duration::from_secs(6));
+    let cache = cache(issuer.source());
+    for _ in 0..200 {
+        cache.get().await.unwrap();
+        sleep(Duration::from_millis(100)).await;
+    }
+    // Each token serves about 4 s (6 s, less a quarter for skew, less the mandatory margin
+    // capped at a tenth of that): 5 or 6 fetches, not the 20 a 1 s life would take.
+    assert!(issuer.calls() <= 6, "{} fetches", issuer.calls());
 }

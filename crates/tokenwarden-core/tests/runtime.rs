@@ -56,16 +56,16 @@ fn manual(issuer: &CountingIssuer) -> (TokenCache, ManualClock) {
 
 #[test]
 fn sync_code_calling_block_on_per_request_never_gets_a_token_past_its_deadline() {
-    let issuer = minting(Duration::from_secs(15));
+    let issuer = minting(Duration::from_secs(20));
     let (cache, clock) = manual(&issuer);
     let runtime = current_thread(false);
     let first = runtime.block_on(cache.get()).unwrap().id();
     for _ in 0..100 {
         assert_eq!(runtime.block_on(cache.get()).unwrap().id(), first);
     }
-    // A long idle gap in which nothing drives the runtime. Usable life 15 s - 5 s skew, its
-    // mandatory point 1 s before that: at 9.5 s the token must no longer be served.
-    clock.advance(Duration::from_millis(9500));
+    // A long idle gap in which nothing drives the runtime. Usable life 20 s - 5 s skew, its
+    // mandatory point 1.5 s before that: at 14 s the token must no longer be served.
+    clock.advance(Duration::from_secs(14));
     let next = runtime.block_on(cache.get()).unwrap().id();
     assert_ne!(next, first, "served past its mandatory point");
     assert_eq!(issuer.calls(), 2);
@@ -73,7 +73,7 @@ fn sync_code_calling_block_on_per_request_never_gets_a_token_past_its_deadline()
 
 #[test]
 fn a_task_looping_on_an_always_ready_get_sees_the_deadline() {
-    let issuer = minting(Duration::from_secs(15));
+    let issuer = minting(Duration::from_secs(20));
     let (cache, clock) = manual(&issuer);
     let runtime = current_thread(false);
     let served = runtime.block_on(async {
@@ -82,7 +82,7 @@ fn a_task_looping_on_an_always_ready_get_sees_the_deadline() {
         let mut served_after_deadline = 0;
         for i in 0..20_000u32 {
             if i == 10_000 {
-                clock.advance(Duration::from_secs(10));
+                clock.advance(Duration::from_secs(14));
             }
             let id = cache.get().await.unwrap().id();
             if i >= 10_000 && id == first {
@@ -427,7 +427,7 @@ fn a_cached_token_is_served_outside_any_runtime() {
 fn a_refresh_stranded_on_an_idle_runtime_is_given_up_not_waited_for() {
     // The background refresh starts on a runtime that is then never driven again; at the
     // mandatory point a caller elsewhere starts over instead of getting a zero-wait timeout.
-    let issuer = minting(Duration::from_secs(15)).with_delay(Duration::from_millis(50));
+    let issuer = minting(Duration::from_secs(20)).with_delay(Duration::from_millis(50));
     let (clock, hand) = Clock::manual();
     let cache = builder(&issuer)
         .with_clock(clock)
@@ -436,15 +436,15 @@ fn a_refresh_stranded_on_an_idle_runtime_is_given_up_not_waited_for() {
         .unwrap();
     let idle = current_thread(false);
     assert_eq!(secret(&idle.block_on(cache.get()).unwrap()), "tok-1");
-    // Usable life 10 s: the window opens at 7-8 s, the mandatory point is at 9 s.
-    hand.advance(Duration::from_secs(8));
+    // Usable life 15 s: the window opens at 10.5-12 s, the mandatory point is at 13.5 s.
+    hand.advance(Duration::from_millis(12_500));
     assert_eq!(secret(&idle.block_on(cache.get()).unwrap()), "tok-1");
     assert_eq!(
         cache.stats().refreshes_ahead,
         1,
         "the refresh started on `idle`"
     );
-    hand.advance(Duration::from_secs(2));
+    hand.advance(Duration::from_millis(1500));
     let other = current_thread(false);
     let got = other.block_on(cache.get()).expect("no zero-wait timeout");
     assert_ne!(secret(&got), "tok-1", "a fresh token, fetched on `other`");

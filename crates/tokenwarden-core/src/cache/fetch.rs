@@ -121,11 +121,14 @@ pub(crate) async fn fetch_once(
         Expiry::At(at) => at.duration_since(wall).unwrap_or_default(),
     }
     .min(MAX_LIFETIME);
-    let lifetime = stated.saturating_sub(cfg.clock_skew);
+    // The margin for clocks that disagree, at most a quarter of the stated lifetime: a 5 s
+    // margin must not leave a 6 s token one second of use.
+    let skew = cfg.clock_skew.min(stated / 4);
+    let lifetime = stated.saturating_sub(skew);
     if lifetime.is_zero() || sent_at + lifetime <= clock.now() {
         return Err(Error::AlreadyExpired {
             lifetime: stated,
-            skew: cfg.clock_skew,
+            skew,
         });
     }
     Ok(Fetched {
