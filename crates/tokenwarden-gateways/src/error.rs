@@ -100,6 +100,19 @@ pub enum GatewayError {
         /// The `error_description`, if any (trimmed to 300 characters).
         description: Option<String>,
     },
+    /// The token's `token_type` is not one the source accepts (Bearer, unless others were
+    /// allowed): sending it as a bearer token would be wrong (RFC 6749 §7.1). Not retried.
+    #[error(
+        "{gateway}: the token endpoint issued a `{token_type}` token, not a Bearer one; accept \
+         the type on the source and give the cache a presentation that sends it as that type \
+         requires"
+    )]
+    UnsupportedTokenType {
+        /// The gateway.
+        gateway: &'static str,
+        /// The `token_type` the endpoint gave.
+        token_type: String,
+    },
     /// The answer is not what the gateway documents.
     #[error("{gateway}: the token response (HTTP {status}) is malformed: {problem}")]
     Malformed {
@@ -199,7 +212,7 @@ impl GatewayError {
                 | "unsupported_grant_type" => false,
                 _ => status.is_server_error() || matches!(status.as_u16(), 408 | 429),
             },
-            GatewayError::Redirected { .. } => false,
+            GatewayError::Redirected { .. } | GatewayError::UnsupportedTokenType { .. } => false,
         }
     }
 
@@ -213,6 +226,7 @@ impl GatewayError {
             | GatewayError::Status { gateway, .. }
             | GatewayError::Refused { gateway, .. }
             | GatewayError::OAuth { gateway, .. }
+            | GatewayError::UnsupportedTokenType { gateway, .. }
             | GatewayError::Malformed { gateway, .. }
             | GatewayError::TooLarge { gateway, .. } => gateway,
         }

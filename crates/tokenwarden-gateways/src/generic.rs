@@ -204,7 +204,7 @@ impl TokenSource for JsonSource {
 }
 
 /// An RFC 6749 §5.2 error answer: `{"error": "...", "error_description": "..."}`.
-fn oauth_error(
+pub(crate) fn oauth_error(
     gateway: &'static str,
     status: http::StatusCode,
     body: &[u8],

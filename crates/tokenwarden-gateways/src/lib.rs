@@ -53,6 +53,7 @@ pub mod boipa;
 mod error;
 pub mod generic;
 mod http;
+pub mod oauth2;
 pub mod payments;
 pub mod sipay;
 pub mod torus;

@@ -869,3 +869,132 @@ async fn an_answer_without_expires_in_falls_back_to_the_jwt_then_the_default_lif
         assert_eq!(token.expiry(), expiry, "{answer}");
     }
 }
+
+mod oauth2_client_credentials {
+    use super::*;
+    use tokenwarden_gateways::oauth2::{self, ClientAuth, ClientCredentials};
+
+    fn credentials(server: &ServerGuard) -> ClientCredentials {
+        // An id and a secret with characters form-encoding changes (RFC 6749 §2.3.1).
+        ClientCredentials::new(
+            IssuerClient::new().unwrap(),
+            &format!("{}/oauth/token", server.url()),
+            "my client",
+            "s3:cr/t+",
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn basic_auth_sends_the_form_encoded_pair_and_the_grant() {
+        let mut server = Server::new_async().await;
+        // base64("my+client:s3%3Acr%2Ft%2B")
+        let basic = format!(
+            "Basic {}",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                "my+client:s3%3Acr%2Ft%2B"
+            )
+        );
+        let endpoint = server
+            .mock("POST", "/oauth/token")
+            .match_header("authorization", basic.as_str())
+            .match_header("content-type", "application/x-www-form-urlencoded")
+            .match_body(Matcher::AllOf(vec![
+                Matcher::UrlEncoded("grant_type".into(), "client_credentials".into()),
+                Matcher::UrlEncoded("scope".into(), "payments:read payments:write".into()),
+                Matcher::UrlEncoded("audience".into(), "https://api.example.com".into()),
+                Matcher::UrlEncoded("resource".into(), "https://api.example.com/v1".into()),
+            ]))
+            .with_body(r#"{"access_token":"at-1","token_type":"bearer","expires_in":3600}"#)
+            .expect(1)
+            .create_async()
+            .await;
+        let source = credentials(&server)
+            .with_scopes(["payments:read", "payments:write"])
+            .with_audience("https://api.example.com")
+            .with_resource("https://api.example.com/v1");
+        let debug = format!("{source:?}");
+        assert!(
+            !debug.contains("s3:cr") && !debug.contains("s3%3Acr"),
+            "{debug}"
+        );
+        let cache = oauth2::cache(source).build().unwrap();
+        let token = cache.get().await.unwrap();
+        assert_eq!(token.token().secret().expose(), "at-1");
+        assert_eq!(
+            token.token().expiry(),
+            Expiry::In(Duration::from_secs(3600))
+        );
+        let mut headers = http::HeaderMap::new();
+        token.apply_to(&mut headers);
+        assert_eq!(headers["authorization"], "Bearer at-1");
+        endpoint.assert_async().await;
+    }
+
+    #[tokio::test]
+    async fn post_auth_sends_the_credentials_in_the_form_and_no_basic_header() {
+        let mut server = Server::new_async().await;
+        let endpoint = server
+            .mock("POST", "/oauth/token")
+            .match_header("authorization", Matcher::Missing)
+            .match_body(Matcher::AllOf(vec![
+                Matcher::UrlEncoded("grant_type".into(), "client_credentials".into()),
+                Matcher::UrlEncoded("client_id".into(), "my client".into()),
+                Matcher::UrlEncoded("client_secret".into(), "s3:cr/t+".into()),
+            ]))
+            .with_body(r#"{"access_token":"at-2","token_type":"Bearer","expires_in":"60"}"#)
+            .expect(1)
+            .create_async()
+            .await;
+        let source = credentials(&server).with_client_auth(ClientAuth::Post);
+        let token = source.fetch().await.unwrap();
+        assert_eq!(token.expiry(), Expiry::In(Duration::from_secs(60)));
+        endpoint.assert_async().await;
+    }
+
+    #[tokio::test]
+    async fn a_token_type_other_than_bearer_is_refused_unless_accepted() {
+        let mut server = Server::new_async().await;
+        let _endpoint = server
+            .mock("POST", "/oauth/token")
+            .with_body(r#"{"access_token":"at-3","token_type":"DPoP","expires_in":60}"#)
+            .create_async()
+            .await;
+        let error = credentials(&server).fetch().await.unwrap_err();
+        let gateway = error.get_ref().downcast_ref::<GatewayError>().unwrap();
+        assert!(
+            matches!(gateway, GatewayError::UnsupportedTokenType { token_type, .. } if token_type == "DPoP"),
+            "{gateway:?}"
+        );
+        assert!(!error.is_retryable(), "not retried in a loop");
+        let accepted = credentials(&server).with_token_type("dpop");
+        assert_eq!(accepted.fetch().await.unwrap().secret().expose(), "at-3");
+    }
+
+    #[tokio::test]
+    async fn bad_client_credentials_are_a_typed_rejection() {
+        let mut server = Server::new_async().await;
+        let endpoint = server
+            .mock("POST", "/oauth/token")
+            .with_status(401)
+            .with_body(
+                r#"{"error":"invalid_client","error_description":"Client authentication failed"}"#,
+            )
+            .expect(1)
+            .create_async()
+            .await;
+        let cache = oauth2::cache(credentials(&server)).build().unwrap();
+        let error = cache.get().await.unwrap_err();
+        assert!(error.is_rejected(), "{}", error.chain());
+        assert!(
+            error.chain().contains("Client authentication failed"),
+            "{}",
+            error.chain()
+        );
+        assert!(!error.chain().contains("s3:cr"), "{}", error.chain());
+        // Remembered: asked again at once, the endpoint is not called again.
+        assert!(cache.get().await.is_err());
+        endpoint.assert_async().await;
+    }
+}

@@ -1,0 +1,286 @@
+//! OAuth 2.0 client credentials (RFC 6749 §4.4): the grant most APIs a client calls with its
+//! own identity use.
+//!
+//! `POST {token_url}` with `grant_type=client_credentials` (and `scope`, `audience`,
+//! `resource` and any extra parameters) form-encoded; the client authenticates with HTTP Basic
+//! (`client_secret_basic`, the method every server must support: RFC 6749 §2.3.1, id and secret
+//! form-encoded first) or in the form (`client_secret_post`). The answer's `access_token` is
+//! the token; its expiry is `expires_in` (a number or a string of digits), else the JWT's
+//! `exp` when the token is a JWT, else the cache's default lifetime. A `token_type` other than
+//! `Bearer` (any case) is refused, typed, unless accepted with
+//! [`with_token_type`](ClientCredentials::with_token_type) — then give the cache a
+//! presentation that sends it as that type wants.
+//!
+//! Errors the endpoint states in the standard way (RFC 6749 §5.2) come back as
+//! [`GatewayError::OAuth`]: bad client credentials are rejected and remembered, a bad scope or
+//! request is a configuration error ([`GatewayError::is_configuration`]), neither retried in a
+//! loop; `temporarily_unavailable` is retried with backoff, and a `Retry-After` is honoured.
+//!
+//! ```
+//! use tokenwarden_gateways::oauth2::{self, ClientCredentials};
+//!
+//! # fn sender() -> impl tokenwarden_gateways::HttpSend {
+//! #     |_: http::Request<bytes::Bytes>, _: usize| async { Err::<http::Response<bytes::Bytes>, _>("offline".into()) }
+//! # }
+//! let credentials = ClientCredentials::new(
+//!     sender(),
+//!     "https://auth.example.com/oauth/token",
+//!     "payments-client",
+//!     "s3cr3t",
+//! )?
+//! .with_scopes(["payments:read", "payments:write"]);
+//! assert!(!format!("{credentials:?}").contains("s3cr3t"));
+//! let cache = oauth2::cache(credentials).build()?;
+//! # let _ = cache;
+//! # Ok::<_, tokenwarden_core::ConfigError>(())
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine;
+use bytes::Bytes;
+use http::header::AUTHORIZATION;
+use http::{HeaderName, HeaderValue, StatusCode};
+use tokenwarden_core::{
+    ConfigError, FetchError, Presentation, Secret, Token, TokenCache, TokenCacheBuilder,
+    TokenSource,
+};
+
+use crate::generic::oauth_error;
+use crate::wire::{Answer, Issuer, jwt_expiry};
+use crate::{GatewayError, HttpSend};
+
+const GATEWAY: &str = "OAuth 2.0";
+const FORM: &str = "application/x-www-form-urlencoded";
+
+/// How the client authenticates to the token endpoint (RFC 6749 §2.3.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientAuth {
+    /// `Authorization: Basic` with the form-encoded id and secret (`client_secret_basic`):
+    /// the method every server must support. The default.
+    #[default]
+    Basic,
+    /// `client_id` and `client_secret` in the form (`client_secret_post`).
+    Post,
+}
+
+/// A client-credentials token source. See the [module docs](self).
+#[derive(Clone)]
+pub struct ClientCredentials {
+    issuer: Issuer,
+    client_id: String,
+    client_secret: Secret,
+    auth: ClientAuth,
+    scopes: Vec<String>,
+    audience: Option<String>,
+    resources: Vec<String>,
+    params: Vec<(String, String)>,
+    token_types: Vec<String>,
+}
+
+impl fmt::Debug for ClientCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCredentials")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret)
+            .field("auth", &self.auth)
+            .field("scopes", &self.scopes)
+            .field("audience", &self.audience)
+            .field("resources", &self.resources)
+            .field(
+                "params",
+                &self.params.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCredentials {
+    /// The client `client_id` with `client_secret`, at the token endpoint `token_url`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] for a URL that is not absolute https (plain http only to loopback).
+    pub fn new(
+        sender: impl HttpSend,
+        token_url: &str,
+        client_id: impl Into<String>,
+        client_secret: impl Into<Secret>,
+    ) -> Result<Self, ConfigError> {
+        Ok(Self {
+            issuer: Issuer::new(Arc::new(sender), GATEWAY, token_url, "", "token_url")?,
+            client_id: client_id.into(),
+            client_secret: client_secret.into(),
+            auth: ClientAuth::Basic,
+            scopes: Vec::new(),
+            audience: None,
+            resources: Vec::new(),
+            params: Vec::new(),
+            token_types: vec!["bearer".to_owned()],
+        })
+    }
+
+    /// How the client authenticates. Default [`ClientAuth::Basic`].
+    #[must_use]
+    pub fn with_client_auth(mut self, auth: ClientAuth) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// The scopes to ask for (sent space-separated as `scope`).
+    #[must_use]
+    pub fn with_scopes<S: Into<String>>(mut self, scopes: impl IntoIterator<Item = S>) -> Self {
+        self.scopes.extend(scopes.into_iter().map(Into::into));
+        self
+    }
+
+    /// The `audience` to ask for (Auth0, Okta and others).
+    #[must_use]
+    pub fn with_audience(mut self, audience: impl Into<String>) -> Self {
+        self.audience = Some(audience.into());
+        self
+    }
+
+    /// A `resource` indicator (RFC 8707); may be given more than once.
+    #[must_use]
+    pub fn with_resource(mut self, resource: impl Into<String>) -> Self {
+        self.resources.push(resource.into());
+        self
+    }
+
+    /// Any other form parameter the endpoint wants. Its value is treated as a secret: never
+    /// printed.
+    #[must_use]
+    pub fn with_param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.params.push((name.into(), value.into()));
+        self
+    }
+
+    /// Accepts tokens of this `token_type` (any case) besides `Bearer`. Give the cache a
+    /// presentation that sends them as the type requires.
+    #[must_use]
+    pub fn with_token_type(mut self, token_type: impl Into<String>) -> Self {
+        self.token_types
+            .push(token_type.into().to_ascii_lowercase());
+        self
+    }
+
+    /// The request's form body and headers.
+    fn request(&self) -> Result<(Secret, Vec<(HeaderName, HeaderValue)>), GatewayError> {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.append_pair("grant_type", "client_credentials");
+        if !self.scopes.is_empty() {
+            form.append_pair("scope", &self.scopes.join(" "));
+        }
+        if let Some(audience) = &self.audience {
+            form.append_pair("audience", audience);
+        }
+        for resource in &self.resources {
+            form.append_pair("resource", resource);
+        }
+        for (name, value) in &self.params {
+            form.append_pair(name, value);
+        }
+        let mut headers = Vec::new();
+        match self.auth {
+            ClientAuth::Post => {
+                form.append_pair("client_id", &self.client_id);
+                form.append_pair("client_secret", self.client_secret.expose());
+            }
+            ClientAuth::Basic => {
+                // RFC 6749 §2.3.1: each form-encoded, then joined and base64-encoded.
+                let encode =
+                    |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                let pair = format!(
+                    "{}:{}",
+                    encode(&self.client_id),
+                    encode(self.client_secret.expose())
+                );
+                let basic = base64::engine::general_purpose::STANDARD.encode(pair);
+                let mut value = HeaderValue::from_str(&format!("Basic {basic}")).map_err(|_| {
+                    GatewayError::Malformed {
+                        gateway: GATEWAY,
+                        status: StatusCode::OK,
+                        problem: "the client credentials cannot be sent in a header".into(),
+                    }
+                })?;
+                value.set_sensitive(true);
+                headers.push((AUTHORIZATION, value));
+            }
+        }
+        Ok((Secret::new(form.finish()), headers))
+    }
+
+    /// Reads a token endpoint's answer.
+    ///
+    /// # Errors
+    ///
+    /// [`GatewayError::OAuth`] for a standard error answer, [`GatewayError::Status`] for
+    /// another error status, [`GatewayError::UnsupportedTokenType`] for a token type not
+    /// accepted, [`GatewayError::Malformed`] for an answer without a token.
+    pub fn parse(&self, status: StatusCode, body: &[u8]) -> Result<Token, GatewayError> {
+        if !status.is_success() {
+            return Err(
+                oauth_error(GATEWAY, status, body).unwrap_or(GatewayError::Status {
+                    gateway: GATEWAY,
+                    status,
+                    retry_after: None,
+                }),
+            );
+        }
+        let answer = Answer::parse(GATEWAY, status, body)?;
+        let secret = answer.string("/access_token")?;
+        // `token_type` is REQUIRED (§5.1); a server that leaves it out is taken as Bearer.
+        if let Some(token_type) = answer.text("/token_type")
+            && !self
+                .token_types
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(&token_type))
+        {
+            return Err(GatewayError::UnsupportedTokenType {
+                gateway: GATEWAY,
+                token_type: token_type
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(40)
+                    .collect(),
+            });
+        }
+        let token = Token::new(secret);
+        let token = match answer.get("/expires_in").filter(|v| !v.is_null()) {
+            Some(_) => {
+                let secs = answer.integer("/expires_in")?;
+                let secs = u64::try_from(secs)
+                    .map_err(|_| answer.malformed("`/expires_in` is negative"))?;
+                token.with_expires_in(Duration::from_secs(secs))
+            }
+            None => match jwt_expiry(secret) {
+                Some(at) => token.with_expires_at(at),
+                None => token,
+            },
+        };
+        Ok(token)
+    }
+}
+
+#[async_trait]
+impl TokenSource for ClientCredentials {
+    async fn fetch(&self) -> Result<Token, FetchError> {
+        let (form, headers) = self.request()?;
+        let body = Bytes::copy_from_slice(form.expose().as_bytes());
+        let (status, body) = self.issuer.post(Some(FORM), &headers, body).await?;
+        Ok(self.parse(status, &body)?)
+    }
+}
+
+/// A cache for `credentials`: named `"oauth2"`, presenting `Authorization: Bearer`.
+pub fn cache(credentials: ClientCredentials) -> TokenCacheBuilder {
+    TokenCache::builder(credentials)
+        .with_name("oauth2")
+        .with_presentation(Presentation::bearer())
+}
