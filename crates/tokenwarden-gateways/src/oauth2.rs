@@ -125,6 +125,60 @@ impl ClientCredentials {
         })
     }
 
+    /// Finds the token endpoint in the metadata of the authorization server `issuer` (RFC
+    /// 8414's `/.well-known/oauth-authorization-server`, else OpenID Connect's
+    /// `/.well-known/openid-configuration`) and makes the source for it. The metadata is read
+    /// under the same rules as token requests: no redirect followed, https off loopback; the
+    /// `token_endpoint` it names must meet them too.
+    ///
+    /// # Errors
+    ///
+    /// [`GatewayError`] when neither document can be had or neither names a usable
+    /// `token_endpoint`.
+    pub async fn discover<S: HttpSend + Clone>(
+        sender: S,
+        issuer: &str,
+        client_id: impl Into<String>,
+        client_secret: impl Into<Secret>,
+    ) -> Result<Self, GatewayError> {
+        let config = |e: ConfigError| GatewayError::Malformed {
+            gateway: GATEWAY,
+            status: StatusCode::OK,
+            problem: format!("the issuer's metadata cannot be used: {e}"),
+        };
+        let mut last = None;
+        for path in [
+            "/.well-known/oauth-authorization-server",
+            "/.well-known/openid-configuration",
+        ] {
+            let metadata = Issuer::new(Arc::new(sender.clone()), GATEWAY, issuer, path, "issuer")
+                .map_err(config)?;
+            let (status, body) = match metadata.get().await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            if !status.is_success() {
+                last = Some(GatewayError::Status {
+                    gateway: GATEWAY,
+                    status,
+                    retry_after: None,
+                });
+                continue;
+            }
+            let answer = Answer::parse(GATEWAY, status, &body)?;
+            let endpoint = answer.string("/token_endpoint")?;
+            return Self::new(sender, endpoint, client_id, client_secret).map_err(config);
+        }
+        Err(last.unwrap_or(GatewayError::Status {
+            gateway: GATEWAY,
+            status: StatusCode::NOT_FOUND,
+            retry_after: None,
+        }))
+    }
+
     /// How the client authenticates. Default [`ClientAuth::Basic`].
     #[must_use]
     pub fn with_client_auth(mut self, auth: ClientAuth) -> Self {

@@ -100,7 +100,27 @@ impl Issuer {
         headers: &[(HeaderName, HeaderValue)],
         body: Bytes,
     ) -> Result<(StatusCode, Bytes), GatewayError> {
-        let mut request = Request::post(self.uri.clone()).header(ACCEPT, "application/json");
+        self.exchange(http::Method::POST, content_type, headers, body)
+            .await
+    }
+
+    /// GETs the endpoint (a metadata document), accepting JSON, under the same rules.
+    pub(crate) async fn get(&self) -> Result<(StatusCode, Bytes), GatewayError> {
+        self.exchange(http::Method::GET, None, &[], Bytes::new())
+            .await
+    }
+
+    async fn exchange(
+        &self,
+        method: http::Method,
+        content_type: Option<&'static str>,
+        headers: &[(HeaderName, HeaderValue)],
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), GatewayError> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(self.uri.clone())
+            .header(ACCEPT, "application/json");
         if let Some(content_type) = content_type {
             request = request.header(CONTENT_TYPE, content_type);
         }

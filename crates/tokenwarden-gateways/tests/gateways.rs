@@ -997,4 +997,109 @@ mod oauth2_client_credentials {
         assert!(cache.get().await.is_err());
         endpoint.assert_async().await;
     }
+
+    #[tokio::test]
+    async fn the_token_endpoint_is_discovered_from_the_issuers_metadata() {
+        // RFC 8414 first.
+        let mut server = Server::new_async().await;
+        let token_url = format!("{}/oauth2/v1/token", server.url());
+        let metadata = server
+            .mock("GET", "/.well-known/oauth-authorization-server")
+            .with_body(format!(
+                r#"{{"issuer":"{0}","token_endpoint":"{token_url}"}}"#,
+                server.url()
+            ))
+            .expect(1)
+            .create_async()
+            .await;
+        let endpoint = server
+            .mock("POST", "/oauth2/v1/token")
+            .with_body(r#"{"access_token":"at-d","token_type":"Bearer","expires_in":60}"#)
+            .expect(1)
+            .create_async()
+            .await;
+        let source = ClientCredentials::discover(
+            IssuerClient::new().unwrap(),
+            &server.url(),
+            "id",
+            "secret",
+        )
+        .await
+        .unwrap();
+        assert_eq!(source.fetch().await.unwrap().secret().expose(), "at-d");
+        metadata.assert_async().await;
+        endpoint.assert_async().await;
+
+        // OpenID Connect's document when the RFC 8414 one is not there.
+        let mut server = Server::new_async().await;
+        let token_url = format!("{}/connect/token", server.url());
+        let _missing = server
+            .mock("GET", "/.well-known/oauth-authorization-server")
+            .with_status(404)
+            .create_async()
+            .await;
+        let _openid = server
+            .mock("GET", "/.well-known/openid-configuration")
+            .with_body(format!(r#"{{"token_endpoint":"{token_url}"}}"#))
+            .create_async()
+            .await;
+        let found = ClientCredentials::discover(
+            IssuerClient::new().unwrap(),
+            &server.url(),
+            "id",
+            "secret",
+        )
+        .await
+        .unwrap();
+        assert!(format!("{found:?}").contains("/connect/token"), "{found:?}");
+
+        // A token endpoint in clear text off loopback is refused, as a configured one would be.
+        let mut server = Server::new_async().await;
+        let _plain = server
+            .mock("GET", "/.well-known/oauth-authorization-server")
+            .with_body(r#"{"token_endpoint":"http://auth.example.com/token"}"#)
+            .create_async()
+            .await;
+        let refused = ClientCredentials::discover(
+            IssuerClient::new().unwrap(),
+            &server.url(),
+            "id",
+            "secret",
+        )
+        .await
+        .unwrap_err();
+        assert!(refused.to_string().contains("plain http"), "{refused}");
+
+        // A redirect on the metadata is not followed.
+        let mut server = Server::new_async().await;
+        let _moved = server
+            .mock("GET", "/.well-known/oauth-authorization-server")
+            .with_status(302)
+            .with_header(
+                "location",
+                "https://evil.example/.well-known/oauth-authorization-server",
+            )
+            .create_async()
+            .await;
+        let _openid = server
+            .mock("GET", "/.well-known/openid-configuration")
+            .with_status(404)
+            .create_async()
+            .await;
+        let error = ClientCredentials::discover(
+            IssuerClient::new().unwrap(),
+            &server.url(),
+            "id",
+            "secret",
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                GatewayError::Status { .. } | GatewayError::Redirected { .. }
+            ),
+            "{error:?}"
+        );
+    }
 }
