@@ -21,7 +21,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
-use support::BODY;
+use support::{BODY, Noop};
 use tokenwarden::core::Scope;
 use tokenwarden_reqwest::TokenMiddleware;
 use tokenwarden_tower::{RequestBody, TokenLayer};
@@ -112,21 +112,6 @@ async fn reqwest_row(
         .await;
     }
     println!("{name:<44} {:>8.1} {:>8.1}", counts[0], counts[1]);
-}
-
-/// What any middleware costs: reqwest-middleware boxes each middleware's future.
-struct Noop;
-
-#[async_trait::async_trait]
-impl reqwest_middleware::Middleware for Noop {
-    async fn handle(
-        &self,
-        request: reqwest::Request,
-        extensions: &mut http::Extensions,
-        next: reqwest_middleware::Next<'_>,
-    ) -> reqwest_middleware::Result<reqwest::Response> {
-        next.run(request, extensions).await
-    }
 }
 
 fn main() {

@@ -19,7 +19,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http::HeaderValue;
 use http::header::AUTHORIZATION;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
-use support::{BODY, concurrently, interleaved, report};
+use support::{BODY, Noop, concurrently, interleaved, report};
 use tokenwarden_reqwest::TokenMiddleware;
 
 async fn send(client: ClientWithMiddleware, addr: SocketAddr, header: Option<HeaderValue>) {
@@ -55,21 +55,6 @@ async fn setup() -> (
 async fn batch(client: &ClientWithMiddleware, addr: SocketAddr, header: Option<&HeaderValue>) {
     let (client, header) = (client.clone(), header.cloned());
     concurrently(move || send(client.clone(), addr, header.clone())).await;
-}
-
-/// A middleware that does nothing: what reqwest-middleware itself costs per middleware.
-struct Noop;
-
-#[async_trait::async_trait]
-impl reqwest_middleware::Middleware for Noop {
-    async fn handle(
-        &self,
-        request: reqwest::Request,
-        extensions: &mut http::Extensions,
-        next: reqwest_middleware::Next<'_>,
-    ) -> reqwest_middleware::Result<reqwest::Response> {
-        next.run(request, extensions).await
-    }
 }
 
 /// A middleware that only keeps what a replay needs (`Request::try_clone`) and sends: the

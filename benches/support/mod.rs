@@ -128,3 +128,19 @@ pub fn runtime(workers: Option<usize>) -> tokio::runtime::Runtime {
     }
     .unwrap()
 }
+
+/// A reqwest middleware that does nothing: what reqwest-middleware itself costs per
+/// middleware (it boxes each middleware's future).
+pub struct Noop;
+
+#[async_trait::async_trait]
+impl reqwest_middleware::Middleware for Noop {
+    async fn handle(
+        &self,
+        request: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: reqwest_middleware::Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        next.run(request, extensions).await
+    }
+}

@@ -46,6 +46,7 @@ pub const REVOCATIONS: &str = "tokenwarden_token_revocations_total";
 pub const POOL_SIZE: &str = "tokenwarden_token_pool_size";
 
 /// The `outcome` label of a fetch that failed with `error`.
+#[cfg(feature = "metrics")]
 fn outcome(error: &Error) -> &'static str {
     match error {
         Error::Rejected(_) => "rejected",
@@ -61,10 +62,7 @@ fn outcome(error: &Error) -> &'static str {
 
 #[cfg(feature = "metrics")]
 fn label(cache: &Cow<'static, str>) -> metrics::SharedString {
-    match cache {
-        Cow::Borrowed(name) => metrics::SharedString::from(*name),
-        Cow::Owned(name) => metrics::SharedString::from(name.clone()),
-    }
+    metrics::SharedString::from(cache.clone())
 }
 
 /// A fetch ended: `Ok` once installed (or pooled), `Err` with what failed.
@@ -74,8 +72,6 @@ pub(crate) fn fetch_ended(cache: &Cow<'static, str>, result: Result<(), &Error>)
         let outcome = result.map_or_else(outcome, |()| "success");
         metrics::counter!(FETCHES, "cache" => label(cache), "outcome" => outcome).increment(1);
     }
-    #[cfg(not(feature = "metrics"))]
-    let _ = result.map_err(outcome);
 }
 
 /// The token source answered (or failed, or timed out) after `elapsed`.

@@ -158,23 +158,60 @@ fn hint(status: StatusCode) -> &'static str {
     }
 }
 
-/// What to do about an RFC 6749 §5.2 error code.
-fn oauth_hint(error: &str) -> &'static str {
+/// What an RFC 6749 §5.2 error code means for the next attempt.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OAuthKind {
+    /// The client, its grant or its access was refused: not retried.
+    Credentials,
+    /// The request itself is wrong: not retried, fix the configuration.
+    Configuration,
+    /// The issuer failed: retried with backoff.
+    Transient,
+    /// A code outside the RFC's list: judged by the status.
+    Other,
+}
+
+/// One table for every code: its kind and what to do about it.
+fn oauth_code(error: &str) -> (OAuthKind, &'static str) {
+    const SEE_DOCS: &str = "see the endpoint's documentation for this code";
     match error {
-        "invalid_client" | "unauthorized_client" => {
-            "the client credentials were rejected; fix them, retrying cannot help"
-        }
-        "invalid_grant" => "the grant was rejected; fix it, retrying cannot help",
-        "invalid_scope" => "a requested scope is not allowed for this client; fix the scope",
-        "invalid_request" => "the request is missing or repeats a parameter; fix the configuration",
-        "unsupported_grant_type" => {
-            "the endpoint does not take this grant type; fix the configuration"
-        }
-        "temporarily_unavailable" | "server_error" => {
-            "the issuer failed; it will be retried with backoff"
-        }
-        _ => "see the endpoint's documentation for this code",
+        "invalid_client" | "unauthorized_client" => (
+            OAuthKind::Credentials,
+            "the client credentials were rejected; fix them, retrying cannot help",
+        ),
+        "invalid_grant" => (
+            OAuthKind::Credentials,
+            "the grant was rejected; fix it, retrying cannot help",
+        ),
+        "access_denied" => (OAuthKind::Credentials, SEE_DOCS),
+        "invalid_scope" => (
+            OAuthKind::Configuration,
+            "a requested scope is not allowed for this client; fix the scope",
+        ),
+        "invalid_request" => (
+            OAuthKind::Configuration,
+            "the request is missing or repeats a parameter; fix the configuration",
+        ),
+        "unsupported_grant_type" => (
+            OAuthKind::Configuration,
+            "the endpoint does not take this grant type; fix the configuration",
+        ),
+        "temporarily_unavailable" | "server_error" => (
+            OAuthKind::Transient,
+            "the issuer failed; it will be retried with backoff",
+        ),
+        _ => (OAuthKind::Other, SEE_DOCS),
     }
+}
+
+/// Whether an error status says a later attempt can succeed: a 5xx, a timeout, too many
+/// requests.
+fn status_retryable(status: StatusCode) -> bool {
+    status.is_server_error() || matches!(status.as_u16(), 408 | 429)
+}
+
+fn oauth_hint(error: &str) -> &'static str {
+    oauth_code(error).1
 }
 
 fn list(codes: &[GatewayCode]) -> String {
@@ -197,20 +234,12 @@ impl GatewayError {
             | GatewayError::Interrupted { .. }
             | GatewayError::Malformed { .. }
             | GatewayError::TooLarge { .. } => true,
-            GatewayError::Status { status, .. } => {
-                status.is_server_error() || matches!(status.as_u16(), 408 | 429)
-            }
+            GatewayError::Status { status, .. } => status_retryable(*status),
             GatewayError::Refused { retryable, .. } => *retryable,
-            GatewayError::OAuth { error, status, .. } => match error.as_str() {
-                "temporarily_unavailable" | "server_error" => true,
-                "invalid_client"
-                | "unauthorized_client"
-                | "invalid_grant"
-                | "access_denied"
-                | "invalid_scope"
-                | "invalid_request"
-                | "unsupported_grant_type" => false,
-                _ => status.is_server_error() || matches!(status.as_u16(), 408 | 429),
+            GatewayError::OAuth { error, status, .. } => match oauth_code(error).0 {
+                OAuthKind::Transient => true,
+                OAuthKind::Credentials | OAuthKind::Configuration => false,
+                OAuthKind::Other => status_retryable(*status),
             },
             GatewayError::Redirected { .. } | GatewayError::UnsupportedTokenType { .. } => false,
         }
@@ -254,7 +283,7 @@ impl GatewayError {
     #[must_use]
     pub fn is_configuration(&self) -> bool {
         matches!(self, GatewayError::OAuth { error, .. }
-            if matches!(error.as_str(), "invalid_scope" | "invalid_request" | "unsupported_grant_type"))
+            if oauth_code(error).0 == OAuthKind::Configuration)
     }
 
     /// The transport failure under an [`Unreachable`](Self::Unreachable) or

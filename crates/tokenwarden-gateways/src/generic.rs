@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use tokenwarden_core::{ConfigError, FetchError, Secret, Token, TokenSource};
 
-use crate::wire::{Answer, Issuer, jwt_expiry};
+use crate::wire::{Answer, Issuer, error_answer, with_jwt_expiry};
 use crate::{GatewayError, HttpSend};
 
 /// How the expiry is read from the answer.
@@ -150,43 +150,22 @@ impl JsonSource {
     /// [`GatewayError`] for an error status or a malformed answer.
     pub fn parse(&self, status: http::StatusCode, body: &[u8]) -> Result<Token, GatewayError> {
         if !status.is_success() {
-            // A standard OAuth 2.0 error body (RFC 6749 §5.2) says what went wrong.
-            if let Some(error) = oauth_error(self.name, status, body) {
-                return Err(error);
-            }
-            return Err(GatewayError::Status {
-                gateway: self.name,
-                status,
-                retry_after: None,
-            });
+            return Err(error_answer(self.name, status, body));
         }
         let answer = Answer::parse(self.name, status, body)?;
         let secret = answer.string(&self.token_pointer)?;
         let token = Token::new(secret);
-        let from_jwt = |token: Token| match jwt_expiry(secret) {
-            Some(at) => token.with_expires_at(at),
-            None => token,
-        };
+        // Absent (OAuth's `expires_in` is only RECOMMENDED): the JWT's, else the default.
         Ok(match &self.expiry {
-            ExpiryField::None => from_jwt(token),
-            // Absent (OAuth's `expires_in` is only RECOMMENDED): the JWT's, else the default.
-            ExpiryField::InSeconds(pointer) | ExpiryField::AtUnixSeconds(pointer)
-                if answer.get(pointer).is_none_or(serde_json::Value::is_null) =>
-            {
-                from_jwt(token)
-            }
-            ExpiryField::InSeconds(pointer) => {
-                let secs = answer.integer(pointer)?;
-                let secs = u64::try_from(secs)
-                    .map_err(|_| answer.malformed(format!("`{pointer}` is negative")))?;
-                token.with_expires_in(Duration::from_secs(secs))
-            }
-            ExpiryField::AtUnixSeconds(pointer) => {
-                let secs = answer.integer(pointer)?;
-                let secs = u64::try_from(secs)
-                    .map_err(|_| answer.malformed(format!("`{pointer}` is negative")))?;
-                token.with_expires_at(UNIX_EPOCH + Duration::from_secs(secs))
-            }
+            ExpiryField::None => with_jwt_expiry(token, secret),
+            ExpiryField::InSeconds(pointer) => match answer.seconds(pointer)? {
+                Some(secs) => token.with_expires_in(Duration::from_secs(secs)),
+                None => with_jwt_expiry(token, secret),
+            },
+            ExpiryField::AtUnixSeconds(pointer) => match answer.seconds(pointer)? {
+                Some(secs) => token.with_expires_at(UNIX_EPOCH + Duration::from_secs(secs)),
+                None => with_jwt_expiry(token, secret),
+            },
         })
     }
 }
@@ -201,33 +180,4 @@ impl TokenSource for JsonSource {
             .await?;
         Ok(self.parse(status, &body)?)
     }
-}
-
-/// An RFC 6749 §5.2 error answer: `{"error": "...", "error_description": "..."}`.
-pub(crate) fn oauth_error(
-    gateway: &'static str,
-    status: http::StatusCode,
-    body: &[u8],
-) -> Option<GatewayError> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let error = value.get("error")?.as_str()?;
-    // Error codes are printable ASCII without quotes or backslashes (§5.2); anything else is
-    // not a standard error body.
-    if error.is_empty()
-        || !error
-            .bytes()
-            .all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\')
-    {
-        return None;
-    }
-    let description = value
-        .get("error_description")
-        .and_then(serde_json::Value::as_str)
-        .map(|d| d.chars().filter(|c| !c.is_control()).take(300).collect());
-    Some(GatewayError::OAuth {
-        gateway,
-        status,
-        error: error.to_owned(),
-        description,
-    })
 }

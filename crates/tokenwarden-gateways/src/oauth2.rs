@@ -49,8 +49,7 @@ use tokenwarden_core::{
     TokenSource,
 };
 
-use crate::generic::oauth_error;
-use crate::wire::{Answer, Issuer, jwt_expiry};
+use crate::wire::{Answer, Issuer, error_answer, with_jwt_expiry};
 use crate::{GatewayError, HttpSend};
 
 const GATEWAY: &str = "OAuth 2.0";
@@ -279,13 +278,7 @@ impl ClientCredentials {
     /// accepted, [`GatewayError::Malformed`] for an answer without a token.
     pub fn parse(&self, status: StatusCode, body: &[u8]) -> Result<Token, GatewayError> {
         if !status.is_success() {
-            return Err(
-                oauth_error(GATEWAY, status, body).unwrap_or(GatewayError::Status {
-                    gateway: GATEWAY,
-                    status,
-                    retry_after: None,
-                }),
-            );
+            return Err(error_answer(GATEWAY, status, body));
         }
         let answer = Answer::parse(GATEWAY, status, body)?;
         let secret = answer.string("/access_token")?;
@@ -306,19 +299,10 @@ impl ClientCredentials {
             });
         }
         let token = Token::new(secret);
-        let token = match answer.get("/expires_in").filter(|v| !v.is_null()) {
-            Some(_) => {
-                let secs = answer.integer("/expires_in")?;
-                let secs = u64::try_from(secs)
-                    .map_err(|_| answer.malformed("`/expires_in` is negative"))?;
-                token.with_expires_in(Duration::from_secs(secs))
-            }
-            None => match jwt_expiry(secret) {
-                Some(at) => token.with_expires_at(at),
-                None => token,
-            },
-        };
-        Ok(token)
+        Ok(match answer.seconds("/expires_in")? {
+            Some(secs) => token.with_expires_in(Duration::from_secs(secs)),
+            None => with_jwt_expiry(token, secret),
+        })
     }
 }
 

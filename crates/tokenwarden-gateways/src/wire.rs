@@ -10,7 +10,9 @@ use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderName, HeaderValue, Request, StatusCode, Uri};
 use serde_json::Value;
-use tokenwarden_core::{BoxError, ConfigError, Origin, RedactedUri, redact_url, transport_allowed};
+use tokenwarden_core::{
+    BoxError, ConfigError, Origin, RedactedUri, Token, redact_url, transport_allowed,
+};
 
 use crate::error::TransportError;
 use crate::http::{ReadFailed, RedirectFollowed, TooLarge};
@@ -365,6 +367,18 @@ impl Answer {
         }
     }
 
+    /// A count of seconds at `pointer` (a number or a string of digits), or `None` when the
+    /// field is absent or null.
+    pub(crate) fn seconds(&self, pointer: &str) -> Result<Option<u64>, GatewayError> {
+        if self.get(pointer).is_none_or(Value::is_null) {
+            return Ok(None);
+        }
+        let secs = self.integer(pointer)?;
+        u64::try_from(secs)
+            .map(Some)
+            .map_err(|_| self.malformed(format!("`{pointer}` is negative")))
+    }
+
     /// A string or number at `pointer`, as text (for codes and references).
     pub(crate) fn text(&self, pointer: &str) -> Option<String> {
         match self.get(pointer)? {
@@ -435,6 +449,64 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// The error an answer with error `status` stands for: an RFC 6749 §5.2 error
+/// (`{"error": "...", "error_description": "..."}`) when its body is one, else the status.
+pub(crate) fn error_answer(gateway: &'static str, status: StatusCode, body: &[u8]) -> GatewayError {
+    oauth_error(gateway, status, body).unwrap_or(GatewayError::Status {
+        gateway,
+        status,
+        retry_after: None,
+    })
+}
+
+fn oauth_error(gateway: &'static str, status: StatusCode, body: &[u8]) -> Option<GatewayError> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    let error = value.get("error")?.as_str()?;
+    // Error codes are printable ASCII without quotes or backslashes (§5.2); anything else is
+    // not a standard error body.
+    if error.is_empty()
+        || !error
+            .bytes()
+            .all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\')
+    {
+        return None;
+    }
+    let description = value
+        .get("error_description")
+        .and_then(Value::as_str)
+        .map(|d| d.chars().filter(|c| !c.is_control()).take(300).collect());
+    Some(GatewayError::OAuth {
+        gateway,
+        status,
+        error: error.to_owned(),
+        description,
+    })
+}
+
+/// `token` with the JWT's `exp` when `secret` is a JWT that has one; as it is otherwise (the
+/// cache then gives it its default lifetime).
+pub(crate) fn with_jwt_expiry(token: Token, secret: &str) -> Token {
+    match jwt_expiry(secret) {
+        Some(at) => token.with_expires_at(at),
+        None => token,
+    }
+}
+
+/// The `Retry-After` of an answer (RFC 9110 §10.2.3): delay-seconds, or an HTTP date (a date
+/// already past is "now"). `None` when absent or unreadable.
+pub(crate) fn retry_after(headers: &http::HeaderMap, now: SystemTime) -> Option<Duration> {
+    let value = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -497,21 +569,6 @@ mod tests {
         assert!(jwt_expiry("a.%%%.c").is_none());
         assert!(jwt_expiry("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.sig").is_none()); // no exp
     }
-}
-
-/// The `Retry-After` of an answer (RFC 9110 §10.2.3): delay-seconds, or an HTTP date (a date
-/// already past is "now"). `None` when absent or unreadable.
-pub(crate) fn retry_after(headers: &http::HeaderMap, now: SystemTime) -> Option<Duration> {
-    let value = headers
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -32,10 +32,7 @@ pub fn outcome(replay: &Replay) -> &'static str {
 pub(crate) fn replay(cache: &TokenCache, replay: &Replay) {
     #[cfg(feature = "metrics")]
     {
-        let name = match &cache.config().name {
-            std::borrow::Cow::Borrowed(name) => metrics::SharedString::from(*name),
-            std::borrow::Cow::Owned(name) => metrics::SharedString::from(name.clone()),
-        };
+        let name = metrics::SharedString::from(cache.config().name.clone());
         metrics::counter!(REPLAYS, "cache" => name, "outcome" => outcome(replay)).increment(1);
     }
 }
