@@ -113,6 +113,18 @@ pub enum GatewayError {
         /// The `token_type` the endpoint gave.
         token_type: String,
     },
+    /// An authorization server's metadata names another issuer than the one it was fetched
+    /// for (RFC 8414 §3.3): its token endpoint is not believed, and no credential is sent.
+    #[error(
+        "{gateway}: the issuer's metadata names issuer `{named}`, not the one configured; its \
+         token endpoint is not used: check the issuer URL"
+    )]
+    IssuerMismatch {
+        /// The gateway.
+        gateway: &'static str,
+        /// The issuer the metadata named (credentials and query values redacted).
+        named: String,
+    },
     /// The answer is not what the gateway documents.
     #[error("{gateway}: the token response (HTTP {status}) is malformed: {problem}")]
     Malformed {
@@ -241,7 +253,9 @@ impl GatewayError {
                 OAuthKind::Credentials | OAuthKind::Configuration => false,
                 OAuthKind::Other => status_retryable(*status),
             },
-            GatewayError::Redirected { .. } | GatewayError::UnsupportedTokenType { .. } => false,
+            GatewayError::Redirected { .. }
+            | GatewayError::UnsupportedTokenType { .. }
+            | GatewayError::IssuerMismatch { .. } => false,
         }
     }
 
@@ -256,6 +270,7 @@ impl GatewayError {
             | GatewayError::Refused { gateway, .. }
             | GatewayError::OAuth { gateway, .. }
             | GatewayError::UnsupportedTokenType { gateway, .. }
+            | GatewayError::IssuerMismatch { gateway, .. }
             | GatewayError::Malformed { gateway, .. }
             | GatewayError::TooLarge { gateway, .. } => gateway,
         }

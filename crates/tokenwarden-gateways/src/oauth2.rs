@@ -127,8 +127,9 @@ impl ClientCredentials {
     /// Finds the token endpoint in the metadata of the authorization server `issuer` (RFC
     /// 8414's `/.well-known/oauth-authorization-server`, else OpenID Connect's
     /// `/.well-known/openid-configuration`) and makes the source for it. The metadata is read
-    /// under the same rules as token requests: no redirect followed, https off loopback; the
-    /// `token_endpoint` it names must meet them too.
+    /// under the same rules as token requests: no redirect followed, https off loopback; it
+    /// must name `issuer` as its own (RFC 8414 §3.3), and the `token_endpoint` it names must
+    /// meet the same rules.
     ///
     /// # Errors
     ///
@@ -168,6 +169,15 @@ impl ClientCredentials {
                 continue;
             }
             let answer = Answer::parse(GATEWAY, status, &body)?;
+            // RFC 8414 §3.3 (and OpenID Connect Discovery §4.3): the metadata must be for the
+            // issuer it was fetched from, or its token endpoint could be anyone's.
+            let named = answer.string("/issuer")?;
+            if named.trim_end_matches('/') != issuer.trim_end_matches('/') {
+                return Err(GatewayError::IssuerMismatch {
+                    gateway: GATEWAY,
+                    named: tokenwarden_core::redact_url(named),
+                });
+            }
             let endpoint = answer.string("/token_endpoint")?;
             return Self::new(sender, endpoint, client_id, client_secret).map_err(config);
         }

@@ -1040,7 +1040,10 @@ mod oauth2_client_credentials {
             .await;
         let _openid = server
             .mock("GET", "/.well-known/openid-configuration")
-            .with_body(format!(r#"{{"token_endpoint":"{token_url}"}}"#))
+            .with_body(format!(
+                r#"{{"issuer":"{}","token_endpoint":"{token_url}"}}"#,
+                server.url()
+            ))
             .create_async()
             .await;
         let found = ClientCredentials::discover(
@@ -1057,7 +1060,10 @@ mod oauth2_client_credentials {
         let mut server = Server::new_async().await;
         let _plain = server
             .mock("GET", "/.well-known/oauth-authorization-server")
-            .with_body(r#"{"token_endpoint":"http://auth.example.com/token"}"#)
+            .with_body(format!(
+                r#"{{"issuer":"{}","token_endpoint":"http://auth.example.com/token"}}"#,
+                server.url()
+            ))
             .create_async()
             .await;
         let refused = ClientCredentials::discover(
@@ -1069,6 +1075,32 @@ mod oauth2_client_credentials {
         .await
         .unwrap_err();
         assert!(refused.to_string().contains("plain http"), "{refused}");
+
+        // Metadata naming another issuer is not believed (RFC 8414 §3.3): the client's
+        // credentials would go to a token endpoint the configured issuer does not vouch for.
+        let mut server = Server::new_async().await;
+        let _foreign = server
+            .mock("GET", "/.well-known/oauth-authorization-server")
+            .with_body(
+                r#"{"issuer":"https://evil.example","token_endpoint":"https://evil.example/token"}"#,
+            )
+            .create_async()
+            .await;
+        let _openid = server
+            .mock("GET", "/.well-known/openid-configuration")
+            .with_status(404)
+            .create_async()
+            .await;
+        let foreign = ClientCredentials::discover(
+            IssuerClient::new().unwrap(),
+            &server.url(),
+            "id",
+            "secret",
+        )
+        .await
+        .unwrap_err();
+        assert!(foreign.to_string().contains("issuer"), "{foreign}");
+        assert!(!foreign.is_retryable(), "{foreign:?}");
 
         // A redirect on the metadata is not followed.
         let mut server = Server::new_async().await;
