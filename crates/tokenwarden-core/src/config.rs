@@ -58,9 +58,12 @@ pub struct CacheConfig {
     pub rejection_hold: Duration,
     /// A token rejected (invalidated) within this time of being fetched, and never accepted
     /// ([`Snapshot::mark_accepted`](crate::Snapshot::mark_accepted)), counts as a *fresh*
-    /// rejection; one that worked and is then rejected has simply expired. After one, further invalidations of fresh tokens are held off with backoff
+    /// rejection; one that worked and is then rejected has simply expired. After
+    /// one, further invalidations of fresh tokens are held off with backoff
     /// (the token is kept) so an API that rejects every token — or one route that answers 401
-    /// for another reason — cannot make the cache hammer the issuer. Default 10 s.
+    /// for another reason — cannot make the cache hammer the issuer. Capped at half the
+    /// token's usable life, so a short token rejected near its end (an API whose clock runs
+    /// ahead) is simply refreshed. Default 10 s.
     pub fresh_rejection_window: Duration,
     /// How the advisory window before expiry is sized. Default [`RefreshWindow::Fraction`]
     /// (`refresh_ahead` + `refresh_jitter`).
@@ -78,6 +81,13 @@ pub struct CacheConfig {
     /// `backoff_base` so that a cache with nothing to serve retries sooner than one refreshing a
     /// token that still works. Default 100 ms.
     pub first_fetch_backoff: Duration,
+    /// While no usable token is held and the cache backs off after a transient failure that
+    /// carries a [`Probe`](crate::Probe), the probe (a cheap check that sends no credentials)
+    /// runs at most this often; when it finds the issuer answering, the backoff ends and a
+    /// fetch starts at once. A failure of that fetch leaves the backoff to run its course
+    /// before the next probe, so a probe that is wrong costs one fetch per backoff period.
+    /// `Duration::ZERO` turns probing off. Default 1 s.
+    pub recovery_probe: Duration,
     /// Single-use mode: the most issuer requests in flight at once, pool refills included
     /// (callers beyond it queue, for at most `fetch_timeout`). Default 4.
     pub max_concurrent_fetches: usize,
@@ -116,6 +126,7 @@ impl Default for CacheConfig {
             grace: Duration::ZERO,
             grace_past_expiry: false,
             first_fetch_backoff: Duration::from_millis(100),
+            recovery_probe: Duration::from_secs(1),
             max_concurrent_fetches: 4,
         }
     }
@@ -162,6 +173,7 @@ impl CacheConfig {
             || self.rejection_hold > YEAR
             || self.fresh_rejection_window > YEAR
             || self.grace > YEAR
+            || self.recovery_probe > YEAR
             || matches!(self.refresh_window, RefreshWindow::Before(w) if w > YEAR)
         {
             return invalid("backoff_max", "waits longer than a year are not supported");

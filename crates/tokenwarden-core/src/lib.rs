@@ -57,6 +57,6 @@ pub use origin::{
 pub use presentation::{Presentation, TokenCharset, TokenProblem};
 pub use secret::Secret;
 pub use snapshot::Snapshot;
-pub use source::{BoxError, FetchError, TokenSource};
+pub use source::{BoxError, FetchError, Probe, TokenSource};
 pub use stats::CacheStats;
 pub use token::{Expiry, Token, TokenId};

@@ -61,7 +61,55 @@ where
 pub struct FetchError {
     retryable: bool,
     retry_after: Option<Duration>,
+    probe: Option<Probe>,
     inner: Arc<dyn StdError + Send + Sync + 'static>,
+}
+
+/// A cheap check of whether an issuer that failed answers again, sending no credentials —
+/// for example a bare `GET` of its endpoint that gets any answer but a `5xx` or `429`.
+///
+/// Attached to a transient [`FetchError`] with [`FetchError::with_probe`]. While callers are
+/// waiting for a first token (none is held) and the cache is backing off, it runs the probe
+/// at most once per [`CacheConfig::recovery_probe`](crate::CacheConfig::recovery_probe); when
+/// the probe answers `true` the backoff ends and a fetch starts at once, so recovery after an
+/// outage does not wait out a long backoff. A `Retry-After` the issuer sent is never cut short.
+///
+/// ```
+/// use std::time::Duration;
+/// use tokenwarden_core::{FetchError, Probe};
+///
+/// let probe = Probe::new(|| async {
+///     // e.g. connect to the issuer, or GET its endpoint without credentials
+///     true
+/// });
+/// let down = FetchError::transient("the issuer could not be reached").with_probe(probe);
+/// assert!(down.probe().is_some());
+/// ```
+#[derive(Clone)]
+pub struct Probe(Arc<dyn Fn() -> BoxFuture<'static, bool> + Send + Sync>);
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+impl Probe {
+    /// A probe from a function returning a future that tells whether the issuer answers.
+    pub fn new<F, Fut>(probe: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = bool> + Send + 'static,
+    {
+        Self(Arc::new(move || Box::pin(probe())))
+    }
+
+    /// Runs the probe once.
+    pub async fn run(&self) -> bool {
+        (self.0)().await
+    }
+}
+
+impl fmt::Debug for Probe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Probe")
+    }
 }
 
 impl FetchError {
@@ -71,6 +119,7 @@ impl FetchError {
         Self {
             retryable: true,
             retry_after: None,
+            probe: None,
             inner: Arc::from(error.into()),
         }
     }
@@ -82,6 +131,7 @@ impl FetchError {
         Self {
             retryable: false,
             retry_after: None,
+            probe: None,
             inner: Arc::from(error.into()),
         }
     }
@@ -110,6 +160,20 @@ impl FetchError {
         self.retry_after
     }
 
+    /// A cheap check of whether the issuer answers again (see [`Probe`]). Only used for a
+    /// retryable error without a [`retry_after`](Self::retry_after).
+    #[must_use]
+    pub fn with_probe(mut self, probe: Probe) -> Self {
+        self.probe = Some(probe);
+        self
+    }
+
+    /// The probe attached to this error, if any.
+    #[must_use]
+    pub fn probe(&self) -> Option<&Probe> {
+        self.probe.as_ref()
+    }
+
     /// Whether a later attempt can succeed.
     #[must_use]
     pub fn is_retryable(&self) -> bool {
@@ -128,6 +192,7 @@ impl fmt::Debug for FetchError {
         f.debug_struct("FetchError")
             .field("retryable", &self.retryable)
             .field("retry_after", &self.retry_after)
+            .field("probe", &self.probe.is_some())
             .field("error", &self.inner)
             .finish()
     }

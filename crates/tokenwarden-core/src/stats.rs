@@ -31,6 +31,9 @@ pub struct CacheStats {
     /// Fetches given up on because they did not finish within the fetch timeout (their
     /// runtime is not being driven, or has gone); the next caller starts a new one.
     pub superseded_fetches: u64,
+    /// Backoffs ended early because a recovery probe found the issuer answering again
+    /// ([`CacheConfig::recovery_probe`](crate::CacheConfig::recovery_probe)).
+    pub recoveries: u64,
 }
 
 #[derive(Debug, Default)]
@@ -46,6 +49,7 @@ pub(crate) struct Counters {
     pub(crate) revocations: AtomicU64,
     pub(crate) grace_serves: AtomicU64,
     pub(crate) superseded_fetches: AtomicU64,
+    pub(crate) recoveries: AtomicU64,
 }
 
 impl Counters {
@@ -66,6 +70,7 @@ impl Counters {
             revocations: self.revocations.load(Relaxed),
             grace_serves: self.grace_serves.load(Relaxed),
             superseded_fetches: self.superseded_fetches.load(Relaxed),
+            recoveries: self.recoveries.load(Relaxed),
         }
     }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
-use tokenwarden_core::{Error, FetchError, Token, TokenCache, TokenSource};
+use tokenwarden_core::{Error, FetchError, Probe, Token, TokenCache, TokenSource};
 use tokenwarden_test_support::{CountingIssuer, distinct_tokens, secret, spawn_get, spawn_gets};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, advance, sleep};
@@ -634,4 +634,113 @@ async fn a_short_token_keeps_most_of_its_life() {
     // refreshed ahead when 20-30 % (jittered) of that is left, so after 3.15 s at the earliest:
     // at most 7 fetches in 20 s, against the 25 of a token left 1 s of use.
     assert!(issuer.calls() <= 7, "{} fetches", issuer.calls());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_short_token_rejected_near_its_end_is_refreshed_not_held_off() {
+    // 6 s tokens (usable 4.5 s) at an API whose clock runs 3 s ahead: it rejects each token
+    // 3 s after it was issued, before the token was ever accepted. Those are end-of-life
+    // rejections, not a sign that fresh tokens are refused: none may be held off.
+    let issuer = minting(Duration::from_secs(6));
+    let cache = cache(issuer.source());
+    for round in 0..20 {
+        let token = cache.get().await.unwrap();
+        sleep(Duration::from_secs(3)).await;
+        assert!(
+            cache.invalidate(token.id()),
+            "rejection {round} at 3 s of a 6 s token was held off"
+        );
+    }
+    assert_eq!(cache.stats().suppressed_invalidations, 0);
+    assert_eq!(issuer.calls(), 20);
+}
+
+/// A source that fails while `up` is false, each failure carrying a probe that answers
+/// `probe_says` (or `up` itself when `None`).
+fn outage(
+    up: &Arc<std::sync::atomic::AtomicBool>,
+    probe_says: Option<bool>,
+) -> (impl TokenSource + use<>, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let up = Arc::clone(up);
+    let source = move || {
+        counted.fetch_add(1, SeqCst);
+        let up = Arc::clone(&up);
+        async move {
+            if up.load(SeqCst) {
+                return Ok(Token::new("back").with_expires_in(Duration::from_secs(300)));
+            }
+            let probe = Probe::new(move || {
+                let up = Arc::clone(&up);
+                async move { probe_says.unwrap_or_else(|| up.load(SeqCst)) }
+            });
+            Err(FetchError::transient("the issuer could not be reached").with_probe(probe))
+        }
+    };
+    (source, calls)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_ends_a_long_backoff_as_soon_as_the_issuer_answers_again() {
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (source, calls) = outage(&up, None);
+    let cache = cache(source);
+    // A minute-long outage with a caller every 100 ms: the backoff grows to its 30 s cap;
+    // the probes (no credentials) fetch nothing while the issuer is down.
+    for _ in 0..600 {
+        assert!(cache.get().await.is_err());
+        sleep(Duration::from_millis(100)).await;
+    }
+    let during = calls.load(SeqCst);
+    assert!(during <= 14, "{during} fetches during the outage");
+    assert!(cache.status().failures >= 8, "the backoff had grown long");
+
+    up.store(true, SeqCst);
+    let back = Instant::now();
+    let token = loop {
+        if let Ok(token) = cache.get().await {
+            break token;
+        }
+        sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(secret(&token), "back");
+    assert!(
+        back.elapsed() <= Duration::from_millis(1200),
+        "callers waited {:?} after the issuer came back",
+        back.elapsed()
+    );
+    assert_eq!(calls.load(SeqCst), during + 1);
+    assert_eq!(cache.stats().recoveries, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_is_wrong_costs_at_most_one_fetch_per_backoff_period() {
+    // The probe always says "up" (the endpoint answers a bare GET) while token requests keep
+    // failing: each backoff period allows one probe-started fetch on top of its own.
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (source, calls) = outage(&up, Some(true));
+    let cache = cache(source);
+    for _ in 0..600 {
+        assert!(cache.get().await.is_err());
+        sleep(Duration::from_millis(100)).await;
+    }
+    let lied = calls.load(SeqCst);
+    // Backoff alone: about 12 attempts in 60 s (100 ms doubling to 30 s, jittered); with one
+    // probe-started fetch per period, at most twice that. Unchecked, one per second: 60.
+    assert!(lied <= 28, "{lied} fetches in 60 s");
+    assert!(cache.stats().recoveries <= 14);
+
+    // Probing off: the backoff alone.
+    let (source, calls) = outage(&up, Some(true));
+    let cache = TokenCache::builder(source)
+        .with_recovery_probe(Duration::ZERO)
+        .build()
+        .unwrap();
+    for _ in 0..600 {
+        assert!(cache.get().await.is_err());
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert!(calls.load(SeqCst) <= 14, "{}", calls.load(SeqCst));
+    assert_eq!(cache.stats().recoveries, 0);
 }

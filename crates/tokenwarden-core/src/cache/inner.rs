@@ -95,6 +95,13 @@ struct State {
     /// While fresh tokens keep being rejected, invalidations before this are held off.
     quiet_until: Option<Instant>,
     driver: Option<(u64, AbortHandle)>,
+    /// A recovery probe is running.
+    probing: bool,
+    /// When the last recovery probe started.
+    probed_at: Option<Instant>,
+    /// A probe may still end this backoff: set when a regular fetch starts, cleared when a
+    /// probe starts one (so a probe that is wrong costs one fetch per backoff period).
+    probe_armed: bool,
     pool: VecDeque<Pooled>,
     refill: Option<(u64, AbortHandle)>,
 }
@@ -146,6 +153,7 @@ enum TaskKind {
     Flight,
     Driver,
     Refill,
+    Probe,
 }
 
 struct TaskGuard {
@@ -187,6 +195,7 @@ impl Drop for TaskGuard {
                     st.refill = None;
                 }
             }
+            TaskKind::Probe => st.probing = false,
         }
     }
 }
@@ -584,13 +593,75 @@ impl Inner {
                 flight.id,
             ));
         }
-        self.gate(st, now)?;
-        let reason = if st.current.is_some() {
+        if let Err(error) = self.gate(st, now) {
+            self.probe_recovery(st, now);
+            return Err(error);
+        }
+        let reason = Self::reason(st);
+        self.start_flight(st, reason)
+    }
+
+    /// Why a fetch that no usable token asks for is made.
+    fn reason(st: &State) -> FetchReason {
+        if st.current.is_some() {
             FetchReason::Expired
         } else {
             st.empty_reason.unwrap_or(FetchReason::Empty)
+        }
+    }
+
+    /// Callers are waiting and the cache is backing off after a transient failure that came
+    /// with a [`Probe`]: run it (at most once per `recovery_probe`, never before an issuer's
+    /// `Retry-After`), and end the backoff if the issuer answers again.
+    fn probe_recovery(self: &Arc<Self>, st: &mut State, now: Instant) {
+        let every = self.config.recovery_probe;
+        if every.is_zero()
+            || st.probing
+            || !st.probe_armed
+            || st.probed_at.is_some_and(|at| now < at + every)
+        {
+            return;
+        }
+        let Some(probe) = st
+            .last_error
+            .as_ref()
+            .and_then(Error::fetch_error)
+            .filter(|e| e.is_retryable() && e.retry_after().is_none())
+            .and_then(FetchError::probe)
+            .cloned()
+        else {
+            return;
         };
-        self.start_flight(st, reason)
+        let mark = st.failure_mark;
+        let spawned = self.spawn_task(st, TaskKind::Probe, move |weak, _| async move {
+            let up = tokio::time::timeout(every, probe.run())
+                .await
+                .unwrap_or(false);
+            if let Some(inner) = weak.upgrade() {
+                inner.probe_done(mark, up);
+            }
+        });
+        if spawned.is_some() {
+            st.probing = true;
+            st.probed_at = Some(now);
+        }
+    }
+
+    /// A recovery probe ended: if the issuer answers and nothing has changed since, the
+    /// backoff ends and a fetch starts now.
+    fn probe_done(self: &Arc<Self>, mark: u64, up: bool) {
+        let mut st = self.lock();
+        st.probing = false;
+        if !up || st.failure_mark != mark || st.flight.is_some() || st.retry_at.is_none() {
+            return;
+        }
+        tracing::info!(cache = %self.config.name, "the token issuer answers again; ending the backoff");
+        Counters::bump(&self.counters.recoveries);
+        st.retry_at = None;
+        let reason = Self::reason(&st);
+        // A failure of this fetch leaves the backoff to run its course before the next probe.
+        let _ = self.start_flight(&mut st, reason);
+        st.probe_armed = false;
     }
 
     /// The token was used inside its advisory window: one background refresh, unless one is
@@ -649,6 +720,7 @@ impl Inner {
             })
             .ok_or(Error::NoRuntime)?;
         Counters::bump(&self.counters.fetches);
+        st.probe_armed = true;
         let deadline = self.clock.now() + self.config.fetch_timeout + WAIT_SLACK;
         st.flight = Some(Flight {
             id,
@@ -812,10 +884,18 @@ impl Inner {
         // A token that worked and is now rejected has simply expired. Only one rejected before
         // any success is a *fresh* rejection; a token kept through a held-off invalidation
         // continues the streak however old it is.
+        // The window shrinks to half the token's usable life, so that a short token rejected
+        // near its end (an API whose clock runs ahead) counts as expired, not as fresh.
+        let window = self.config.fresh_rejection_window.min(
+            current
+                .schedule
+                .mandatory_at
+                .saturating_duration_since(current.installed_at)
+                / 2,
+        );
         let fresh = !current.snapshot.is_accepted()
             && (current.held_off
-                || now.saturating_duration_since(current.installed_at)
-                    < self.config.fresh_rejection_window);
+                || now.saturating_duration_since(current.installed_at) < window);
         let count = if fresh {
             st.fresh_rejections.saturating_add(1)
         } else {

@@ -381,6 +381,14 @@ impl TokenCacheBuilder {
         self
     }
 
+    /// How often a failed issuer is probed while callers wait for a first token
+    /// ([`CacheConfig::recovery_probe`]; `Duration::ZERO` turns it off). Default 1 s.
+    #[must_use]
+    pub fn with_recovery_probe(mut self, every: Duration) -> Self {
+        self.config.recovery_probe = every;
+        self
+    }
+
     /// Single-use mode: the most issuer requests in flight at once. Default 4.
     #[must_use]
     pub fn with_max_concurrent_fetches(mut self, n: usize) -> Self {
