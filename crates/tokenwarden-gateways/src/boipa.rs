@@ -225,12 +225,16 @@ impl BoipaSource {
 #[async_trait]
 impl TokenSource for BoipaSource {
     async fn fetch(&self) -> Result<Token, FetchError> {
-        let form = Bytes::from(self.form());
-        let (status, body) = self
-            .issuer
-            .post(Some("application/x-www-form-urlencoded"), &[], form)
-            .await?;
-        Ok(parse(status, &body)?.with_expires_in(self.config.token_lifetime))
+        let fetched = async {
+            let form = Bytes::from(self.form());
+            let (status, body) = self
+                .issuer
+                .post(Some("application/x-www-form-urlencoded"), &[], form)
+                .await?;
+            Ok(parse(status, &body)?.with_expires_in(self.config.token_lifetime))
+        }
+        .await;
+        self.issuer.fetched(fetched)
     }
 }
 

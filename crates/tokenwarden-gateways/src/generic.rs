@@ -173,11 +173,15 @@ impl JsonSource {
 #[async_trait]
 impl TokenSource for JsonSource {
     async fn fetch(&self) -> Result<Token, FetchError> {
-        let body = Bytes::copy_from_slice(self.body.expose().as_bytes());
-        let (status, body) = self
-            .issuer
-            .post(Some(self.content_type), &self.headers, body)
-            .await?;
-        Ok(self.parse(status, &body)?)
+        let fetched = async {
+            let body = Bytes::copy_from_slice(self.body.expose().as_bytes());
+            let (status, body) = self
+                .issuer
+                .post(Some(self.content_type), &self.headers, body)
+                .await?;
+            self.parse(status, &body)
+        }
+        .await;
+        self.issuer.fetched(fetched)
     }
 }

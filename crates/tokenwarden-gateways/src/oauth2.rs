@@ -319,10 +319,14 @@ impl ClientCredentials {
 #[async_trait]
 impl TokenSource for ClientCredentials {
     async fn fetch(&self) -> Result<Token, FetchError> {
-        let (form, headers) = self.request()?;
-        let body = Bytes::copy_from_slice(form.expose().as_bytes());
-        let (status, body) = self.issuer.post(Some(FORM), &headers, body).await?;
-        Ok(self.parse(status, &body)?)
+        let fetched = async {
+            let (form, headers) = self.request()?;
+            let body = Bytes::copy_from_slice(form.expose().as_bytes());
+            let (status, body) = self.issuer.post(Some(FORM), &headers, body).await?;
+            self.parse(status, &body)
+        }
+        .await;
+        self.issuer.fetched(fetched)
     }
 }
 

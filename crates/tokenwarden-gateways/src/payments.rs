@@ -142,12 +142,16 @@ impl TokenSource for SessionTokenSource {
         if self.revoked.load(Ordering::Acquire) {
             return Err(FetchError::rejected(revoked()));
         }
-        let body = Bytes::from_static(b"{}");
-        let (status, body) = self
-            .issuer
-            .post(Some("application/json"), &self.headers, body)
-            .await?;
-        Ok(parse(status, &body)?)
+        let fetched = async {
+            let body = Bytes::from_static(b"{}");
+            let (status, body) = self
+                .issuer
+                .post(Some("application/json"), &self.headers, body)
+                .await?;
+            parse(status, &body)
+        }
+        .await;
+        self.issuer.fetched(fetched)
     }
 }
 
@@ -204,8 +208,12 @@ impl ClientAppSource {
 #[async_trait]
 impl TokenSource for ClientAppSource {
     async fn fetch(&self) -> Result<Token, FetchError> {
-        let (status, body) = self.issuer.post(None, &self.headers, Bytes::new()).await?;
-        Ok(parse(status, &body)?)
+        let fetched = async {
+            let (status, body) = self.issuer.post(None, &self.headers, Bytes::new()).await?;
+            parse(status, &body)
+        }
+        .await;
+        self.issuer.fetched(fetched)
     }
 }
 

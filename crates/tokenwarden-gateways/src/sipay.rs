@@ -125,15 +125,19 @@ impl SipaySource {
 #[async_trait]
 impl TokenSource for SipaySource {
     async fn fetch(&self) -> Result<Token, FetchError> {
-        let body = serde_json::json!({
-            "app_id": self.config.app_id,
-            "app_secret": self.config.app_secret.expose(),
-        });
-        let (status, body) = self
-            .issuer
-            .post(Some("application/json"), &[], Bytes::from(body.to_string()))
-            .await?;
-        Ok(parse(status, &body, self.config.utc_offset)?)
+        let fetched = async {
+            let body = serde_json::json!({
+                "app_id": self.config.app_id,
+                "app_secret": self.config.app_secret.expose(),
+            });
+            let (status, body) = self
+                .issuer
+                .post(Some("application/json"), &[], Bytes::from(body.to_string()))
+                .await?;
+            parse(status, &body, self.config.utc_offset)
+        }
+        .await;
+        self.issuer.fetched(fetched)
     }
 }
 

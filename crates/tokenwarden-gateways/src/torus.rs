@@ -115,19 +115,23 @@ impl TorusSource {
 #[async_trait]
 impl TokenSource for TorusSource {
     async fn fetch(&self) -> Result<Token, FetchError> {
-        let body = serde_json::json!({
-            "API_KEY": self.config.api_key.expose(),
-            "API_SECRET": self.config.api_secret.expose(),
-        });
-        let (status, body) = self
-            .issuer
-            .post(
-                Some("application/json"),
-                &self.headers,
-                Bytes::from(body.to_string()),
-            )
-            .await?;
-        Ok(parse(status, &body)?.with_expires_in(self.config.token_lifetime))
+        let fetched = async {
+            let body = serde_json::json!({
+                "API_KEY": self.config.api_key.expose(),
+                "API_SECRET": self.config.api_secret.expose(),
+            });
+            let (status, body) = self
+                .issuer
+                .post(
+                    Some("application/json"),
+                    &self.headers,
+                    Bytes::from(body.to_string()),
+                )
+                .await?;
+            Ok(parse(status, &body)?.with_expires_in(self.config.token_lifetime))
+        }
+        .await;
+        self.issuer.fetched(fetched)
     }
 }
 

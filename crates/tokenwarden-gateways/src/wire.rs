@@ -11,8 +11,12 @@ use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderName, HeaderValue, Request, StatusCode, Uri};
 use serde_json::Value;
 use tokenwarden_core::{
-    BoxError, ConfigError, Origin, RedactedUri, Token, redact_url, transport_allowed,
+    BoxError, ConfigError, FetchError, Origin, Probe, RedactedUri, Token, redact_url,
+    transport_allowed,
 };
+
+/// How much of a recovery probe's answer is read: its status is all that counts.
+const PROBE_MAX_BODY: usize = 4096;
 
 use crate::error::TransportError;
 use crate::http::{ReadFailed, RedirectFollowed, TooLarge};
@@ -104,6 +108,53 @@ impl Issuer {
     ) -> Result<(StatusCode, Bytes), GatewayError> {
         self.exchange(http::Method::POST, content_type, headers, body)
             .await
+    }
+
+    /// A source's answer as the cache takes it: a transient failure without a `Retry-After`
+    /// carries a [`Probe`] of this endpoint, so callers waiting through an outage get a token
+    /// as soon as the issuer answers again, not at the end of a long backoff.
+    pub(crate) fn fetched(&self, result: Result<Token, GatewayError>) -> Result<Token, FetchError> {
+        result.map_err(|error| {
+            let error = FetchError::from(error);
+            if error.is_retryable() && error.retry_after().is_none() {
+                error.with_probe(self.probe())
+            } else {
+                error
+            }
+        })
+    }
+
+    /// A bare `GET` of the endpoint's path — no query, no credentials, no body — through the
+    /// same sender (and so the same proxy and TLS settings). The issuer answers again when it
+    /// gets any status but a `5xx` or `429`: a `405` or `400` from a token endpoint is a server
+    /// that is up.
+    fn probe(&self) -> Probe {
+        let sender = Arc::clone(&self.sender);
+        let mut parts = self.uri.clone().into_parts();
+        parts.path_and_query = Some(
+            http::uri::PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(
+                self.uri.path().as_bytes(),
+            ))
+            .unwrap_or_else(|_| http::uri::PathAndQuery::from_static("/")),
+        );
+        let uri = Uri::from_parts(parts).unwrap_or_else(|_| self.uri.clone());
+        Probe::new(move || {
+            let sender = Arc::clone(&sender);
+            let request = Request::get(uri.clone()).body(Bytes::new());
+            async move {
+                let Ok(request) = request else {
+                    return false;
+                };
+                match sender.send(request, PROBE_MAX_BODY).await {
+                    Ok(response) => {
+                        let status = response.status();
+                        !(status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS)
+                    }
+                    // It answered, at length.
+                    Err(error) => error.is::<TooLarge>(),
+                }
+            }
+        })
     }
 
     /// GETs the endpoint (a metadata document), accepting JSON, under the same rules.

@@ -716,6 +716,93 @@ async fn transport_failures_keep_the_client_error_and_say_what_broke() {
 }
 
 #[tokio::test]
+async fn an_issuer_back_from_an_outage_is_asked_at_once_and_its_probe_carries_no_secret() {
+    // The issuer is down; the first failure alone sets a 5-10 s backoff.
+    let addr = unused_addr();
+    let source = JsonSource::json(
+        IssuerClient::new().unwrap(),
+        &format!("http://user:pa55@{addr}/oauth/token?api_key=k3y"),
+        serde_json::json!({"client_secret": "s3cr3t"}),
+    )
+    .unwrap();
+    let cache = TokenCache::builder(source)
+        .with_first_fetch_backoff(Duration::from_secs(10))
+        .with_recovery_probe(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let error = cache.get().await.unwrap_err();
+    assert!(
+        matches!(gateway_error(&error), GatewayError::Unreachable { .. }),
+        "{}",
+        error.chain()
+    );
+    assert!(
+        matches!(cache.get().await, Err(Error::BackingOff { retry_in, .. }) if retry_in > Duration::from_secs(4))
+    );
+
+    // It comes back: a probe finds it answering (405 to a bare GET) and the token request
+    // goes out at once, not at the end of the backoff.
+    let mut server = Server::new_with_opts_async(mockito::ServerOpts {
+        port: addr.port(),
+        ..Default::default()
+    })
+    .await;
+    let probes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&probes);
+    let probe = server
+        .mock("GET", Matcher::Any)
+        .with_status(405)
+        .with_body_from_request(move |request| {
+            let headers: Vec<String> = request
+                .headers()
+                .iter()
+                .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap_or("?")))
+                .collect();
+            seen.lock().unwrap().push((
+                request.path_and_query().to_owned(),
+                headers,
+                request.body().map(Vec::len).unwrap_or(0),
+            ));
+            Vec::new()
+        })
+        .expect_at_least(1)
+        .create_async()
+        .await;
+    let token_endpoint = server
+        .mock("POST", "/oauth/token")
+        .match_query(Matcher::UrlEncoded("api_key".into(), "k3y".into()))
+        .with_body(r#"{"access_token":"back-1"}"#)
+        .expect(1)
+        .create_async()
+        .await;
+    let back = std::time::Instant::now();
+    let token = loop {
+        if let Ok(token) = cache.get().await {
+            break token;
+        }
+        assert!(back.elapsed() < Duration::from_secs(3), "still backing off");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(tokenwarden_test_support::secret(&token), "back-1");
+    assert!(
+        back.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        back.elapsed()
+    );
+    assert_eq!(cache.stats().recoveries, 1);
+    probe.assert_async().await;
+    token_endpoint.assert_async().await;
+    for (target, headers, body) in probes.lock().unwrap().iter() {
+        assert_eq!(target, "/oauth/token", "no query on a probe");
+        assert_eq!(*body, 0);
+        let headers = headers.join("\n");
+        for secret in ["pa55", "k3y", "s3cr3t", "authorization"] {
+            assert!(!headers.to_ascii_lowercase().contains(secret), "{headers}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_busy_issuer_saying_retry_after_is_not_asked_again_before_then() {
     let mut server = Server::new_async().await;
     let busy = server

@@ -894,8 +894,7 @@ impl Inner {
                 / 2,
         );
         let fresh = !current.snapshot.is_accepted()
-            && (current.held_off
-                || now.saturating_duration_since(current.installed_at) < window);
+            && (current.held_off || now.saturating_duration_since(current.installed_at) < window);
         let count = if fresh {
             st.fresh_rejections.saturating_add(1)
         } else {
