@@ -21,7 +21,9 @@
 //!   [`unused_addr`] (a loopback address nothing listens on).
 //! - With the `reqwest` feature, `middleware_client` and `with_middleware`: reqwest clients
 //!   under the token middleware. With the `gateways` feature, `gateway_error`: the gateway
-//!   error inside a cache's error.
+//!   error inside a cache's error. With the `oauth2-server` feature, `OAuth2Server`: a real
+//!   OAuth 2.0 server (oauth2-mock-server on Node.js) on loopback, and `JwtApi`: an API that
+//!   verifies its tokens by signature and expiry.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
@@ -32,6 +34,8 @@ mod gateways;
 mod issuer;
 #[cfg(feature = "reqwest")]
 mod middleware;
+#[cfg(feature = "oauth2-server")]
+mod oauth2_server;
 
 pub use api::{Answer, CLIENT_HEADERS, Listener, LoopbackApi, Received, Route};
 #[cfg(feature = "gateways")]
@@ -39,6 +43,8 @@ pub use gateways::gateway_error;
 pub use issuer::CountingIssuer;
 #[cfg(feature = "reqwest")]
 pub use middleware::{middleware_client, with_middleware};
+#[cfg(feature = "oauth2-server")]
+pub use oauth2_server::{JwtApi, OAuth2Server};
 
 use std::collections::HashSet;
 use std::future::{Ready, ready};

@@ -1,0 +1,503 @@
+//! OAuth 2.0 client credentials against a real, independently written OAuth 2.0 server:
+//! `oauth2-mock-server` (Node.js, RS256 JWTs), started on loopback by each test
+//! (`scripts/install-oauth2-server.sh` installs it; the tests run that script themselves when
+//! it is missing, and fail saying how to install Node.js when that is missing). Tokens are
+//! checked by an API that verifies their signature against the server's JWKS and their expiry
+//! with no leeway.
+//!
+//! Where time matters and no token must be verified by the clock, the cache runs on a manual
+//! clock: ten seconds pass in a loop of 100 ms steps, with the real server answering.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Value, json};
+use tokenwarden_core::{Clock, Error, ManualClock, Scope, TokenCache};
+use tokenwarden_gateways::oauth2::{self, ClientAuth, ClientCredentials};
+use tokenwarden_gateways::{GatewayError, IssuerClient};
+use tokenwarden_test_support::{JwtApi, OAuth2Server, gateway_error, middleware_client, secret};
+use tower::{Layer as _, ServiceExt};
+
+fn credentials(server: &OAuth2Server) -> ClientCredentials {
+    ClientCredentials::new(
+        IssuerClient::new().unwrap(),
+        &server.token_url(),
+        "app",
+        "s3cr3t",
+    )
+    .unwrap()
+}
+
+/// A cache on a manual clock.
+fn manual(credentials: ClientCredentials) -> (TokenCache, ManualClock) {
+    let (clock, hand) = Clock::manual();
+    let cache = oauth2::cache(credentials)
+        .with_clock(clock)
+        .build()
+        .unwrap();
+    (cache, hand)
+}
+
+/// The claims of `token`, verified against the server's keys (signature, issuer, expiry).
+async fn claims(server: &OAuth2Server, token: &str) -> Value {
+    let jwks: JwkSet = serde_json::from_value(server.jwks().await).unwrap();
+    let key = DecodingKey::from_jwk(&jwks.keys[0]).unwrap();
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.set_issuer(&[server.issuer()]);
+    validation.validate_aud = false;
+    jsonwebtoken::decode::<Value>(token, &key, &validation)
+        .expect("a token the server signed")
+        .claims
+}
+
+/// Calls `cache.get()` every 100 ms of the manual clock for `seconds`; returns the number of
+/// token requests the server saw and the first error.
+async fn ten_seconds_of_callers(
+    server: &OAuth2Server,
+    cache: &TokenCache,
+    hand: &ManualClock,
+) -> (usize, Option<Error>) {
+    let mut first = None;
+    for _ in 0..100 {
+        if let Err(error) = cache.get().await {
+            first.get_or_insert(error);
+        }
+        // Let a probe or a fetch the call started finish before time moves on.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        hand.advance(Duration::from_millis(100));
+    }
+    (server.requests().await.len(), first)
+}
+
+#[tokio::test]
+async fn both_client_authentication_methods_are_what_the_server_checks() {
+    let server = OAuth2Server::start().await;
+    // RFC 6749 §2.3.1: id and secret are form-encoded before Basic; a server decodes them.
+    server
+        .configure(json!({"clients": {"app": "s3cr3t", "svc:1 é": "p@ss:w+rd %"}}))
+        .await;
+    let basic = ClientCredentials::new(
+        IssuerClient::new().unwrap(),
+        &server.token_url(),
+        "svc:1 é",
+        "p@ss:w+rd %",
+    )
+    .unwrap();
+    let token = oauth2::cache(basic).build().unwrap().get().await.unwrap();
+    assert_eq!(
+        claims(&server, &secret(&token)).await["client_id"],
+        "svc:1 é"
+    );
+
+    let post = credentials(&server).with_client_auth(ClientAuth::Post);
+    oauth2::cache(post).build().unwrap().get().await.unwrap();
+
+    let requests = server.requests().await;
+    let seen: Vec<(&str, &str)> = requests
+        .iter()
+        .map(|r| {
+            (
+                r["method"].as_str().unwrap(),
+                r["client_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, [("basic", "svc:1 é"), ("post", "app")]);
+    for request in &requests {
+        assert_eq!(request["grant_type"], "client_credentials");
+        assert_eq!(request["content_type"], "application/x-www-form-urlencoded");
+    }
+
+    // A wrong secret: the server's own `invalid_client`, rejected credentials.
+    let wrong = ClientCredentials::new(
+        IssuerClient::new().unwrap(),
+        &server.token_url(),
+        "app",
+        "wrong",
+    )
+    .unwrap();
+    let error = oauth2::cache(wrong)
+        .build()
+        .unwrap()
+        .get()
+        .await
+        .unwrap_err();
+    assert!(error.is_rejected(), "{}", error.chain());
+    let GatewayError::OAuth {
+        error: code,
+        status,
+        description,
+        ..
+    } = gateway_error(&error)
+    else {
+        panic!("{}", error.chain())
+    };
+    assert_eq!(
+        (code.as_str(), status),
+        ("invalid_client", &StatusCode::UNAUTHORIZED)
+    );
+    assert_eq!(description.as_deref(), Some("Client authentication failed"));
+    assert!(!error.chain().contains("wrong"));
+}
+
+#[tokio::test]
+async fn scopes_and_audience_reach_the_tokens_claims() {
+    let server = OAuth2Server::start().await;
+    let scoped = credentials(&server)
+        .with_scopes(["payments:read", "payments:write"])
+        .with_audience("https://api.example");
+    let token = oauth2::cache(scoped).build().unwrap().get().await.unwrap();
+    let claims = claims(&server, &secret(&token)).await;
+    assert_eq!(claims["scope"], "payments:read payments:write");
+    assert_eq!(claims["aud"], "https://api.example");
+
+    let resource = credentials(&server).with_resource("https://ledger.example");
+    let token = oauth2::cache(resource)
+        .build()
+        .unwrap()
+        .get()
+        .await
+        .unwrap();
+    assert_eq!(
+        self::claims(&server, &secret(&token)).await["aud"],
+        "https://ledger.example"
+    );
+    let requests = server.requests().await;
+    assert_eq!(requests[0]["scope"], "payments:read payments:write");
+    assert_eq!(requests[0]["audience"], "https://api.example");
+    assert_eq!(requests[1]["resource"], "https://ledger.example");
+}
+
+#[tokio::test]
+async fn each_standard_error_is_typed_and_the_server_is_not_hammered() {
+    enum Kind {
+        Rejected,
+        Configuration(&'static str),
+        Transient,
+    }
+    let cases = [
+        ("invalid_client", 401, Kind::Rejected),
+        ("unauthorized_client", 400, Kind::Rejected),
+        ("invalid_grant", 400, Kind::Rejected),
+        ("invalid_scope", 400, Kind::Configuration("scope")),
+        ("invalid_request", 400, Kind::Configuration("request")),
+        (
+            "unsupported_grant_type",
+            400,
+            Kind::Configuration("grant_type"),
+        ),
+        ("temporarily_unavailable", 503, Kind::Transient),
+        ("server_error", 500, Kind::Transient),
+    ];
+    for (code, status, kind) in cases {
+        let server = OAuth2Server::start().await;
+        let description = format!("the server says {code}");
+        let answer = json!({
+            "status": status,
+            "body": {"error": code, "error_description": description},
+        });
+        server.script(vec![answer; 200]).await;
+        let (cache, hand) = manual(credentials(&server));
+        let (calls, error) = ten_seconds_of_callers(&server, &cache, &hand).await;
+        let error = error.expect("every call failed");
+        let chain = error.chain();
+        assert!(chain.contains(&description), "{code}: {chain}");
+        let GatewayError::OAuth { error: got, .. } = gateway_error(&error) else {
+            panic!("{code}: {chain}")
+        };
+        assert_eq!(got, code);
+        match kind {
+            Kind::Rejected => {
+                assert!(error.is_rejected(), "{code}: {chain}");
+                assert!(calls <= 2, "{code}: {calls} token requests in 10 s");
+            }
+            Kind::Configuration(parameter) => {
+                assert!(gateway_error(&error).is_configuration(), "{code}");
+                assert!(!error.is_retryable());
+                assert!(
+                    chain.contains(parameter),
+                    "{code}: the message names {parameter}: {chain}"
+                );
+                assert!(calls <= 2, "{code}: {calls} token requests in 10 s");
+            }
+            Kind::Transient => {
+                assert!(error.is_retryable(), "{code}: {chain}");
+                // Backoff from 100 ms, doubling, plus at most one probe-started fetch per
+                // backoff period.
+                assert!(
+                    (3..=20).contains(&calls),
+                    "{code}: {calls} token requests in 10 s"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn retry_after_in_seconds_or_as_a_date_is_obeyed() {
+    for as_date in [false, true] {
+        let server = OAuth2Server::start().await;
+        // Seconds: 3. A date 6 s ahead, read to the second when it arrives: 4 to 6 s.
+        let (retry_after, earliest, latest) = if as_date {
+            (httpdate_in(Duration::from_secs(6)), 40, 62)
+        } else {
+            ("3".to_owned(), 30, 33)
+        };
+        server
+            .script(vec![json!({
+                "status": 503,
+                "headers": {"Retry-After": retry_after},
+                "body": {"error": "temporarily_unavailable"},
+            })])
+            .await;
+        let (cache, hand) = manual(credentials(&server));
+        let mut got_at = None;
+        for step in 0..100u32 {
+            if cache.get().await.is_ok() {
+                got_at = Some(step);
+                break;
+            }
+            // No second request before the hint.
+            if step < earliest {
+                assert_eq!(
+                    server.requests().await.len(),
+                    1,
+                    "asked again at {step}00 ms"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            hand.advance(Duration::from_millis(100));
+        }
+        let got_at = got_at.expect("a token once the hint had passed");
+        assert!(
+            (earliest..=latest).contains(&got_at),
+            "{retry_after}: token at {got_at}00 ms"
+        );
+        assert_eq!(server.requests().await.len(), 2, "{retry_after}");
+    }
+}
+
+fn httpdate_in(after: Duration) -> String {
+    // RFC 7231 IMF-fixdate, computed here to keep the test free of a date crate.
+    let secs = (SystemTime::now() + after)
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let days = secs / 86_400;
+    let (h, m, s) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{weekday}, {day:02} {} {year} {h:02}:{m:02}:{s:02} GMT",
+        months[(month - 1) as usize]
+    )
+}
+
+#[tokio::test]
+async fn without_expires_in_the_jwt_exp_sets_the_lifetime_and_a_string_is_read() {
+    for (shape, ttl) in [("absent", 120u64), ("string", 90)] {
+        let server = OAuth2Server::start().await;
+        server
+            .configure(json!({"expiresIn": shape, "ttl": ttl}))
+            .await;
+        let cache = oauth2::cache(credentials(&server)).build().unwrap();
+        cache.get().await.unwrap();
+        let expires_in = cache.status().expires_in.expect("a token with an expiry");
+        // Not the 5-minute default lifetime: the server's own `ttl`.
+        assert!(
+            expires_in <= Duration::from_secs(ttl) && expires_in > Duration::from_secs(ttl - 5),
+            "{shape}: {expires_in:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_token_type_other_than_bearer_is_refused_and_not_hammered() {
+    let server = OAuth2Server::start().await;
+    server.configure(json!({"tokenType": "DPoP"})).await;
+    let (cache, hand) = manual(credentials(&server));
+    let (calls, error) = ten_seconds_of_callers(&server, &cache, &hand).await;
+    let error = error.unwrap();
+    assert!(
+        matches!(
+            gateway_error(&error),
+            GatewayError::UnsupportedTokenType { .. }
+        ),
+        "{}",
+        error.chain()
+    );
+    assert!(calls <= 2, "{calls} token requests in 10 s");
+
+    // Bearer in any case is Bearer.
+    let server = OAuth2Server::start().await;
+    server.configure(json!({"tokenType": "bearer"})).await;
+    let cache = oauth2::cache(credentials(&server)).build().unwrap();
+    let token = cache.get().await.unwrap();
+    assert!(
+        token.headers().any(|(name, value)| name == "authorization"
+            && value.to_str().unwrap().starts_with("Bearer "))
+    );
+}
+
+#[tokio::test]
+async fn a_six_second_token_serves_four_seconds_and_more_of_its_life() {
+    let server = OAuth2Server::start().await;
+    server.configure(json!({"ttl": 6})).await;
+    let (cache, hand) = manual(credentials(&server));
+    let first = cache.get().await.unwrap();
+    let claims = claims(&server, &secret(&first)).await;
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        6
+    );
+    hand.advance(Duration::from_millis(4000));
+    let later = cache.get().await.unwrap();
+    assert_eq!(later.id(), first.id(), "still served 4 s into its 6 s life");
+    // Past its usable life (6 s less a quarter for clock skew, less the mandatory margin):
+    // a new one.
+    hand.advance(Duration::from_millis(200));
+    let next = cache.get().await.unwrap();
+    assert_ne!(next.id(), first.id());
+    assert_eq!(server.requests().await.len(), 2);
+}
+
+#[tokio::test]
+async fn discovery_finds_the_token_endpoint_in_the_servers_metadata() {
+    let server = OAuth2Server::start().await;
+    let discovered = ClientCredentials::discover(
+        IssuerClient::new().unwrap(),
+        server.issuer(),
+        "app",
+        "s3cr3t",
+    )
+    .await
+    .unwrap();
+    let token = oauth2::cache(discovered)
+        .build()
+        .unwrap()
+        .get()
+        .await
+        .unwrap();
+    assert_eq!(claims(&server, &secret(&token)).await["client_id"], "app");
+}
+
+#[tokio::test]
+async fn after_an_outage_callers_get_a_token_within_a_second_of_the_server_coming_back() {
+    let server = OAuth2Server::start().await;
+    server.stop().await;
+    // A long backoff from the first failure on: only the probe can end it early.
+    let cache = oauth2::cache(credentials(&server))
+        .with_first_fetch_backoff(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let error = cache.get().await.unwrap_err();
+    assert!(
+        matches!(gateway_error(&error), GatewayError::Unreachable { .. }),
+        "{}",
+        error.chain()
+    );
+    assert!(matches!(cache.get().await, Err(Error::BackingOff { .. })));
+    server.restart().await;
+    let back = std::time::Instant::now();
+    loop {
+        if cache.get().await.is_ok() {
+            break;
+        }
+        assert!(back.elapsed() < Duration::from_secs(5), "still backing off");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        back.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        back.elapsed()
+    );
+    assert_eq!(server.requests().await.len(), 1);
+    assert_eq!(cache.stats().recoveries, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_run_through_both_layers_with_six_second_tokens_and_a_mass_revocation() {
+    let server = OAuth2Server::start().await;
+    server.configure(json!({"ttl": 6})).await;
+    let api = JwtApi::start(&server).await;
+    let cache = oauth2::cache(credentials(&server)).build().unwrap();
+    let scope = Scope::origin(&api.origin()).unwrap();
+    let hyper = tokenwarden_tower::TokenLayer::new(cache.clone(), scope)
+        .cloning_bodies()
+        .layer(HyperClient::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
+    let reqwest = middleware_client(cache.clone(), &api.origin());
+    let url = api.url("/payments");
+
+    let run = Duration::from_secs(8);
+    let start = std::time::Instant::now();
+    let failed = Arc::new(AtomicUsize::new(0));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for task in 0..8 {
+        let (hyper, reqwest, url) = (hyper.clone(), reqwest.clone(), url.clone());
+        let (failed, sent) = (Arc::clone(&failed), Arc::clone(&sent));
+        tasks.push(tokio::spawn(async move {
+            while start.elapsed() < run {
+                let status = if task % 2 == 0 {
+                    let request = Request::get(&url).body(Empty::new()).unwrap();
+                    match hyper.clone().oneshot(request).await {
+                        Ok(response) => {
+                            let status = response.status();
+                            let _ = response.into_body().collect().await;
+                            status
+                        }
+                        Err(_) => StatusCode::BAD_GATEWAY,
+                    }
+                } else {
+                    match reqwest.get(&url).send().await {
+                        Ok(response) => response.status(),
+                        Err(_) => StatusCode::BAD_GATEWAY,
+                    }
+                };
+                sent.fetch_add(1, SeqCst);
+                if status != StatusCode::OK {
+                    failed.fetch_add(1, SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    api.revoke_all();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let token_requests = server.requests().await.len();
+    let (sent, failed) = (sent.load(SeqCst), failed.load(SeqCst));
+    let (accepted, refused) = (api.accepted(), api.refused());
+    println!(
+        "{sent} requests in {run:?}: {failed} failed at the caller; API accepted {accepted}, \
+         refused {refused}; {token_requests} token requests"
+    );
+    assert!(sent > 500, "{sent} requests");
+    assert_eq!(failed, 0, "no 401 reached a caller");
+    // A token every ~3.3 s (refreshed ahead at 70-80 % of its 4.5 usable seconds), and one
+    // for the revocation.
+    assert!(token_requests <= 5, "{token_requests} token requests");
+    assert!(refused >= 1, "the revocation was seen");
+}
