@@ -38,7 +38,7 @@
 pub use tokenwarden_core as core;
 pub use tokenwarden_core::{
     CacheConfig, CacheState, CacheStats, CacheStatus, ConfigError, Error, Expiry, FetchError,
-    InsecureTransport, Origin, Presentation, RefreshWindow, Scope, Secret, Snapshot, Token,
+    InsecureTransport, Origin, Presentation, Probe, RefreshWindow, Scope, Secret, Snapshot, Token,
     TokenCache, TokenCacheBuilder, TokenCharset, TokenId, TokenProblem, TokenSource,
 };
 #[cfg(feature = "gateways")]

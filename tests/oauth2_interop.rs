@@ -230,10 +230,9 @@ async fn each_standard_error_is_typed_and_the_server_is_not_hammered() {
             }
             Kind::Transient => {
                 assert!(error.is_retryable(), "{code}: {chain}");
-                // Backoff from 100 ms, doubling, plus at most one probe-started fetch per
-                // backoff period.
+                // Backoff from 100 ms, doubling, jittered (the server answered: no probe).
                 assert!(
-                    (3..=20).contains(&calls),
+                    (3..=10).contains(&calls),
                     "{code}: {calls} token requests in 10 s"
                 );
             }
@@ -402,7 +401,7 @@ async fn discovery_finds_the_token_endpoint_in_the_servers_metadata() {
 }
 
 #[tokio::test]
-async fn after_an_outage_callers_get_a_token_within_a_second_of_the_server_coming_back() {
+async fn after_an_outage_callers_get_a_token_within_two_seconds_of_the_server_coming_back() {
     let server = OAuth2Server::start().await;
     server.stop().await;
     // A long backoff from the first failure on: only the probe can end it early.
@@ -426,8 +425,9 @@ async fn after_an_outage_callers_get_a_token_within_a_second_of_the_server_comin
         assert!(back.elapsed() < Duration::from_secs(5), "still backing off");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The next probe within a second (jittered), then a random spread of up to a second.
     assert!(
-        back.elapsed() < Duration::from_millis(1500),
+        back.elapsed() < Duration::from_millis(2500),
         "{:?}",
         back.elapsed()
     );

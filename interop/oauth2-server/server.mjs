@@ -37,9 +37,14 @@ function authenticate(req) {
     const colon = decoded.indexOf(':');
     if (colon < 0) return { method: 'basic', id: null, ok: false };
     const form = (s) => decodeURIComponent(s.replace(/\+/g, ' '));
-    const id = form(decoded.slice(0, colon));
-    const secret = form(decoded.slice(colon + 1));
-    return { method: 'basic', id, ok: config.clients[id] === secret };
+    try {
+      const id = form(decoded.slice(0, colon));
+      const secret = form(decoded.slice(colon + 1));
+      return { method: 'basic', id, ok: config.clients[id] === secret };
+    } catch {
+      // Not form-encoded as RFC 6749 §2.3.1 requires: the client is not authenticated.
+      return { method: 'basic', id: null, ok: false };
+    }
   }
   const body = req.body || {};
   if (body.client_id !== undefined && body.client_secret !== undefined) {

@@ -63,7 +63,9 @@ pub struct CacheConfig {
     /// (the token is kept) so an API that rejects every token — or one route that answers 401
     /// for another reason — cannot make the cache hammer the issuer. Capped at half the
     /// token's usable life, so a short token rejected near its end (an API whose clock runs
-    /// ahead) is simply refreshed. Default 10 s.
+    /// ahead) is simply refreshed — the price: with very short tokens and a slow API that
+    /// rejects every token, each rejection arriving past that half refetches without hold-off
+    /// (at most one fetch per half-life). Default 10 s.
     pub fresh_rejection_window: Duration,
     /// How the advisory window before expiry is sized. Default [`RefreshWindow::Fraction`]
     /// (`refresh_ahead` + `refresh_jitter`).
@@ -82,11 +84,16 @@ pub struct CacheConfig {
     /// token that still works. Default 100 ms.
     pub first_fetch_backoff: Duration,
     /// While no usable token is held and the cache backs off after a transient failure that
-    /// carries a [`Probe`](crate::Probe), the probe (a cheap check that sends no credentials)
-    /// runs at most this often; when it finds the issuer answering, the backoff ends and a
-    /// fetch starts at once. A failure of that fetch leaves the backoff to run its course
-    /// before the next probe, so a probe that is wrong costs one fetch per backoff period.
-    /// `Duration::ZERO` turns probing off. Default 1 s.
+    /// carries a [`Probe`](crate::Probe) (the gateways attach one when the issuer could not be
+    /// reached, or a proxy answered `502`/`504`), a call to the cache runs the probe — a cheap
+    /// check that sends no credentials — if none ran in the last `recovery_probe` (jittered
+    /// between half and all of it). When the probe finds the issuer answering, the backoff ends
+    /// and a fetch starts after a random delay of up to `recovery_probe` (so that many
+    /// processes do not all ask at once). A probe gets `max(recovery_probe, 1 s)` to answer.
+    /// A failure of the fetch it started leaves the backoff to run its course before the next
+    /// probe, so a probe that is wrong costs at most one fetch per backoff period. Never used
+    /// against a `Retry-After`, rejected credentials or a fetch timeout. `Duration::ZERO` turns
+    /// probing off. Default 1 s.
     pub recovery_probe: Duration,
     /// Single-use mode: the most issuer requests in flight at once, pool refills included
     /// (callers beyond it queue, for at most `fetch_timeout`). Default 4.

@@ -68,11 +68,13 @@ pub struct FetchError {
 /// A cheap check of whether an issuer that failed answers again, sending no credentials —
 /// for example a bare `GET` of its endpoint that gets any answer but a `5xx` or `429`.
 ///
-/// Attached to a transient [`FetchError`] with [`FetchError::with_probe`]. While callers are
-/// waiting for a first token (none is held) and the cache is backing off, it runs the probe
-/// at most once per [`CacheConfig::recovery_probe`](crate::CacheConfig::recovery_probe); when
-/// the probe answers `true` the backoff ends and a fetch starts at once, so recovery after an
-/// outage does not wait out a long backoff. A `Retry-After` the issuer sent is never cut short.
+/// Attached to a transient [`FetchError`] with [`FetchError::with_probe`] — only where a
+/// probe can tell: the issuer could not be reached at all, not where it answered with an error
+/// (a bare request would reach it and prove nothing). While no usable token is held and the
+/// cache backs off, calls to it run the probe at most once per
+/// [`CacheConfig::recovery_probe`](crate::CacheConfig::recovery_probe); when it answers `true`
+/// the backoff ends and a fetch starts, so recovery after an outage does not wait out a long
+/// backoff. A `Retry-After` the issuer sent is never cut short.
 ///
 /// ```
 /// use std::time::Duration;

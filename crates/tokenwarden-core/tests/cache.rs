@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
-use tokenwarden_core::{Error, FetchError, Probe, Token, TokenCache, TokenSource};
+use tokenwarden_core::{CacheState, Error, FetchError, Probe, Token, TokenCache, TokenSource};
 use tokenwarden_test_support::{CountingIssuer, distinct_tokens, secret, spawn_get, spawn_gets};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, advance, sleep};
@@ -695,7 +695,14 @@ async fn a_probe_ends_a_long_backoff_as_soon_as_the_issuer_answers_again() {
     let during = calls.load(SeqCst);
     assert!(during <= 14, "{during} fetches during the outage");
     assert!(cache.status().failures >= 8, "the backoff had grown long");
-
+    // The issuer comes back while the next regular attempt is still far off.
+    while !matches!(cache.status().state,
+        CacheState::BackingOff { retry_in } if retry_in > Duration::from_secs(5))
+    {
+        assert!(cache.get().await.is_err());
+        sleep(Duration::from_millis(100)).await;
+    }
+    let during = calls.load(SeqCst);
     up.store(true, SeqCst);
     let back = Instant::now();
     let token = loop {
@@ -705,13 +712,57 @@ async fn a_probe_ends_a_long_backoff_as_soon_as_the_issuer_answers_again() {
         sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(secret(&token), "back");
+    // The next probe within a second, then a random spread of up to a second.
     assert!(
-        back.elapsed() <= Duration::from_millis(1200),
+        back.elapsed() <= Duration::from_millis(2200),
         "callers waited {:?} after the issuer came back",
         back.elapsed()
     );
     assert_eq!(calls.load(SeqCst), during + 1);
     assert_eq!(cache.stats().recoveries, 1);
+}
+
+#[test]
+fn a_probe_dropped_with_its_runtime_does_not_stop_probing() {
+    // Sync code calling the cache on a throwaway runtime: a probe spawned there is dropped
+    // unpolled with it. A later caller on a runtime that is driven probes again.
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (source, calls) = outage(&up, None);
+    let (clock, hand) = tokenwarden_core::Clock::manual();
+    let cache = TokenCache::builder(source)
+        .with_clock(clock)
+        .with_first_fetch_backoff(Duration::from_secs(30))
+        .with_recovery_probe(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let throwaway = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    assert!(
+        throwaway().block_on(cache.get()).is_err(),
+        "the first fetch fails"
+    );
+    assert!(matches!(
+        throwaway().block_on(cache.get()),
+        Err(Error::BackingOff { .. })
+    ));
+    up.store(true, SeqCst);
+    hand.advance(Duration::from_secs(3));
+    let runtime = throwaway();
+    let token = runtime.block_on(async {
+        for _ in 0..100 {
+            if let Ok(token) = cache.get().await {
+                return token;
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no probe ran: the dropped one still counted as running")
+    });
+    assert_eq!(secret(&token), "back");
+    assert_eq!(calls.load(SeqCst), 2);
 }
 
 #[tokio::test(start_paused = true)]

@@ -16,6 +16,12 @@ pub const DEFAULT_MAX_RESPONSE: usize = 64 * 1024;
 /// for any tower service such as hyper-util's client (feature `tower`), and closures. A
 /// hyper-only application does not pull in reqwest, and tests can answer with anything.
 ///
+/// # What a sender is asked to send
+///
+/// The token request (usually a `POST`), and — while the issuer cannot be reached and callers
+/// wait for a token — a recovery probe: a bare `GET` of the endpoint's path, with no query, no
+/// credentials and no body, whose status alone is read (see `tokenwarden_core::Probe`).
+///
 /// # What a sender must not do
 ///
 /// **Follow redirects.** A token request carries credentials; a sender that followed a

@@ -110,13 +110,25 @@ impl Issuer {
             .await
     }
 
-    /// A source's answer as the cache takes it: a transient failure without a `Retry-After`
-    /// carries a [`Probe`] of this endpoint, so callers waiting through an outage get a token
-    /// as soon as the issuer answers again, not at the end of a long backoff.
+    /// A source's answer as the cache takes it. A failure to reach the issuer at all — no
+    /// connection, no answer, or a proxy's `502`/`504` — carries a [`Probe`] of this endpoint,
+    /// so callers waiting through an outage get a token as soon as the issuer answers again,
+    /// not at the end of a long backoff. Where the issuer itself answered (any other status, a
+    /// malformed or oversized body), a bare request would reach it and prove nothing: no probe.
     pub(crate) fn fetched(&self, result: Result<Token, GatewayError>) -> Result<Token, FetchError> {
         result.map_err(|error| {
+            let unreachable = match &error {
+                GatewayError::Unreachable { .. } => true,
+                GatewayError::Status { status, .. } => {
+                    matches!(
+                        *status,
+                        StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
+                    )
+                }
+                _ => false,
+            };
             let error = FetchError::from(error);
-            if error.is_retryable() && error.retry_after().is_none() {
+            if unreachable && error.is_retryable() && error.retry_after().is_none() {
                 error.with_probe(self.probe())
             } else {
                 error

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use jsonwebtoken::jwk::JwkSet;
@@ -22,35 +22,31 @@ fn harness() -> PathBuf {
 
 /// How to get the server, for every message that says it is missing.
 const HOW_TO_INSTALL: &str = "the OAuth 2.0 interop tests run oauth2-mock-server (npm) on \
-     Node.js >= 20.19: install Node.js and npm (Debian: `sudo apt-get install nodejs npm`), then \
-     run `scripts/install-oauth2-server.sh` from the repository root";
+     Node.js 20.19+, 22.12+ or 24: install Node.js (https://nodejs.org; where only an older \
+     npm exists, `npm install -g node@22`), then run `scripts/install-oauth2-server.sh` from the \
+     repository root";
 
-/// Installs the server's npm packages (pinned by its `package-lock.json`) if they are not
-/// there yet: once per process, with the project's own script.
+/// Installs the server's npm packages at the version its `package-lock.json` pins, unless
+/// they are there already: once per process, with the project's own script (which takes a
+/// file lock, so several test processes may call it at once).
 fn ensure_installed() {
-    static INSTALL: Mutex<()> = Mutex::new(());
-    let _once = INSTALL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = harness();
-    if dir
-        .join("node_modules/oauth2-mock-server/package.json")
-        .exists()
-    {
-        return;
-    }
-    let script = dir.join("../../scripts/install-oauth2-server.sh");
-    let output = Command::new("bash")
-        .arg(&script)
-        .output()
-        .unwrap_or_else(|e| panic!("could not run {}: {e}; {HOW_TO_INSTALL}", script.display()));
-    assert!(
-        output.status.success(),
-        "installing the OAuth 2.0 server failed ({}):\n{}{}\n{HOW_TO_INSTALL}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-    );
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let script = harness().join("../../scripts/install-oauth2-server.sh");
+        let output = Command::new("bash")
+            .arg(&script)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("could not run {}: {e}; {HOW_TO_INSTALL}", script.display())
+            });
+        assert!(
+            output.status.success(),
+            "installing the OAuth 2.0 server failed ({}):\n{}{}\n{HOW_TO_INSTALL}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+    });
 }
 
 /// `oauth2-mock-server` running on a loopback port, stopped when dropped.

@@ -29,6 +29,9 @@ use crate::{
 /// runtime before giving up on it.
 const WAIT_SLACK: Duration = Duration::from_millis(100);
 
+/// However short `recovery_probe` is, a probe is given this long to be answered.
+const PROBE_PATIENCE: Duration = Duration::from_secs(1);
+
 /// Low bit of [`Inner::state`]: the current token may be served without looking at the clock.
 const USABLE: u64 = 1;
 
@@ -95,10 +98,12 @@ struct State {
     /// While fresh tokens keep being rejected, invalidations before this are held off.
     quiet_until: Option<Instant>,
     driver: Option<(u64, AbortHandle)>,
-    /// A recovery probe is running.
-    probing: bool,
-    /// When the last recovery probe started.
-    probed_at: Option<Instant>,
+    /// The recovery probe running, if one is: its task id, when it is given up on (a task
+    /// dropped unpolled by a runtime shutting down, or on an idle runtime, clears nothing),
+    /// and its handle.
+    probe: Option<(u64, Instant, AbortHandle)>,
+    /// No new probe before this (a jittered `recovery_probe` after the last one started).
+    next_probe: Option<Instant>,
     /// A probe may still end this backoff: set when a regular fetch starts, cleared when a
     /// probe starts one (so a probe that is wrong costs one fetch per backoff period).
     probe_armed: bool,
@@ -195,7 +200,9 @@ impl Drop for TaskGuard {
                     st.refill = None;
                 }
             }
-            TaskKind::Probe => st.probing = false,
+            TaskKind::Probe => {
+                st.probe.take_if(|(id, ..)| *id == self.id);
+            }
         }
     }
 }
@@ -610,15 +617,22 @@ impl Inner {
         }
     }
 
-    /// Callers are waiting and the cache is backing off after a transient failure that came
-    /// with a [`Probe`]: run it (at most once per `recovery_probe`, never before an issuer's
-    /// `Retry-After`), and end the backoff if the issuer answers again.
+    /// No usable token is held, callers are calling and the cache is backing off after a
+    /// transient failure that came with a [`Probe`]: run it (at most once per jittered
+    /// `recovery_probe`, never before an issuer's `Retry-After`), and end the backoff if the
+    /// issuer answers again.
     fn probe_recovery(self: &Arc<Self>, st: &mut State, now: Instant) {
         let every = self.config.recovery_probe;
+        // A probe past its time (its task never ran, or its runtime is idle) is given up on.
+        if st.probe.as_ref().is_some_and(|(_, until, _)| now >= *until)
+            && let Some((_, _, task)) = st.probe.take()
+        {
+            task.abort();
+        }
         if every.is_zero()
-            || st.probing
+            || st.probe.is_some()
             || !st.probe_armed
-            || st.probed_at.is_some_and(|at| now < at + every)
+            || st.next_probe.is_some_and(|at| now < at)
         {
             return;
         }
@@ -633,35 +647,51 @@ impl Inner {
             return;
         };
         let mark = st.failure_mark;
-        let spawned = self.spawn_task(st, TaskKind::Probe, move |weak, _| async move {
-            let up = tokio::time::timeout(every, probe.run())
+        // However short the interval, a probe gets a second to be answered.
+        let patience = every.max(PROBE_PATIENCE);
+        let spawned = self.spawn_task(st, TaskKind::Probe, move |weak, id| async move {
+            let up = tokio::time::timeout(patience, probe.run())
                 .await
                 .unwrap_or(false);
             if let Some(inner) = weak.upgrade() {
-                inner.probe_done(mark, up);
+                inner.probe_done(id, mark, up).await;
             }
         });
-        if spawned.is_some() {
-            st.probing = true;
-            st.probed_at = Some(now);
+        if let Some((id, task)) = spawned {
+            st.probe = Some((id, now + patience + every + WAIT_SLACK, task));
+            // Jittered, so that many processes probing one issuer do not do so in step.
+            st.next_probe = Some(now + every.mul_f64(0.5 + fastrand::f64() / 2.0));
         }
     }
 
     /// A recovery probe ended: if the issuer answers and nothing has changed since, the
-    /// backoff ends and a fetch starts now.
-    fn probe_done(self: &Arc<Self>, mark: u64, up: bool) {
-        let mut st = self.lock();
-        st.probing = false;
-        if !up || st.failure_mark != mark || st.flight.is_some() || st.retry_at.is_none() {
+    /// backoff ends and a fetch starts — after a random delay of up to a `recovery_probe`, so
+    /// that many processes seeing the issuer come back do not all ask it at once.
+    async fn probe_done(self: &Arc<Self>, id: u64, mark: u64, up: bool) {
+        let still_due = |st: &State| {
+            up && st.failure_mark == mark
+                && st.flight.is_none()
+                && st.retry_at.is_some_and(|at| self.clock.now() < at)
+        };
+        if !still_due(&self.lock()) {
+            self.lock().probe.take_if(|(probe, ..)| *probe == id);
             return;
         }
-        tracing::info!(cache = %self.config.name, "the token issuer answers again; ending the backoff");
-        Counters::bump(&self.counters.recoveries);
+        let spread = self.config.recovery_probe.mul_f64(fastrand::f64());
+        tokio::time::sleep(spread).await;
+        let mut st = self.lock();
+        st.probe.take_if(|(probe, ..)| *probe == id);
+        if !still_due(&st) {
+            return;
+        }
         st.retry_at = None;
         let reason = Self::reason(&st);
         // A failure of this fetch leaves the backoff to run its course before the next probe.
-        let _ = self.start_flight(&mut st, reason);
-        st.probe_armed = false;
+        if self.start_flight(&mut st, reason).is_ok() {
+            st.probe_armed = false;
+            Counters::bump(&self.counters.recoveries);
+            tracing::info!(cache = %self.config.name, "the token issuer answers again; ending the backoff");
+        }
     }
 
     /// The token was used inside its advisory window: one background refresh, unless one is
@@ -943,6 +973,9 @@ impl Inner {
         if let Some((_, refill)) = st.refill.take() {
             refill.abort();
         }
+        if let Some((_, _, probe)) = st.probe.take() {
+            probe.abort();
+        }
         st.pool.clear();
         if self.single_use.is_some() {
             metrics::pool_size(&self.config.name, 0);
@@ -1188,6 +1221,9 @@ impl Drop for Inner {
         }
         for (_, task) in [st.driver.take(), st.refill.take()].into_iter().flatten() {
             task.abort();
+        }
+        if let Some((_, _, probe)) = st.probe.take() {
+            probe.abort();
         }
     }
 }
