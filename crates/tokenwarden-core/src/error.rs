@@ -82,6 +82,22 @@ pub enum Error {
         "tokenwarden needs a Tokio runtime (with time enabled) to fetch tokens; call it from within one"
     )]
     NoRuntime,
+    /// A keyed cache has no cache for this key: it was never registered (or was removed) and
+    /// there is no factory to make one. Never served another key's token instead.
+    #[error("no token cache for {key}: register it, or give the keyed cache a factory")]
+    UnknownKey {
+        /// The key's display-safe label.
+        key: String,
+    },
+    /// A keyed cache's factory (or a registration) gave settings that cannot work for this key.
+    #[error("the token cache for {key} could not be made")]
+    KeyConfig {
+        /// The key's display-safe label.
+        key: String,
+        /// What is wrong with the settings.
+        #[source]
+        source: ConfigError,
+    },
 }
 
 impl Error {
@@ -99,7 +115,9 @@ impl Error {
             | Error::InvalidHeaderValue { .. }
             | Error::MalformedToken(_)
             | Error::SourcePanicked
-            | Error::NoRuntime => false,
+            | Error::NoRuntime
+            | Error::UnknownKey { .. }
+            | Error::KeyConfig { .. } => false,
         }
     }
 

@@ -46,7 +46,8 @@ mod stats;
 mod token;
 
 pub use cache::{
-    CacheState, CacheStatus, Clock, ManualClock, TokenCache, TokenCacheBuilder, future,
+    CacheState, CacheStatus, Clock, KeyHandle, KeyedCache, KeyedCacheBuilder, KeyedSummary,
+    ManualClock, TokenCache, TokenCacheBuilder, future,
 };
 pub use config::{CacheConfig, RefreshWindow};
 pub use error::{ConfigError, Error};

@@ -14,6 +14,9 @@
 //! | [`GRACE_SERVES`] | counter | `cache` | tokens served past their mandatory point while the issuer fails (see [`TokenCacheBuilder::with_grace`]) |
 //! | [`REVOCATIONS`] | counter | `cache` | calls to [`TokenCache::revoke`] |
 //! | [`POOL_SIZE`] | gauge | `cache` | single-use mode: tokens waiting in the pool (see [`TokenCacheBuilder::with_pool`]) |
+//! | [`KEYS`] | gauge | `cache`, `state` | a keyed cache's keys by state: `fresh`, `refreshing`, `backing_off`, `rejected`, `grace`, `empty` — set by [`KeyedCache::summary`] |
+//!
+//! A keyed cache's keys all record under the keyed cache's name: no metric has a per-key label.
 //!
 //! The HTTP layers add `tokenwarden_replays_total` (see `tokenwarden-http`).
 //!
@@ -21,6 +24,7 @@
 //! [`TokenCacheBuilder::with_grace`]: crate::TokenCacheBuilder::with_grace
 //! [`TokenCache::revoke`]: crate::TokenCache::revoke
 //! [`TokenCacheBuilder::with_pool`]: crate::TokenCacheBuilder::with_pool
+//! [`KeyedCache::summary`]: crate::KeyedCache::summary
 
 #![cfg_attr(not(feature = "metrics"), allow(unused_variables))]
 // The cache's name is passed as the `Cow` it is, so a `'static` name reaches the recorder
@@ -44,6 +48,8 @@ pub const GRACE_SERVES: &str = "tokenwarden_token_grace_serves_total";
 pub const REVOCATIONS: &str = "tokenwarden_token_revocations_total";
 /// Single-use mode: tokens waiting in the pool.
 pub const POOL_SIZE: &str = "tokenwarden_token_pool_size";
+/// A keyed cache's keys, by `state`.
+pub const KEYS: &str = "tokenwarden_keys";
 
 /// The `outcome` label of a fetch that failed with `error`.
 #[cfg(feature = "metrics")]
@@ -102,4 +108,19 @@ pub(crate) fn revocation(cache: &Cow<'static, str>) {
 pub(crate) fn pool_size(cache: &Cow<'static, str>, size: usize) {
     #[cfg(feature = "metrics")]
     metrics::gauge!(POOL_SIZE, "cache" => label(cache)).set(size as f64);
+}
+
+/// A keyed cache's keys by state, as a summary counted them.
+pub(crate) fn keys(cache: &Cow<'static, str>, summary: &crate::KeyedSummary) {
+    #[cfg(feature = "metrics")]
+    for (state, n) in [
+        ("fresh", summary.fresh),
+        ("refreshing", summary.refreshing),
+        ("backing_off", summary.backing_off),
+        ("rejected", summary.rejected),
+        ("grace", summary.grace),
+        ("empty", summary.empty),
+    ] {
+        metrics::gauge!(KEYS, "cache" => label(cache), "state" => state).set(n as f64);
+    }
 }

@@ -7,13 +7,21 @@ use http::Extensions;
 
 use crate::Secret;
 
-/// Identifies one token installed by one cache: every token a cache hands out gets a new,
-/// increasing id. Layers remember the id a request carried and pass it to
-/// [`TokenCache::invalidate`](crate::TokenCache::invalidate) when that request is rejected.
+/// Identifies one token installed by a cache: every token any cache of the process hands
+/// out gets a new, increasing id, so an id never names tokens of two caches (or of one cache
+/// before and after its credentials were rotated). Layers remember the id a request carried
+/// and pass it to [`TokenCache::invalidate`](crate::TokenCache::invalidate) when that request
+/// is rejected.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TokenId(pub(crate) u64);
 
 impl TokenId {
+    /// A new id, never handed out before in this process.
+    pub(crate) fn next() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Self(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// The raw number (for logs and metrics).
     #[must_use]
     pub fn get(self) -> u64 {

@@ -40,11 +40,16 @@ pub(crate) struct Inner {
     /// the hot path reads only this shared word.
     state: AtomicU64,
     /// Per-thread copies of the current snapshot, tagged with the state they were made under.
-    locals: ThreadLocal<Padded<RefCell<Local>>>,
+    /// Per-thread copies of the current token (none for a keyed cache's entries, whose
+    /// per-thread copies live in the keyed cache, bounded).
+    locals: Option<ThreadLocal<Padded<RefCell<Local>>>>,
+    /// A display-safe label of the key, for a keyed cache's entries (tracing spans only).
+    pub(crate) key_label: Option<Arc<str>>,
     /// Every thread's hit counter (each written only by its own thread), for [`Inner::stats`].
     hit_counters: Mutex<Vec<Arc<Padded<AtomicU64>>>>,
     shared: Mutex<State>,
-    source: Arc<dyn TokenSource>,
+    /// Swapped by [`rotate`](Self::rotate); taken (cloned) under the state lock.
+    source: Mutex<Arc<dyn TokenSource>>,
     presentation: Presentation,
     config: Arc<CacheConfig>,
     /// `Some(pool size)` in single-use mode.
@@ -75,7 +80,6 @@ struct Local {
 #[derive(Default)]
 struct State {
     generation: u64,
-    next_id: u64,
     next_task: u64,
     current: Option<Current>,
     /// Why there is no current token (for logs).
@@ -214,15 +218,18 @@ impl Inner {
         config: CacheConfig,
         single_use: Option<usize>,
         clock: Clock,
+        thread_copies: bool,
+        key_label: Option<Arc<str>>,
     ) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(config.max_concurrent_fetches)),
             clock,
             state: AtomicU64::new(0),
-            locals: ThreadLocal::new(),
+            locals: thread_copies.then(ThreadLocal::new),
+            key_label,
             hit_counters: Mutex::default(),
             shared: Mutex::new(State::default()),
-            source,
+            source: Mutex::new(source),
             presentation,
             config: Arc::new(config),
             single_use,
@@ -247,6 +254,68 @@ impl Inner {
         self.single_use
     }
 
+    /// For a keyed cache's per-thread table: the state word and the hot-path tick until which
+    /// `snapshot` may be served without asking again (at most `revalidate` from now), if it is
+    /// the current token and may be served from a copy.
+    pub(crate) fn table_view(
+        &self,
+        snapshot: &Snapshot,
+        revalidate: Duration,
+    ) -> Option<(u64, u64)> {
+        let st = self.lock();
+        let ticks = self.clock.ticks();
+        let now = self.clock.now();
+        let current = st
+            .current
+            .as_ref()
+            .filter(|c| c.snapshot.id() == snapshot.id() && now < c.schedule.mandatory_at)?;
+        if now >= current.schedule.advisory_at && st.flight.is_none() {
+            // A use inside the advisory window: the slow path starts the refresh.
+            return None;
+        }
+        let state = self.state.load(Ordering::Acquire);
+        if state & USABLE == 0 {
+            return None;
+        }
+        let check_at = self.check_point(&st, now).min(now + revalidate);
+        Some((state, self.clock.ticks_at(check_at, now, ticks)))
+    }
+
+    /// The hot path's check of a copy taken under `state` until `check_at`.
+    #[inline]
+    pub(crate) fn still_serves(&self, state: u64, check_at: u64) -> bool {
+        self.state.load(Ordering::Acquire) == state && self.clock.ticks() < check_at
+    }
+
+    /// Whether a fetch (or a pool refill) is under way: a keyed cache never evicts it then.
+    pub(crate) fn is_busy(&self) -> bool {
+        let st = self.lock();
+        st.flight.is_some() || st.refill.is_some()
+    }
+
+    /// The source fetches go to now.
+    fn source(&self) -> Arc<dyn TokenSource> {
+        Arc::clone(&self.source.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// New credentials: fetches from now on go to `source`. The current token stays (it is
+    /// still valid at its issuer); a backoff or rejection remembered from the old credentials
+    /// is forgotten, so the new ones are tried at once.
+    pub(crate) fn rotate(&self, source: Arc<dyn TokenSource>) {
+        let mut st = self.lock();
+        *self.source.lock().unwrap_or_else(PoisonError::into_inner) = source;
+        st.retry_at = None;
+        st.failures = 0;
+        st.failure_mark += 1;
+        st.last_error = None;
+        st.fresh_rejections = 0;
+        st.quiet_until = None;
+        if st.current.is_some() {
+            self.publish(&mut st);
+        }
+        tracing::info!(cache = %self.config.name, "credentials rotated");
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // No user code runs under this lock; a poisoned lock still holds consistent state.
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)
@@ -259,7 +328,7 @@ impl Inner {
         if state & USABLE == 0 {
             return None;
         }
-        let local = self.locals.get()?.0.try_borrow().ok()?;
+        let local = self.locals.as_ref()?.get()?.0.try_borrow().ok()?;
         if local.state != state || self.clock.ticks() >= local.check_at {
             return None;
         }
@@ -298,7 +367,10 @@ impl Inner {
         let ticks = self.clock.ticks();
         let now = self.clock.now();
         let check_at = self.clock.ticks_at(check_at, now, ticks);
-        let cell = self.locals.get_or(|| {
+        let Some(locals) = &self.locals else {
+            return;
+        };
+        let cell = locals.get_or(|| {
             let hits = Arc::new(Padded(AtomicU64::new(0)));
             (self
                 .hit_counters
@@ -432,7 +504,7 @@ impl Inner {
     }
 
     /// Gives the fetched token an id and builds its headers.
-    fn prepare(&self, st: &mut State, fetched: Fetched) -> Result<(Snapshot, Schedule), Error> {
+    fn prepare(&self, fetched: Fetched) -> Result<(Snapshot, Schedule), Error> {
         let Fetched {
             mut token,
             sent_at,
@@ -447,8 +519,7 @@ impl Inner {
             token.set_secret(trimmed);
         }
         let headers = self.presentation.render(token.secret())?;
-        st.next_id += 1;
-        token.set_id(TokenId(st.next_id));
+        token.set_id(TokenId::next());
         let schedule = Schedule::new(&self.config, sent_at, lifetime, stated);
         tracing::info!(
             cache = %self.config.name,
@@ -733,13 +804,14 @@ impl Inner {
 
     fn start_flight(self: &Arc<Self>, st: &mut State, reason: FetchReason) -> Result<Step, Error> {
         let (tx, rx) = watch::channel(Outcome::Pending);
-        let source = Arc::clone(&self.source);
+        let source = self.source();
         let config = Arc::clone(&self.config);
         let clock = self.clock.clone();
         let mark = st.failure_mark;
+        let key = self.key_label.clone();
         let (id, abort) = self
             .spawn_task(st, TaskKind::Flight, move |weak, id| {
-                let span = tracing::info_span!("tokenwarden.fetch", cache = %config.name, %reason, flight = id);
+                let span = tracing::info_span!("tokenwarden.fetch", cache = %config.name, key = key.as_deref().unwrap_or("-"), %reason, flight = id);
                 async move {
                     let result = fetch_once(&*source, &config, &clock).await;
                     if let Some(inner) = weak.upgrade() {
@@ -769,7 +841,7 @@ impl Inner {
             return;
         };
         let now = self.clock.now();
-        let outcome = match result.and_then(|fetched| self.prepare(&mut st, fetched)) {
+        let outcome = match result.and_then(|fetched| self.prepare(fetched)) {
             Ok((snapshot, schedule)) => {
                 self.record_success(&mut st);
                 if matches!(
@@ -1081,8 +1153,9 @@ impl Inner {
                 (st.epoch, st.failure_mark)
             };
             let reason = FetchReason::SingleUse;
-            let span = tracing::info_span!("tokenwarden.fetch", cache = %self.config.name, %reason);
-            let result = fetch_once(&*self.source, &self.config, &self.clock)
+            let span = tracing::info_span!("tokenwarden.fetch", cache = %self.config.name, key = self.key_label.as_deref().unwrap_or("-"), %reason);
+            let source = self.source();
+            let result = fetch_once(&*source, &self.config, &self.clock)
                 .instrument(span)
                 .await;
             drop(permit);
@@ -1091,7 +1164,7 @@ impl Inner {
                 // Revoked while fetching: this token was minted before the revocation.
                 continue;
             }
-            return match result.and_then(|fetched| self.prepare(&mut st, fetched)) {
+            return match result.and_then(|fetched| self.prepare(fetched)) {
                 Ok((snapshot, schedule)) => {
                     self.record_success(&mut st);
                     Ok(Pooled {
@@ -1159,7 +1232,7 @@ impl Inner {
         if pool == 0 || st.refill.is_some() || st.pool.len() >= pool {
             return;
         }
-        let source = Arc::clone(&self.source);
+        let source = self.source();
         let config = Arc::clone(&self.config);
         let clock = self.clock.clone();
         let permits = Arc::clone(&self.permits);
@@ -1187,7 +1260,7 @@ impl Inner {
                     // Sent before a revocation or a rejection: presumed stale like the rest.
                     continue;
                 }
-                match result.and_then(|fetched| inner.prepare(&mut st, fetched)) {
+                match result.and_then(|fetched| inner.prepare(fetched)) {
                     Ok((snapshot, schedule)) => {
                         inner.record_success(&mut st);
                         st.pool.push_back(Pooled {

@@ -4,6 +4,7 @@ mod clock;
 mod fetch;
 pub mod future;
 mod inner;
+mod keyed;
 mod status;
 
 use std::fmt;
@@ -11,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use clock::{Clock, ManualClock};
-use inner::Inner;
+pub(crate) use inner::Inner;
+pub use keyed::{KeyHandle, KeyedCache, KeyedCacheBuilder, KeyedSummary};
 pub use status::{CacheState, CacheStatus};
 
 #[cfg(doc)]
@@ -137,6 +139,8 @@ impl TokenCache {
                 CacheConfig::default(),
                 None,
                 Clock::runtime(),
+                true,
+                None,
             )),
         }
     }
@@ -149,6 +153,8 @@ impl TokenCache {
             config: CacheConfig::default(),
             single_use: None,
             clock: Clock::runtime(),
+            thread_copies: true,
+            key_label: None,
         }
     }
 
@@ -238,6 +244,30 @@ impl TokenCache {
         future::GetOwned::new(self.clone())
     }
 
+    /// New credentials, for this cache and every handle to it (clones, layers built from it):
+    /// fetches from now on go to `source`. Requests keep working throughout:
+    ///
+    /// - the current token **stays** and is served until it is due for refresh, since the
+    ///   issuer still honours it (call [`revoke`](Self::revoke) after `rotate` to drop it at
+    ///   once instead — for credentials that leaked, say; requests then wait for a token
+    ///   fetched with the new ones);
+    /// - a fetch already under way with the old credentials may still install its token;
+    /// - a backoff, or a rejection of the old credentials, is forgotten: the new ones are
+    ///   tried at once.
+    ///
+    /// Settings and presentation stay as they are.
+    pub fn rotate(&self, source: impl TokenSource) {
+        self.inner.rotate(Arc::new(source));
+    }
+
+    pub(crate) fn rotate_to(&self, source: Arc<dyn TokenSource>) {
+        self.inner.rotate(source);
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
     /// Drops the current token (and any pooled ones), and makes sure no fetch that was already
     /// under way when this was called installs its token: callers waiting for it start over.
     pub fn revoke(&self) {
@@ -288,9 +318,24 @@ pub struct TokenCacheBuilder {
     config: CacheConfig,
     single_use: Option<usize>,
     clock: Clock,
+    thread_copies: bool,
+    key_label: Option<Arc<str>>,
 }
 
 impl TokenCacheBuilder {
+    /// For a keyed cache's entry: no per-thread copies of its own (the keyed cache keeps
+    /// bounded ones), and a label for its spans.
+    pub(crate) fn for_key(mut self, label: Arc<str>) -> Self {
+        self.thread_copies = false;
+        self.key_label = Some(label);
+        self
+    }
+
+    /// The source, for a keyed cache rotating an entry's credentials to this builder's.
+    pub(crate) fn source(&self) -> Arc<dyn TokenSource> {
+        Arc::clone(&self.source)
+    }
+
     /// How tokens are put on requests. Default `Authorization: Bearer <token>`.
     #[must_use]
     pub fn with_presentation(mut self, presentation: Presentation) -> Self {
@@ -458,6 +503,8 @@ impl TokenCacheBuilder {
                 self.config,
                 self.single_use,
                 self.clock,
+                self.thread_copies,
+                self.key_label,
             )),
         })
     }

@@ -1,0 +1,655 @@
+//! Many token caches under one roof: one per key (a merchant, a tenant, a set of credentials).
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use quick_cache::sync::Cache;
+use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, UnitWeighter};
+use thread_local::ThreadLocal;
+
+use super::status::{CacheState, CacheStatus};
+use super::{TokenCache, TokenCacheBuilder};
+use crate::{ConfigError, Error, Snapshot, TokenId, TokenSource};
+
+/// How long a thread serves a key's token from its own copy before it looks the key up again
+/// (which is how the keyed cache learns the key is in use).
+const REVALIDATE: Duration = Duration::from_secs(1);
+
+/// Makes the cache for a key met for the first time.
+type Factory<K> = Arc<dyn Fn(&K) -> Result<TokenCacheBuilder, ConfigError> + Send + Sync>;
+
+/// A key's display-safe label.
+type Labeler<K> = Arc<dyn Fn(&K) -> String + Send + Sync>;
+
+/// One token cache per key — a merchant, a tenant, a set of credentials — each with its own
+/// source, settings and presentation, made on first use by a factory or registered ahead.
+///
+/// - **Bounded**: at most [`with_capacity`](KeyedCacheBuilder::with_capacity) keys (10,000 by
+///   default) are kept; beyond that, and for keys unused for
+///   [`with_idle_timeout`](KeyedCacheBuilder::with_idle_timeout) (30 min), the least useful
+///   are evicted (by quick_cache's S3-FIFO policy) and their tokens dropped. A key with a
+///   fetch under way or a request in flight (a [`KeyHandle`] held) is never evicted, nor is a
+///   key registered ahead when there is no factory to make it again.
+/// - **One fetch per key**: callers of one key share its token and its fetch, exactly as with
+///   a single [`TokenCache`]; keys do not wait for each other.
+/// - **Rotation**: [`register`](Self::register) on a key that exists, or
+///   [`rotate`](Self::rotate), changes its credentials in place: handles and layers holding
+///   the key keep working, new fetches use the new credentials, and the current token is
+///   served until it is due for refresh (see [`TokenCache::rotate`]).
+/// - **Fast**: a thread keeps its own copies of the tokens of the keys it used recently — at
+///   most [`with_thread_copies`](KeyedCacheBuilder::with_thread_copies) (1,024) per thread, so
+///   memory is bounded by threads × that, not keys × threads. A cached get reads thread-private
+///   memory and one word of the key's cache.
+/// - **Never another key's token**: a key that is unknown (not registered, and no factory) is
+///   an error, [`Error::UnknownKey`], never a default.
+///
+/// Logs and spans name keys by a display-safe label: a fingerprint of the key by default
+/// (keys may hold secrets), or what [`with_key_label`](KeyedCacheBuilder::with_key_label)
+/// makes of it. Metrics carry the keyed cache's name only, never a key.
+///
+/// ```
+/// use std::time::Duration;
+/// use tokenwarden_core::{FetchError, KeyedCache, Token, TokenCache};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let merchants = KeyedCache::builder()
+///     .with_name("acquirer")
+///     .with_factory(|merchant: &String| {
+///         let merchant = merchant.clone();
+///         Ok(TokenCache::builder(move || {
+///             let merchant = merchant.clone();
+///             async move {
+///                 // call the issuer with this merchant's credentials
+///                 Ok::<_, FetchError>(Token::new(format!("token-of-{merchant}"))
+///                     .with_expires_in(Duration::from_secs(900)))
+///             }
+///         }))
+///     })
+///     .build();
+/// let token = merchants.get(&"m-1001".to_owned()).await?;
+/// assert_eq!(token.token().secret().expose(), "token-of-m-1001");
+/// # Ok(()) }
+/// ```
+pub struct KeyedCache<K: Send> {
+    inner: Arc<Keyed<K>>,
+}
+
+impl<K: Send> Clone for KeyedCache<K> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+struct Keyed<K: Send> {
+    name: Cow<'static, str>,
+    map: Cache<K, Arc<Slot>, UnitWeighter, DefaultHashBuilder, Pins>,
+    factory: Option<Factory<K>>,
+    label: Labeler<K>,
+    locals: ThreadLocal<RefCell<Table<K>>>,
+    thread_copies: usize,
+    idle: Duration,
+    /// Coarse seconds of the last idle sweep.
+    swept_at: AtomicU64,
+    epoch: std::time::Instant,
+}
+
+/// A key's cache, as the keyed cache holds it.
+pub(crate) struct Slot {
+    cache: TokenCache,
+    label: Arc<str>,
+    /// Registered ahead with no factory to make it again: never evicted.
+    kept: bool,
+    /// Seconds since the keyed cache was made, at the last look-up of the key.
+    used_at: AtomicU64,
+}
+
+impl Slot {
+    fn pinned(self: &Arc<Self>) -> bool {
+        // The map holds one reference; any other is a handle in use (a request in flight).
+        self.kept || Arc::strong_count(self) > 1 || self.cache.inner().is_busy()
+    }
+}
+
+/// quick_cache's hooks: pinned keys are never evicted; evicted keys drop their tokens once the
+/// map's lock is released.
+#[derive(Clone)]
+struct Pins;
+
+/// The keys a map operation evicted: their tokens are dropped when this goes.
+struct Evicted(Vec<Arc<Slot>>);
+
+impl Drop for Evicted {
+    fn drop(&mut self) {
+        for slot in self.0.drain(..) {
+            tracing::debug!(key = %slot.label, "key evicted");
+            slot.cache.revoke();
+        }
+    }
+}
+
+impl<K> Lifecycle<K, Arc<Slot>> for Pins {
+    type RequestState = Evicted;
+
+    fn is_pinned(&self, _key: &K, slot: &Arc<Slot>) -> bool {
+        slot.pinned()
+    }
+
+    fn begin_request(&self) -> Evicted {
+        Evicted(Vec::new())
+    }
+
+    fn on_evict(&self, state: &mut Evicted, _key: K, slot: Arc<Slot>) {
+        state.0.push(slot);
+    }
+}
+
+/// A thread's copies of the tokens of the keys it used recently.
+struct Table<K> {
+    entries: HashMap<K, Copy, DefaultHashBuilder>,
+}
+
+/// A thread's copy of a key's token, served while the key's cache's state word is `state` and
+/// the clock is before `check_at`.
+struct Copy {
+    cache: TokenCache,
+    snapshot: Snapshot,
+    state: u64,
+    check_at: u64,
+}
+
+/// A key's cache in use: while a handle is held, the key is not evicted. Layers hold one for
+/// each request. Cloning is a reference count.
+#[derive(Clone)]
+pub struct KeyHandle(Arc<Slot>);
+
+impl KeyHandle {
+    /// The key's cache.
+    #[must_use]
+    pub fn cache(&self) -> &TokenCache {
+        &self.0.cache
+    }
+
+    /// The key's display-safe label.
+    #[must_use]
+    pub fn label(&self) -> &str {
+        &self.0.label
+    }
+}
+
+impl fmt::Debug for KeyHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyHandle")
+            .field("key", &self.0.label)
+            .field("cache", &self.0.cache)
+            .finish()
+    }
+}
+
+/// Builds a [`KeyedCache`].
+pub struct KeyedCacheBuilder<K> {
+    name: Cow<'static, str>,
+    capacity: usize,
+    idle: Duration,
+    thread_copies: usize,
+    factory: Option<Factory<K>>,
+    label: Option<Labeler<K>>,
+}
+
+impl<K> fmt::Debug for KeyedCacheBuilder<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedCacheBuilder")
+            .field("name", &self.name)
+            .field("capacity", &self.capacity)
+            .field("idle", &self.idle)
+            .field("thread_copies", &self.thread_copies)
+            .field("factory", &self.factory.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K> KeyedCacheBuilder<K>
+where
+    K: Clone + Hash + Eq + Send + Sync + 'static,
+{
+    /// A name for logs and metrics (the `cache` label of every key's metrics). Default
+    /// `"keyed"`.
+    #[must_use]
+    pub fn with_name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// At most this many keys are kept (pinned keys aside). Default 10,000.
+    #[must_use]
+    pub fn with_capacity(mut self, keys: usize) -> Self {
+        self.capacity = keys.max(1);
+        self
+    }
+
+    /// A key not looked up for this long is evicted (unless pinned) and its token dropped.
+    /// Default 30 min.
+    #[must_use]
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle = idle;
+        self
+    }
+
+    /// At most this many keys' tokens are copied per thread (the copies make a cached get
+    /// touch no memory another thread writes). Default 1,024.
+    #[must_use]
+    pub fn with_thread_copies(mut self, keys: usize) -> Self {
+        self.thread_copies = keys;
+        self
+    }
+
+    /// Makes the cache of a key met for the first time (called once per key, while other
+    /// callers of that key wait; it must not block). Its builder's name is replaced by the
+    /// keyed cache's, so that metrics carry no key.
+    #[must_use]
+    pub fn with_factory(
+        mut self,
+        factory: impl Fn(&K) -> Result<TokenCacheBuilder, ConfigError> + Send + Sync + 'static,
+    ) -> Self {
+        self.factory = Some(Arc::new(factory));
+        self
+    }
+
+    /// How keys are named in logs, spans and [`KeyedSummary`] — it must not reveal a secret.
+    /// Default: a fingerprint, `key-` and 8 hex digits of a hash keyed at random per process.
+    #[must_use]
+    pub fn with_key_label(mut self, label: impl Fn(&K) -> String + Send + Sync + 'static) -> Self {
+        self.label = Some(Arc::new(label));
+        self
+    }
+
+    /// Builds the keyed cache (empty).
+    #[must_use]
+    pub fn build(self) -> KeyedCache<K> {
+        let label = self.label.unwrap_or_else(|| {
+            let hasher = std::hash::RandomState::new();
+            Arc::new(move |key: &K| format!("key-{:08x}", hasher.hash_one(key) as u32))
+        });
+        let options = OptionsBuilder::new()
+            .estimated_items_capacity(self.capacity)
+            .weight_capacity(self.capacity as u64)
+            .build()
+            .unwrap_or_else(|_| unreachable!("capacity and weight are set"));
+        KeyedCache {
+            inner: Arc::new(Keyed {
+                name: self.name,
+                map: Cache::with_options(
+                    options,
+                    UnitWeighter,
+                    DefaultHashBuilder::default(),
+                    Pins,
+                ),
+                factory: self.factory,
+                label,
+                locals: ThreadLocal::new(),
+                thread_copies: self.thread_copies,
+                idle: self.idle,
+                swept_at: AtomicU64::new(0),
+                epoch: std::time::Instant::now(),
+            }),
+        }
+    }
+}
+
+/// Keys by state, and the worst of them: [`KeyedCache::summary`], for a health endpoint.
+/// Secret-free: keys appear by their labels.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct KeyedSummary {
+    /// Keys held.
+    pub keys: usize,
+    /// Keys with a token that can be served and nothing to do.
+    pub fresh: usize,
+    /// Keys with a fetch under way.
+    pub refreshing: usize,
+    /// Keys whose fetches failed and that wait before the next attempt.
+    pub backing_off: usize,
+    /// Keys whose credentials the issuer rejected.
+    pub rejected: usize,
+    /// Keys served past their refresh deadline while their issuer fails.
+    pub grace: usize,
+    /// Keys with no token and no fetch (not used since they were made, or revoked).
+    pub empty: usize,
+    /// The worst keys first (rejected credentials, then failing without a token to serve,
+    /// then the most failures), with their status.
+    pub worst: Vec<(String, CacheStatus)>,
+}
+
+impl<K> KeyedCache<K>
+where
+    K: Clone + Hash + Eq + Send + Sync + 'static,
+{
+    /// Starts building a keyed cache.
+    #[must_use]
+    pub fn builder() -> KeyedCacheBuilder<K> {
+        KeyedCacheBuilder {
+            name: Cow::Borrowed("keyed"),
+            capacity: 10_000,
+            idle: Duration::from_secs(30 * 60),
+            thread_copies: 1024,
+            factory: None,
+            label: None,
+        }
+    }
+
+    /// A valid token for `key`, fetching one if needed (see [`TokenCache::get`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownKey`] if `key` is not registered and there is no factory;
+    /// [`Error::KeyConfig`] if the factory refused it; otherwise as [`TokenCache::get`].
+    pub async fn get(&self, key: &K) -> Result<Snapshot, Error> {
+        if let Some(snapshot) = self.cached(key) {
+            return Ok(snapshot);
+        }
+        let slot = self.slot(key)?;
+        let snapshot = slot.0.cache.get().await?;
+        self.remember(key, &slot.0, &snapshot);
+        Ok(snapshot)
+    }
+
+    /// `key`'s token if this thread holds a copy that can be served now: no lookup, no lock,
+    /// nothing written that another thread reads.
+    #[inline]
+    #[must_use]
+    pub fn cached(&self, key: &K) -> Option<Snapshot> {
+        let table = self.inner.locals.get()?.try_borrow().ok()?;
+        let copy = table.entries.get(key)?;
+        copy.cache
+            .inner()
+            .still_serves(copy.state, copy.check_at)
+            .then(|| copy.snapshot.clone())
+    }
+
+    /// Keeps a copy of `snapshot` for this thread, if it may be served from one.
+    fn remember(&self, key: &K, slot: &Slot, snapshot: &Snapshot) {
+        if self.inner.thread_copies == 0 {
+            return;
+        }
+        let Some((state, check_at)) = slot.cache.inner().table_view(snapshot, REVALIDATE) else {
+            return;
+        };
+        let cell = self.inner.locals.get_or(|| {
+            RefCell::new(Table {
+                entries: HashMap::with_hasher(DefaultHashBuilder::default()),
+            })
+        });
+        let Ok(mut table) = cell.try_borrow_mut() else {
+            return;
+        };
+        let reuse = table
+            .entries
+            .get(key)
+            .filter(|c| c.snapshot.id() == snapshot.id())
+            .map(|c| c.snapshot.clone());
+        if reuse.is_none() && table.entries.len() >= self.inner.thread_copies {
+            // Full: make room (any key; the bound is what matters).
+            if let Some(old) = table.entries.keys().next().cloned() {
+                table.entries.remove(&old);
+            }
+        }
+        let snapshot = reuse.unwrap_or_else(|| snapshot.deep_copy());
+        table.entries.insert(
+            key.clone(),
+            Copy {
+                cache: slot.cache.clone(),
+                snapshot,
+                state,
+                check_at,
+            },
+        );
+    }
+
+    fn now_secs(&self) -> u64 {
+        self.inner.epoch.elapsed().as_secs()
+    }
+
+    /// The key's slot, made by the factory if it is new.
+    fn slot(&self, key: &K) -> Result<KeyHandle, Error> {
+        self.sweep_if_due();
+        let now = self.now_secs();
+        if let Some(slot) = self.inner.map.get(key) {
+            slot.used_at.store(now, Ordering::Relaxed);
+            return Ok(KeyHandle(slot));
+        }
+        let Some(factory) = &self.inner.factory else {
+            return Err(Error::UnknownKey {
+                key: (self.inner.label)(key),
+            });
+        };
+        let slot = self.inner.map.get_or_insert_with(key, || {
+            let label: Arc<str> = Arc::from((self.inner.label)(key));
+            let builder = factory(key).map_err(|source| Error::KeyConfig {
+                key: label.to_string(),
+                source,
+            })?;
+            self.make_slot(builder, label, false)
+        })?;
+        Ok(KeyHandle(slot))
+    }
+
+    fn make_slot(
+        &self,
+        builder: TokenCacheBuilder,
+        label: Arc<str>,
+        kept: bool,
+    ) -> Result<Arc<Slot>, Error> {
+        let cache = builder
+            .with_name(self.inner.name.clone())
+            .for_key(Arc::clone(&label))
+            .build()
+            .map_err(|source| Error::KeyConfig {
+                key: label.to_string(),
+                source,
+            })?;
+        Ok(Arc::new(Slot {
+            cache,
+            label,
+            kept,
+            used_at: AtomicU64::new(self.now_secs()),
+        }))
+    }
+
+    /// A handle on `key`'s cache (made by the factory if `key` is new), for code that calls
+    /// the cache itself; the key is not evicted while the handle is held.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownKey`] or [`Error::KeyConfig`], as [`get`](Self::get).
+    pub fn handle(&self, key: &K) -> Result<KeyHandle, Error> {
+        self.slot(key)
+    }
+
+    /// Registers `key` with its own cache settings, source and presentation. If `key` is
+    /// already there, its credentials are rotated to `builder`'s source instead (its settings
+    /// stay): see [`rotate`](Self::rotate). Without a factory, a registered key is never
+    /// evicted.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::KeyConfig`] if `builder`'s settings cannot work.
+    pub fn register(&self, key: K, builder: TokenCacheBuilder) -> Result<KeyHandle, Error> {
+        let source = builder.source();
+        let mut made = false;
+        let slot = self.inner.map.get_or_insert_with(&key, || {
+            made = true;
+            let label: Arc<str> = Arc::from((self.inner.label)(&key));
+            self.make_slot(builder, label, self.inner.factory.is_none())
+        })?;
+        if !made {
+            slot.cache.rotate_to(source);
+        }
+        Ok(KeyHandle(slot))
+    }
+
+    /// New credentials for `key` (see [`TokenCache::rotate`]): every handle and layer using the
+    /// key keeps working, and its next fetch uses `source`. Returns whether `key` was there.
+    pub fn rotate(&self, key: &K, source: impl TokenSource) -> bool {
+        match self.inner.map.peek(key) {
+            Some(slot) => {
+                slot.cache.rotate(source);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops `key`'s token (see [`TokenCache::revoke`]); its next use fetches a new one.
+    /// Returns whether `key` was there.
+    pub fn revoke(&self, key: &K) -> bool {
+        self.inner.map.peek(key).map(|s| s.cache.revoke()).is_some()
+    }
+
+    /// Forgets `key`: its token is dropped, and a later use makes it again with the factory
+    /// (without one, [`Error::UnknownKey`]). Handles already held keep a cache of their own,
+    /// which fetches anew. Returns whether `key` was there.
+    pub fn remove(&self, key: &K) -> bool {
+        match self.inner.map.remove(key) {
+            Some((_, slot)) => {
+                slot.cache.revoke();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Marks the token `id` of `key` as rejected (see [`TokenCache::invalidate`]).
+    pub fn invalidate(&self, key: &K, id: TokenId) -> bool {
+        self.inner
+            .map
+            .peek(key)
+            .is_some_and(|slot| slot.cache.invalidate(id))
+    }
+
+    /// What `key`'s cache is doing, if `key` is held. No side effect.
+    #[must_use]
+    pub fn status(&self, key: &K) -> Option<CacheStatus> {
+        self.inner.map.peek(key).map(|slot| slot.cache.status())
+    }
+
+    /// Keys held now.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.inner.map.len()
+    }
+
+    /// Whether no key is held.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.inner.map.is_empty()
+    }
+
+    /// The keyed cache's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Every key's state counted, and the `worst` worst keys with their status — for a health
+    /// endpoint (it looks at every key: call it on demand, not per request). With feature
+    /// `metrics`, it also sets the `tokenwarden_keys` gauge (keys by state).
+    #[must_use]
+    pub fn summary(&self, worst: usize) -> KeyedSummary {
+        let mut summary = KeyedSummary::default();
+        let mut all = Vec::new();
+        for (_, slot) in self.inner.map.iter() {
+            let status = slot.cache.status();
+            summary.keys += 1;
+            match status.state {
+                CacheState::Fresh => summary.fresh += 1,
+                CacheState::Refreshing => summary.refreshing += 1,
+                CacheState::BackingOff { .. } => summary.backing_off += 1,
+                CacheState::CredentialsRejected { .. } => summary.rejected += 1,
+                CacheState::Grace => summary.grace += 1,
+                CacheState::Empty => summary.empty += 1,
+            }
+            if worst > 0 && !matches!(status.state, CacheState::Fresh | CacheState::Empty) {
+                all.push((slot.label.to_string(), status));
+            }
+        }
+        all.sort_by_key(|(_, s)| std::cmp::Reverse(severity(s)));
+        all.truncate(worst);
+        summary.worst = all;
+        crate::metrics::keys(&self.inner.name, &summary);
+        summary
+    }
+
+    /// Evicts the keys not looked up for the idle timeout (pinned keys aside) and drops their
+    /// tokens; returns how many went. Runs by itself now and then as keys are looked up.
+    pub fn evict_idle(&self) -> usize {
+        let now = self.now_secs();
+        let idle = self.inner.idle.as_secs();
+        let stale: Vec<K> = self
+            .inner
+            .map
+            .iter()
+            .filter(|(_, slot)| now.saturating_sub(slot.used_at.load(Ordering::Relaxed)) >= idle)
+            .map(|(key, _)| key)
+            .collect();
+        let mut evicted = 0;
+        for key in stale {
+            let removed = self.inner.map.remove_if(&key, |slot| {
+                !slot.pinned() && now.saturating_sub(slot.used_at.load(Ordering::Relaxed)) >= idle
+            });
+            if let Some((_, slot)) = removed {
+                slot.cache.revoke();
+                evicted += 1;
+            }
+        }
+        if evicted > 0 {
+            tracing::debug!(cache = %self.inner.name, evicted, "idle keys evicted");
+        }
+        evicted
+    }
+
+    /// Sweeps idle keys at most once per quarter of the idle timeout.
+    fn sweep_if_due(&self) {
+        let now = self.now_secs();
+        let every = (self.inner.idle.as_secs() / 4).max(1);
+        let last = self.inner.swept_at.load(Ordering::Relaxed);
+        if now >= last + every
+            && self
+                .inner
+                .swept_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.evict_idle();
+        }
+    }
+}
+
+/// How bad a key's state is, for [`KeyedSummary::worst`].
+fn severity(status: &CacheStatus) -> (u8, u32) {
+    let rank = match status.state {
+        CacheState::CredentialsRejected { .. } => 5,
+        CacheState::BackingOff { .. } if status.token.is_none() => 4,
+        CacheState::Grace => 3,
+        CacheState::BackingOff { .. } => 2,
+        CacheState::Refreshing => 1,
+        CacheState::Fresh | CacheState::Empty => 0,
+    };
+    (rank, status.failures)
+}
+
+impl<K: Clone + Hash + Eq + Send> fmt::Debug for KeyedCache<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedCache")
+            .field("name", &self.inner.name)
+            .field("keys", &self.inner.map.len())
+            .field("factory", &self.inner.factory.is_some())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,307 @@
+//! The keyed cache: one token cache per key, asserted by counts.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokenwarden_core::{
+    ConfigError, Error, FetchError, KeyedCache, Token, TokenCache, TokenCacheBuilder,
+};
+use tokenwarden_test_support::secret;
+use tokio::time::sleep;
+
+/// Fetches per key, counted by a factory whose sources mint `<key>-<n>`.
+#[derive(Clone, Default)]
+struct Issuer {
+    calls: Arc<Mutex<HashMap<u32, usize>>>,
+}
+
+impl Issuer {
+    fn builder(&self, key: u32, lifetime: Duration, delay: Duration) -> TokenCacheBuilder {
+        let calls = Arc::clone(&self.calls);
+        TokenCache::builder(move || {
+            let n = {
+                let mut calls = calls.lock().unwrap();
+                let n = calls.entry(key).or_default();
+                *n += 1;
+                *n
+            };
+            async move {
+                sleep(delay).await;
+                Ok::<_, FetchError>(Token::new(format!("{key}-{n}")).with_expires_in(lifetime))
+            }
+        })
+    }
+
+    fn keyed(&self, capacity: usize, delay: Duration) -> KeyedCache<u32> {
+        let issuer = self.clone();
+        KeyedCache::builder()
+            .with_capacity(capacity)
+            .with_factory(move |key: &u32| {
+                Ok(issuer.builder(*key, Duration::from_secs(600), delay))
+            })
+            .build()
+    }
+
+    fn calls(&self, key: u32) -> usize {
+        self.calls.lock().unwrap().get(&key).copied().unwrap_or(0)
+    }
+
+    fn total(&self) -> usize {
+        self.calls.lock().unwrap().values().sum()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_keys_each_hit_by_a_stampede_fetch_once_each() {
+    let issuer = Issuer::default();
+    let keyed = issuer.keyed(20_000, Duration::from_millis(20));
+    let mut tasks = Vec::new();
+    for key in 0..10_000u32 {
+        for _ in 0..5 {
+            let keyed = keyed.clone();
+            tasks.push(tokio::spawn(async move {
+                let token = keyed.get(&key).await.unwrap();
+                assert_eq!(
+                    secret(&token),
+                    format!("{key}-1"),
+                    "never another key's token"
+                );
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(
+        issuer.total(),
+        10_000,
+        "one fetch per key for 50,000 callers"
+    );
+    assert!((0..10_000).all(|key| issuer.calls(key) == 1));
+    assert_eq!(keyed.len(), 10_000);
+    let summary = keyed.summary(5);
+    assert_eq!((summary.keys, summary.fresh), (10_000, 10_000));
+    assert!(summary.worst.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_under_load_never_drops_a_key_in_use() {
+    let issuer = Issuer::default();
+    let keyed = issuer.keyed(100, Duration::ZERO);
+    // A full cache of keys used again and again: the eviction policy favours them.
+    for _ in 0..3 {
+        for key in 10_000..10_100u32 {
+            keyed.get(&key).await.unwrap();
+        }
+    }
+    // 50 keys with a request in flight (a handle held), and one whose fetch is under way:
+    // new, used once, the first the policy would drop.
+    let mut in_use = Vec::new();
+    for key in 0..50u32 {
+        let handle = keyed.handle(&key).unwrap();
+        let token = handle.cache().get().await.unwrap();
+        in_use.push((key, handle, token.id()));
+    }
+    let slow = Issuer::default();
+    let slow_key = 1_000_000u32;
+    keyed
+        .register(
+            slow_key,
+            slow.builder(slow_key, Duration::from_secs(600), Duration::from_secs(2)),
+        )
+        .unwrap();
+    let fetching = tokio::spawn({
+        let keyed = keyed.clone();
+        async move { keyed.get(&slow_key).await.map(|t| secret(&t)) }
+    });
+    sleep(Duration::from_millis(50)).await;
+    // 2,000 other keys come and go, far past the capacity of 100.
+    for key in 100..2_100u32 {
+        keyed.get(&key).await.unwrap();
+    }
+    assert!(keyed.len() <= 160, "bounded: {} keys held", keyed.len());
+    for (key, handle, id) in &in_use {
+        assert!(keyed.status(key).is_some(), "key {key} in use was evicted");
+        assert_eq!(handle.cache().cached().map(|t| t.id()), Some(*id));
+        assert_eq!(issuer.calls(*key), 1, "key {key} kept its token");
+    }
+    assert_eq!(fetching.await.unwrap().unwrap(), format!("{slow_key}-1"));
+    assert_eq!(slow.calls(slow_key), 1);
+    // Released, the keys may go.
+    drop(in_use);
+    for key in 3_000..5_000u32 {
+        keyed.get(&key).await.unwrap();
+    }
+    assert!(keyed.len() <= 110, "{} keys held", keyed.len());
+}
+
+#[tokio::test(start_paused = true)]
+async fn rotating_a_keys_credentials_while_50_tasks_use_it_fails_no_request() {
+    // The issuer accepts credentials by version; tokens live 10 s, so fetches go on during
+    // the run. Rotation: the new credentials are accepted, the key rotates to them, then the
+    // old ones are refused.
+    let accepted = Arc::new(Mutex::new(vec![1u32]));
+    let fetched_with = Arc::new(Mutex::new(Vec::<u32>::new()));
+    let credentials = |version: u32| {
+        let accepted = Arc::clone(&accepted);
+        let fetched_with = Arc::clone(&fetched_with);
+        move || {
+            let ok = accepted.lock().unwrap().contains(&version);
+            fetched_with.lock().unwrap().push(version);
+            async move {
+                if ok {
+                    Ok(Token::new(format!("v{version}")).with_expires_in(Duration::from_secs(10)))
+                } else {
+                    Err(FetchError::rejected("unknown credentials"))
+                }
+            }
+        }
+    };
+    let keyed = KeyedCache::<&'static str>::builder().build();
+    keyed
+        .register("merchant-7", TokenCache::builder(credentials(1)))
+        .unwrap();
+    let failures = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (keyed, failures, requests, stop) = (
+            keyed.clone(),
+            Arc::clone(&failures),
+            Arc::clone(&requests),
+            Arc::clone(&stop),
+        );
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(SeqCst) {
+                match keyed.get(&"merchant-7").await {
+                    Ok(_) => requests.fetch_add(1, SeqCst),
+                    Err(_) => failures.fetch_add(1, SeqCst),
+                };
+                sleep(Duration::from_millis(100)).await;
+            }
+        }));
+    }
+    sleep(Duration::from_secs(25)).await;
+    accepted.lock().unwrap().push(2);
+    assert!(keyed.rotate(&"merchant-7", credentials(2)));
+    let rotated_at = fetched_with.lock().unwrap().len();
+    accepted.lock().unwrap().retain(|v| *v == 2);
+    sleep(Duration::from_secs(35)).await;
+    stop.store(true, SeqCst);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(failures.load(SeqCst), 0, "no request failed");
+    assert!(requests.load(SeqCst) > 20_000);
+    let fetched = fetched_with.lock().unwrap().clone();
+    assert!(fetched[..rotated_at].iter().all(|v| *v == 1));
+    assert!(
+        fetched[rotated_at..].iter().all(|v| *v == 2),
+        "after the rotation, only the new credentials: {fetched:?}"
+    );
+    assert!(
+        fetched.len() - rotated_at >= 3,
+        "tokens were fetched after it"
+    );
+    let token = keyed.get(&"merchant-7").await.unwrap();
+    assert_eq!(secret(&token), "v2");
+}
+
+#[tokio::test]
+async fn an_unknown_key_is_an_error_never_another_keys_token() {
+    let keyed = KeyedCache::<String>::builder()
+        .with_key_label(|key| format!("merchant {}", key.len()))
+        .build();
+    keyed
+        .register(
+            "known".into(),
+            TokenCache::builder(|| async { Ok::<_, FetchError>(Token::new("known-token")) }),
+        )
+        .unwrap();
+    assert_eq!(
+        secret(&keyed.get(&"known".into()).await.unwrap()),
+        "known-token"
+    );
+    let error = keyed.get(&"s3cr3t-key".into()).await.unwrap_err();
+    assert!(
+        matches!(&error, Error::UnknownKey { key } if key == "merchant 10"),
+        "{error}"
+    );
+    assert!(!error.chain().contains("s3cr3t"));
+
+    // A factory that refuses a key: typed, and the key is named by its label only.
+    let keyed = KeyedCache::<String>::builder()
+        .with_factory(|key: &String| {
+            if key.starts_with("m-") {
+                Ok(TokenCache::builder(|| async {
+                    Ok::<_, FetchError>(Token::new("t"))
+                }))
+            } else {
+                Err(ConfigError::Invalid {
+                    name: "merchant",
+                    reason: "is not a merchant id",
+                })
+            }
+        })
+        .build();
+    assert!(keyed.get(&"m-1".into()).await.is_ok());
+    let error = keyed.get(&"password=hunter2".into()).await.unwrap_err();
+    assert!(matches!(error, Error::KeyConfig { .. }), "{error}");
+    assert!(!error.chain().contains("hunter2"), "{}", error.chain());
+    assert!(error.chain().contains("key-"), "{}", error.chain());
+}
+
+#[tokio::test]
+async fn the_summary_counts_keys_by_state_and_names_the_worst() {
+    let keyed = KeyedCache::<u32>::builder()
+        .with_factory(|key: &u32| {
+            let key = *key;
+            Ok(TokenCache::builder(move || async move {
+                match key {
+                    0 => Err(FetchError::rejected("bad credentials")),
+                    1 => Err(FetchError::transient("issuer down")),
+                    _ => Ok(Token::new("t")),
+                }
+            }))
+        })
+        .with_key_label(|key| format!("merchant-{key}"))
+        .build();
+    for key in 0..10 {
+        let _ = keyed.get(&key).await;
+    }
+    let summary = keyed.summary(2);
+    assert_eq!(summary.keys, 10);
+    assert_eq!(
+        (summary.fresh, summary.rejected, summary.backing_off),
+        (8, 1, 1)
+    );
+    let worst: Vec<&str> = summary.worst.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(worst, ["merchant-0", "merchant-1"]);
+    assert!(
+        summary.worst[0]
+            .1
+            .last_error
+            .as_ref()
+            .unwrap()
+            .is_rejected()
+    );
+}
+
+#[tokio::test]
+async fn revoke_and_remove_act_on_one_key_only() {
+    let issuer = Issuer::default();
+    let keyed = issuer.keyed(100, Duration::ZERO);
+    for key in 0..3 {
+        keyed.get(&key).await.unwrap();
+    }
+    assert!(keyed.revoke(&1));
+    assert_eq!(secret(&keyed.get(&1).await.unwrap()), "1-2");
+    assert_eq!(secret(&keyed.get(&0).await.unwrap()), "0-1");
+    assert!(keyed.remove(&2));
+    assert_eq!(keyed.len(), 2);
+    assert_eq!(secret(&keyed.get(&2).await.unwrap()), "2-2", "made again");
+    assert!(!keyed.revoke(&99));
+}
