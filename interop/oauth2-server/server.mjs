@@ -6,13 +6,15 @@
 // - client authentication is checked (client_secret_basic, RFC 6749 §2.3.1: form-encoded id
 //   and secret; or client_secret_post), and `invalid_client` answered otherwise;
 // - scopes outside the allowed set are answered with `invalid_scope`;
-// - `audience` / `resource` become the token's `aud`, the client id its `client_id` claim;
+// - `audience` / `resource` become the token's `aud`, the client id its `client_id` claim,
+//   and every token gets a `jti`;
 // - the token lifetime, the shape of `expires_in` and `token_type` are settable;
 // - answers can be scripted (status, body, headers such as Retry-After) for the next calls;
 // - every token request is recorded (how the client authenticated, what it asked for, when).
 //
 // Prints one JSON line once listening: {"issuer": "...", "control": "..."}. Exits when its
 // standard input closes, so it never outlives the test that started it.
+import { randomUUID } from 'node:crypto';
 import http from 'node:http';
 import { OAuth2Server } from 'oauth2-mock-server';
 
@@ -60,6 +62,9 @@ function authenticate(req) {
 server.service.on('beforeTokenSigning', (token, req) => {
   const body = req.body || {};
   token.payload.exp = token.payload.iat + config.ttl;
+  // A token id, as most servers issue: without it, two tokens signed in the same second for
+  // the same client are the same bytes (RS256 signatures are deterministic).
+  token.payload.jti = randomUUID();
   const audience = body.audience ?? body.resource;
   if (audience !== undefined) token.payload.aud = audience;
   const auth = authenticate(req);

@@ -246,13 +246,20 @@ impl JwtApi {
                 .header("authorization")
                 .and_then(|h| h.strip_prefix("Bearer "))
                 .unwrap_or("");
-            let valid = jsonwebtoken::decode::<Value>(bearer, &key, &validation).is_ok();
+            let decoded = jsonwebtoken::decode::<Value>(bearer, &key, &validation);
+            if let Err(error) = &decoded {
+                tracing::debug!(error = %error, "JwtApi: token refused");
+            }
+            let valid = decoded.is_ok();
             let revoked = valid
                 && *t
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .entry(bearer.to_owned())
                     .or_insert(false);
+            if revoked {
+                tracing::debug!("JwtApi: revoked token refused");
+            }
             if valid && !revoked {
                 a.fetch_add(1, SeqCst);
                 Answer::new(200, "ok")
