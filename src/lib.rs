@@ -38,14 +38,16 @@
 pub use tokenwarden_core as core;
 pub use tokenwarden_core::{
     CacheConfig, CacheState, CacheStats, CacheStatus, ConfigError, Error, Expiry, FetchError,
-    InsecureTransport, Origin, Presentation, Probe, RefreshWindow, Scope, Secret, Snapshot, Token,
-    TokenCache, TokenCacheBuilder, TokenCharset, TokenId, TokenProblem, TokenSource,
+    InsecureTransport, KeyHandle, KeyedCache, KeyedCacheBuilder, KeyedSummary, Origin,
+    Presentation, Probe, RefreshWindow, Scope, Secret, Snapshot, Token, TokenCache,
+    TokenCacheBuilder, TokenCharset, TokenId, TokenProblem, TokenSource,
 };
 #[cfg(feature = "gateways")]
 pub use tokenwarden_gateways as gateways;
 pub use tokenwarden_http as http;
 pub use tokenwarden_http::{
-    Classifier, DefaultClassifier, LayerPolicy, NotReplayed, Replay, SkipToken, Verdict,
+    Classifier, DefaultClassifier, KeyError, LayerPolicy, NotReplayed, Replay, SkipToken, TokenKey,
+    Verdict,
 };
 #[cfg(feature = "reqwest")]
 pub use tokenwarden_reqwest as reqwest;

@@ -10,10 +10,11 @@ use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
 use http_body::Body;
 use tokenwarden_core::future::GetOwned;
-use tokenwarden_core::{InsecureTransport, Scope, Snapshot, TokenCache, TokenId};
+use tokenwarden_core::{InsecureTransport, KeyHandle, Scope, Snapshot, TokenCache, TokenId};
 use tokio::time::Sleep;
 
 use crate::body::{DRAIN_LIMIT, DRAIN_TIME, PrefixedBody, ResponseBody};
+use crate::keys::{Choice, ChooseCache, KeyError, RequestView};
 use crate::policy::{LayerPolicy, NotReplayed, Replay, Verdict, record_acceptance};
 
 /// What an HTTP layer does per request, written once: the tower layer and the reqwest
@@ -49,8 +50,17 @@ pub struct Engine {
 
 #[derive(Clone)]
 struct Settings {
-    cache: TokenCache,
+    tokens: Tokens,
     policy: LayerPolicy,
+}
+
+/// Where an engine's tokens come from.
+#[derive(Clone)]
+enum Tokens {
+    /// One cache for every request.
+    One(TokenCache),
+    /// A keyed cache, the key chosen per request.
+    Keyed(Arc<dyn ChooseCache>),
 }
 
 impl Engine {
@@ -64,14 +74,67 @@ impl Engine {
     #[must_use]
     pub fn with_policy(cache: TokenCache, policy: LayerPolicy) -> Self {
         Self {
-            settings: Arc::new(Settings { cache, policy }),
+            settings: Arc::new(Settings {
+                tokens: Tokens::One(cache),
+                policy,
+            }),
         }
     }
 
-    /// The cache tokens come from.
+    /// An engine taking each request's token from the cache of the request's key, chosen by
+    /// `keys` (see [`crate::by_extension`] and [`crate::by_key`]): a request without a key is
+    /// refused before anything is sent ([`KeyError`]).
     #[must_use]
-    pub fn cache(&self) -> &TokenCache {
-        &self.settings.cache
+    pub fn keyed(keys: impl ChooseCache, policy: LayerPolicy) -> Self {
+        Self {
+            settings: Arc::new(Settings {
+                tokens: Tokens::Keyed(Arc::new(keys)),
+                policy,
+            }),
+        }
+    }
+
+    /// The cache tokens come from (`None` for a keyed engine: each request's key chooses).
+    #[must_use]
+    pub fn cache(&self) -> Option<&TokenCache> {
+        match &self.settings.tokens {
+            Tokens::One(cache) => Some(cache),
+            Tokens::Keyed(_) => None,
+        }
+    }
+
+    /// The cache of a request whose key chose `key` (or the engine's own cache).
+    #[must_use]
+    pub fn cache_for<'a>(&'a self, key: Option<&'a KeyHandle>) -> Option<&'a TokenCache> {
+        key.map(KeyHandle::cache).or_else(|| self.cache())
+    }
+
+    /// Step 1b, after [`admit`](Self::admit) let a request in: which cache its token comes
+    /// from. [`Choice::Engine`] for an engine with one cache; for a keyed engine, the
+    /// request's key's cache, [`Choice::OwnCredentials`] if the request already carries that
+    /// cache's headers, or an error if it has no key (nothing may be sent then: never another
+    /// key's token).
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError`]: no key, or no cache for it.
+    #[inline]
+    pub fn choose<'r>(
+        &self,
+        request: impl FnOnce() -> RequestView<'r>,
+    ) -> Result<Choice, KeyError> {
+        match &self.settings.tokens {
+            Tokens::One(_) => Ok(Choice::Engine),
+            Tokens::Keyed(keys) => {
+                let view = request();
+                let handle = keys.choose(&view)?;
+                if handle.cache().presentation().supplied_by(view.headers) {
+                    Ok(Choice::OwnCredentials)
+                } else {
+                    Ok(Choice::Key(handle))
+                }
+            }
+        }
     }
 
     /// The policy.
@@ -127,10 +190,11 @@ impl Engine {
         admitted: Result<bool, InsecureTransport>,
         headers: &HeaderMap,
     ) -> Result<bool, InsecureTransport> {
-        match admitted {
-            Ok(false) => Ok(false),
-            _ if self.settings.cache.presentation().supplied_by(headers) => Ok(false),
-            admitted => admitted,
+        match (admitted, &self.settings.tokens) {
+            (Ok(false), _) => Ok(false),
+            (_, Tokens::One(cache)) if cache.presentation().supplied_by(headers) => Ok(false),
+            // A keyed engine checks the chosen key's presentation in `choose`.
+            (admitted, _) => admitted,
         }
     }
 
@@ -167,13 +231,14 @@ impl Engine {
 
     /// Step 4: the rejection path for a response [`screen`](Self::screen) did not accept.
     /// `kept` is what a replay needs (`K`: the adapter's request copy), or why the request
-    /// cannot be sent again.
+    /// cannot be sent again; `key` is the key [`choose`](Self::choose) picked, if any.
     pub fn recover<B, K>(
         &self,
         token: Snapshot,
         response: Response<B>,
         verdict: Verdict,
         kept: Result<K, NotReplayed>,
+        key: Option<KeyHandle>,
     ) -> Recover<B, K>
     where
         B: Body<Data = Bytes>,
@@ -188,6 +253,7 @@ impl Engine {
         };
         Recover {
             engine: self.clone(),
+            key,
             token,
             head: Some(head),
             kept: Some(kept),
@@ -203,30 +269,38 @@ impl Engine {
     /// an API that rejects every token from making it hammer the issuer.
     pub fn replayed(
         &self,
+        key: Option<&KeyHandle>,
         rejected: TokenId,
         fresh: &Snapshot,
         status: StatusCode,
         headers: &HeaderMap,
     ) -> Replay {
+        let cache = self.cache_for(key);
         match self.settings.policy.classifier().classify(status, headers) {
             Verdict::Rejected => {
-                self.settings.cache.invalidate(fresh.id());
+                if let Some(cache) = cache {
+                    cache.invalidate(fresh.id());
+                }
             }
             Verdict::Accepted => record_acceptance(fresh, status),
             _ => {}
         }
         let replay = Replay::Replayed { rejected };
-        crate::metrics::replay(self.cache(), &replay);
+        if let Some(cache) = cache {
+            crate::metrics::replay(cache, &replay);
+        }
         replay
     }
 }
 
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Engine")
-            .field("cache", &self.settings.cache)
-            .field("policy", &self.settings.policy)
-            .finish()
+        let mut f = f.debug_struct("Engine");
+        match &self.settings.tokens {
+            Tokens::One(cache) => f.field("cache", cache),
+            Tokens::Keyed(keys) => f.field("keys", keys),
+        };
+        f.field("policy", &self.settings.policy).finish()
     }
 }
 
@@ -245,6 +319,9 @@ pub enum Recovered<B: Body, K> {
         fresh: Snapshot,
         /// The token that was rejected.
         rejected: TokenId,
+        /// The key the request was sent for, if the engine is keyed: pass it to
+        /// [`Engine::replayed`], and hold it until then.
+        key: Option<KeyHandle>,
     },
 }
 
@@ -272,6 +349,8 @@ enum Phase {
 #[must_use = "futures do nothing unless polled"]
 pub struct Recover<B: Body, K> {
     engine: Engine,
+    /// The request's key (held: the key is not evicted while the request is in flight).
+    key: Option<KeyHandle>,
     token: Snapshot,
     head: Option<http::response::Parts>,
     kept: Option<Result<K, NotReplayed>>,
@@ -322,7 +401,9 @@ where
         if let Some(reason) = marker {
             tracing::debug!(token = %self.token.id(), %reason, "token rejected; request not replayed");
             let replay = Replay::NotReplayed(reason);
-            crate::metrics::replay(self.engine.cache(), &replay);
+            if let Some(cache) = self.engine.cache_for(self.key.as_ref()) {
+                crate::metrics::replay(cache, &replay);
+            }
             response.extensions_mut().insert(replay);
         }
         Recovered::Respond(response)
@@ -370,7 +451,9 @@ where
                 }
                 Phase::Decide { rejected: false } => return Poll::Ready(this.respond(None)),
                 Phase::Decide { rejected: true } => {
-                    let cache = this.engine.cache();
+                    let Some(cache) = this.engine.cache_for(this.key.as_ref()) else {
+                        return Poll::Ready(this.respond(None));
+                    };
                     cache.invalidate(this.token.id());
                     match this.kept.take().expect("kept until decided") {
                         Ok(kept) => {
@@ -406,6 +489,7 @@ where
                                 kept,
                                 fresh,
                                 rejected,
+                                key: this.key.take(),
                             });
                         }
                     };
@@ -474,12 +558,13 @@ mod tests {
                 .unwrap();
             runtime.block_on(async {
                 let engine = engine(|p| p);
-                let token = engine.cache().get().await.unwrap();
+                let token = engine.cache().unwrap().get().await.unwrap();
                 let too_large = Err::<(), _>(NotReplayed::BodyTooLarge);
-                let recover = engine.recover(token, answer(401, ""), Verdict::Rejected, too_large);
+                let recover =
+                    engine.recover(token, answer(401, ""), Verdict::Rejected, too_large, None);
                 assert!(matches!(recover.await, Recovered::Respond(_)));
-                let fresh = engine.cache().get().await.unwrap();
-                engine.replayed(fresh.id(), &fresh, StatusCode::OK, &HeaderMap::new());
+                let fresh = engine.cache().unwrap().get().await.unwrap();
+                engine.replayed(None, fresh.id(), &fresh, StatusCode::OK, &HeaderMap::new());
             });
         });
         let counts: Vec<_> = recorder
@@ -514,28 +599,43 @@ mod tests {
     #[tokio::test]
     async fn an_accepted_verdict_handed_to_recover_is_not_a_rejection() {
         let engine = engine(|p| p);
-        let token = engine.cache().get().await.unwrap();
+        let token = engine.cache().unwrap().get().await.unwrap();
         let kept = Ok::<_, NotReplayed>("the request");
-        let recover = engine.recover(token.clone(), answer(200, "ok"), Verdict::Accepted, kept);
+        let recover = engine.recover(
+            token.clone(),
+            answer(200, "ok"),
+            Verdict::Accepted,
+            kept,
+            None,
+        );
         let Recovered::Respond(response) = recover.await else {
             panic!("an accepted answer is not replayed");
         };
         assert_eq!(response.status(), StatusCode::OK);
         assert!(response.extensions().get::<Replay>().is_none());
         assert_eq!(
-            engine.cache().stats().invalidations,
+            engine.cache().unwrap().stats().invalidations,
             0,
             "the token was kept"
         );
-        assert_eq!(engine.cache().cached().map(|t| t.id()), Some(token.id()));
+        assert_eq!(
+            engine.cache().unwrap().cached().map(|t| t.id()),
+            Some(token.id())
+        );
     }
 
     #[tokio::test]
     async fn an_inspect_timeout_too_long_to_add_to_now_is_no_limit() {
         let engine = engine(|p| p.with_inspect_timeout(Duration::MAX));
-        let token = engine.cache().get().await.unwrap();
+        let token = engine.cache().unwrap().get().await.unwrap();
         let kept = Ok::<_, NotReplayed>("the request");
-        let recover = engine.recover(token, answer(400, "bad amount"), Verdict::InspectBody, kept);
+        let recover = engine.recover(
+            token,
+            answer(400, "bad amount"),
+            Verdict::InspectBody,
+            kept,
+            None,
+        );
         let Recovered::Respond(response) = recover.await else {
             panic!("a 400 that does not say expired was replayed");
         };

@@ -23,6 +23,7 @@
 
 mod body;
 mod engine;
+mod keys;
 pub mod metrics;
 mod policy;
 mod request;
@@ -33,6 +34,7 @@ pub use setters::__private;
 
 pub use body::{DRAIN_LIMIT, DRAIN_TIME, ResponseBody};
 pub use engine::{Engine, Recover, Recovered};
+pub use keys::{Choice, ChooseCache, KeyError, RequestView, TokenKey, by_extension, by_key};
 pub use policy::{
     Classifier, DEFAULT_INSPECT_TIMEOUT, DEFAULT_MAX_REPLAY_BODY, DefaultClassifier, LayerPolicy,
     NotReplayed, Replay, SkipToken, Verdict, challenge_allows_refresh, challenge_errors,

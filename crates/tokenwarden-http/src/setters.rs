@@ -7,9 +7,9 @@
 #[macro_export]
 macro_rules! __layer_settings {
     () => {
-        /// The cache tokens come from.
+        /// The cache tokens come from (`None` for a keyed layer, whose requests' keys choose).
         #[must_use]
-        pub fn cache(&self) -> &$crate::__private::TokenCache {
+        pub fn cache(&self) -> Option<&$crate::__private::TokenCache> {
             self.engine().cache()
         }
 

@@ -95,6 +95,6 @@ mod redirect;
 pub use middleware::TokenMiddleware;
 pub use redirect::{LeftScope, MAX_REDIRECTS, client_builder, redirect_policy};
 pub use tokenwarden_http::{
-    Classifier, DefaultClassifier, LayerPolicy, NotReplayed, Replay, ResponseBody, SkipToken,
-    Verdict,
+    Classifier, DefaultClassifier, KeyError, LayerPolicy, NotReplayed, Replay, RequestView,
+    ResponseBody, SkipToken, TokenKey, Verdict,
 };

@@ -4,9 +4,12 @@ use async_trait::async_trait;
 use http::Extensions;
 use reqwest::{Request, Response, ResponseBuilderExt, Url};
 use reqwest_middleware::{Error, Middleware, Next, Result};
-use tokenwarden_core::{InsecureTransport, Scope, TokenCache};
+use std::hash::Hash;
+
+use tokenwarden_core::{InsecureTransport, KeyedCache, Scope, TokenCache};
 use tokenwarden_http::{
-    Engine, KeptBody, NotReplayed, Recovered, RequestBody, ResponseBody, SkipToken, Verdict,
+    Choice, ChooseCache, Engine, KeptBody, LayerPolicy, NotReplayed, Recovered, RequestBody,
+    RequestView, ResponseBody, SkipToken, Verdict,
 };
 
 use crate::redirect::LeftScope;
@@ -43,6 +46,34 @@ impl TokenMiddleware {
     pub fn new(cache: TokenCache, scope: impl Into<Scope>) -> Self {
         Self {
             engine: Engine::new(cache, scope),
+        }
+    }
+
+    /// A middleware over many caches, one per key (a merchant, a tenant): each request's key
+    /// comes from its [`TokenKey<K>`](tokenwarden_http::TokenKey) extension
+    /// (`client.get(url).with_extension(TokenKey(merchant))`), and its token from that key's
+    /// cache. A request in scope without a key fails with
+    /// [`KeyError::Missing`](tokenwarden_http::KeyError) before anything is sent.
+    pub fn keyed<K>(keyed: KeyedCache<K>, scope: impl Into<Scope>) -> Self
+    where
+        K: Clone + Hash + Eq + Send + Sync + 'static,
+    {
+        Self::choosing(tokenwarden_http::by_extension(keyed), scope)
+    }
+
+    /// A middleware over many caches whose keys come from `key`, a function of the request (a
+    /// header, a path segment); `None` refuses the request, unsent.
+    pub fn keyed_by<K, F>(keyed: KeyedCache<K>, scope: impl Into<Scope>, key: F) -> Self
+    where
+        K: Clone + Hash + Eq + Send + Sync + 'static,
+        F: Fn(&RequestView<'_>) -> Option<K> + Send + Sync + 'static,
+    {
+        Self::choosing(tokenwarden_http::by_key(keyed, key), scope)
+    }
+
+    fn choosing(keys: impl ChooseCache, scope: impl Into<Scope>) -> Self {
+        Self {
+            engine: Engine::keyed(keys, LayerPolicy::new(scope)),
         }
     }
 
@@ -145,7 +176,20 @@ impl Middleware for TokenMiddleware {
             // untouched, and no token fetched.
             return next.run(request, extensions).await;
         }
-        let token = self.engine.cache().get().await.map_err(Error::middleware)?;
+        // A keyed middleware: the request's key chooses the cache (no key: refused, unsent).
+        let url = request.url();
+        let choice = self.engine.choose(|| {
+            RequestView::new(request.method(), url.path(), request.headers(), extensions)
+        });
+        let key = match choice.map_err(Error::middleware)? {
+            Choice::Engine => None,
+            Choice::Key(handle) => Some(handle),
+            Choice::OwnCredentials => return next.run(request, extensions).await,
+        };
+        let Some(cache) = self.engine.cache_for(key.as_ref()) else {
+            return Err(Error::middleware(tokenwarden_http::KeyError::Missing));
+        };
+        let token = cache.get().await.map_err(Error::middleware)?;
         let kept = self.keep(&mut request);
         token.apply_to(request.headers_mut());
         let response = next.clone().run(request, extensions).await?;
@@ -160,21 +204,29 @@ impl Middleware for TokenMiddleware {
         let url = response.url().clone();
         let response = http::Response::from(response);
         let again = kept.and_then(replayable);
-        let (mut again, fresh, rejected) =
-            match self.engine.recover(token, response, verdict, again).await {
-                Recovered::Respond(response) => return Ok(restore(response, url)),
-                Recovered::Replay {
-                    kept,
-                    fresh,
-                    rejected,
-                } => (kept, fresh, rejected),
-            };
+        let (mut again, fresh, rejected, key) = match self
+            .engine
+            .recover(token, response, verdict, again, key)
+            .await
+        {
+            Recovered::Respond(response) => return Ok(restore(response, url)),
+            Recovered::Replay {
+                kept,
+                fresh,
+                rejected,
+                key,
+            } => (kept, fresh, rejected, key),
+        };
         fresh.apply_to(again.headers_mut());
         let mut response = next.run(again, extensions).await?;
         self.check_final(&response)?;
-        let marker = self
-            .engine
-            .replayed(rejected, &fresh, response.status(), response.headers());
+        let marker = self.engine.replayed(
+            key.as_ref(),
+            rejected,
+            &fresh,
+            response.status(),
+            response.headers(),
+        );
         response.extensions_mut().insert(marker);
         Ok(response)
     }

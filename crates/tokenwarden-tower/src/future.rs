@@ -11,7 +11,7 @@ use http::{Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tokenwarden_core::future::GetOwned;
-use tokenwarden_core::{Snapshot, TokenId};
+use tokenwarden_core::{KeyHandle, Snapshot, TokenId};
 use tokenwarden_http::{Recover, Recovered, ResponseBody, Verdict};
 use tower::{BoxError, Service};
 
@@ -24,6 +24,8 @@ pub(crate) struct Kept<ReqBody, M: KeepBody<ReqBody>> {
     pub(crate) token: Snapshot,
     pub(crate) head: http::request::Parts,
     pub(crate) body: M::Kept,
+    /// A keyed layer's key, held for the request's life.
+    pub(crate) key: Option<KeyHandle>,
 }
 
 /// A request waiting for a token, and the service driven to ready for it.
@@ -31,6 +33,7 @@ pub(crate) struct Waiting<S, ReqBody> {
     token: GetOwned,
     inner: Option<S>,
     request: Option<Request<ReqBody>>,
+    key: Option<KeyHandle>,
 }
 
 /// A replay waiting for a clone of the service to be ready.
@@ -39,6 +42,7 @@ pub(crate) struct ReadyToReplay<S, Sent> {
     request: Option<Request<Sent>>,
     rejected: TokenId,
     fresh: Snapshot,
+    key: Option<KeyHandle>,
 }
 
 pin_project! {
@@ -93,6 +97,7 @@ pin_project! {
             future: S::Future,
             rejected: TokenId,
             fresh: Snapshot,
+            key: Option<KeyHandle>,
         },
         Failed {
             error: Option<BoxError>,
@@ -129,13 +134,20 @@ where
         }
     }
 
-    pub(crate) fn waiting(inner: S, request: Request<ReqBody>, shared: Arc<Shared<S>>) -> Self {
+    pub(crate) fn waiting(
+        inner: S,
+        request: Request<ReqBody>,
+        token: GetOwned,
+        key: Option<KeyHandle>,
+        shared: Arc<Shared<S>>,
+    ) -> Self {
         Self {
             state: State::Waiting {
                 waiting: Box::new(Waiting {
-                    token: shared.engine.cache().get_owned(),
+                    token,
                     inner: Some(inner),
                     request: Some(request),
+                    key,
                 }),
             },
             shared: Some(shared),
@@ -175,9 +187,14 @@ where
                     if verdict == Verdict::Accepted {
                         return Poll::Ready(Ok(response.map(ResponseBody::new)));
                     }
-                    let Kept { token, head, body } = *kept;
+                    let Kept {
+                        token,
+                        head,
+                        body,
+                        key,
+                    } = *kept;
                     let again = M::replay(body).map(|body| Request::from_parts(head, body));
-                    let recover = Box::new(engine.recover(token, response, verdict, again));
+                    let recover = Box::new(engine.recover(token, response, verdict, again, key));
                     this.state.set(State::Recovering { recover });
                 }
                 StateProj::Recovering { recover } => {
@@ -187,6 +204,7 @@ where
                             kept: mut request,
                             fresh,
                             rejected,
+                            key,
                         } => {
                             fresh.apply_to(request.headers_mut());
                             let shared = this.shared.as_ref().expect(DONE);
@@ -198,6 +216,7 @@ where
                                     request: Some(request),
                                     rejected,
                                     fresh,
+                                    key,
                                 }),
                             });
                         }
@@ -209,24 +228,28 @@ where
                         request,
                         rejected,
                         fresh,
+                        key,
                     } = &mut **ready;
                     ready!(inner.poll_ready(cx)).map_err(Into::into)?;
                     let future = inner.call(request.take().expect(DONE));
-                    let (rejected, fresh) = (*rejected, fresh.clone());
+                    let (rejected, fresh, key) = (*rejected, fresh.clone(), key.take());
                     this.state.set(State::Replaying {
                         future,
                         rejected,
                         fresh,
+                        key,
                     });
                 }
                 StateProj::Replaying {
                     future,
                     rejected,
                     fresh,
+                    key,
                 } => {
                     let mut response = ready!(future.poll(cx)).map_err(Into::into)?;
                     let shared = this.shared.as_ref().expect(DONE);
                     let marker = shared.engine.replayed(
+                        key.as_ref(),
                         *rejected,
                         fresh,
                         response.status(),
@@ -240,11 +263,13 @@ where
                         token,
                         inner,
                         request,
+                        key,
                     } = &mut **waiting;
                     let token = ready!(Pin::new(token).poll(cx))?;
                     let shared = this.shared.as_ref().expect(DONE);
                     let request = request.take().expect(DONE);
-                    let (request, kept) = prepare::<M, ReqBody>(request, token, &shared.engine);
+                    let (request, kept) =
+                        prepare::<M, ReqBody>(request, token, key.take(), &shared.engine);
                     let future = inner.take().expect(DONE).call(request);
                     this.state.set(State::First {
                         future,

@@ -3,8 +3,10 @@
 use std::fmt;
 use std::marker::PhantomData;
 
-use tokenwarden_core::{Scope, TokenCache};
-use tokenwarden_http::Engine;
+use std::hash::Hash;
+
+use tokenwarden_core::{KeyedCache, Scope, TokenCache};
+use tokenwarden_http::{ChooseCache, Engine, LayerPolicy, RequestView};
 use tower::Layer;
 
 use crate::TokenService;
@@ -30,6 +32,57 @@ impl TokenLayer {
     pub fn new(cache: TokenCache, scope: impl Into<Scope>) -> Self {
         Self {
             engine: Engine::new(cache, scope),
+            mode: PhantomData,
+        }
+    }
+
+    /// A layer over many caches, one per key (a merchant, a tenant): each request's key comes
+    /// from its [`TokenKey<K>`](tokenwarden_http::TokenKey) extension, and its token from that
+    /// key's cache. A request in scope without a key fails with
+    /// [`KeyError::Missing`](tokenwarden_http::KeyError) before anything is sent.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokenwarden_core::{FetchError, KeyedCache, Scope, Token, TokenCache};
+    /// use tokenwarden_http::TokenKey;
+    /// use tokenwarden_tower::TokenLayer;
+    ///
+    /// let merchants = KeyedCache::builder()
+    ///     .with_factory(|merchant: &String| {
+    ///         let merchant = merchant.clone();
+    ///         Ok(TokenCache::builder(move || {
+    ///             let token = format!("for-{merchant}");
+    ///             async move { Ok::<_, FetchError>(Token::new(token).with_expires_in(Duration::from_secs(600))) }
+    ///         }))
+    ///     })
+    ///     .build();
+    /// let layer = TokenLayer::keyed(merchants, Scope::origin("https://api.example.com")?);
+    /// // per request:
+    /// let mut request = http::Request::new(());
+    /// request.extensions_mut().insert(TokenKey("m-1001".to_owned()));
+    /// # let _ = (layer, request);
+    /// # Ok::<_, tokenwarden_core::ConfigError>(())
+    /// ```
+    pub fn keyed<K>(keyed: KeyedCache<K>, scope: impl Into<Scope>) -> Self
+    where
+        K: Clone + Hash + Eq + Send + Sync + 'static,
+    {
+        Self::choosing(tokenwarden_http::by_extension(keyed), scope)
+    }
+
+    /// A layer over many caches whose keys come from `key`, a function of the request (a
+    /// header, a path segment); `None` refuses the request, unsent.
+    pub fn keyed_by<K, F>(keyed: KeyedCache<K>, scope: impl Into<Scope>, key: F) -> Self
+    where
+        K: Clone + Hash + Eq + Send + Sync + 'static,
+        F: Fn(&RequestView<'_>) -> Option<K> + Send + Sync + 'static,
+    {
+        Self::choosing(tokenwarden_http::by_key(keyed, key), scope)
+    }
+
+    fn choosing(keys: impl ChooseCache, scope: impl Into<Scope>) -> Self {
+        Self {
+            engine: Engine::keyed(keys, LayerPolicy::new(scope)),
             mode: PhantomData,
         }
     }

@@ -107,6 +107,6 @@ pub use body::{CloneBody, KeepBody, Tee};
 pub use layer::TokenLayer;
 pub use service::TokenService;
 pub use tokenwarden_http::{
-    Classifier, DefaultClassifier, LayerPolicy, NotReplayed, Replay, RequestBody, ResponseBody,
-    SkipToken, Verdict,
+    Classifier, DefaultClassifier, KeyError, LayerPolicy, NotReplayed, Replay, RequestBody,
+    RequestView, ResponseBody, SkipToken, TokenKey, Verdict,
 };

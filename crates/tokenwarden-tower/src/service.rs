@@ -8,8 +8,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use tokenwarden_core::{Scope, Snapshot, TokenCache};
-use tokenwarden_http::{Engine, SkipToken};
+use tokenwarden_core::{KeyHandle, Scope, Snapshot, TokenCache};
+use tokenwarden_http::{Choice, Engine, RequestView, SkipToken};
 use tower::{BoxError, Service};
 
 use crate::body::{CloneBody, KeepBody, Tee};
@@ -163,20 +163,40 @@ where
             }
             Err(insecure) => return ResponseFuture::failed(insecure.into()),
         }
-        match engine.cache().cached() {
+        // A keyed layer: the request's key chooses the cache (no key: refused, unsent).
+        let key = match engine.choose(|| {
+            RequestView::new(
+                request.method(),
+                request.uri().path(),
+                request.headers(),
+                request.extensions(),
+            )
+        }) {
+            Ok(Choice::Engine) => None,
+            Ok(Choice::Key(handle)) => Some(handle),
+            Ok(Choice::OwnCredentials) => {
+                return ResponseFuture::untouched(self.inner.call(M::passthrough(request)));
+            }
+            Err(error) => return ResponseFuture::failed(error.into()),
+        };
+        let Some(cache) = engine.cache_for(key.as_ref()) else {
+            return ResponseFuture::failed("the token layer has no cache for this request".into());
+        };
+        match cache.cached() {
             // The common case: the token is at hand, so the service driven to ready is called
             // now and the future only waits for its response.
             Some(token) => {
-                let (request, kept) = prepare::<M, ReqBody>(request, token, engine);
+                let (request, kept) = prepare::<M, ReqBody>(request, token, key, engine);
                 let future = self.inner.call(request);
                 ResponseFuture::first(future, kept, Arc::clone(&self.shared))
             }
             // The service driven to ready goes into the future, which waits for a token first;
             // the clone left behind serves the next call.
             None => {
+                let fetch = cache.get_owned();
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::waiting(inner, request, Arc::clone(&self.shared))
+                ResponseFuture::waiting(inner, request, fetch, key, Arc::clone(&self.shared))
             }
         }
     }
@@ -188,6 +208,7 @@ where
 pub(crate) fn prepare<M, ReqBody>(
     request: Request<ReqBody>,
     token: Snapshot,
+    key: Option<KeyHandle>,
     engine: &Engine,
 ) -> (Request<M::Sent>, Box<Kept<ReqBody, M>>)
 where
@@ -200,5 +221,13 @@ where
     token.apply_to(&mut parts.headers);
     let request = Request::from_parts(parts, body);
     let (request, body) = M::keep(request, engine.policy().max_replay_body());
-    (request, Box::new(Kept { token, head, body }))
+    (
+        request,
+        Box::new(Kept {
+            token,
+            head,
+            body,
+            key,
+        }),
+    )
 }

@@ -1,0 +1,134 @@
+//! Choosing a request's key, for layers over a [`KeyedCache`].
+
+use std::fmt;
+use std::hash::Hash;
+
+use http::{Extensions, HeaderMap, Method};
+use tokenwarden_core::{KeyHandle, KeyedCache};
+
+/// A request's key, for a keyed layer: put it in the request's extensions (tower:
+/// `request.extensions_mut().insert(TokenKey(merchant))`; reqwest-middleware:
+/// `client.get(url).with_extension(TokenKey(merchant))`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TokenKey<K>(pub K);
+
+/// What a key function sees of a request.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct RequestView<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The path (without the query).
+    pub path: &'a str,
+    /// The headers, as the caller set them.
+    pub headers: &'a HeaderMap,
+    /// The extensions (for reqwest-middleware: those given with `with_extension`).
+    pub extensions: &'a Extensions,
+}
+
+impl<'a> RequestView<'a> {
+    /// A view of a request's parts.
+    #[must_use]
+    pub fn new(
+        method: &'a Method,
+        path: &'a str,
+        headers: &'a HeaderMap,
+        extensions: &'a Extensions,
+    ) -> Self {
+        Self {
+            method,
+            path,
+            headers,
+            extensions,
+        }
+    }
+}
+
+/// Which cache a request of a keyed engine takes its token from.
+#[derive(Debug)]
+pub enum Choice {
+    /// The engine has one cache: that one.
+    Engine,
+    /// The cache of the request's key (held for the request's life: the key is not evicted
+    /// meanwhile).
+    Key(KeyHandle),
+    /// The request already carries its key's headers: the caller's own credentials, sent
+    /// untouched.
+    OwnCredentials,
+}
+
+/// A request to a keyed layer that cannot get a token: refused before anything is sent, so
+/// that no request ever goes out with another key's token or with none.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The request has no key.
+    #[error(
+        "the request has no token key: put a TokenKey in its extensions (or give the layer a key \
+         function that finds one); it was not sent"
+    )]
+    Missing,
+    /// There is no cache for its key (unknown, or its settings cannot work).
+    #[error("no token cache for the request's key; it was not sent")]
+    Cache(#[source] tokenwarden_core::Error),
+}
+
+/// Chooses a request's cache: what a keyed [`Engine`](crate::Engine) asks per request. Made by
+/// [`by_extension`] or [`by_key`].
+pub trait ChooseCache: fmt::Debug + Send + Sync + 'static {
+    /// The cache of `request`'s key.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError`]: no key, or no cache for it.
+    fn choose(&self, request: &RequestView<'_>) -> Result<KeyHandle, KeyError>;
+}
+
+/// Keys from the request's [`TokenKey<K>`] extension.
+#[must_use]
+pub fn by_extension<K>(keyed: KeyedCache<K>) -> impl ChooseCache
+where
+    K: Clone + Hash + Eq + Send + Sync + 'static,
+{
+    by_key(keyed, |request: &RequestView<'_>| {
+        request.extensions.get::<TokenKey<K>>().map(|k| k.0.clone())
+    })
+}
+
+/// Keys from a function of the request (a header, a path segment, an extension of your own).
+/// `None` refuses the request ([`KeyError::Missing`]).
+#[must_use]
+pub fn by_key<K, F>(keyed: KeyedCache<K>, key: F) -> impl ChooseCache
+where
+    K: Clone + Hash + Eq + Send + Sync + 'static,
+    F: Fn(&RequestView<'_>) -> Option<K> + Send + Sync + 'static,
+{
+    ByKey { keyed, key }
+}
+
+struct ByKey<K: Send, F> {
+    keyed: KeyedCache<K>,
+    key: F,
+}
+
+impl<K, F> fmt::Debug for ByKey<K, F>
+where
+    K: Clone + Hash + Eq + Send,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ByKey")
+            .field("keyed", &self.keyed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, F> ChooseCache for ByKey<K, F>
+where
+    K: Clone + Hash + Eq + Send + Sync + 'static,
+    F: Fn(&RequestView<'_>) -> Option<K> + Send + Sync + 'static,
+{
+    fn choose(&self, request: &RequestView<'_>) -> Result<KeyHandle, KeyError> {
+        let key = (self.key)(request).ok_or(KeyError::Missing)?;
+        self.keyed.handle(&key).map_err(KeyError::Cache)
+    }
+}
