@@ -95,6 +95,10 @@ pub struct CacheConfig {
     /// against a `Retry-After`, rejected credentials or a fetch timeout. `Duration::ZERO` turns
     /// probing off. Default 1 s.
     pub recovery_probe: Duration,
+    /// A budget of issuer calls shared with other caches of the same issuer (see
+    /// [`RefreshBudget`](crate::RefreshBudget)): every fetch waits its turn, most urgent first.
+    /// Default none.
+    pub budget: Option<crate::RefreshBudget>,
     /// Single-use mode: the most issuer requests in flight at once, pool refills included
     /// (callers beyond it queue, for at most `fetch_timeout`). Default 4.
     pub max_concurrent_fetches: usize,
@@ -134,6 +138,7 @@ impl Default for CacheConfig {
             grace_past_expiry: false,
             first_fetch_backoff: Duration::from_millis(100),
             recovery_probe: Duration::from_secs(1),
+            budget: None,
             max_concurrent_fetches: 4,
         }
     }

@@ -47,7 +47,7 @@ mod token;
 
 pub use cache::{
     CacheState, CacheStatus, Clock, KeyHandle, KeyedCache, KeyedCacheBuilder, KeyedSummary,
-    ManualClock, TokenCache, TokenCacheBuilder, future,
+    ManualClock, RefreshBudget, TokenCache, TokenCacheBuilder, future,
 };
 pub use config::{CacheConfig, RefreshWindow};
 pub use error::{ConfigError, Error};

@@ -305,3 +305,144 @@ async fn revoke_and_remove_act_on_one_key_only() {
     assert_eq!(secret(&keyed.get(&2).await.unwrap()), "2-2", "made again");
     assert!(!keyed.revoke(&99));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_thousand_keys_expiring_together_stay_within_the_budget_and_none_is_served_expired() {
+    // Every key's token expires at the same instant, 300 s after the start, however late it
+    // was fetched; the issuer takes 50 ms per call; the budget allows 50 calls per second.
+    let start = tokio::time::Instant::now();
+    let expires_at = start + Duration::from_secs(300);
+    let calls = Arc::new(Mutex::new(Vec::<Duration>::new()));
+    let budget = tokenwarden_core::RefreshBudget::per_second(50);
+    let keyed = {
+        let calls = Arc::clone(&calls);
+        KeyedCache::<u32>::builder()
+            .with_capacity(2_000)
+            .with_refresh_budget(budget.clone())
+            .with_factory(move |key: &u32| {
+                let (key, calls) = (*key, Arc::clone(&calls));
+                Ok(TokenCache::builder(move || {
+                    let calls = Arc::clone(&calls);
+                    async move {
+                        let now = tokio::time::Instant::now();
+                        calls.lock().unwrap().push(now - start);
+                        sleep(Duration::from_millis(50)).await;
+                        // The first tokens all expire at 300 s, however late they were
+                        // fetched; renewed ones live 300 s. The token names the instant it
+                        // expires at (ms since the start).
+                        let left = if now - start < Duration::from_secs(60) {
+                            expires_at - now
+                        } else {
+                            Duration::from_secs(300)
+                        };
+                        let until = (now + left - start).as_millis();
+                        Ok::<_, FetchError>(
+                            Token::new(format!("k{key}.{until}")).with_expires_in(left),
+                        )
+                    }
+                }))
+            })
+            .build()
+    };
+    // Callers use every key every 2 s for 400 s, all keys at once each time.
+    let mut served = 0u64;
+    for _ in 0..200 {
+        let mut tasks = Vec::new();
+        for key in 0..1_000u32 {
+            let keyed = keyed.clone();
+            tasks.push(tokio::spawn(async move { keyed.get(&key).await }));
+        }
+        for task in tasks {
+            let token = task.await.unwrap().expect("every key gets a token");
+            let until: u128 = secret(&token).split('.').nth(1).unwrap().parse().unwrap();
+            let now = (tokio::time::Instant::now() - start).as_millis();
+            assert!(
+                now < until,
+                "a token served at {now} ms expired at {until} ms"
+            );
+            served += 1;
+        }
+        sleep(Duration::from_secs(2)).await;
+    }
+    assert_eq!(served, 200_000);
+    let mut calls = calls.lock().unwrap().clone();
+    calls.sort();
+    // Never more than the budget in any one second (calls 1/50 s apart).
+    let busiest = calls
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            calls[i..]
+                .iter()
+                .take_while(|u| **u < *t + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(busiest <= 50, "{busiest} calls in one second");
+    // One first fetch per key, and the tokens expiring at 300 s were each renewed once before
+    // then (the renewed ones are good for the rest of the run): 2,000 calls.
+    // One first fetch per key, and each of the tokens expiring together at 300 s renewed once
+    // before then (the renewed ones are refreshed again from 414 s on, past the first 400 s).
+    let before_400 = calls
+        .iter()
+        .filter(|t| **t < Duration::from_secs(400))
+        .count();
+    assert_eq!(before_400, 2_000, "issuer calls in the first 400 s");
+    assert_eq!(budget.granted(), calls.len() as u64);
+    println!(
+        "1,000 keys, 50 calls/s: {} calls, busiest second {busiest}, first fetches done by {:?}, renewals from {:?} to {:?}",
+        calls.len(),
+        calls[999],
+        calls[1000],
+        calls[1999]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_issuers_retry_after_holds_every_key_of_its_budget() {
+    let start = tokio::time::Instant::now();
+    let calls = Arc::new(Mutex::new(Vec::<(u32, Duration)>::new()));
+    let busy = Arc::new(AtomicBool::new(true));
+    let budget = tokenwarden_core::RefreshBudget::per_second(2);
+    let keyed = {
+        let (calls, busy) = (Arc::clone(&calls), Arc::clone(&busy));
+        KeyedCache::<u32>::builder()
+            .with_refresh_budget(budget)
+            .with_factory(move |key: &u32| {
+                let (key, calls, busy) = (*key, Arc::clone(&calls), Arc::clone(&busy));
+                Ok(TokenCache::builder(move || {
+                    calls.lock().unwrap().push((key, start.elapsed()));
+                    let busy = key == 0 && busy.swap(false, SeqCst);
+                    async move {
+                        if busy {
+                            return Err(FetchError::transient("503")
+                                .with_retry_after(Duration::from_secs(5)));
+                        }
+                        Ok(Token::new(format!("t{key}")).with_expires_in(Duration::from_secs(600)))
+                    }
+                }))
+            })
+            .build()
+    };
+    // Key 0 is told to come back in 5 s: keys 1-3, asked right after, wait for it too.
+    assert!(keyed.get(&0).await.is_err());
+    let mut tasks = Vec::new();
+    for key in 1..4u32 {
+        let keyed = keyed.clone();
+        tasks.push(tokio::spawn(async move { keyed.get(&key).await }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls[0], (0, Duration::ZERO));
+    for (key, at) in &calls[1..] {
+        assert!(
+            *at >= Duration::from_secs(5),
+            "key {key} asked at {at:?}, before the hint"
+        );
+    }
+    // Spaced by the budget: 2 per second.
+    assert!(calls[3].1 - calls[1].1 >= Duration::from_millis(1000));
+}

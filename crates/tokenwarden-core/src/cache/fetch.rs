@@ -103,7 +103,18 @@ pub(crate) async fn fetch_once(
     source: &dyn TokenSource,
     cfg: &CacheConfig,
     clock: &Clock,
+    urgency: tokio::time::Instant,
 ) -> Result<Fetched, Error> {
+    if let Some(budget) = &cfg.budget {
+        // Its turn first: the most urgent fetch of the budget goes first.
+        if tokio::time::timeout(budget.max_wait(), budget.acquire(urgency))
+            .await
+            .is_err()
+        {
+            tracing::warn!(cache = %cfg.name, wait_ms = budget.max_wait().as_millis() as u64, "no turn in the refresh budget in time");
+            return Err(Error::Timeout(budget.max_wait()));
+        }
+    }
     let sent_at = clock.now();
     let wall = SystemTime::now();
     tracing::debug!("fetching token");

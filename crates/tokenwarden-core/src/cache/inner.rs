@@ -454,6 +454,10 @@ impl Inner {
         };
         // The issuer said when to ask again: not sooner, and not later than the backoff cap.
         let hinted = error.fetch_error().and_then(FetchError::retry_after);
+        if let (Some(after), Some(budget)) = (hinted, &self.config.budget) {
+            // For every cache of the issuer's budget.
+            budget.hold(after.min(self.config.backoff_max));
+        }
         let wait = hinted.map_or(wait, |after| wait.max(after.min(self.config.backoff_max)));
         st.retry_at = Some(now + wait);
         tracing::warn!(
@@ -809,11 +813,18 @@ impl Inner {
         let clock = self.clock.clone();
         let mark = st.failure_mark;
         let key = self.key_label.clone();
+        // For a shared refresh budget: when this fetch's token must be replaced (callers
+        // waiting: now).
+        let now = self.clock.now();
+        let urgency = st
+            .current
+            .as_ref()
+            .map_or(now, |c| c.schedule.mandatory_at.max(now));
         let (id, abort) = self
             .spawn_task(st, TaskKind::Flight, move |weak, id| {
                 let span = tracing::info_span!("tokenwarden.fetch", cache = %config.name, key = key.as_deref().unwrap_or("-"), %reason, flight = id);
                 async move {
-                    let result = fetch_once(&*source, &config, &clock).await;
+                    let result = fetch_once(&*source, &config, &clock, urgency).await;
                     if let Some(inner) = weak.upgrade() {
                         inner.complete_flight(id, mark, result);
                     }
@@ -823,7 +834,14 @@ impl Inner {
             .ok_or(Error::NoRuntime)?;
         Counters::bump(&self.counters.fetches);
         st.probe_armed = true;
-        let deadline = self.clock.now() + self.config.fetch_timeout + WAIT_SLACK;
+        let deadline = self.clock.now()
+            + self.config.fetch_timeout
+            + self
+                .config
+                .budget
+                .as_ref()
+                .map_or(Duration::ZERO, |b| b.max_wait())
+            + WAIT_SLACK;
         st.flight = Some(Flight {
             id,
             reason,
@@ -1155,7 +1173,7 @@ impl Inner {
             let reason = FetchReason::SingleUse;
             let span = tracing::info_span!("tokenwarden.fetch", cache = %self.config.name, key = self.key_label.as_deref().unwrap_or("-"), %reason);
             let source = self.source();
-            let result = fetch_once(&*source, &self.config, &self.clock)
+            let result = fetch_once(&*source, &self.config, &self.clock, self.clock.now())
                 .instrument(span)
                 .await;
             drop(permit);
@@ -1252,7 +1270,9 @@ impl Inner {
                 };
                 let span =
                     tracing::info_span!("tokenwarden.fetch", cache = %config.name, reason = "pool");
-                let result = fetch_once(&*source, &config, &clock).instrument(span).await;
+                let result = fetch_once(&*source, &config, &clock, clock.now())
+                    .instrument(span)
+                    .await;
                 drop(permit);
                 let Some(inner) = weak.upgrade() else { return };
                 let mut st = inner.lock();

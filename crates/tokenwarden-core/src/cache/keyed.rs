@@ -14,7 +14,7 @@ use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, UnitWeighter};
 use thread_local::ThreadLocal;
 
 use super::status::{CacheState, CacheStatus};
-use super::{TokenCache, TokenCacheBuilder};
+use super::{RefreshBudget, TokenCache, TokenCacheBuilder};
 use crate::{ConfigError, Error, Snapshot, TokenId, TokenSource};
 
 /// How long a thread serves a key's token from its own copy before it looks the key up again
@@ -92,6 +92,7 @@ struct Keyed<K: Send> {
     name: Cow<'static, str>,
     map: Cache<K, Arc<Slot>, UnitWeighter, DefaultHashBuilder, Pins>,
     factory: Option<Factory<K>>,
+    budget: Option<RefreshBudget>,
     label: Labeler<K>,
     locals: ThreadLocal<RefCell<Table<K>>>,
     thread_copies: usize,
@@ -201,6 +202,7 @@ pub struct KeyedCacheBuilder<K> {
     thread_copies: usize,
     factory: Option<Factory<K>>,
     label: Option<Labeler<K>>,
+    budget: Option<RefreshBudget>,
 }
 
 impl<K> fmt::Debug for KeyedCacheBuilder<K> {
@@ -270,6 +272,15 @@ where
         self
     }
 
+    /// Every key's fetches share `budget`: at most so many issuer calls per second across all
+    /// keys, the most urgent first, and an issuer's `Retry-After` holds them all (see
+    /// [`RefreshBudget`]).
+    #[must_use]
+    pub fn with_refresh_budget(mut self, budget: RefreshBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
     /// Builds the keyed cache (empty).
     #[must_use]
     pub fn build(self) -> KeyedCache<K> {
@@ -292,6 +303,7 @@ where
                     Pins,
                 ),
                 factory: self.factory,
+                budget: self.budget,
                 label,
                 locals: ThreadLocal::new(),
                 thread_copies: self.thread_copies,
@@ -341,6 +353,7 @@ where
             thread_copies: 1024,
             factory: None,
             label: None,
+            budget: None,
         }
     }
 
@@ -446,6 +459,10 @@ where
         label: Arc<str>,
         kept: bool,
     ) -> Result<Arc<Slot>, Error> {
+        let builder = match &self.inner.budget {
+            Some(budget) => builder.with_refresh_budget(budget.clone()),
+            None => builder,
+        };
         let cache = builder
             .with_name(self.inner.name.clone())
             .for_key(Arc::clone(&label))

@@ -1,5 +1,6 @@
 //! The token cache.
 
+mod budget;
 mod clock;
 mod fetch;
 pub mod future;
@@ -11,6 +12,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use budget::RefreshBudget;
 pub use clock::{Clock, ManualClock};
 pub(crate) use inner::Inner;
 pub use keyed::{KeyHandle, KeyedCache, KeyedCacheBuilder, KeyedSummary};
@@ -431,6 +433,14 @@ impl TokenCacheBuilder {
     #[must_use]
     pub fn with_recovery_probe(mut self, every: Duration) -> Self {
         self.config.recovery_probe = every;
+        self
+    }
+
+    /// Shares `budget` — at most so many issuer calls per second, most urgent first — with
+    /// every other cache given it (see [`RefreshBudget`]).
+    #[must_use]
+    pub fn with_refresh_budget(mut self, budget: RefreshBudget) -> Self {
+        self.config.budget = Some(budget);
         self
     }
 
