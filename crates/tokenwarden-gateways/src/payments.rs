@@ -11,12 +11,11 @@
 //!   the request — what the layers do.
 //! - Session tokens live about 15 minutes: the expiry is the JWT's `exp` after the environment
 //!   prefix (`sandbox_`) when readable, else 15 minutes.
-//! - [`SessionTokens`] keeps one cache per authentication token; revoking an authentication
-//!   token expires every session token minted under it, and none is used or minted afterwards.
+//! - [`SessionTokens`] keeps one cache per authentication token (a keyed cache); rotating one
+//!   keeps live clients working, revoking one expires every session token minted under it, and
+//!   none is used or minted afterwards.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,8 +23,8 @@ use bytes::Bytes;
 use http::header::AUTHORIZATION;
 use http::{HeaderName, HeaderValue, StatusCode};
 use tokenwarden_core::{
-    ConfigError, Expiry, FetchError, Presentation, Secret, Token, TokenCache, TokenCacheBuilder,
-    TokenSource,
+    ConfigError, Expiry, FetchError, KeyedCache, Presentation, Secret, Token, TokenCache,
+    TokenCacheBuilder, TokenSource,
 };
 
 use crate::wire::{Answer, Issuer, UrlText, jwt_expiry};
@@ -95,7 +94,6 @@ pub struct SessionTokenSource {
     issuer: Issuer,
     /// `Authorization: Bearer <authentication token>` (sensitive) and `Merchant-Account`.
     headers: [(HeaderName, HeaderValue); 2],
-    revoked: Arc<AtomicBool>,
 }
 
 impl SessionTokenSource {
@@ -131,7 +129,6 @@ impl SessionTokenSource {
                 (AUTHORIZATION, authorization),
                 (merchant_account(), header_value(merchant, "merchant")?),
             ],
-            revoked: Arc::default(),
         })
     }
 }
@@ -139,9 +136,6 @@ impl SessionTokenSource {
 #[async_trait]
 impl TokenSource for SessionTokenSource {
     async fn fetch(&self) -> Result<Token, FetchError> {
-        if self.revoked.load(Ordering::Acquire) {
-            return Err(FetchError::rejected(revoked()));
-        }
         let fetched = async {
             let body = Bytes::from_static(b"{}");
             let (status, body) = self
@@ -217,38 +211,68 @@ impl TokenSource for ClientAppSource {
     }
 }
 
-/// One session-token cache per authentication token, on a merchant server.
+/// One session-token cache per authentication token, on a merchant server: two
+/// [`KeyedCache`]s (a shared one and a single-use one) keyed by a name you give each
+/// authentication token.
 ///
 /// [`mint`](Self::mint) hands a fresh session token to a client app (never the same one
 /// twice); [`cache`](Self::cache) is a shared cache for code on this server that calls the API
-/// with session tokens itself. [`revoke`](Self::revoke) expires every session token minted
-/// under an authentication token: both caches drop theirs, a fetch under way cannot install
-/// one, and nothing is minted with it again.
+/// with session tokens itself, and [`keyed`](Self::keyed) the keyed cache behind it, for a layer
+/// that picks the authentication token per request (`TokenMiddleware::keyed`).
+///
+/// - **Rotation**: [`register`](Self::register) under a name already there swaps the
+///   authentication token in place. Caches and layers built earlier keep working: the session
+///   tokens minted under the old authentication token are dropped, and their next request waits
+///   for one minted with the new one (no request fails).
+/// - **Revocation**: [`revoke`](Self::revoke) expires every session token minted under an
+///   authentication token: both caches drop theirs, a fetch under way cannot install one,
+///   nothing is minted with it again (caches built earlier fail with `Rejected`, saying it was
+///   revoked), and the name is free for a new registration.
+/// - A name never registered (or revoked) is [`Error::UnknownKey`](tokenwarden_core::Error::UnknownKey),
+///   never another authentication token's session.
+///
+/// ```
+/// use tokenwarden_core::Secret;
+/// use tokenwarden_gateways::IssuerClient;
+/// use tokenwarden_gateways::payments::SessionTokens;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let sessions = SessionTokens::new(IssuerClient::new()?, "https://api.example.com", "FNS-1")?;
+/// sessions.register("checkout", &Secret::new("the checkout authentication token"))?;
+/// let checkout = sessions.cache("checkout").expect("registered");
+/// # drop(checkout);
+/// // later: a new authentication token for checkout; `checkout` keeps working.
+/// sessions.register("checkout", &Secret::new("its successor"))?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct SessionTokens {
     sender: Arc<dyn HttpSend>,
     base_url: UrlText,
     merchant: String,
     presentation: Presentation,
-    entries: Arc<Mutex<HashMap<String, Entry>>>,
+    shared: KeyedCache<String>,
+    single: KeyedCache<String>,
     configure: Arc<dyn Fn(TokenCacheBuilder) -> TokenCacheBuilder + Send + Sync>,
-}
-
-#[derive(Clone)]
-struct Entry {
-    shared: TokenCache,
-    single: TokenCache,
-    revoked: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for SessionTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let keys: Vec<String> = self.lock().keys().cloned().collect();
         f.debug_struct("SessionTokens")
             .field("base_url", &self.base_url)
             .field("merchant", &self.merchant)
-            .field("authentication_tokens", &keys)
+            .field("authentication_tokens", &self.shared.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// Where a revoked authentication token's caches fetch from: nowhere.
+struct Revoked;
+
+#[async_trait]
+impl TokenSource for Revoked {
+    async fn fetch(&self) -> Result<Token, FetchError> {
+        Err(FetchError::rejected(revoked()))
     }
 }
 
@@ -264,12 +288,21 @@ impl SessionTokens {
         merchant: impl Into<String>,
     ) -> Result<Self, ConfigError> {
         let merchant = merchant.into();
+        // Names are the user's own (not secrets): labels show them. Registered names are kept
+        // (there is no factory), so the capacity only sizes the map.
+        let keyed = |name: &'static str| {
+            KeyedCache::builder()
+                .with_name(name)
+                .with_key_label(String::clone)
+                .build()
+        };
         Ok(Self {
             sender: Arc::new(sender),
             base_url: UrlText(base_url.into()),
             presentation: presentation(&merchant)?,
             merchant,
-            entries: Arc::default(),
+            shared: keyed(GATEWAY),
+            single: keyed("Payments API (single use)"),
             configure: Arc::new(|builder| builder),
         })
     }
@@ -285,16 +318,12 @@ impl SessionTokens {
         self
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Registers an authentication token under `key` (a name for its use case), replacing any
-    /// earlier one under that key.
+    /// Registers an authentication token under `key` (a name for its use case). If `key` is
+    /// there already, its authentication token is replaced in place (see the type's docs).
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] for an invalid base URL or token.
+    /// [`ConfigError`] for an invalid base URL or token, or settings that cannot work.
     pub fn register(
         &self,
         key: impl Into<String>,
@@ -307,11 +336,9 @@ impl SessionTokens {
             authentication_token,
             &self.merchant,
         )?;
-        let revoked = Arc::clone(&source.revoked);
-        let build = |single: bool| {
+        let builder = |single: bool| {
             let builder = (self.configure)(
                 TokenCache::builder(source.clone())
-                    .with_name(format!("{GATEWAY} ({key})"))
                     .with_presentation(self.presentation.clone())
                     .with_default_lifetime(DEFAULT_SESSION_LIFETIME),
             );
@@ -320,15 +347,17 @@ impl SessionTokens {
             } else {
                 builder
             }
-            .build()
         };
-        let entry = Entry {
-            shared: build(false)?,
-            single: build(true)?,
-            revoked,
-        };
-        if let Some(old) = self.lock().insert(key, entry) {
-            revoke_entry(&old);
+        for (keyed, single) in [(&self.shared, false), (&self.single, true)] {
+            let rotated = keyed.rotate(&key, source.clone());
+            if rotated {
+                // Nothing minted under the old authentication token is served again.
+                keyed.revoke(&key);
+            } else {
+                keyed
+                    .register(key.clone(), builder(single))
+                    .map_err(config_error)?;
+            }
         }
         Ok(())
     }
@@ -336,37 +365,58 @@ impl SessionTokens {
     /// The shared cache of session tokens minted with the authentication token `key`.
     #[must_use]
     pub fn cache(&self, key: &str) -> Option<TokenCache> {
-        self.lock().get(key).map(|e| e.shared.clone())
+        self.shared
+            .handle(&key.to_owned())
+            .ok()
+            .map(|handle| handle.cache().clone())
+    }
+
+    /// The keyed cache behind [`cache`](Self::cache), keyed by the names given to
+    /// [`register`](Self::register): for a layer that chooses the authentication token per
+    /// request, and for [`KeyedCache::summary`] on a health endpoint.
+    #[must_use]
+    pub fn keyed(&self) -> &KeyedCache<String> {
+        &self.shared
     }
 
     /// A fresh session token for a client app, minted with the authentication token `key`.
     ///
     /// # Errors
     ///
-    /// [`tokenwarden_core::Error`] from the fetch; `Rejected` if `key` is unknown or revoked.
+    /// [`tokenwarden_core::Error::UnknownKey`] if `key` is not registered (or was revoked);
+    /// otherwise the fetch's error.
     pub async fn mint(&self, key: &str) -> Result<Token, tokenwarden_core::Error> {
-        let single = self.lock().get(key).map(|e| e.single.clone());
-        match single {
-            Some(cache) => Ok(cache.get().await?.token().clone()),
-            None => Err(tokenwarden_core::Error::Rejected(FetchError::rejected(
-                revoked(),
-            ))),
-        }
+        let handle = self.single.handle(&key.to_owned())?;
+        Ok(handle.cache().get().await?.token().clone())
     }
 
     /// Revokes the authentication token `key` here: every session token minted under it is
-    /// dropped, fetches under way are discarded, and nothing is minted with it again.
-    /// Returns whether `key` was registered. (Revoke it at the Payments API too.)
+    /// dropped, fetches under way are discarded, and nothing is minted with it again — caches
+    /// handed out earlier fail with `Rejected`. Returns whether `key` was registered. (Revoke it
+    /// at the Payments API too.)
     pub fn revoke(&self, key: &str) -> bool {
-        let entry = self.lock().remove(key);
-        entry.as_ref().map(revoke_entry).is_some()
+        let key = key.to_owned();
+        let mut found = false;
+        for keyed in [&self.shared, &self.single] {
+            // Fetches from now on are refused, then the tokens and fetches under way go.
+            if keyed.rotate(&key, Revoked) {
+                keyed.revoke(&key);
+                keyed.remove(&key);
+                found = true;
+            }
+        }
+        found
     }
 }
 
-fn revoke_entry(entry: &Entry) {
-    entry.revoked.store(true, Ordering::Release);
-    entry.shared.revoke();
-    entry.single.revoke();
+fn config_error(error: tokenwarden_core::Error) -> ConfigError {
+    match error {
+        tokenwarden_core::Error::KeyConfig { source, .. } => source,
+        _ => ConfigError::Invalid {
+            name: "authentication_token",
+            reason: "could not be registered",
+        },
+    }
 }
 
 #[cfg(test)]

@@ -604,6 +604,82 @@ async fn payments_revoking_an_authentication_token_expires_its_session_tokens() 
 }
 
 #[tokio::test]
+async fn payments_rotating_an_authentication_token_keeps_live_clients_working() {
+    let mut server = Server::new_async().await;
+    let minted_old = server
+        .mock("POST", "/session_token")
+        .match_header("authorization", "Bearer auth-old")
+        .with_body(r#"{"token":"sandbox_old"}"#)
+        .expect(1)
+        .create_async()
+        .await;
+    let minted_new = server
+        .mock("POST", "/session_token")
+        .match_header("authorization", "Bearer auth-new")
+        .with_body(r#"{"token":"sandbox_new"}"#)
+        .expect(2) // the shared cache's next token, and one minted for a client app
+        .create_async()
+        .await;
+    let api_old = server
+        .mock("POST", "/payments")
+        .match_header("authorization", "Bearer sandbox_old")
+        .expect(1)
+        .create_async()
+        .await;
+    let api_new = server
+        .mock("POST", "/payments")
+        .match_header("authorization", "Bearer sandbox_new")
+        .expect(1)
+        .create_async()
+        .await;
+    let sessions = SessionTokens::new(IssuerClient::new().unwrap(), server.url(), "FNS-1").unwrap();
+    sessions
+        .register("checkout", &Secret::new("auth-old"))
+        .unwrap();
+    // A client built before the rotation.
+    let cache = sessions.cache("checkout").unwrap();
+    let client = middleware_client(cache.clone(), &server.url());
+    let url = format!("{}/payments", server.url());
+    assert_eq!(
+        client.post(&url).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    sessions
+        .register("checkout", &Secret::new("auth-new"))
+        .unwrap();
+    // The session token minted under the old authentication token is dropped; the same cache,
+    // and the client built on it, go on with the new one.
+    assert!(cache.cached().is_none());
+    assert_eq!(
+        client.post(&url).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        sessions.mint("checkout").await.unwrap().secret().expose(),
+        "sandbox_new"
+    );
+    minted_old.assert_async().await;
+    minted_new.assert_async().await;
+    api_old.assert_async().await;
+    api_new.assert_async().await;
+}
+
+#[tokio::test]
+async fn payments_a_key_never_registered_is_unknown_not_revoked() {
+    let server = Server::new_async().await;
+    let sessions = SessionTokens::new(IssuerClient::new().unwrap(), server.url(), "FNS-1").unwrap();
+    let error = sessions.mint("refunds").await.unwrap_err();
+    assert!(
+        matches!(&error, Error::UnknownKey { key } if key == "refunds"),
+        "{error:?}"
+    );
+    assert!(!chain(&error).contains("revoked"), "{}", chain(&error));
+    assert!(!sessions.revoke("refunds"));
+    assert!(sessions.cache("refunds").is_none());
+}
+
+#[tokio::test]
 async fn payments_client_app_end_to_end_renews_its_session_token_after_a_401() {
     let mut server = Server::new_async().await;
     let (tokens, _) = issuer(&mut server, "/merchant/session", 2, |n| {
