@@ -124,10 +124,8 @@ fn short_lived(builder: TokenCacheBuilder) -> TokenCacheBuilder {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let sandbox = Sandbox::start_with(SandboxConfig {
-        token_lifetime: LIFETIME,
-    })
-    .await?;
+    let sandbox =
+        Sandbox::start_with(SandboxConfig::default().with_token_lifetime(LIFETIME)).await?;
     println!(
         "tokenwarden quickstart — sandbox gateway at {}",
         sandbox.url()

@@ -39,7 +39,7 @@ pub use tokenwarden_core as core;
 pub use tokenwarden_core::{
     CacheConfig, CacheState, CacheStats, CacheStatus, ConfigError, Error, Expiry, FetchError,
     InsecureTransport, KeyHandle, KeyedCache, KeyedCacheBuilder, KeyedSummary, Origin,
-    Presentation, Probe, RefreshWindow, Scope, Secret, Snapshot, Token, TokenCache,
+    Presentation, Probe, RefreshBudget, RefreshWindow, Scope, Secret, Snapshot, Token, TokenCache,
     TokenCacheBuilder, TokenCharset, TokenId, TokenProblem, TokenSource,
 };
 #[cfg(feature = "gateways")]

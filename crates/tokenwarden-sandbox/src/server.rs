@@ -40,6 +40,62 @@ pub mod credentials {
     pub const PAYMENTS_MERCHANT: &str = "FNS-000042";
     /// A Payments API authentication token registered at start.
     pub const PAYMENTS_AUTHENTICATION_TOKEN: &str = "sandbox-authentication-token-1";
+
+    /// One merchant's credentials at every gateway of the sandbox.
+    ///
+    /// Merchant 0 has the constants above; merchant `n` has the same values with `-m{n}` after
+    /// them (its BOIPA merchant id is `BOIPA_MERCHANT_ID + n`). A sandbox started with
+    /// [`SandboxConfig::with_merchants`](crate::SandboxConfig::with_merchants)`(k)` accepts
+    /// merchants `0..k`, and each gateway's API accepts a token only with the merchant it was
+    /// issued to.
+    #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+    #[non_exhaustive]
+    pub struct Merchant {
+        /// Its number, `0..merchants`.
+        pub index: usize,
+        /// BOIPA `merchantId`.
+        pub boipa_merchant_id: u64,
+        /// BOIPA `password`.
+        pub boipa_password: String,
+        /// Torus request token.
+        pub torus_request_token: String,
+        /// Torus `API_KEY`.
+        pub torus_api_key: String,
+        /// Torus `API_SECRET`.
+        pub torus_api_secret: String,
+        /// Sipay `app_id`.
+        pub sipay_app_id: String,
+        /// Sipay `app_secret`.
+        pub sipay_app_secret: String,
+        /// Payments API merchant identifier (FNS number).
+        pub payments_merchant: String,
+        /// Its Payments API authentication token, registered at start.
+        pub payments_authentication_token: String,
+    }
+
+    /// Merchant `index`'s credentials.
+    #[must_use]
+    pub fn merchant(index: usize) -> Merchant {
+        let suffix = |value: &str| {
+            if index == 0 {
+                value.to_owned()
+            } else {
+                format!("{value}-m{index}")
+            }
+        };
+        Merchant {
+            index,
+            boipa_merchant_id: BOIPA_MERCHANT_ID + index as u64,
+            boipa_password: suffix(BOIPA_PASSWORD),
+            torus_request_token: suffix(TORUS_REQUEST_TOKEN),
+            torus_api_key: suffix(TORUS_API_KEY),
+            torus_api_secret: suffix(TORUS_API_SECRET),
+            sipay_app_id: suffix(SIPAY_APP_ID),
+            sipay_app_secret: suffix(SIPAY_APP_SECRET),
+            payments_merchant: suffix(PAYMENTS_MERCHANT),
+            payments_authentication_token: suffix(PAYMENTS_AUTHENTICATION_TOKEN),
+        }
+    }
 }
 
 use credentials::*;
@@ -124,13 +180,33 @@ pub struct GatewayStats {
 pub struct SandboxConfig {
     /// How long issued tokens are valid. Default 60 s.
     pub token_lifetime: Duration,
+    /// How many merchants each gateway knows ([`credentials::merchant`]`(0..merchants)`).
+    /// Default 1.
+    pub merchants: usize,
 }
 
 impl Default for SandboxConfig {
     fn default() -> Self {
         Self {
             token_lifetime: Duration::from_secs(60),
+            merchants: 1,
         }
+    }
+}
+
+impl SandboxConfig {
+    /// Sets how long issued tokens are valid.
+    #[must_use]
+    pub fn with_token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.token_lifetime = lifetime;
+        self
+    }
+
+    /// Sets how many merchants each gateway knows (at least 1).
+    #[must_use]
+    pub fn with_merchants(mut self, merchants: usize) -> Self {
+        self.merchants = merchants.max(1);
+        self
     }
 }
 
@@ -149,6 +225,37 @@ struct Issued {
     used: bool,
     /// For Payments session tokens: the authentication token that minted it.
     parent: Option<String>,
+    /// The merchant it was issued to.
+    merchant: usize,
+}
+
+/// Who is who: each gateway's identifying credential → the merchant.
+struct Directory {
+    merchants: Vec<Merchant>,
+    boipa: HashMap<u64, usize>,
+    torus: HashMap<String, usize>,
+    sipay: HashMap<String, usize>,
+}
+
+impl Directory {
+    fn new(count: usize) -> Self {
+        let merchants: Vec<Merchant> = (0..count.max(1)).map(merchant).collect();
+        let index = |f: fn(&Merchant) -> &String| {
+            merchants
+                .iter()
+                .map(|m| (f(m).clone(), m.index))
+                .collect::<HashMap<_, _>>()
+        };
+        Self {
+            boipa: merchants
+                .iter()
+                .map(|m| (m.boipa_merchant_id, m.index))
+                .collect(),
+            torus: index(|m| &m.torus_api_key),
+            sipay: index(|m| &m.sipay_app_id),
+            merchants,
+        }
+    }
 }
 
 struct State {
@@ -156,8 +263,12 @@ struct State {
     next: AtomicU64,
     tokens: Mutex<HashMap<String, Issued>>,
     faults: Mutex<HashMap<Gateway, Vec<Fault>>>,
-    authentication_tokens: Mutex<HashMap<String, bool>>,
+    /// Payments API authentication tokens → (active, the merchant they belong to).
+    authentication_tokens: Mutex<HashMap<String, (bool, usize)>>,
+    directory: Directory,
     counters: [Counters; 4],
+    /// Per gateway, per merchant.
+    merchant_counters: [Vec<Counters>; 4],
 }
 
 /// A running sandbox. Dropping it stops the server.
@@ -199,15 +310,25 @@ impl Sandbox {
     pub async fn start_with(config: SandboxConfig) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        let directory = Directory::new(config.merchants);
         let state = Arc::new(State {
             lifetime_ms: AtomicU64::new(config.token_lifetime.as_millis() as u64),
             next: AtomicU64::new(0),
             tokens: Mutex::default(),
             faults: Mutex::default(),
-            authentication_tokens: Mutex::new(HashMap::from([(
-                PAYMENTS_AUTHENTICATION_TOKEN.to_owned(),
-                true,
-            )])),
+            authentication_tokens: Mutex::new(
+                directory
+                    .merchants
+                    .iter()
+                    .map(|m| (m.payments_authentication_token.clone(), (true, m.index)))
+                    .collect(),
+            ),
+            merchant_counters: std::array::from_fn(|_| {
+                (0..directory.merchants.len())
+                    .map(|_| Counters::default())
+                    .collect()
+            }),
+            directory,
             counters: Default::default(),
         });
         let serving = Arc::clone(&state);
@@ -263,35 +384,62 @@ impl Sandbox {
         )
     }
 
-    /// A BOIPA configuration with the sandbox's credentials.
+    /// A BOIPA configuration with the sandbox's credentials (merchant 0).
     #[must_use]
     pub fn boipa_config(&self) -> BoipaConfig {
+        self.boipa_config_for(0)
+    }
+
+    /// A Torus configuration with the sandbox's credentials (merchant 0).
+    #[must_use]
+    pub fn torus_config(&self) -> TorusConfig {
+        self.torus_config_for(0)
+    }
+
+    /// A Sipay configuration with the sandbox's credentials (merchant 0).
+    #[must_use]
+    pub fn sipay_config(&self) -> SipayConfig {
+        self.sipay_config_for(0)
+    }
+
+    /// How many merchants each gateway knows.
+    #[must_use]
+    pub fn merchants(&self) -> usize {
+        self.state.directory.merchants.len()
+    }
+
+    /// A BOIPA configuration with merchant `index`'s credentials ([`credentials::merchant`]).
+    #[must_use]
+    pub fn boipa_config_for(&self, index: usize) -> BoipaConfig {
+        let m = merchant(index);
         BoipaConfig::new(
             self.base_url(Gateway::Boipa),
-            BOIPA_MERCHANT_ID,
-            BOIPA_PASSWORD,
+            m.boipa_merchant_id,
+            m.boipa_password,
             "https://shop.example",
         )
     }
 
-    /// A Torus configuration with the sandbox's credentials.
+    /// A Torus configuration with merchant `index`'s credentials.
     #[must_use]
-    pub fn torus_config(&self) -> TorusConfig {
+    pub fn torus_config_for(&self, index: usize) -> TorusConfig {
+        let m = merchant(index);
         TorusConfig::new(
             self.base_url(Gateway::Torus),
-            TORUS_REQUEST_TOKEN,
-            TORUS_API_KEY,
-            TORUS_API_SECRET,
+            m.torus_request_token,
+            m.torus_api_key,
+            m.torus_api_secret,
         )
     }
 
-    /// A Sipay configuration with the sandbox's credentials.
+    /// A Sipay configuration with merchant `index`'s credentials.
     #[must_use]
-    pub fn sipay_config(&self) -> SipayConfig {
+    pub fn sipay_config_for(&self, index: usize) -> SipayConfig {
+        let m = merchant(index);
         SipayConfig::new(
             self.base_url(Gateway::Sipay),
-            SIPAY_APP_ID,
-            SIPAY_APP_SECRET,
+            m.sipay_app_id,
+            m.sipay_app_secret,
         )
     }
 
@@ -320,15 +468,24 @@ impl Sandbox {
         self.state.tokens().retain(|_, t| t.gateway != gateway);
     }
 
-    /// Registers a Payments API authentication token.
+    /// Registers a Payments API authentication token (of merchant 0).
     pub fn register_authentication_token(&self, token: &str) {
-        self.state.auth_tokens().insert(token.to_owned(), true);
+        self.register_authentication_token_for(0, token);
+    }
+
+    /// Registers a Payments API authentication token of merchant `index`.
+    pub fn register_authentication_token_for(&self, index: usize, token: &str) {
+        self.state
+            .auth_tokens()
+            .insert(token.to_owned(), (true, index));
     }
 
     /// Revokes a Payments API authentication token: it mints nothing more, and every session
     /// token it minted is rejected from now on.
     pub fn revoke_authentication_token(&self, token: &str) {
-        self.state.auth_tokens().insert(token.to_owned(), false);
+        if let Some(entry) = self.state.auth_tokens().get_mut(token) {
+            entry.0 = false;
+        }
         self.state
             .tokens()
             .retain(|_, t| t.parent.as_deref() != Some(token));
@@ -337,12 +494,29 @@ impl Sandbox {
     /// What the sandbox saw of `gateway`.
     #[must_use]
     pub fn stats(&self, gateway: Gateway) -> GatewayStats {
-        let c = &self.state.counters[gateway.index()];
+        self.state.counters[gateway.index()].read()
+    }
+
+    /// What the sandbox saw of `gateway` for merchant `index`: token requests made with its
+    /// credentials (requests whose credentials name no merchant count for none), tokens issued
+    /// to it, and API requests presenting its tokens (401s for tokens of no merchant count for
+    /// none). Zeros for a merchant the sandbox does not know.
+    #[must_use]
+    pub fn merchant_stats(&self, gateway: Gateway, index: usize) -> GatewayStats {
+        self.state.merchant_counters[gateway.index()]
+            .get(index)
+            .map(Counters::read)
+            .unwrap_or_default()
+    }
+}
+
+impl Counters {
+    fn read(&self) -> GatewayStats {
         GatewayStats {
-            token_requests: c.token_requests.load(Relaxed),
-            tokens_issued: c.tokens_issued.load(Relaxed),
-            api_requests: c.api_requests.load(Relaxed),
-            unauthorized: c.unauthorized.load(Relaxed),
+            token_requests: self.token_requests.load(Relaxed),
+            tokens_issued: self.tokens_issued.load(Relaxed),
+            api_requests: self.api_requests.load(Relaxed),
+            unauthorized: self.unauthorized.load(Relaxed),
         }
     }
 }
@@ -395,7 +569,7 @@ impl State {
         self.tokens.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn auth_tokens(&self) -> std::sync::MutexGuard<'_, HashMap<String, bool>> {
+    fn auth_tokens(&self) -> std::sync::MutexGuard<'_, HashMap<String, (bool, usize)>> {
         self.authentication_tokens
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -409,7 +583,12 @@ impl State {
 
     /// Issues a token for `gateway`, valid for the configured lifetime (whole seconds for JWTs,
     /// which carry seconds).
-    fn issue(&self, gateway: Gateway, parent: Option<&str>) -> (String, SystemTime) {
+    fn issue(
+        &self,
+        gateway: Gateway,
+        merchant: usize,
+        parent: Option<&str>,
+    ) -> (String, SystemTime) {
         let id = self.next.fetch_add(1, Relaxed) + 1;
         let lifetime = Duration::from_millis(self.lifetime_ms.load(Relaxed));
         let mut expires = SystemTime::now() + lifetime;
@@ -442,9 +621,13 @@ impl State {
                 single_use: gateway == Gateway::Boipa,
                 used: false,
                 parent: parent.map(str::to_owned),
+                merchant,
             },
         );
         self.counters[gateway.index()]
+            .tokens_issued
+            .fetch_add(1, Relaxed);
+        self.merchant_counters[gateway.index()][merchant]
             .tokens_issued
             .fetch_add(1, Relaxed);
         (value, expires)
@@ -488,6 +671,12 @@ impl State {
         self.counters[gateway.index()]
             .token_requests
             .fetch_add(1, Relaxed);
+        let merchant = self.identify(gateway, &parts.headers, &body);
+        if let Some(m) = merchant {
+            self.merchant_counters[gateway.index()][m]
+                .token_requests
+                .fetch_add(1, Relaxed);
+        }
         match self.fault(gateway) {
             Some(Fault::Slow(delay)) => tokio::time::sleep(delay).await,
             Some(Fault::ServerError) => {
@@ -500,10 +689,36 @@ impl State {
             None => {}
         }
         match gateway {
-            Gateway::Boipa => self.boipa(&body),
-            Gateway::Torus => self.torus(&parts.headers, &body),
-            Gateway::Sipay => self.sipay(&body),
+            Gateway::Boipa => self.boipa(merchant, &body),
+            Gateway::Torus => self.torus(merchant, &parts.headers, &body),
+            Gateway::Sipay => self.sipay(merchant, &body),
             Gateway::Payments => self.payments(&parts.headers),
+        }
+    }
+
+    /// The merchant a token request's identifying credential names (its secrets unchecked).
+    fn identify(&self, gateway: Gateway, headers: &HeaderMap, body: &[u8]) -> Option<usize> {
+        let directory = &self.directory;
+        match gateway {
+            Gateway::Boipa => form_urlencoded::parse(body)
+                .find(|(k, _)| k == "merchantId")
+                .and_then(|(_, v)| v.parse::<u64>().ok())
+                .and_then(|id| directory.boipa.get(&id).copied()),
+            Gateway::Torus => {
+                let credentials: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+                credentials["API_KEY"]
+                    .as_str()
+                    .and_then(|key| directory.torus.get(key).copied())
+            }
+            Gateway::Sipay => {
+                let credentials: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+                credentials["app_id"]
+                    .as_str()
+                    .and_then(|id| directory.sipay.get(id).copied())
+            }
+            Gateway::Payments => {
+                bearer(headers).and_then(|token| self.auth_tokens().get(token).map(|e| e.1))
+            }
         }
     }
 
@@ -524,7 +739,7 @@ impl State {
         }
     }
 
-    fn boipa(&self, body: &[u8]) -> Response<Full<Bytes>> {
+    fn boipa(&self, merchant: Option<usize>, body: &[u8]) -> Response<Full<Bytes>> {
         let fields: HashMap<String, String> = form_urlencoded::parse(body).into_owned().collect();
         let mut errors = Vec::new();
         for required in [
@@ -556,10 +771,11 @@ impl State {
         ) {
             errors.push(json!({"messageCode": "Invalid value", "fieldName": "action"}));
         }
-        let good = fields.get("merchantId").map(String::as_str)
-            == Some(&BOIPA_MERCHANT_ID.to_string())
-            && fields.get("password").map(String::as_str) == Some(BOIPA_PASSWORD);
-        if errors.is_empty() && !good {
+        let known = merchant.map(|m| &self.directory.merchants[m]);
+        let good = known.filter(|m| {
+            fields.get("password").map(String::as_str) == Some(m.boipa_password.as_str())
+        });
+        if errors.is_empty() && good.is_none() {
             return self.refuse(Gateway::Boipa);
         }
         let result_id = format!("{:x}", fastrand::u64(..));
@@ -569,32 +785,44 @@ impl State {
                 &json!({"result": "failure", "resultId": result_id, "additionalDetails": {}, "errors": errors, "processingTime": 2}),
             );
         }
-        let (token, _) = self.issue(Gateway::Boipa, None);
+        let Some(merchant) = good else {
+            return self.refuse(Gateway::Boipa);
+        };
+        let (token, _) = self.issue(Gateway::Boipa, merchant.index, None);
         json_response(
             StatusCode::OK,
-            &json!({"result": "success", "resultId": result_id, "merchantId": BOIPA_MERCHANT_ID.to_string(),
+            &json!({"result": "success", "resultId": result_id, "merchantId": merchant.boipa_merchant_id.to_string(),
                     "additionalDetails": {}, "processingTime": 4, "token": token}),
         )
     }
 
-    fn torus(&self, headers: &HeaderMap, body: &[u8]) -> Response<Full<Bytes>> {
+    fn torus(
+        &self,
+        merchant: Option<usize>,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Response<Full<Bytes>> {
         let credentials: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-        let good = header(headers, "token") == Some(TORUS_REQUEST_TOKEN)
-            && credentials["API_KEY"] == TORUS_API_KEY
-            && credentials["API_SECRET"] == TORUS_API_SECRET;
-        if !good {
+        let good = merchant.map(|m| &self.directory.merchants[m]).filter(|m| {
+            header(headers, "token") == Some(m.torus_request_token.as_str())
+                && credentials["API_SECRET"] == m.torus_api_secret.as_str()
+        });
+        let Some(merchant) = good else {
             return self.refuse(Gateway::Torus);
-        }
-        let (token, _) = self.issue(Gateway::Torus, None);
+        };
+        let (token, _) = self.issue(Gateway::Torus, merchant.index, None);
         json_response(StatusCode::OK, &json!({"AccessToken": token}))
     }
 
-    fn sipay(&self, body: &[u8]) -> Response<Full<Bytes>> {
+    fn sipay(&self, merchant: Option<usize>, body: &[u8]) -> Response<Full<Bytes>> {
         let credentials: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-        if credentials["app_id"] != SIPAY_APP_ID || credentials["app_secret"] != SIPAY_APP_SECRET {
+        let good = merchant
+            .map(|m| &self.directory.merchants[m])
+            .filter(|m| credentials["app_secret"] == m.sipay_app_secret.as_str());
+        let Some(merchant) = good else {
             return self.refuse(Gateway::Sipay);
-        }
-        let (token, expires) = self.issue(Gateway::Sipay, None);
+        };
+        let (token, expires) = self.issue(Gateway::Sipay, merchant.index, None);
         // `expires_at` in the gateway's local time (UTC+3), as the real one does
         let local = expires
             .duration_since(UNIX_EPOCH)
@@ -610,13 +838,18 @@ impl State {
 
     fn payments(&self, headers: &HeaderMap) -> Response<Full<Bytes>> {
         let authentication = bearer(headers).map(str::to_owned);
-        let active = authentication
+        let merchant = authentication
             .as_deref()
-            .is_some_and(|t| self.auth_tokens().get(t).copied().unwrap_or(false));
-        if !active || header(headers, "merchant-account") != Some(PAYMENTS_MERCHANT) {
+            .and_then(|t| self.auth_tokens().get(t).copied())
+            .and_then(|(active, m)| active.then_some(m))
+            .filter(|&m| {
+                header(headers, "merchant-account")
+                    == Some(self.directory.merchants[m].payments_merchant.as_str())
+            });
+        let Some(merchant) = merchant else {
             return self.refuse(Gateway::Payments);
-        }
-        let (token, _) = self.issue(Gateway::Payments, authentication.as_deref());
+        };
+        let (token, _) = self.issue(Gateway::Payments, merchant, authentication.as_deref());
         json_response(StatusCode::OK, &json!({"token": token}))
     }
 
@@ -625,31 +858,37 @@ impl State {
         counters.api_requests.fetch_add(1, Relaxed);
         let presented = match gateway {
             Gateway::Boipa | Gateway::Torus => header(headers, "token"),
-            Gateway::Sipay => bearer(headers),
-            Gateway::Payments => bearer(headers)
-                .filter(|_| header(headers, "merchant-account") == Some(PAYMENTS_MERCHANT)),
+            Gateway::Sipay | Gateway::Payments => bearer(headers),
         };
-        let valid = presented.is_some_and(|token| {
+        // (whose token it is, whether it is accepted)
+        let verdict = presented.and_then(|token| {
             let mut tokens = self.tokens();
-            match tokens.get_mut(token) {
-                Some(t)
-                    if t.gateway == gateway
-                        && SystemTime::now() < t.expires
-                        && !(t.single_use && t.used) =>
-                {
-                    t.used = true;
-                    true
-                }
-                _ => false,
+            let t = tokens.get_mut(token).filter(|t| t.gateway == gateway)?;
+            let merchant = &self.directory.merchants[t.merchant];
+            let valid = SystemTime::now() < t.expires
+                && !(t.single_use && t.used)
+                && (gateway != Gateway::Payments
+                    || header(headers, "merchant-account")
+                        == Some(merchant.payments_merchant.as_str()));
+            if valid {
+                t.used = true;
             }
+            Some((t.merchant, valid))
         });
-        if valid {
+        let mine = verdict.map(|(m, _)| &self.merchant_counters[gateway.index()][m]);
+        if let Some(c) = mine {
+            c.api_requests.fetch_add(1, Relaxed);
+        }
+        if let Some((merchant, true)) = verdict {
             json_response(
                 StatusCode::OK,
-                &json!({"ok": true, "gateway": gateway.to_string()}),
+                &json!({"ok": true, "gateway": gateway.to_string(), "merchant": merchant}),
             )
         } else {
             counters.unauthorized.fetch_add(1, Relaxed);
+            if let Some(c) = mine {
+                c.unauthorized.fetch_add(1, Relaxed);
+            }
             unauthorized()
         }
     }

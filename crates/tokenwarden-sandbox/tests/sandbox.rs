@@ -7,7 +7,7 @@ use tokenwarden_core::{ConfigError, Error, Secret, TokenCache, TokenCacheBuilder
 use tokenwarden_gateways::boipa::{self, Action, ActionRequest};
 use tokenwarden_gateways::payments::SessionTokens;
 use tokenwarden_gateways::{GatewayError, IssuerClient, sipay, torus};
-use tokenwarden_sandbox::{Fault, Gateway, Sandbox, credentials};
+use tokenwarden_sandbox::{Fault, Gateway, Sandbox, SandboxConfig, credentials};
 use tokenwarden_test_support::{gateway_error, middleware_client};
 
 /// The Payments API's session tokens, under the sandbox's authentication token as `main`.
@@ -225,4 +225,106 @@ async fn revoking_an_authentication_token_rejects_its_session_tokens() {
     assert_eq!(send().await.unwrap().status(), 401);
     sessions.revoke("main");
     assert!(sessions.mint("main").await.is_err());
+}
+
+#[tokio::test]
+async fn several_merchants_each_get_their_own_tokens_and_cannot_use_anothers() {
+    let sandbox = Sandbox::start_with(SandboxConfig::default().with_merchants(3))
+        .await
+        .unwrap();
+    assert_eq!(sandbox.merchants(), 3);
+    let http = IssuerClient::new().unwrap();
+    let client = reqwest::Client::new();
+    for index in 0..3 {
+        let m = credentials::merchant(index);
+        let torus = torus::cache(http.clone(), sandbox.torus_config_for(index))
+            .unwrap()
+            .build()
+            .unwrap();
+        let sipay = sipay::cache(http.clone(), sandbox.sipay_config_for(index))
+            .unwrap()
+            .build()
+            .unwrap();
+        let boipa = boipa::cache(
+            http.clone(),
+            sandbox.boipa_config_for(index),
+            ActionRequest::new(Action::Purchase),
+            0,
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        let sessions = SessionTokens::new(
+            http.clone(),
+            sandbox.base_url(Gateway::Payments),
+            m.payments_merchant.clone(),
+        )
+        .unwrap();
+        sessions
+            .register(
+                "main",
+                &Secret::new(m.payments_authentication_token.clone()),
+            )
+            .unwrap();
+        let payments = sessions.cache("main").unwrap();
+        for (gateway, cache) in [
+            (Gateway::Torus, &torus),
+            (Gateway::Sipay, &sipay),
+            (Gateway::Boipa, &boipa),
+            (Gateway::Payments, &payments),
+        ] {
+            assert_eq!(
+                call(&sandbox, gateway, cache, 2).await,
+                [200, 200],
+                "{gateway} {index}"
+            );
+            let stats = sandbox.merchant_stats(gateway, index);
+            assert_eq!(stats.api_requests, 2, "{gateway} {index}");
+            let expected = if gateway == Gateway::Boipa { 2 } else { 1 };
+            assert_eq!(stats.tokens_issued, expected, "{gateway} {index}");
+            assert_eq!(stats.token_requests, expected, "{gateway} {index}");
+        }
+        // The API says whose token it was.
+        let token = sipay.get().await.unwrap();
+        let answer = client
+            .post(sandbox.api_url(Gateway::Sipay, "orders"))
+            .bearer_auth(token.token().secret().expose())
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(answer["merchant"], index);
+        // A session token presented for another merchant is refused.
+        let session = payments.get().await.unwrap();
+        let other = credentials::merchant((index + 1) % 3);
+        let status = client
+            .post(sandbox.api_url(Gateway::Payments, "orders"))
+            .bearer_auth(session.token().secret().expose())
+            .header("merchant-account", &other.payments_merchant)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 401);
+    }
+    // One merchant's credentials with another's secret are refused.
+    let (a, b) = (credentials::merchant(1), credentials::merchant(2));
+    let mixed = sipay::SipayConfig::new(
+        sandbox.base_url(Gateway::Sipay),
+        a.sipay_app_id,
+        b.sipay_app_secret,
+    );
+    let error = first_error(sipay::cache(http.clone(), mixed)).await;
+    assert!(error.is_rejected(), "{error:?}");
+    // A merchant the sandbox does not know is refused.
+    let unknown = sandbox.torus_config_for(7);
+    let error = first_error(torus::cache(http, unknown)).await;
+    assert!(error.is_rejected(), "{error:?}");
+    assert_eq!(
+        sandbox.merchant_stats(Gateway::Torus, 7),
+        Default::default()
+    );
 }
