@@ -42,7 +42,8 @@ pub(crate) struct Inner {
     /// Per-thread copies of the current snapshot, tagged with the state they were made under.
     /// Per-thread copies of the current token (none for a keyed cache's entries, whose
     /// per-thread copies live in the keyed cache, bounded).
-    locals: Option<ThreadLocal<Padded<RefCell<Local>>>>,
+    /// Boxed: a `ThreadLocal` is half a kilobyte inline, and a keyed cache's entries have none.
+    locals: Option<Box<ThreadLocal<Padded<RefCell<Local>>>>>,
     /// A display-safe label of the key, for a keyed cache's entries (tracing spans only).
     pub(crate) key_label: Option<Arc<str>>,
     /// Every thread's hit counter (each written only by its own thread), for [`Inner::stats`].
@@ -66,7 +67,7 @@ pub(crate) struct Inner {
 /// consecutive threads side by side, and a write to one would otherwise slow the others.
 #[derive(Default)]
 #[repr(align(128))]
-struct Padded<T>(T);
+pub(crate) struct Padded<T>(pub(crate) T);
 
 struct Local {
     state: u64,
@@ -225,7 +226,7 @@ impl Inner {
             permits: Arc::new(Semaphore::new(config.max_concurrent_fetches)),
             clock,
             state: AtomicU64::new(0),
-            locals: thread_copies.then(ThreadLocal::new),
+            locals: thread_copies.then(|| Box::new(ThreadLocal::new())),
             key_label,
             hit_counters: Mutex::default(),
             shared: Mutex::new(State::default()),
@@ -281,10 +282,16 @@ impl Inner {
         Some((state, self.clock.ticks_at(check_at, now, ticks)))
     }
 
-    /// The hot path's check of a copy taken under `state` until `check_at`.
+    /// Whether the state word is still `state` (the hot path's check of a keyed copy; the
+    /// keyed cache reads the clock itself).
     #[inline]
-    pub(crate) fn still_serves(&self, state: u64, check_at: u64) -> bool {
-        self.state.load(Ordering::Acquire) == state && self.clock.ticks() < check_at
+    pub(crate) fn state_is(&self, state: u64) -> bool {
+        self.state.load(Ordering::Acquire) == state
+    }
+
+    /// The cache's clock.
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Whether a fetch (or a pool refill) is under way: a keyed cache never evicts it then.

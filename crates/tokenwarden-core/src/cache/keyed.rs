@@ -13,8 +13,9 @@ use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, UnitWeighter};
 use thread_local::ThreadLocal;
 
+use super::inner::Padded;
 use super::status::{CacheState, CacheStatus};
-use super::{RefreshBudget, TokenCache, TokenCacheBuilder};
+use super::{Clock, RefreshBudget, TokenCache, TokenCacheBuilder};
 use crate::{ConfigError, Error, Snapshot, TokenId, TokenSource};
 
 /// How long a thread serves a key's token from its own copy before it looks the key up again
@@ -94,7 +95,9 @@ struct Keyed<K: Send> {
     factory: Option<Factory<K>>,
     budget: Option<RefreshBudget>,
     label: Labeler<K>,
-    locals: ThreadLocal<RefCell<Table<K>>>,
+    /// Each thread's table on cache lines of its own (their borrow flags are written on every
+    /// read, and `ThreadLocal` keeps consecutive threads' slots side by side).
+    locals: ThreadLocal<Padded<RefCell<Table<K>>>>,
     thread_copies: usize,
     idle: Duration,
     /// Coarse seconds of the last idle sweep.
@@ -164,6 +167,9 @@ struct Copy {
     snapshot: Snapshot,
     state: u64,
     check_at: u64,
+    /// The key's clock, kept here so that a cached get reads one line of the key's cache (its
+    /// state word), not two.
+    clock: Clock,
 }
 
 /// A key's cache in use: while a handle is held, the key is not evicted. Layers hold one for
@@ -378,11 +384,9 @@ where
     #[inline]
     #[must_use]
     pub fn cached(&self, key: &K) -> Option<Snapshot> {
-        let table = self.inner.locals.get()?.try_borrow().ok()?;
+        let table = self.inner.locals.get()?.0.try_borrow().ok()?;
         let copy = table.entries.get(key)?;
-        copy.cache
-            .inner()
-            .still_serves(copy.state, copy.check_at)
+        (copy.clock.ticks() < copy.check_at && copy.cache.inner().state_is(copy.state))
             .then(|| copy.snapshot.clone())
     }
 
@@ -395,11 +399,11 @@ where
             return;
         };
         let cell = self.inner.locals.get_or(|| {
-            RefCell::new(Table {
+            Padded(RefCell::new(Table {
                 entries: HashMap::with_hasher(DefaultHashBuilder::default()),
-            })
+            }))
         });
-        let Ok(mut table) = cell.try_borrow_mut() else {
+        let Ok(mut table) = cell.0.try_borrow_mut() else {
             return;
         };
         let reuse = table
@@ -421,6 +425,7 @@ where
                 snapshot,
                 state,
                 check_at,
+                clock: slot.cache.inner().clock().clone(),
             },
         );
     }
