@@ -224,3 +224,48 @@ async fn a_key_can_come_from_a_header_and_an_unknown_key_is_refused_unsent() {
     );
     assert_eq!(bearer_seen(&api), ["Bearer nine"]);
 }
+
+#[tokio::test]
+async fn both_layers_serve_a_keys_token_from_the_threads_copy_not_the_keys_lock() {
+    let calls = Arc::default();
+    let revoked = Arc::default();
+    let api = api(&revoked).await;
+    let keyed = merchants(&calls);
+    let scope = Scope::origin(&api.origin()).unwrap();
+    let tower = tokenwarden::tower::TokenLayer::keyed(keyed.clone(), scope.clone())
+        .cloning_bodies()
+        .layer(HyperClient::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
+    let http = tokenwarden::reqwest::client_builder()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let reqwest = reqwest_middleware::ClientBuilder::new(http)
+        .with(tokenwarden::reqwest::TokenMiddleware::keyed(
+            keyed.clone(),
+            scope,
+        ))
+        .build();
+    for merchant in ["m-0", "m-1"] {
+        for _ in 0..20 {
+            let mut request = Request::get(api.url("/pay")).body(Empty::new()).unwrap();
+            request
+                .extensions_mut()
+                .insert(TokenKey(merchant.to_owned()));
+            let response = tower.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let response = reqwest
+                .get(api.url("/pay"))
+                .with_extension(TokenKey(merchant.to_owned()))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+        // 40 requests on this thread: the first fetched, the second read the key's cache
+        // (under its lock) and left this thread a copy, the other 38 were served from it.
+        let stats = keyed.handle(&merchant.to_owned()).unwrap().cache().stats();
+        assert_eq!(stats.fetches, 1, "{merchant}: {stats:?}");
+        assert!(stats.hits <= 1, "{merchant}: {stats:?}");
+    }
+    assert_eq!(api.received().len(), 80);
+}

@@ -127,11 +127,11 @@ impl Engine {
             Tokens::One(_) => Ok(Choice::Engine),
             Tokens::Keyed(keys) => {
                 let view = request();
-                let handle = keys.choose(&view)?;
+                let (handle, token) = keys.choose(&view)?;
                 if handle.cache().presentation().supplied_by(view.headers) {
                     Ok(Choice::OwnCredentials)
                 } else {
-                    Ok(Choice::Key(handle))
+                    Ok(Choice::Key(handle, token))
                 }
             }
         }

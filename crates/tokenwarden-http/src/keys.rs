@@ -4,7 +4,7 @@ use std::fmt;
 use std::hash::Hash;
 
 use http::{Extensions, HeaderMap, Method};
-use tokenwarden_core::{KeyHandle, KeyedCache};
+use tokenwarden_core::{KeyHandle, KeyedCache, Snapshot};
 
 /// A request's key, for a keyed layer: put it in the request's extensions (tower:
 /// `request.extensions_mut().insert(TokenKey(merchant))`; reqwest-middleware:
@@ -50,8 +50,8 @@ pub enum Choice {
     /// The engine has one cache: that one.
     Engine,
     /// The cache of the request's key (held for the request's life: the key is not evicted
-    /// meanwhile).
-    Key(KeyHandle),
+    /// meanwhile), with its token when one can be served now (else fetch it from the cache).
+    Key(KeyHandle, Option<Snapshot>),
     /// The request already carries its key's headers: the caller's own credentials, sent
     /// untouched.
     OwnCredentials,
@@ -76,12 +76,13 @@ pub enum KeyError {
 /// Chooses a request's cache: what a keyed [`Engine`](crate::Engine) asks per request. Made by
 /// [`by_extension`] or [`by_key`].
 pub trait ChooseCache: fmt::Debug + Send + Sync + 'static {
-    /// The cache of `request`'s key.
+    /// The cache of `request`'s key, with its token when one can be served now (see
+    /// [`KeyedCache::handle_with_token`]).
     ///
     /// # Errors
     ///
     /// [`KeyError`]: no key, or no cache for it.
-    fn choose(&self, request: &RequestView<'_>) -> Result<KeyHandle, KeyError>;
+    fn choose(&self, request: &RequestView<'_>) -> Result<(KeyHandle, Option<Snapshot>), KeyError>;
 }
 
 /// Keys from the request's [`TokenKey<K>`] extension.
@@ -127,8 +128,8 @@ where
     K: Clone + Hash + Eq + Send + Sync + 'static,
     F: Fn(&RequestView<'_>) -> Option<K> + Send + Sync + 'static,
 {
-    fn choose(&self, request: &RequestView<'_>) -> Result<KeyHandle, KeyError> {
+    fn choose(&self, request: &RequestView<'_>) -> Result<(KeyHandle, Option<Snapshot>), KeyError> {
         let key = (self.key)(request).ok_or(KeyError::Missing)?;
-        self.keyed.handle(&key).map_err(KeyError::Cache)
+        self.keyed.handle_with_token(&key).map_err(KeyError::Cache)
     }
 }

@@ -181,15 +181,18 @@ impl Middleware for TokenMiddleware {
         let choice = self.engine.choose(|| {
             RequestView::new(request.method(), url.path(), request.headers(), extensions)
         });
-        let key = match choice.map_err(Error::middleware)? {
-            Choice::Engine => None,
-            Choice::Key(handle) => Some(handle),
+        let (key, chosen) = match choice.map_err(Error::middleware)? {
+            Choice::Engine => (None, None),
+            Choice::Key(handle, token) => (Some(handle), token),
             Choice::OwnCredentials => return next.run(request, extensions).await,
         };
         let Some(cache) = self.engine.cache_for(key.as_ref()) else {
             return Err(Error::middleware(tokenwarden_http::KeyError::Missing));
         };
-        let token = cache.get().await.map_err(Error::middleware)?;
+        let token = match chosen {
+            Some(token) => token,
+            None => cache.get().await.map_err(Error::middleware)?,
+        };
         let kept = self.keep(&mut request);
         token.apply_to(request.headers_mut());
         let response = next.clone().run(request, extensions).await?;

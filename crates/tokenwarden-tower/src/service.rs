@@ -163,8 +163,9 @@ where
             }
             Err(insecure) => return ResponseFuture::failed(insecure.into()),
         }
-        // A keyed layer: the request's key chooses the cache (no key: refused, unsent).
-        let key = match engine.choose(|| {
+        // A keyed layer: the request's key chooses the cache (no key: refused, unsent), and
+        // hands over its token when this thread holds one.
+        let (key, token) = match engine.choose(|| {
             RequestView::new(
                 request.method(),
                 request.uri().path(),
@@ -172,8 +173,8 @@ where
                 request.extensions(),
             )
         }) {
-            Ok(Choice::Engine) => None,
-            Ok(Choice::Key(handle)) => Some(handle),
+            Ok(Choice::Engine) => (None, None),
+            Ok(Choice::Key(handle, token)) => (Some(handle), token),
             Ok(Choice::OwnCredentials) => {
                 return ResponseFuture::untouched(self.inner.call(M::passthrough(request)));
             }
@@ -182,7 +183,7 @@ where
         let Some(cache) = engine.cache_for(key.as_ref()) else {
             return ResponseFuture::failed("the token layer has no cache for this request".into());
         };
-        match cache.cached() {
+        match token.or_else(|| cache.cached()) {
             // The common case: the token is at hand, so the service driven to ready is called
             // now and the future only waits for its response.
             Some(token) => {

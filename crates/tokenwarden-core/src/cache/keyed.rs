@@ -439,7 +439,11 @@ where
         self.sweep_if_due();
         let now = self.now_secs();
         if let Some(slot) = self.inner.map.get(key) {
-            slot.used_at.store(now, Ordering::Relaxed);
+            // Written once a second at most: requests of one key on many threads do not
+            // write the same line on every call.
+            if slot.used_at.load(Ordering::Relaxed) != now {
+                slot.used_at.store(now, Ordering::Relaxed);
+            }
             return Ok(KeyHandle(slot));
         }
         let Some(factory) = &self.inner.factory else {
@@ -492,6 +496,38 @@ where
     /// [`Error::UnknownKey`] or [`Error::KeyConfig`], as [`get`](Self::get).
     pub fn handle(&self, key: &K) -> Result<KeyHandle, Error> {
         self.slot(key)
+    }
+
+    /// What a layer needs for a request of `key`: a handle on its cache (the key is not
+    /// evicted while it is held) and, if one can be served now, its token — from this thread's
+    /// copy when it has one (no lock), else from the key's cache, which leaves a copy for this
+    /// thread's next request. `None` for the token: the caller fetches through
+    /// `handle.cache()`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownKey`] or [`Error::KeyConfig`], as [`get`](Self::get).
+    pub fn handle_with_token(&self, key: &K) -> Result<(KeyHandle, Option<Snapshot>), Error> {
+        let handle = self.slot(key)?;
+        if let Some(copy) = self.copy_from(key, &handle.0.cache) {
+            return Ok((handle, Some(copy)));
+        }
+        let token = handle.0.cache.cached();
+        if let Some(snapshot) = &token {
+            self.remember(key, &handle.0, snapshot);
+        }
+        Ok((handle, token))
+    }
+
+    /// This thread's copy of `key`'s token, if it was taken from `cache` (not from a cache the
+    /// key had before it was removed and made again) and can be served now.
+    fn copy_from(&self, key: &K, cache: &TokenCache) -> Option<Snapshot> {
+        let table = self.inner.locals.get()?.0.try_borrow().ok()?;
+        let copy = table.entries.get(key)?;
+        (Arc::ptr_eq(copy.cache.inner(), cache.inner())
+            && copy.clock.ticks() < copy.check_at
+            && copy.cache.inner().state_is(copy.state))
+        .then(|| copy.snapshot.clone())
     }
 
     /// Registers `key` with its own cache settings, source and presentation. If `key` is
