@@ -15,7 +15,7 @@
 //!   keeps live clients working, revoking one expires every session token minted under it, and
 //!   none is used or minted afterwards.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -221,15 +221,19 @@ impl TokenSource for ClientAppSource {
 /// that picks the authentication token per request (`TokenMiddleware::keyed`).
 ///
 /// - **Rotation**: [`register`](Self::register) under a name already there swaps the
-///   authentication token in place. Caches and layers built earlier keep working: the session
-///   tokens minted under the old authentication token are dropped, and their next request waits
-///   for one minted with the new one (no request fails).
+///   authentication token in place. Caches and layers built earlier keep working, and no
+///   request fails: the session token minted under the old authentication token stays valid at
+///   the API and is served until it is due for refresh (see [`TokenCache::rotate`]); the next
+///   one is minted with the new authentication token. For an authentication token that leaked,
+///   [`revoke`](Self::revoke) the name first.
 /// - **Revocation**: [`revoke`](Self::revoke) expires every session token minted under an
 ///   authentication token: both caches drop theirs, a fetch under way cannot install one,
 ///   nothing is minted with it again (caches built earlier fail with `Rejected`, saying it was
 ///   revoked), and the name is free for a new registration.
 /// - A name never registered (or revoked) is [`Error::UnknownKey`](tokenwarden_core::Error::UnknownKey),
 ///   never another authentication token's session.
+/// - Names are labels, not secrets: they appear in errors, logs, tracing spans and
+///   [`KeyedCache::summary`]. Never use the authentication token itself as its name.
 ///
 /// ```
 /// use tokenwarden_core::Secret;
@@ -253,6 +257,9 @@ pub struct SessionTokens {
     presentation: Presentation,
     shared: KeyedCache<String>,
     single: KeyedCache<String>,
+    /// Registrations and revocations one at a time, so that a name is always in both keyed
+    /// caches with the same authentication token, or in neither.
+    changes: Arc<Mutex<()>>,
     configure: Arc<dyn Fn(TokenCacheBuilder) -> TokenCacheBuilder + Send + Sync>,
 }
 
@@ -303,6 +310,7 @@ impl SessionTokens {
             merchant,
             shared: keyed(GATEWAY),
             single: keyed("Payments API (single use)"),
+            changes: Arc::default(),
             configure: Arc::new(|builder| builder),
         })
     }
@@ -348,12 +356,9 @@ impl SessionTokens {
                 builder
             }
         };
+        let _one_at_a_time = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
         for (keyed, single) in [(&self.shared, false), (&self.single, true)] {
-            let rotated = keyed.rotate(&key, source.clone());
-            if rotated {
-                // Nothing minted under the old authentication token is served again.
-                keyed.revoke(&key);
-            } else {
+            if !keyed.rotate(&key, source.clone()) {
                 keyed
                     .register(key.clone(), builder(single))
                     .map_err(config_error)?;
@@ -397,6 +402,7 @@ impl SessionTokens {
     pub fn revoke(&self, key: &str) -> bool {
         let key = key.to_owned();
         let mut found = false;
+        let _one_at_a_time = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
         for keyed in [&self.shared, &self.single] {
             // Fetches from now on are refused, then the tokens and fetches under way go.
             if keyed.rotate(&key, Revoked) {

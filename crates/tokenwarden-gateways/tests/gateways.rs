@@ -617,13 +617,13 @@ async fn payments_rotating_an_authentication_token_keeps_live_clients_working() 
         .mock("POST", "/session_token")
         .match_header("authorization", "Bearer auth-new")
         .with_body(r#"{"token":"sandbox_new"}"#)
-        .expect(2) // the shared cache's next token, and one minted for a client app
+        .expect(2) // one minted for a client app, and the shared cache's next token
         .create_async()
         .await;
     let api_old = server
         .mock("POST", "/payments")
         .match_header("authorization", "Bearer sandbox_old")
-        .expect(1)
+        .expect(2)
         .create_async()
         .await;
     let api_new = server
@@ -648,9 +648,9 @@ async fn payments_rotating_an_authentication_token_keeps_live_clients_working() 
     sessions
         .register("checkout", &Secret::new("auth-new"))
         .unwrap();
-    // The session token minted under the old authentication token is dropped; the same cache,
-    // and the client built on it, go on with the new one.
-    assert!(cache.cached().is_none());
+    // The session token minted under the old authentication token is still valid: the client
+    // built before the rotation goes on with it, and a client app gets one minted with the new
+    // authentication token.
     assert_eq!(
         client.post(&url).send().await.unwrap().status(),
         StatusCode::OK
@@ -658,6 +658,18 @@ async fn payments_rotating_an_authentication_token_keeps_live_clients_working() 
     assert_eq!(
         sessions.mint("checkout").await.unwrap().secret().expose(),
         "sandbox_new"
+    );
+    // Once the API rejects the old session token, the same cache and client mint with the new
+    // authentication token and replay.
+    let _ = server
+        .mock("POST", "/payments")
+        .match_header("authorization", "Bearer sandbox_old")
+        .with_status(401)
+        .create_async()
+        .await;
+    assert_eq!(
+        client.post(&url).send().await.unwrap().status(),
+        StatusCode::OK
     );
     minted_old.assert_async().await;
     minted_new.assert_async().await;
