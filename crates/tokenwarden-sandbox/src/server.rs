@@ -470,14 +470,20 @@ impl Sandbox {
 
     /// Registers a Payments API authentication token (of merchant 0).
     pub fn register_authentication_token(&self, token: &str) {
-        self.register_authentication_token_for(0, token);
+        let _ = self.register_authentication_token_for(0, token);
     }
 
-    /// Registers a Payments API authentication token of merchant `index`.
-    pub fn register_authentication_token_for(&self, index: usize, token: &str) {
+    /// Registers a Payments API authentication token of merchant `index` (one registered
+    /// before, of any merchant, is given to this one). Returns `false`, registering nothing, if
+    /// the sandbox does not know merchant `index`.
+    pub fn register_authentication_token_for(&self, index: usize, token: &str) -> bool {
+        if index >= self.merchants() {
+            return false;
+        }
         self.state
             .auth_tokens()
             .insert(token.to_owned(), (true, index));
+        true
     }
 
     /// Revokes a Payments API authentication token: it mints nothing more, and every session
