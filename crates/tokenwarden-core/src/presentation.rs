@@ -4,6 +4,7 @@ use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use std::fmt;
+use std::sync::{Arc, LazyLock};
 
 use crate::{ConfigError, Error, Secret};
 
@@ -44,8 +45,14 @@ const PLACEHOLDER: &str = "{token}";
 ///     .with_template(HeaderName::from_static("x-auth"), "Session {token}")?;
 /// # Ok::<_, tokenwarden_core::ConfigError>(())
 /// ```
+///
+/// Cloning is a reference count: the caches of many keys share one presentation (and the
+/// default, `Authorization: Bearer`, is one for the whole process).
 #[derive(Clone)]
-pub struct Presentation {
+pub struct Presentation(Arc<Parts>);
+
+#[derive(Clone)]
+struct Parts {
     templates: Vec<Template>,
     fixed: Vec<(HeaderName, HeaderValue)>,
     charset: Option<TokenCharset>,
@@ -56,11 +63,11 @@ impl fmt::Debug for Presentation {
         f.debug_struct("Presentation")
             .field(
                 "token_headers",
-                &self.templates.iter().map(|t| &t.name).collect::<Vec<_>>(),
+                &self.0.templates.iter().map(|t| &t.name).collect::<Vec<_>>(),
             )
             .field(
                 "fixed_headers",
-                &self.fixed.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+                &self.0.fixed.iter().map(|(n, _)| n).collect::<Vec<_>>(),
             )
             .field("token_charset", &self.token_charset())
             .finish()
@@ -127,17 +134,19 @@ impl Presentation {
     /// No headers at all; add some with the `with_*` methods.
     #[must_use]
     pub fn empty() -> Self {
-        Self {
+        Self(Arc::new(Parts {
             templates: Vec::new(),
             fixed: Vec::new(),
             charset: None,
-        }
+        }))
     }
 
     /// `Authorization: Bearer <token>`.
     #[must_use]
     pub fn bearer() -> Self {
-        Self::empty().with_bearer()
+        static BEARER: LazyLock<Presentation> =
+            LazyLock::new(|| Presentation::empty().with_bearer());
+        BEARER.clone()
     }
 
     /// `<name>: <token>`, e.g. `Token: <token>`.
@@ -149,7 +158,7 @@ impl Presentation {
     /// Adds `Authorization: Bearer <token>`.
     #[must_use]
     pub fn with_bearer(mut self) -> Self {
-        self.templates.push(Template {
+        Arc::make_mut(&mut self.0).templates.push(Template {
             name: AUTHORIZATION,
             prefix: "Bearer ".to_owned(),
             suffix: String::new(),
@@ -160,7 +169,7 @@ impl Presentation {
     /// Adds `<name>: <token>`.
     #[must_use]
     pub fn with_header(mut self, name: HeaderName) -> Self {
-        self.templates.push(Template {
+        Arc::make_mut(&mut self.0).templates.push(Template {
             name,
             prefix: String::new(),
             suffix: String::new(),
@@ -182,7 +191,7 @@ impl Presentation {
         if HeaderValue::from_str(&format!("{prefix}{suffix}")).is_err() {
             return Err(ConfigError::TemplateValue { header: name });
         }
-        self.templates.push(Template {
+        Arc::make_mut(&mut self.0).templates.push(Template {
             name,
             prefix: prefix.to_owned(),
             suffix: suffix.to_owned(),
@@ -195,7 +204,7 @@ impl Presentation {
     #[must_use]
     pub fn with_fixed_header(mut self, name: HeaderName, mut value: HeaderValue) -> Self {
         value.set_sensitive(true);
-        self.fixed.push((name, value));
+        Arc::make_mut(&mut self.0).fixed.push((name, value));
         self
     }
 
@@ -203,15 +212,15 @@ impl Presentation {
     /// `Authorization: Bearer`, else [`TokenCharset::Visible`].
     #[must_use]
     pub fn with_token_charset(mut self, charset: TokenCharset) -> Self {
-        self.charset = Some(charset);
+        Arc::make_mut(&mut self.0).charset = Some(charset);
         self
     }
 
     /// The characters a token may have.
     #[must_use]
     pub fn token_charset(&self) -> TokenCharset {
-        self.charset.unwrap_or_else(|| {
-            let bearer = self.templates.iter().any(|t| {
+        self.0.charset.unwrap_or_else(|| {
+            let bearer = self.0.templates.iter().any(|t| {
                 t.prefix.len() == 7
                     && t.prefix.eq_ignore_ascii_case("bearer ")
                     && t.suffix.is_empty()
@@ -235,7 +244,7 @@ impl Presentation {
 
     /// How many of the rendered headers carry the token (they come first).
     pub(crate) fn token_headers(&self) -> usize {
-        self.templates.len()
+        self.0.templates.len()
     }
 
     /// Whether `headers` already carry every header that would carry the token: the caller
@@ -254,15 +263,19 @@ impl Presentation {
     /// ```
     #[must_use]
     pub fn supplied_by(&self, headers: &HeaderMap) -> bool {
-        self.templates.iter().all(|t| headers.contains_key(&t.name))
+        self.0
+            .templates
+            .iter()
+            .all(|t| headers.contains_key(&t.name))
     }
 
     /// The names of every header this presentation sets.
     pub fn header_names(&self) -> impl Iterator<Item = &HeaderName> {
-        self.templates
+        self.0
+            .templates
             .iter()
             .map(|t| &t.name)
-            .chain(self.fixed.iter().map(|(n, _)| n))
+            .chain(self.0.fixed.iter().map(|(n, _)| n))
     }
 
     /// Builds the header values for one token: the token's headers first, then the fixed ones.
@@ -270,8 +283,8 @@ impl Presentation {
         &self,
         secret: &Secret,
     ) -> Result<Box<[(HeaderName, HeaderValue)]>, Error> {
-        let mut out = Vec::with_capacity(self.templates.len() + self.fixed.len());
-        for t in &self.templates {
+        let mut out = Vec::with_capacity(self.0.templates.len() + self.0.fixed.len());
+        for t in &self.0.templates {
             let mut text =
                 String::with_capacity(t.prefix.len() + secret.expose().len() + t.suffix.len());
             text.push_str(&t.prefix);
@@ -283,7 +296,7 @@ impl Presentation {
             value.set_sensitive(true);
             out.push((t.name.clone(), value));
         }
-        out.extend(self.fixed.iter().cloned());
+        out.extend(self.0.fixed.iter().cloned());
         Ok(out.into_boxed_slice())
     }
 }

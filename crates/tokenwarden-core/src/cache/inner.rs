@@ -59,8 +59,9 @@ pub(crate) struct Inner {
     /// Wakes the driver task when the schedule changes.
     notify: Arc<Notify>,
     clock: Clock,
-    /// Single-use mode: bounds the issuer requests in flight, pool refills included.
-    permits: Arc<Semaphore>,
+    /// Single-use mode: bounds the issuer requests in flight, pool refills included (none in
+    /// shared mode, which has one fetch at a time).
+    permits: Option<Arc<Semaphore>>,
 }
 
 /// Keeps each thread's slot on cache lines of its own: `ThreadLocal` stores the slots of
@@ -223,7 +224,7 @@ impl Inner {
         key_label: Option<Arc<str>>,
     ) -> Self {
         Self {
-            permits: Arc::new(Semaphore::new(config.max_concurrent_fetches)),
+            permits: single_use.map(|_| Arc::new(Semaphore::new(config.max_concurrent_fetches))),
             clock,
             state: AtomicU64::new(0),
             locals: thread_copies.then(|| Box::new(ThreadLocal::new())),
@@ -241,6 +242,13 @@ impl Inner {
 
     pub(crate) fn config(&self) -> &CacheConfig {
         &self.config
+    }
+
+    /// The bound on issuer requests in flight, in single-use mode (where it always exists).
+    fn permits(&self) -> Arc<Semaphore> {
+        self.permits
+            .clone()
+            .unwrap_or_else(|| Arc::new(Semaphore::new(self.config.max_concurrent_fetches)))
     }
 
     pub(crate) fn presentation(&self) -> &Presentation {
@@ -1154,7 +1162,7 @@ impl Inner {
             // no longer than one fetch may take.
             let permit = match tokio::time::timeout(
                 self.config.fetch_timeout,
-                Arc::clone(&self.permits).acquire_owned(),
+                self.permits().acquire_owned(),
             )
             .await
             {
@@ -1260,7 +1268,7 @@ impl Inner {
         let source = self.source();
         let config = Arc::clone(&self.config);
         let clock = self.clock.clone();
-        let permits = Arc::clone(&self.permits);
+        let permits = self.permits();
         st.refill = self.spawn_task(st, TaskKind::Refill, move |weak, _| async move {
             loop {
                 let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
