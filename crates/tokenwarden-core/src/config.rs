@@ -26,7 +26,7 @@ use crate::ConfigError;
 /// With a [`grace`](Self::grace) set, a token past its mandatory point keeps being served for
 /// up to that long while the issuer is failing (never past its stated expiry, unless
 /// [`grace_past_expiry`](Self::grace_past_expiry)).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct CacheConfig {
     /// A name for logs and `Debug` (for example the gateway). Default `"token"`.

@@ -46,6 +46,15 @@ pub struct RefreshBudget {
     inner: Arc<Budget>,
 }
 
+/// Two budgets are equal when they are the same budget (clones of one).
+impl PartialEq for RefreshBudget {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl Eq for RefreshBudget {}
+
 struct Budget {
     interval: Duration,
     max_wait: Duration,

@@ -217,7 +217,7 @@ impl Inner {
     pub(crate) fn new(
         source: Arc<dyn TokenSource>,
         presentation: Presentation,
-        config: CacheConfig,
+        config: Arc<CacheConfig>,
         single_use: Option<usize>,
         clock: Clock,
         thread_copies: bool,
@@ -233,7 +233,7 @@ impl Inner {
             shared: Mutex::new(State::default()),
             source: Mutex::new(source),
             presentation,
-            config: Arc::new(config),
+            config,
             single_use,
             counters: Counters::default(),
             notify: Arc::new(Notify::new()),

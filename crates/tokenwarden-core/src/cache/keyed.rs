@@ -5,8 +5,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quick_cache::sync::Cache;
@@ -16,7 +16,7 @@ use thread_local::ThreadLocal;
 use super::inner::Padded;
 use super::status::{CacheState, CacheStatus};
 use super::{Clock, RefreshBudget, TokenCache, TokenCacheBuilder};
-use crate::{ConfigError, Error, Snapshot, TokenId, TokenSource};
+use crate::{CacheConfig, ConfigError, Error, Snapshot, TokenId, TokenSource};
 
 /// How long a thread serves a key's token from its own copy before it looks the key up again
 /// (which is how the keyed cache learns the key is in use).
@@ -94,6 +94,9 @@ struct Keyed<K: Send> {
     map: Cache<K, Arc<Slot>, UnitWeighter, DefaultHashBuilder, Pins>,
     factory: Option<Factory<K>>,
     budget: Option<RefreshBudget>,
+    /// The settings of the key made last, shared with the next key whose settings are the
+    /// same.
+    last_config: Mutex<Option<Arc<CacheConfig>>>,
     label: Labeler<K>,
     /// Each thread's table on cache lines of its own (their borrow flags are written on every
     /// read, and `ThreadLocal` keeps consecutive threads' slots side by side).
@@ -310,6 +313,7 @@ where
                 ),
                 factory: self.factory,
                 budget: self.budget,
+                last_config: Mutex::new(None),
                 label,
                 locals: ThreadLocal::new(),
                 thread_copies: self.thread_copies,
@@ -475,7 +479,7 @@ where
         let cache = builder
             .with_name(self.inner.name.clone())
             .for_key(Arc::clone(&label))
-            .build()
+            .build_sharing(&self.inner.last_config)
             .map_err(|source| Error::KeyConfig {
                 key: label.to_string(),
                 source,

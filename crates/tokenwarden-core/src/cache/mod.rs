@@ -9,7 +9,7 @@ mod keyed;
 mod status;
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 pub use budget::RefreshBudget;
@@ -138,7 +138,7 @@ impl TokenCache {
             inner: Arc::new(Inner::new(
                 Arc::new(source),
                 Presentation::bearer(),
-                CacheConfig::default(),
+                Arc::new(CacheConfig::default()),
                 None,
                 Clock::runtime(),
                 true,
@@ -505,12 +505,32 @@ impl TokenCacheBuilder {
     /// [`ConfigError`] if a setting cannot work (a zero timeout, a default lifetime shorter than
     /// the skew margin, fractions outside `0.0..1.0`, a backoff whose base exceeds its cap).
     pub fn build(self) -> Result<TokenCache, ConfigError> {
+        self.build_sharing(&Mutex::new(None))
+    }
+
+    /// Builds, reusing the settings in `last` when they are the same (a keyed cache's keys
+    /// mostly are), else leaving this cache's there.
+    pub(crate) fn build_sharing(
+        self,
+        last: &Mutex<Option<Arc<CacheConfig>>>,
+    ) -> Result<TokenCache, ConfigError> {
         self.config.validate()?;
+        let config = {
+            let mut last = last.lock().unwrap_or_else(PoisonError::into_inner);
+            match &*last {
+                Some(shared) if **shared == self.config => Arc::clone(shared),
+                _ => {
+                    let config = Arc::new(self.config);
+                    *last = Some(Arc::clone(&config));
+                    config
+                }
+            }
+        };
         Ok(TokenCache {
             inner: Arc::new(Inner::new(
                 self.source,
                 self.presentation,
-                self.config,
+                config,
                 self.single_use,
                 self.clock,
                 self.thread_copies,
