@@ -269,3 +269,66 @@ async fn both_layers_serve_a_keys_token_from_the_threads_copy_not_the_keys_lock(
     }
     assert_eq!(api.received().len(), 80);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_in_the_refresh_ahead_window_starts_the_refresh_through_either_layer() {
+    // 600 s tokens: the refresh-ahead window opens between 70 % and 80 % of their life.
+    let calls: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let revoked = Arc::default();
+    let api = api(&revoked).await;
+    let keyed = merchants(&calls);
+    let scope = Scope::origin(&api.origin()).unwrap();
+    let tower = tokenwarden::tower::TokenLayer::keyed(keyed.clone(), scope.clone())
+        .cloning_bodies()
+        .layer(HyperClient::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
+    let http = tokenwarden::reqwest::client_builder()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let reqwest = reqwest_middleware::ClientBuilder::new(http)
+        .with(tokenwarden::reqwest::TokenMiddleware::keyed(
+            keyed.clone(),
+            scope,
+        ))
+        .build();
+    let via_tower = |merchant: &str| {
+        let mut request = Request::get(api.url("/pay")).body(Empty::new()).unwrap();
+        request
+            .extensions_mut()
+            .insert(TokenKey(merchant.to_owned()));
+        tower.clone().oneshot(request)
+    };
+    let via_reqwest = |merchant: &str| {
+        reqwest
+            .get(api.url("/pay"))
+            .with_extension(TokenKey(merchant.to_owned()))
+            .send()
+    };
+    assert_eq!(via_tower("m-0").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(via_reqwest("m-1").await.unwrap().status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_secs(490)).await;
+    // In the window: each request is served the current token at once, and the first starts
+    // its key's background refresh.
+    for _ in 0..5 {
+        assert_eq!(via_tower("m-0").await.unwrap().status(), StatusCode::OK);
+        assert_eq!(via_reqwest("m-1").await.unwrap().status(), StatusCode::OK);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    {
+        let calls = calls.lock().unwrap();
+        assert_eq!(
+            (calls["m-0"], calls["m-1"]),
+            (2, 2),
+            "one refresh ahead per key"
+        );
+    }
+    for merchant in ["m-0", "m-1"] {
+        let stats = keyed.handle(&merchant.to_owned()).unwrap().cache().stats();
+        assert_eq!(stats.refreshes_ahead, 1, "{merchant}: {stats:?}");
+    }
+    // The request that started a refresh went at once with the current token; once the
+    // refresh landed, the next ones carried the new token.
+    let seen = bearer_seen(&api);
+    assert_eq!(&seen[2..4], ["Bearer m-0-1", "Bearer m-1-1"], "{seen:?}");
+    assert_eq!(&seen[10..], ["Bearer m-0-2", "Bearer m-1-2"], "{seen:?}");
+}

@@ -76,6 +76,23 @@ async fn refresh_ahead_runs_one_background_fetch_and_no_caller_waits() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn cached_in_the_advisory_window_starts_the_refresh_ahead_and_serves_at_once() {
+    // What the tower layer calls on its fast path: a use inside the advisory window starts the
+    // background refresh, as `get` does; nobody waits for it.
+    let issuer = minting(Duration::from_secs(100)).with_delay(Duration::from_secs(3));
+    let cache = cache(issuer.source());
+    let first = cache.get().await.unwrap();
+    advance(Duration::from_secs(80)).await;
+    for _ in 0..100 {
+        assert_eq!(cache.cached().unwrap().id(), first.id(), "served at once");
+    }
+    sleep(Duration::from_secs(4)).await;
+    assert_eq!(issuer.calls(), 2, "one background refresh for 100 uses");
+    assert_eq!(cache.stats().refreshes_ahead, 1);
+    assert_ne!(cache.cached().unwrap().id(), first.id());
+}
+
+#[tokio::test(start_paused = true)]
 async fn past_the_mandatory_margin_callers_wait_for_a_fresh_token() {
     let issuer = minting(Duration::from_secs(100));
     let cache = TokenCache::builder(issuer.source())

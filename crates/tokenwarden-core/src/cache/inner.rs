@@ -1090,11 +1090,11 @@ impl Inner {
     }
 
     /// The current token if it is within its usable life, without fetching.
-    pub(crate) fn current(&self) -> Option<Snapshot> {
+    pub(crate) fn current(self: &Arc<Self>) -> Option<Snapshot> {
         if let Some(snapshot) = self.cached() {
             return Some(snapshot);
         }
-        let st = self.lock();
+        let mut st = self.lock();
         let now = self.clock.now();
         let current = st
             .current
@@ -1102,7 +1102,9 @@ impl Inner {
             .filter(|c| now < c.schedule.mandatory_at)?;
         let snapshot = current.snapshot.clone();
         if now >= current.schedule.advisory_at && st.flight.is_none() {
-            // A use inside the advisory window: the slow path starts the refresh.
+            // A use inside the advisory window starts the background refresh (once: the flight
+            // is there for the next use), and is served the current token at once.
+            self.refresh_ahead(&mut st, now);
             return Some(snapshot);
         }
         let state = self.state.load(Ordering::Relaxed);

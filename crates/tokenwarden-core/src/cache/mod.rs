@@ -210,7 +210,9 @@ impl TokenCache {
         future::Get::new(&self.inner)
     }
 
-    /// The cached token if it can be served now, without fetching or waiting.
+    /// The cached token if it can be served now, without waiting. Like [`get`](Self::get), a
+    /// use inside the refresh-ahead window starts the background refresh (once); the caller is
+    /// served the current token at once either way.
     #[must_use]
     pub fn cached(&self) -> Option<Snapshot> {
         self.inner.current()
