@@ -301,6 +301,8 @@ impl SessionTokens {
             KeyedCache::builder()
                 .with_name(name)
                 .with_key_label(String::clone)
+                // `cache(name)` hands out a key's own cache, for layers built on it.
+                .with_copies_per_key()
                 .build()
         };
         Ok(Self {

@@ -297,6 +297,13 @@ impl Inner {
         self.state.load(Ordering::Acquire) == state
     }
 
+    /// Whether threads keep copies of its token (none for a keyed cache's entries, unless
+    /// asked for).
+    #[cfg(test)]
+    pub(crate) fn has_thread_copies(&self) -> bool {
+        self.locals.is_some()
+    }
+
     /// The cache's clock.
     pub(crate) fn clock(&self) -> &Clock {
         &self.clock

@@ -102,6 +102,8 @@ struct Keyed<K: Send> {
     /// read, and `ThreadLocal` keeps consecutive threads' slots side by side).
     locals: ThreadLocal<Padded<RefCell<Table<K>>>>,
     thread_copies: usize,
+    /// Whether each key's cache keeps per-thread copies of its own.
+    own_copies: bool,
     idle: Duration,
     /// Coarse seconds of the last idle sweep.
     swept_at: AtomicU64,
@@ -209,6 +211,7 @@ pub struct KeyedCacheBuilder<K> {
     capacity: usize,
     idle: Duration,
     thread_copies: usize,
+    own_copies: bool,
     factory: Option<Factory<K>>,
     label: Option<Labeler<K>>,
     budget: Option<RefreshBudget>,
@@ -258,6 +261,19 @@ where
     #[must_use]
     pub fn with_thread_copies(mut self, keys: usize) -> Self {
         self.thread_copies = keys;
+        self
+    }
+
+    /// Gives each key's own cache per-thread copies too, so that a [`TokenCache`] taken from a
+    /// handle ([`KeyHandle::cache`]) and used on its own — in a layer built with
+    /// `TokenLayer::new`, say — is served without a lock, like any single cache. For a few
+    /// keys with long-lived handles (a registry of credentials): it costs about half a
+    /// kilobyte more per key, and a copy per key and thread that uses it, unbounded by
+    /// [`with_thread_copies`](Self::with_thread_copies). The keyed cache's own gets and the
+    /// keyed layers do not need it. Default off.
+    #[must_use]
+    pub fn with_copies_per_key(mut self) -> Self {
+        self.own_copies = true;
         self
     }
 
@@ -317,6 +333,7 @@ where
                 label,
                 locals: ThreadLocal::new(),
                 thread_copies: self.thread_copies,
+                own_copies: self.own_copies,
                 idle: self.idle,
                 swept_at: AtomicU64::new(0),
                 epoch: std::time::Instant::now(),
@@ -361,6 +378,7 @@ where
             capacity: 10_000,
             idle: Duration::from_secs(30 * 60),
             thread_copies: 1024,
+            own_copies: false,
             factory: None,
             label: None,
             budget: None,
@@ -478,7 +496,7 @@ where
         };
         let cache = builder
             .with_name(self.inner.name.clone())
-            .for_key(Arc::clone(&label))
+            .for_key(Arc::clone(&label), self.inner.own_copies)
             .build_sharing(&self.inner.last_config)
             .map_err(|source| Error::KeyConfig {
                 key: label.to_string(),
@@ -713,5 +731,33 @@ impl<K: Clone + Hash + Eq + Send> fmt::Debug for KeyedCache<K> {
             .field("keys", &self.inner.map.len())
             .field("factory", &self.inner.factory.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{FetchError, Token};
+
+    fn keyed(own_copies: bool) -> KeyedCache<u32> {
+        let builder = KeyedCache::builder().with_factory(|_: &u32| {
+            Ok(TokenCache::builder(|| async {
+                Ok::<_, FetchError>(Token::new("t"))
+            }))
+        });
+        if own_copies {
+            builder.with_copies_per_key()
+        } else {
+            builder
+        }
+        .build()
+    }
+
+    #[test]
+    fn a_keys_own_cache_keeps_thread_copies_only_when_asked() {
+        let plain = keyed(false).handle(&1).unwrap();
+        assert!(!plain.cache().inner().has_thread_copies());
+        let own = keyed(true).handle(&1).unwrap();
+        assert!(own.cache().inner().has_thread_copies());
     }
 }

@@ -329,8 +329,8 @@ pub struct TokenCacheBuilder {
 impl TokenCacheBuilder {
     /// For a keyed cache's entry: no per-thread copies of its own (the keyed cache keeps
     /// bounded ones), and a label for its spans.
-    pub(crate) fn for_key(mut self, label: Arc<str>) -> Self {
-        self.thread_copies = false;
+    pub(crate) fn for_key(mut self, label: Arc<str>, own_copies: bool) -> Self {
+        self.thread_copies = own_copies;
         self.key_label = Some(label);
         self
     }
