@@ -489,3 +489,47 @@ async fn keys_with_the_same_settings_share_them_and_a_key_with_its_own_keeps_the
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_thousand_keys_are_driven_by_one_task_and_still_retired_on_time() {
+    let issuer = Issuer::default();
+    let keyed = issuer.keyed(2_000, Duration::ZERO);
+    let alive = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = alive();
+    for key in 0..1_000 {
+        keyed.get(&key).await.unwrap();
+    }
+    tokio::task::yield_now().await;
+    // One task ticks every key (a task per key before).
+    assert!(
+        alive() <= before + 1,
+        "{} tasks for 1,000 keys",
+        alive() - before
+    );
+    // Unused, each key's token is retired at its mandatory point (600 s tokens): on the
+    // paused clock only the driver sees time pass, and the next get fetches anew.
+    sleep(Duration::from_secs(601)).await;
+    for key in 0..1_000 {
+        assert_eq!(secret(&keyed.get(&key).await.unwrap()), format!("{key}-2"));
+    }
+    assert_eq!(issuer.total(), 2_000);
+    let summary = keyed.summary(0);
+    assert_eq!(summary.fresh, 1_000);
+    // Many more requests to tick than keys (each token's install, advisory point, refresh):
+    // the queue is tidied, not grown without bound; and the task ends with the keyed cache.
+    for _ in 0..5 {
+        for key in 0..1_000 {
+            keyed.revoke(&key);
+            keyed.get(&key).await.unwrap();
+        }
+    }
+    tokio::task::yield_now().await;
+    assert!(alive() <= before + 1);
+    drop(keyed);
+    tokio::task::yield_now().await;
+    assert_eq!(alive(), before, "the driver ends with its keyed cache");
+}

@@ -19,6 +19,7 @@ use tracing::Instrument;
 use super::clock::Clock;
 use super::fetch::{FetchReason, Fetched, Schedule, fetch_once};
 use super::status::{CacheState, CacheStatus};
+use super::wheel::Wheel;
 use crate::metrics;
 use crate::stats::Counters;
 use crate::{
@@ -56,8 +57,17 @@ pub(crate) struct Inner {
     /// `Some(pool size)` in single-use mode.
     single_use: Option<usize>,
     counters: Counters,
-    /// Wakes the driver task when the schedule changes.
-    notify: Arc<Notify>,
+    /// Wakes the driver task when the schedule changes (a cache of its own; a keyed cache's
+    /// entries have the wheel instead).
+    notify: Option<Arc<Notify>>,
+    /// A keyed cache's entries are driven by the keyed cache's wheel, not a task each.
+    wheel: Option<Arc<Wheel>>,
+    /// This cache, for the wheel's queue.
+    me: Weak<Inner>,
+    /// With a wheel: the number of this cache's latest request to be ticked (older ones are
+    /// ignored when they come due, and dropped when the wheel tidies its queue). Written under
+    /// the state lock.
+    wake_seq: AtomicU64,
     clock: Clock,
     /// Single-use mode: bounds the issuer requests in flight, pool refills included (none in
     /// shared mode, which has one fetch at a time).
@@ -213,17 +223,35 @@ impl Drop for TaskGuard {
     }
 }
 
+/// What a cache is made of, from its builder.
+pub(crate) struct Parts {
+    pub(crate) source: Arc<dyn TokenSource>,
+    pub(crate) presentation: Presentation,
+    pub(crate) config: Arc<CacheConfig>,
+    pub(crate) single_use: Option<usize>,
+    pub(crate) clock: Clock,
+    pub(crate) thread_copies: bool,
+    pub(crate) key_label: Option<Arc<str>>,
+    pub(crate) wheel: Option<Arc<Wheel>>,
+}
+
 impl Inner {
-    pub(crate) fn new(
-        source: Arc<dyn TokenSource>,
-        presentation: Presentation,
-        config: Arc<CacheConfig>,
-        single_use: Option<usize>,
-        clock: Clock,
-        thread_copies: bool,
-        key_label: Option<Arc<str>>,
-    ) -> Self {
+    pub(crate) fn new(parts: Parts, me: Weak<Inner>) -> Self {
+        let Parts {
+            source,
+            presentation,
+            config,
+            single_use,
+            clock,
+            thread_copies,
+            key_label,
+            wheel,
+        } = parts;
+        let notify = wheel.is_none().then(|| Arc::new(Notify::new()));
         Self {
+            wheel,
+            me,
+            wake_seq: AtomicU64::new(0),
             permits: single_use.map(|_| Arc::new(Semaphore::new(config.max_concurrent_fetches))),
             clock,
             state: AtomicU64::new(0),
@@ -236,7 +264,7 @@ impl Inner {
             config,
             single_use,
             counters: Counters::default(),
-            notify: Arc::new(Notify::new()),
+            notify,
         }
     }
 
@@ -425,7 +453,54 @@ impl Inner {
         }
         st.empty_reason = Some(reason);
         self.publish(st);
-        self.notify.notify_one();
+        self.wake(st);
+    }
+
+    /// Tells the driver the schedule changed. Called under the state lock, so that a cache's
+    /// requests to the wheel are numbered in the order they are made.
+    fn wake(&self, _locked: &mut State) {
+        match &self.wheel {
+            None => {
+                if let Some(notify) = &self.notify {
+                    notify.notify_one();
+                }
+            }
+            Some(wheel) => {
+                let seq = wheel.next_seq();
+                self.wake_seq.store(seq, Ordering::Relaxed);
+                let _ = wheel.schedule(self.me.clone(), Instant::now(), seq);
+            }
+        }
+    }
+
+    /// The wheel's tick for request `seq`: ignored unless it is this cache's latest; asks for
+    /// the next one.
+    pub(crate) fn tick_from_wheel(self: &Arc<Self>, wheel: &Arc<Wheel>, seq: u64) {
+        let mut st = self.lock();
+        if self.wake_seq.load(Ordering::Relaxed) != seq {
+            return;
+        }
+        let now = self.clock.now();
+        if let Some(at) = self.tick_locked(&mut st, now) {
+            let wait = at.saturating_duration_since(self.clock.now());
+            let seq = wheel.next_seq();
+            self.wake_seq.store(seq, Ordering::Relaxed);
+            let _ = wheel.schedule(self.me.clone(), Instant::now() + wait, seq);
+        }
+    }
+
+    /// Whether `seq` is this cache's latest request to be ticked.
+    pub(crate) fn wants_tick(&self, seq: u64) -> bool {
+        self.wake_seq.load(Ordering::Relaxed) == seq
+    }
+
+    /// The wheel's task ended with its runtime: nobody ticks this cache until it is used
+    /// again, so its hot path stops serving.
+    pub(crate) fn driver_gone(&self) {
+        let mut st = self.lock();
+        if st.driver.take().is_some() {
+            self.publish(&mut st);
+        }
     }
 
     fn gate(&self, st: &State, now: Instant) -> Result<(), Error> {
@@ -915,7 +990,7 @@ impl Inner {
             }
         };
         flight.tx.send_replace(Outcome::Ready(outcome));
-        self.notify.notify_one();
+        self.wake(&mut st);
     }
 
     /// Spawns background work on the current runtime, with a guard that clears its slot in the
@@ -949,7 +1024,17 @@ impl Inner {
     }
 
     fn spawn_driver(self: &Arc<Self>, st: &mut State) {
-        let notify = Arc::clone(&self.notify);
+        if let Some(wheel) = &self.wheel {
+            let seq = wheel.next_seq();
+            self.wake_seq.store(seq, Ordering::Relaxed);
+            st.driver = wheel
+                .schedule(self.me.clone(), Instant::now(), seq)
+                .map(|handle| (0, handle));
+            return;
+        }
+        let Some(notify) = self.notify.clone() else {
+            return;
+        };
         st.driver = self.spawn_task(st, TaskKind::Driver, |weak, _| async move {
             loop {
                 let next = match weak.upgrade() {
@@ -974,15 +1059,19 @@ impl Inner {
     /// Returns when to look again.
     fn tick(self: &Arc<Self>, now: Instant) -> Option<Instant> {
         let mut st = self.lock();
+        self.tick_locked(&mut st, now)
+    }
+
+    fn tick_locked(self: &Arc<Self>, st: &mut State, now: Instant) -> Option<Instant> {
         let current = st.current.as_ref()?;
         let schedule = current.schedule;
         if now >= schedule.mandatory_at {
             let grace_end = self.grace_end(current);
             if !self.config.grace.is_zero() && now < grace_end {
-                self.publish(&mut st);
+                self.publish(st);
                 return Some(grace_end);
             }
-            self.discard(&mut st, FetchReason::Expired);
+            self.discard(st, FetchReason::Expired);
             return None;
         }
         if now < schedule.advisory_at {
@@ -996,9 +1085,9 @@ impl Inner {
         {
             current.advisory_published = true;
             current.retry_published = due;
-            self.publish(&mut st);
+            self.publish(st);
         }
-        Some(self.check_point(&st, now))
+        Some(self.check_point(st, now))
     }
 
     pub(crate) fn invalidate(&self, id: TokenId) -> bool {
@@ -1336,7 +1425,9 @@ impl Drop for Inner {
                 .tx
                 .send_replace(Outcome::Ready(Err(Error::Cancelled)));
         }
-        for (_, task) in [st.driver.take(), st.refill.take()].into_iter().flatten() {
+        // A wheel's task is the keyed cache's, not this cache's to stop.
+        let driver = st.driver.take().filter(|_| self.wheel.is_none());
+        for (_, task) in [driver, st.refill.take()].into_iter().flatten() {
             task.abort();
         }
         if let Some((_, _, probe)) = st.probe.take() {

@@ -15,6 +15,7 @@ use thread_local::ThreadLocal;
 
 use super::inner::Padded;
 use super::status::{CacheState, CacheStatus};
+use super::wheel::Wheel;
 use super::{Clock, RefreshBudget, TokenCache, TokenCacheBuilder};
 use crate::{CacheConfig, ConfigError, Error, Snapshot, TokenId, TokenSource};
 
@@ -104,10 +105,20 @@ struct Keyed<K: Send> {
     thread_copies: usize,
     /// Whether each key's cache keeps per-thread copies of its own.
     own_copies: bool,
+    /// Ticks every key's cache on time (one task for all keys, not one each).
+    wheel: Arc<Wheel>,
     idle: Duration,
     /// Coarse seconds of the last idle sweep.
     swept_at: AtomicU64,
     epoch: std::time::Instant,
+}
+
+impl<K: Send> Drop for Keyed<K> {
+    fn drop(&mut self) {
+        // The keys' driver stops with the keyed cache (handles still held keep working; their
+        // caches get a driver again on their next use).
+        self.wheel.stop();
+    }
 }
 
 /// A key's cache, as the keyed cache holds it.
@@ -334,6 +345,7 @@ where
                 locals: ThreadLocal::new(),
                 thread_copies: self.thread_copies,
                 own_copies: self.own_copies,
+                wheel: Arc::default(),
                 idle: self.idle,
                 swept_at: AtomicU64::new(0),
                 epoch: std::time::Instant::now(),
@@ -496,7 +508,7 @@ where
         };
         let cache = builder
             .with_name(self.inner.name.clone())
-            .for_key(Arc::clone(&label), self.inner.own_copies)
+            .for_key(Arc::clone(&label), self.inner.own_copies, &self.inner.wheel)
             .build_sharing(&self.inner.last_config)
             .map_err(|source| Error::KeyConfig {
                 key: label.to_string(),
@@ -751,6 +763,29 @@ mod tests {
             builder
         }
         .build()
+    }
+
+    #[test]
+    fn the_wheels_queue_keeps_about_one_request_per_key() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let keyed = keyed(false);
+            for _ in 0..20 {
+                for key in 0..100 {
+                    keyed.revoke(&key);
+                    keyed.get(&key).await.unwrap();
+                }
+            }
+            // 100 keys, 20 tokens each, several requests per token: tidied as it doubles.
+            let queued = keyed.inner.wheel.len();
+            assert!(
+                queued <= 2 * 200 + 64,
+                "{queued} requests queued for 100 keys"
+            );
+        });
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod future;
 mod inner;
 mod keyed;
 mod status;
+mod wheel;
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -60,7 +61,9 @@ use crate::{
 /// - A small driver task (on the runtime of the last fetch) only nudges: it makes threads look
 ///   again when the advisory window opens and retires the token at its mandatory point, which
 ///   is what `tokio::time::pause`d tests see. Expiry does not depend on it: every call checks
-///   the clock itself.
+///   the clock itself. The caches of a [`KeyedCache`]'s keys share one driver task (on the
+///   runtime where it was first needed, and again wherever a key is used after that runtime
+///   ended), which stops with the keyed cache.
 /// - Single-use pool refills run on the runtime of the caller that triggered them.
 /// - Outside any runtime, `get` fails with [`Error::NoRuntime`] (it cannot fetch or wait).
 ///
@@ -135,15 +138,21 @@ impl TokenCache {
     /// `Authorization: Bearer <token>`.
     pub fn new(source: impl TokenSource) -> Self {
         Self {
-            inner: Arc::new(Inner::new(
-                Arc::new(source),
-                Presentation::bearer(),
-                Arc::new(CacheConfig::default()),
-                None,
-                Clock::runtime(),
-                true,
-                None,
-            )),
+            inner: Arc::new_cyclic(|me| {
+                Inner::new(
+                    inner::Parts {
+                        source: Arc::new(source),
+                        presentation: Presentation::bearer(),
+                        config: Arc::new(CacheConfig::default()),
+                        single_use: None,
+                        clock: Clock::runtime(),
+                        thread_copies: true,
+                        key_label: None,
+                        wheel: None,
+                    },
+                    me.clone(),
+                )
+            }),
         }
     }
 
@@ -157,6 +166,7 @@ impl TokenCache {
             clock: Clock::runtime(),
             thread_copies: true,
             key_label: None,
+            wheel: None,
         }
     }
 
@@ -324,12 +334,20 @@ pub struct TokenCacheBuilder {
     clock: Clock,
     thread_copies: bool,
     key_label: Option<Arc<str>>,
+    /// A keyed cache's driver for its keys.
+    wheel: Option<Arc<wheel::Wheel>>,
 }
 
 impl TokenCacheBuilder {
     /// For a keyed cache's entry: no per-thread copies of its own (the keyed cache keeps
     /// bounded ones), and a label for its spans.
-    pub(crate) fn for_key(mut self, label: Arc<str>, own_copies: bool) -> Self {
+    pub(crate) fn for_key(
+        mut self,
+        label: Arc<str>,
+        own_copies: bool,
+        wheel: &Arc<wheel::Wheel>,
+    ) -> Self {
+        self.wheel = Some(Arc::clone(wheel));
         self.thread_copies = own_copies;
         self.key_label = Some(label);
         self
@@ -529,15 +547,21 @@ impl TokenCacheBuilder {
             }
         };
         Ok(TokenCache {
-            inner: Arc::new(Inner::new(
-                self.source,
-                self.presentation,
-                config,
-                self.single_use,
-                self.clock,
-                self.thread_copies,
-                self.key_label,
-            )),
+            inner: Arc::new_cyclic(|me| {
+                Inner::new(
+                    inner::Parts {
+                        source: self.source,
+                        presentation: self.presentation,
+                        config,
+                        single_use: self.single_use,
+                        clock: self.clock,
+                        thread_copies: self.thread_copies,
+                        key_label: self.key_label,
+                        wheel: self.wheel,
+                    },
+                    me.clone(),
+                )
+            }),
         })
     }
 }
