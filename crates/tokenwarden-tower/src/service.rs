@@ -183,7 +183,9 @@ where
         let Some(cache) = engine.cache_for(key.as_ref()) else {
             return ResponseFuture::failed("the token layer has no cache for this request".into());
         };
-        match token.or_else(|| cache.cached()) {
+        // A keyed choice already looked (its thread's copy, else the key's cache).
+        let token = if key.is_some() { token } else { cache.cached() };
+        match token {
             // The common case: the token is at hand, so the service driven to ready is called
             // now and the future only waits for its response.
             Some(token) => {

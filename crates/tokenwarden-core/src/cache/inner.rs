@@ -466,26 +466,31 @@ impl Inner {
                 }
             }
             Some(wheel) => {
-                let seq = wheel.next_seq();
-                self.wake_seq.store(seq, Ordering::Relaxed);
-                let _ = wheel.schedule(self.me.clone(), Instant::now(), seq);
+                let _ = self.tick_at(wheel, Instant::now());
             }
         }
+    }
+
+    /// Asks `wheel` to tick this cache at `at`, as its latest request (under the state lock).
+    /// Returns the wheel task's handle, `None` if no task serves it (no runtime here).
+    fn tick_at(&self, wheel: &Arc<Wheel>, at: Instant) -> Option<AbortHandle> {
+        let seq = wheel.next_seq();
+        self.wake_seq.store(seq, Ordering::Relaxed);
+        wheel.schedule(self.me.clone(), at, seq)
     }
 
     /// The wheel's tick for request `seq`: ignored unless it is this cache's latest; asks for
     /// the next one.
     pub(crate) fn tick_from_wheel(self: &Arc<Self>, wheel: &Arc<Wheel>, seq: u64) {
         let mut st = self.lock();
-        if self.wake_seq.load(Ordering::Relaxed) != seq {
+        if !self.wants_tick(seq) {
             return;
         }
         let now = self.clock.now();
         if let Some(at) = self.tick_locked(&mut st, now) {
+            // In this cache's clock; the wheel waits on the runtime's.
             let wait = at.saturating_duration_since(self.clock.now());
-            let seq = wheel.next_seq();
-            self.wake_seq.store(seq, Ordering::Relaxed);
-            let _ = wheel.schedule(self.me.clone(), Instant::now() + wait, seq);
+            let _ = self.tick_at(wheel, Instant::now() + wait);
         }
     }
 
@@ -1025,10 +1030,8 @@ impl Inner {
 
     fn spawn_driver(self: &Arc<Self>, st: &mut State) {
         if let Some(wheel) = &self.wheel {
-            let seq = wheel.next_seq();
-            self.wake_seq.store(seq, Ordering::Relaxed);
-            st.driver = wheel
-                .schedule(self.me.clone(), Instant::now(), seq)
+            st.driver = self
+                .tick_at(wheel, Instant::now())
                 .map(|handle| (0, handle));
             return;
         }

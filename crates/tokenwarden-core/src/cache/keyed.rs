@@ -188,6 +188,16 @@ struct Copy {
     clock: Clock,
 }
 
+impl Copy {
+    /// The token, if this copy may still be served: before its check time and with the key's
+    /// cache unchanged since it was taken.
+    #[inline]
+    fn serve(&self) -> Option<Snapshot> {
+        (self.clock.ticks() < self.check_at && self.cache.inner().state_is(self.state))
+            .then(|| self.snapshot.clone())
+    }
+}
+
 /// A key's cache in use: while a handle is held, the key is not evicted. Layers hold one for
 /// each request. Cloning is a reference count.
 #[derive(Clone)]
@@ -419,9 +429,7 @@ where
     #[must_use]
     pub fn cached(&self, key: &K) -> Option<Snapshot> {
         let table = self.inner.locals.get()?.0.try_borrow().ok()?;
-        let copy = table.entries.get(key)?;
-        (copy.clock.ticks() < copy.check_at && copy.cache.inner().state_is(copy.state))
-            .then(|| copy.snapshot.clone())
+        table.entries.get(key)?.serve()
     }
 
     /// Keeps a copy of `snapshot` for this thread, if it may be served from one.
@@ -557,11 +565,11 @@ where
     /// key had before it was removed and made again) and can be served now.
     fn copy_from(&self, key: &K, cache: &TokenCache) -> Option<Snapshot> {
         let table = self.inner.locals.get()?.0.try_borrow().ok()?;
-        let copy = table.entries.get(key)?;
-        (Arc::ptr_eq(copy.cache.inner(), cache.inner())
-            && copy.clock.ticks() < copy.check_at
-            && copy.cache.inner().state_is(copy.state))
-        .then(|| copy.snapshot.clone())
+        table
+            .entries
+            .get(key)
+            .filter(|copy| Arc::ptr_eq(copy.cache.inner(), cache.inner()))?
+            .serve()
     }
 
     /// Registers `key` with its own cache settings, source and presentation. If `key` is

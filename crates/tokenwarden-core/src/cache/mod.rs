@@ -137,23 +137,8 @@ impl TokenCache {
     /// A shared cache with the default settings, presenting the token as
     /// `Authorization: Bearer <token>`.
     pub fn new(source: impl TokenSource) -> Self {
-        Self {
-            inner: Arc::new_cyclic(|me| {
-                Inner::new(
-                    inner::Parts {
-                        source: Arc::new(source),
-                        presentation: Presentation::bearer(),
-                        config: Arc::new(CacheConfig::default()),
-                        single_use: None,
-                        clock: Clock::runtime(),
-                        thread_copies: true,
-                        key_label: None,
-                        wheel: None,
-                    },
-                    me.clone(),
-                )
-            }),
-        }
+        // The default settings are valid: nothing to check.
+        Self::builder(source).assemble(Arc::new(CacheConfig::default()))
     }
 
     /// Starts building a cache around `source`.
@@ -531,7 +516,7 @@ impl TokenCacheBuilder {
     /// Builds, reusing the settings in `last` when they are the same (a keyed cache's keys
     /// mostly are), else leaving this cache's there.
     pub(crate) fn build_sharing(
-        self,
+        mut self,
         last: &Mutex<Option<Arc<CacheConfig>>>,
     ) -> Result<TokenCache, ConfigError> {
         self.config.validate()?;
@@ -540,13 +525,18 @@ impl TokenCacheBuilder {
             match &*last {
                 Some(shared) if **shared == self.config => Arc::clone(shared),
                 _ => {
-                    let config = Arc::new(self.config);
+                    let config = Arc::new(std::mem::take(&mut self.config));
                     *last = Some(Arc::clone(&config));
                     config
                 }
             }
         };
-        Ok(TokenCache {
+        Ok(self.assemble(config))
+    }
+
+    /// The cache, with `config` (checked) for its settings.
+    fn assemble(self, config: Arc<CacheConfig>) -> TokenCache {
+        TokenCache {
             inner: Arc::new_cyclic(|me| {
                 Inner::new(
                     inner::Parts {
@@ -562,7 +552,7 @@ impl TokenCacheBuilder {
                     me.clone(),
                 )
             }),
-        })
+        }
     }
 }
 

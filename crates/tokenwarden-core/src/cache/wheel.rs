@@ -52,6 +52,11 @@ struct Queue {
 }
 
 impl Queue {
+    /// Empties the queue.
+    fn forget(&mut self) -> Vec<Due> {
+        self.heap.drain().map(|Reverse(d)| d).collect()
+    }
+
     /// Drops the entries nobody wants any more (a cache gone, or asking again since), once the
     /// queue has doubled since the last time: each key keeps about one entry.
     fn tidy_if_due(&mut self) {
@@ -125,30 +130,33 @@ impl Wheel {
         };
         Some(handle)
     }
-}
 
-impl Wheel {
     /// Requests queued (current and stale).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.lock().heap.len()
     }
 
-    /// Stops the task and forgets the queue: the keyed cache is gone.
+    /// Stops the task and forgets the queue: the keyed cache is gone. Caches still held
+    /// (through handles) are not ticked any more.
     pub(crate) fn stop(&self) {
-        let due: Vec<Due> = {
+        let due = {
             let mut queue = self.lock();
             if let Some((_, task)) = queue.task.take() {
                 task.abort();
             }
-            queue.heap.drain().map(|Reverse(d)| d).collect()
+            queue.forget()
         };
-        // Caches still held (through handles) are not ticked any more: their hot path stops
-        // serving until their next use gives them a driver again.
-        for d in due {
-            if let Some(inner) = d.inner.upgrade() {
-                inner.driver_gone();
-            }
+        undriven(due);
+    }
+}
+
+/// Tells the caches of `due` that nobody ticks them: their hot path stops serving until their
+/// next use gives them a driver again. Called with no lock held.
+fn undriven(due: Vec<Due>) {
+    for d in due {
+        if let Some(inner) = d.inner.upgrade() {
+            inner.driver_gone();
         }
     }
 }
@@ -166,20 +174,16 @@ impl Drop for Ending {
         let Some(wheel) = self.wheel.upgrade() else {
             return;
         };
-        let due: Vec<Due> = {
+        let due = {
             let mut queue = wheel.lock();
             if queue.task.as_ref().is_none_or(|(n, _)| *n != self.number) {
                 // It ended normally (the queue was empty), or a newer task serves it.
                 return;
             }
             queue.task = None;
-            queue.heap.drain().map(|Reverse(d)| d).collect()
+            queue.forget()
         };
-        for d in due {
-            if let Some(inner) = d.inner.upgrade() {
-                inner.driver_gone();
-            }
-        }
+        undriven(due);
     }
 }
 
