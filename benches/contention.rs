@@ -10,21 +10,18 @@
 //!
 //! `cargo bench --bench contention`
 
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
 use std::sync::{Arc, Barrier, Mutex, RwLock};
-use std::task::{Context, Poll, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+mod support;
+
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::HeaderValue;
+use support::{JWT, poll_once};
 use tokenwarden::core::{FetchError, Token, TokenCache};
-
-/// A ~200-byte JWT-shaped token.
-const JWT: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJtZXJjaGFudC0xMjM0NSIsInNjb3BlIjoicGF5bWVudHMiLCJleHAiOjQxMDI0NDQ4MDB9.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
 
 /// What the hand-rolled designs hold: the token and its prebuilt header value.
 struct Entry {
@@ -44,15 +41,6 @@ thread_local! {
     /// owned token pays (an uncontended reference-count increment and decrement), before it
     /// has looked anything up or checked any expiry.
     static OWN: Arc<Entry> = entry();
-}
-
-/// Polls a future once, as an executor would when it is ready at once.
-fn poll_once<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(out) => out,
-        Poll::Pending => panic!("the benchmarked path had to wait"),
-    }
 }
 
 /// Runs `op` `iters` times on each of `threads` threads at once; returns the wall time.

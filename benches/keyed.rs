@@ -10,20 +10,17 @@
 //! `cargo bench --bench keyed`
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
 use std::sync::{Arc, Barrier, RwLock};
-use std::task::{Context, Poll, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod support;
+
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::HeaderValue;
+use support::{JWT, poll_once};
 use tokenwarden::core::{FetchError, KeyedCache, Token, TokenCache};
-
-/// A ~200-byte JWT-shaped token.
-const JWT: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJtZXJjaGFudC0xMjM0NSIsInNjb3BlIjoicGF5bWVudHMiLCJleHAiOjQxMDI0NDQ4MDB9.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
 
 const KEYS: u64 = 100_000;
 const HOT: u64 = 1_000;
@@ -43,14 +40,6 @@ fn entry(key: u64) -> Arc<Entry> {
 
 thread_local! {
     static OWN: Arc<Entry> = entry(0);
-}
-
-fn poll_once<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(out) => out,
-        Poll::Pending => panic!("the benchmarked path had to wait"),
-    }
 }
 
 /// Runs `op(i)` for `iters` values of `i` on each of `threads` threads at once (thread `t`

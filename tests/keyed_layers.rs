@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokenwarden::{FetchError, KeyedCache, Replay, Scope, Token, TokenCache};
 use tokenwarden_http::{KeyError, TokenKey};
@@ -225,12 +226,18 @@ async fn a_key_can_come_from_a_header_and_an_unknown_key_is_refused_unsent() {
     assert_eq!(bearer_seen(&api), ["Bearer nine"]);
 }
 
-#[tokio::test]
-async fn both_layers_serve_a_keys_token_from_the_threads_copy_not_the_keys_lock() {
-    let calls = Arc::default();
-    let revoked = Arc::default();
-    let api = api(&revoked).await;
-    let keyed = merchants(&calls);
+/// The tower layer over hyper, as the keyed tests build it.
+type Tower = tokenwarden::tower::TokenService<
+    HyperClient<HttpConnector, Empty<Bytes>>,
+    tokenwarden::tower::CloneBody,
+>;
+
+/// `keyed` behind each layer, for `api`: the tower layer over hyper, and the reqwest
+/// middleware.
+fn both_layers(
+    keyed: &KeyedCache<String>,
+    api: &LoopbackApi,
+) -> (Tower, reqwest_middleware::ClientWithMiddleware) {
     let scope = Scope::origin(&api.origin()).unwrap();
     let tower = tokenwarden::tower::TokenLayer::keyed(keyed.clone(), scope.clone())
         .cloning_bodies()
@@ -245,21 +252,44 @@ async fn both_layers_serve_a_keys_token_from_the_threads_copy_not_the_keys_lock(
             scope,
         ))
         .build();
+    (tower, reqwest)
+}
+
+/// A `GET /pay` for `merchant` through the tower layer; its status.
+async fn via_tower(tower: &Tower, api: &LoopbackApi, merchant: &str) -> StatusCode {
+    let mut request = Request::get(api.url("/pay")).body(Empty::new()).unwrap();
+    request
+        .extensions_mut()
+        .insert(TokenKey(merchant.to_owned()));
+    tower.clone().oneshot(request).await.unwrap().status()
+}
+
+/// A `GET /pay` for `merchant` through the reqwest middleware; its status.
+async fn via_reqwest(
+    reqwest: &reqwest_middleware::ClientWithMiddleware,
+    api: &LoopbackApi,
+    merchant: &str,
+) -> StatusCode {
+    reqwest
+        .get(api.url("/pay"))
+        .with_extension(TokenKey(merchant.to_owned()))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn both_layers_serve_a_keys_token_from_the_threads_copy_not_the_keys_lock() {
+    let calls = Arc::default();
+    let revoked = Arc::default();
+    let api = api(&revoked).await;
+    let keyed = merchants(&calls);
+    let (tower, reqwest) = both_layers(&keyed, &api);
     for merchant in ["m-0", "m-1"] {
         for _ in 0..20 {
-            let mut request = Request::get(api.url("/pay")).body(Empty::new()).unwrap();
-            request
-                .extensions_mut()
-                .insert(TokenKey(merchant.to_owned()));
-            let response = tower.clone().oneshot(request).await.unwrap();
-            assert_eq!(response.status(), StatusCode::OK);
-            let response = reqwest
-                .get(api.url("/pay"))
-                .with_extension(TokenKey(merchant.to_owned()))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(via_tower(&tower, &api, merchant).await, StatusCode::OK);
+            assert_eq!(via_reqwest(&reqwest, &api, merchant).await, StatusCode::OK);
         }
         // 40 requests on this thread: the first fetched, the second read the key's cache
         // (under its lock) and left this thread a copy, the other 38 were served from it.
@@ -277,41 +307,15 @@ async fn a_request_in_the_refresh_ahead_window_starts_the_refresh_through_either
     let revoked = Arc::default();
     let api = api(&revoked).await;
     let keyed = merchants(&calls);
-    let scope = Scope::origin(&api.origin()).unwrap();
-    let tower = tokenwarden::tower::TokenLayer::keyed(keyed.clone(), scope.clone())
-        .cloning_bodies()
-        .layer(HyperClient::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
-    let http = tokenwarden::reqwest::client_builder()
-        .no_proxy()
-        .build()
-        .unwrap();
-    let reqwest = reqwest_middleware::ClientBuilder::new(http)
-        .with(tokenwarden::reqwest::TokenMiddleware::keyed(
-            keyed.clone(),
-            scope,
-        ))
-        .build();
-    let via_tower = |merchant: &str| {
-        let mut request = Request::get(api.url("/pay")).body(Empty::new()).unwrap();
-        request
-            .extensions_mut()
-            .insert(TokenKey(merchant.to_owned()));
-        tower.clone().oneshot(request)
-    };
-    let via_reqwest = |merchant: &str| {
-        reqwest
-            .get(api.url("/pay"))
-            .with_extension(TokenKey(merchant.to_owned()))
-            .send()
-    };
-    assert_eq!(via_tower("m-0").await.unwrap().status(), StatusCode::OK);
-    assert_eq!(via_reqwest("m-1").await.unwrap().status(), StatusCode::OK);
+    let (tower, reqwest) = both_layers(&keyed, &api);
+    assert_eq!(via_tower(&tower, &api, "m-0").await, StatusCode::OK);
+    assert_eq!(via_reqwest(&reqwest, &api, "m-1").await, StatusCode::OK);
     tokio::time::sleep(Duration::from_secs(490)).await;
     // In the window: each request is served the current token at once, and the first starts
     // its key's background refresh.
     for _ in 0..5 {
-        assert_eq!(via_tower("m-0").await.unwrap().status(), StatusCode::OK);
-        assert_eq!(via_reqwest("m-1").await.unwrap().status(), StatusCode::OK);
+        assert_eq!(via_tower(&tower, &api, "m-0").await, StatusCode::OK);
+        assert_eq!(via_reqwest(&reqwest, &api, "m-1").await, StatusCode::OK);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     {

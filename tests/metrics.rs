@@ -16,29 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use tokenwarden::core::metrics::{FETCHES, KEYS};
 use tokenwarden::http::metrics::REPLAYS;
 use tokenwarden::{FetchError, KeyedCache, Scope, Token, TokenCache};
-use tokenwarden_test_support::{Answer, LoopbackApi};
+use tokenwarden_test_support::{Answer, LoopbackApi, recorded};
 use tower::{Layer as _, ServiceExt};
-
-/// Every metric recorded, as `name{label=value,…}` → value.
-fn recorded(recorder: &DebuggingRecorder) -> Vec<(String, DebugValue)> {
-    let mut all: Vec<_> = recorder
-        .snapshotter()
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .map(|(key, _, _, value)| {
-            let key = key.key();
-            let mut labels: Vec<_> = key
-                .labels()
-                .map(|l| format!("{}={}", l.key(), l.value()))
-                .collect();
-            labels.sort();
-            (format!("{}{{{}}}", key.name(), labels.join(",")), value)
-        })
-        .collect();
-    all.sort_by(|a, b| a.0.cmp(&b.0));
-    all
-}
 
 fn value(all: &[(String, DebugValue)], name: &str) -> Option<f64> {
     match all.iter().find(|(n, _)| n == name)?.1 {

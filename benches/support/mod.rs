@@ -4,6 +4,8 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -142,5 +144,17 @@ impl reqwest_middleware::Middleware for Noop {
         next: reqwest_middleware::Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
         next.run(request, extensions).await
+    }
+}
+
+/// A ~200-byte JWT-shaped token, as the contention benchmarks hand out.
+pub const JWT: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJtZXJjaGFudC0xMjM0NSIsInNjb3BlIjoicGF5bWVudHMiLCJleHAiOjQxMDI0NDQ4MDB9.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+
+/// Polls `f` once, for a path that must not wait (the cached get).
+pub fn poll_once<F: Future>(f: F) -> F::Output {
+    let mut f = pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(out) => out,
+        Poll::Pending => panic!("the benchmarked path had to wait"),
     }
 }

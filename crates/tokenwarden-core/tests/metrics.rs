@@ -8,27 +8,7 @@ use std::time::Duration;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tokenwarden_core::metrics::{FETCH_DURATION, FETCHES, INVALIDATIONS, REVOCATIONS};
 use tokenwarden_core::{FetchError, Token, TokenCache};
-
-/// Every metric recorded, as `name{label=value,…}` → value.
-fn recorded(recorder: &DebuggingRecorder) -> Vec<(String, DebugValue)> {
-    let mut all: Vec<_> = recorder
-        .snapshotter()
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .map(|(key, _, _, value)| {
-            let key = key.key();
-            let mut labels: Vec<_> = key
-                .labels()
-                .map(|l| format!("{}={}", l.key(), l.value()))
-                .collect();
-            labels.sort();
-            (format!("{}{{{}}}", key.name(), labels.join(",")), value)
-        })
-        .collect();
-    all.sort_by(|a, b| a.0.cmp(&b.0));
-    all
-}
+use tokenwarden_test_support::recorded;
 
 fn counter(all: &[(String, DebugValue)], name: &str) -> u64 {
     match all.iter().find(|(n, _)| n == name) {

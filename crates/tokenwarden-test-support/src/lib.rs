@@ -36,6 +36,8 @@ mod issuer;
 mod middleware;
 #[cfg(feature = "oauth2-server")]
 mod oauth2_server;
+#[cfg(feature = "metrics")]
+mod recorded;
 
 pub use api::{Answer, CLIENT_HEADERS, Listener, LoopbackApi, Received, Route};
 #[cfg(feature = "gateways")]
@@ -45,6 +47,8 @@ pub use issuer::CountingIssuer;
 pub use middleware::{middleware_client, with_middleware};
 #[cfg(feature = "oauth2-server")]
 pub use oauth2_server::{JwtApi, OAuth2Server};
+#[cfg(feature = "metrics")]
+pub use recorded::recorded;
 
 use std::collections::HashSet;
 use std::future::{Ready, ready};
