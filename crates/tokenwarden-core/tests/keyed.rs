@@ -533,3 +533,38 @@ async fn a_thousand_keys_are_driven_by_one_task_and_still_retired_on_time() {
     tokio::task::yield_now().await;
     assert_eq!(alive(), before, "the driver ends with its keyed cache");
 }
+
+#[test]
+fn keys_driven_on_a_runtime_that_ended_are_driven_again_on_the_next() {
+    let issuer = Issuer::default();
+    let keyed = issuer.keyed(100, Duration::ZERO);
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    // The first runtime fetches every key's token and runs the keys' driver; then it ends.
+    runtime().block_on(async {
+        for key in 0..10 {
+            keyed.get(&key).await.unwrap();
+        }
+    });
+    // With its driver gone, a key's token is no longer served from the hot path (nobody
+    // would retire it on a paused clock)...
+    assert!(keyed.cached(&3).is_none());
+    // ...but it is still held: a second runtime serves it without a fetch and drives the keys
+    // again. Past the tokens' mandatory point on its paused clock, every key is fetched anew,
+    // once.
+    runtime().block_on(async {
+        for key in 0..10 {
+            assert_eq!(secret(&keyed.get(&key).await.unwrap()), format!("{key}-1"));
+        }
+        sleep(Duration::from_secs(601)).await;
+        for key in 0..10 {
+            assert_eq!(secret(&keyed.get(&key).await.unwrap()), format!("{key}-2"));
+        }
+    });
+    assert_eq!(issuer.total(), 20);
+}
