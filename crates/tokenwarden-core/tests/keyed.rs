@@ -568,3 +568,41 @@ fn keys_driven_on_a_runtime_that_ended_are_driven_again_on_the_next() {
     });
     assert_eq!(issuer.total(), 20);
 }
+
+/// A thread serves its copies of a key's token without reading the key's cache while no key
+/// changed; a change to one key is seen by that thread's copy of it even after the thread has
+/// since used (and re-checked) its copies of other keys.
+#[test]
+fn a_change_to_one_key_reaches_a_threads_copy_of_it_past_its_other_keys() {
+    let issuer = Issuer::default();
+    let keyed = issuer.keyed(100, Duration::ZERO);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let first = runtime.block_on(async {
+        let first = keyed.get(&1).await.unwrap();
+        keyed.get(&2).await.unwrap();
+        first
+    });
+    // Served from this thread's copies, with nothing changed.
+    assert_eq!(keyed.cached(&1).map(|s| secret(&s)).as_deref(), Some("1-1"));
+    assert_eq!(keyed.cached(&2).map(|s| secret(&s)).as_deref(), Some("2-1"));
+
+    // Another thread rejects key 1's token.
+    std::thread::scope(|s| {
+        s.spawn(|| assert!(keyed.invalidate(&1, first.id())));
+    });
+
+    // Key 2's copy is checked first (and found current); key 1's is not served after that.
+    assert_eq!(keyed.cached(&2).map(|s| secret(&s)).as_deref(), Some("2-1"));
+    assert!(
+        keyed.cached(&1).is_none(),
+        "a rejected token served from a copy"
+    );
+    runtime.block_on(async {
+        assert_eq!(secret(&keyed.get(&1).await.unwrap()), "1-2");
+        assert_eq!(secret(&keyed.get(&2).await.unwrap()), "2-1");
+    });
+    assert_eq!((issuer.calls(1), issuer.calls(2)), (2, 1));
+}

@@ -405,6 +405,9 @@ impl Inner {
         let usable = st.current.is_some() && st.driver.is_some();
         self.state
             .store(st.generation << 1 | u64::from(usable), Ordering::Release);
+        if let Some(wheel) = &self.wheel {
+            wheel.changed();
+        }
     }
 
     /// Gives this thread its own copy of `snapshot`, to serve from the hot path under `state`

@@ -47,7 +47,8 @@ type Labeler<K> = Arc<dyn Fn(&K) -> String + Send + Sync>;
 /// - **Fast**: a thread keeps its own copies of the tokens of the keys it used recently — at
 ///   most [`with_thread_copies`](KeyedCacheBuilder::with_thread_copies) (1,024) per thread, so
 ///   memory is bounded by threads × that, not keys × threads. A cached get reads thread-private
-///   memory and one word of the key's cache.
+///   memory and one word the keys share, written only when some key's token changes; the
+///   key's own cache is read only after such a change.
 /// - **Never another key's token**: a key that is unknown (not registered, and no factory) is
 ///   an error, [`Error::UnknownKey`], never a default.
 ///
@@ -183,18 +184,29 @@ struct Copy {
     snapshot: Snapshot,
     state: u64,
     check_at: u64,
-    /// The key's clock, kept here so that a cached get reads one line of the key's cache (its
-    /// state word), not two.
+    /// The keyed cache's count of changes (any key's) when `state` was last found current:
+    /// while the count stays there, the key's cache is not read at all.
+    seen: u64,
+    /// The key's clock, kept here so that a cached get reads no line of the key's cache.
     clock: Clock,
 }
 
 impl Copy {
     /// The token, if this copy may still be served: before its check time and with the key's
-    /// cache unchanged since it was taken.
+    /// cache unchanged since it was taken. `changes` is the keyed cache's count of changes,
+    /// read before the key's state word.
     #[inline]
-    fn serve(&self) -> Option<Snapshot> {
-        (self.clock.ticks() < self.check_at && self.cache.inner().state_is(self.state))
-            .then(|| self.snapshot.clone())
+    fn serve(&mut self, changes: u64) -> Option<Snapshot> {
+        if self.clock.ticks() >= self.check_at {
+            return None;
+        }
+        if changes != self.seen {
+            if !self.cache.inner().state_is(self.state) {
+                return None;
+            }
+            self.seen = changes;
+        }
+        Some(self.snapshot.clone())
     }
 }
 
@@ -428,8 +440,9 @@ where
     #[inline]
     #[must_use]
     pub fn cached(&self, key: &K) -> Option<Snapshot> {
-        let table = self.inner.locals.get()?.0.try_borrow().ok()?;
-        table.entries.get(key)?.serve()
+        let mut table = self.inner.locals.get()?.0.try_borrow_mut().ok()?;
+        let changes = self.inner.wheel.changes();
+        table.entries.get_mut(key)?.serve(changes)
     }
 
     /// Keeps a copy of `snapshot` for this thread, if it may be served from one.
@@ -437,6 +450,8 @@ where
         if self.inner.thread_copies == 0 {
             return;
         }
+        // Read before the key's state word (see `Copy::seen`).
+        let seen = self.inner.wheel.changes();
         let Some((state, check_at)) = slot.cache.inner().table_view(snapshot, REVALIDATE) else {
             return;
         };
@@ -467,6 +482,7 @@ where
                 snapshot,
                 state,
                 check_at,
+                seen,
                 clock: slot.cache.inner().clock().clone(),
             },
         );
@@ -564,12 +580,13 @@ where
     /// This thread's copy of `key`'s token, if it was taken from `cache` (not from a cache the
     /// key had before it was removed and made again) and can be served now.
     fn copy_from(&self, key: &K, cache: &TokenCache) -> Option<Snapshot> {
-        let table = self.inner.locals.get()?.0.try_borrow().ok()?;
+        let mut table = self.inner.locals.get()?.0.try_borrow_mut().ok()?;
+        let changes = self.inner.wheel.changes();
         table
             .entries
-            .get(key)
+            .get_mut(key)
             .filter(|copy| Arc::ptr_eq(copy.cache.inner(), cache.inner()))?
-            .serve()
+            .serve(changes)
     }
 
     /// Registers `key` with its own cache settings, source and presentation. If `key` is

@@ -3,7 +3,8 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use tokio::runtime::Handle;
@@ -11,7 +12,7 @@ use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use super::inner::Inner;
+use super::inner::{Inner, Padded};
 
 /// A key's cache asks to be ticked at `at`; `seq` tells its latest request from older ones.
 struct Due {
@@ -78,11 +79,27 @@ pub(crate) struct Wheel {
     queue: Mutex<Queue>,
     notify: Notify,
     seq: AtomicU64,
+    /// Bumped after any key's state word changes (its own cache line: read by every cached
+    /// get, written only when a key's token or its usability changes). A thread's copy of a
+    /// key checked since the last bump is served without reading the key's cache.
+    changes: Padded<AtomicU64>,
 }
 
 impl Wheel {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Tells the keys' copies that some key's state word changed (after it did).
+    pub(crate) fn changed(&self) {
+        self.changes.0.fetch_add(1, Release);
+    }
+
+    /// The number of changes so far; read before a key's state word, so that a copy checked
+    /// against that word is marked with a number no later than the change it saw.
+    #[inline]
+    pub(crate) fn changes(&self) -> u64 {
+        self.changes.0.load(Acquire)
     }
 
     /// A new request number.
