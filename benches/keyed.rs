@@ -97,14 +97,14 @@ fn bench(c: &mut Criterion) {
     let keyed = KeyedCache::<u64>::builder()
         .with_capacity(2 * KEYS as usize)
         .with_factory(|key: &u64| {
-            let token = format!("{JWT}.{key}");
-            Ok(TokenCache::builder(move || {
-                let token = token.clone();
-                async move {
-                    Ok::<_, FetchError>(
-                        Token::new(token).with_expires_in(Duration::from_secs(24 * 3600)),
-                    )
-                }
+            // The source keeps what a real one would (the merchant's id), not a second copy
+            // of the token it is about to mint.
+            let key = *key;
+            Ok(TokenCache::builder(move || async move {
+                Ok::<_, FetchError>(
+                    Token::new(format!("{JWT}.{key}"))
+                        .with_expires_in(Duration::from_secs(24 * 3600)),
+                )
             }))
         })
         .build();

@@ -18,6 +18,7 @@ use tracing::Instrument;
 
 use super::clock::Clock;
 use super::fetch::{FetchReason, Fetched, Schedule, fetch_once};
+use super::keyed::KeyLabel;
 use super::status::{CacheState, CacheStatus};
 use super::wheel::Wheel;
 use crate::metrics;
@@ -44,18 +45,16 @@ pub(crate) struct Inner {
     /// Per-thread copies of the current token (none for a keyed cache's entries, whose
     /// per-thread copies live in the keyed cache, bounded).
     /// Boxed: a `ThreadLocal` is half a kilobyte inline, and a keyed cache's entries have none.
-    locals: Option<Box<ThreadLocal<Padded<RefCell<Local>>>>>,
+    locals: Option<Box<Locals>>,
     /// A display-safe label of the key, for a keyed cache's entries (tracing spans only).
-    pub(crate) key_label: Option<Arc<str>>,
-    /// Every thread's hit counter (each written only by its own thread), for [`Inner::stats`].
-    hit_counters: Mutex<Vec<Arc<Padded<AtomicU64>>>>,
+    pub(crate) key_label: KeyLabel,
     shared: Mutex<State>,
     /// Swapped by [`rotate`](Self::rotate); taken (cloned) under the state lock.
     source: Mutex<Arc<dyn TokenSource>>,
     presentation: Presentation,
     config: Arc<CacheConfig>,
-    /// `Some(pool size)` in single-use mode.
-    single_use: Option<usize>,
+    /// Single-use mode: the pool's size, and the bound on issuer requests in flight.
+    single_use: Option<(usize, Arc<Semaphore>)>,
     counters: Counters,
     /// Wakes the driver task when the schedule changes (a cache of its own; a keyed cache's
     /// entries have the wheel instead).
@@ -69,9 +68,6 @@ pub(crate) struct Inner {
     /// the state lock.
     wake_seq: AtomicU64,
     clock: Clock,
-    /// Single-use mode: bounds the issuer requests in flight, pool refills included (none in
-    /// shared mode, which has one fetch at a time).
-    permits: Option<Arc<Semaphore>>,
 }
 
 /// Keeps each thread's slot on cache lines of its own: `ThreadLocal` stores the slots of
@@ -79,6 +75,14 @@ pub(crate) struct Inner {
 #[derive(Default)]
 #[repr(align(128))]
 pub(crate) struct Padded<T>(pub(crate) T);
+
+/// Per-thread copies of the current token, and every thread's hit counter (each written only
+/// by its own thread), for [`Inner::stats`].
+#[derive(Default)]
+struct Locals {
+    table: ThreadLocal<Padded<RefCell<Local>>>,
+    hits: Mutex<Vec<Arc<Padded<AtomicU64>>>>,
+}
 
 struct Local {
     state: u64,
@@ -96,11 +100,10 @@ struct State {
     current: Option<Current>,
     /// Why there is no current token (for logs).
     empty_reason: Option<FetchReason>,
-    flight: Option<Flight>,
+    /// Boxed: a key is idle most of the time.
+    flight: Option<Box<Flight>>,
     /// Bumped by revocation: a fetch sent under an older epoch is never installed.
     epoch: u64,
-    /// Bumped when a single-use token is rejected: a pool refill sent before is discarded.
-    pool_generation: u64,
     /// Failures in a row (fetches, or fresh tokens rejected).
     failures: u32,
     /// Bumped by every success and every counted failure: an attempt that fails after another
@@ -109,7 +112,8 @@ struct State {
     /// The failure count at which grace was last announced (WARN once per failed attempt).
     grace_warned: u32,
     retry_at: Option<Instant>,
-    last_error: Option<Error>,
+    /// Boxed: most keys have none, and an error is large.
+    last_error: Option<Box<Error>>,
     fresh_rejections: u32,
     /// While fresh tokens keep being rejected, invalidations before this are held off.
     quiet_until: Option<Instant>,
@@ -117,14 +121,52 @@ struct State {
     /// The recovery probe running, if one is: its task id, when it is given up on (a task
     /// dropped unpolled by a runtime shutting down, or on an idle runtime, clears nothing),
     /// and its handle.
-    probe: Option<(u64, Instant, AbortHandle)>,
+    probe: Option<Box<ProbeTask>>,
     /// No new probe before this (a jittered `recovery_probe` after the last one started).
     next_probe: Option<Instant>,
     /// A probe may still end this backoff: set when a regular fetch starts, cleared when a
     /// probe starts one (so a probe that is wrong costs one fetch per backoff period).
     probe_armed: bool,
-    pool: VecDeque<Pooled>,
+    /// Single-use mode's pool (boxed: none in shared mode).
+    pool: Option<Box<PoolState>>,
+}
+
+/// Single-use mode: tokens fetched ahead, each to be handed out once.
+#[derive(Default)]
+struct PoolState {
+    tokens: VecDeque<Pooled>,
     refill: Option<(u64, AbortHandle)>,
+    /// Bumped when a single-use token is rejected: a pool refill sent before is discarded.
+    generation: u64,
+}
+
+impl State {
+    fn pool(&mut self) -> &mut PoolState {
+        self.pool.get_or_insert_with(Box::default)
+    }
+
+    fn pool_len(&self) -> usize {
+        self.pool.as_ref().map_or(0, |p| p.tokens.len())
+    }
+
+    fn pool_generation(&self) -> u64 {
+        self.pool.as_ref().map_or(0, |p| p.generation)
+    }
+
+    fn refilling(&self) -> bool {
+        self.pool.as_ref().is_some_and(|p| p.refill.is_some())
+    }
+
+    fn take_refill(&mut self) -> Option<(u64, AbortHandle)> {
+        self.pool.as_mut().and_then(|p| p.refill.take())
+    }
+}
+
+/// A recovery probe running: its task id, when it is given up on, and its handle.
+struct ProbeTask {
+    id: u64,
+    until: Instant,
+    task: AbortHandle,
 }
 
 struct Current {
@@ -212,12 +254,14 @@ impl Drop for TaskGuard {
                 }
             }
             TaskKind::Refill => {
-                if st.refill.as_ref().is_some_and(|(id, _)| *id == self.id) {
-                    st.refill = None;
+                if let Some(pool) = st.pool.as_mut()
+                    && pool.refill.as_ref().is_some_and(|(id, _)| *id == self.id)
+                {
+                    pool.refill = None;
                 }
             }
             TaskKind::Probe => {
-                st.probe.take_if(|(id, ..)| *id == self.id);
+                st.probe.take_if(|p| p.id == self.id);
             }
         }
     }
@@ -231,7 +275,7 @@ pub(crate) struct Parts {
     pub(crate) single_use: Option<usize>,
     pub(crate) clock: Clock,
     pub(crate) thread_copies: bool,
-    pub(crate) key_label: Option<Arc<str>>,
+    pub(crate) key_label: KeyLabel,
     pub(crate) wheel: Option<Arc<Wheel>>,
 }
 
@@ -248,16 +292,22 @@ impl Inner {
             wheel,
         } = parts;
         let notify = wheel.is_none().then(|| Arc::new(Notify::new()));
+        // Single-use mode bounds the issuer requests in flight, pool refills included (shared
+        // mode has one fetch at a time).
+        let single_use = single_use.map(|pool| {
+            (
+                pool,
+                Arc::new(Semaphore::new(config.max_concurrent_fetches)),
+            )
+        });
         Self {
             wheel,
             me,
             wake_seq: AtomicU64::new(0),
-            permits: single_use.map(|_| Arc::new(Semaphore::new(config.max_concurrent_fetches))),
             clock,
             state: AtomicU64::new(0),
-            locals: thread_copies.then(|| Box::new(ThreadLocal::new())),
+            locals: thread_copies.then(Box::default),
             key_label,
-            hit_counters: Mutex::default(),
             shared: Mutex::new(State::default()),
             source: Mutex::new(source),
             presentation,
@@ -274,9 +324,10 @@ impl Inner {
 
     /// The bound on issuer requests in flight, in single-use mode (where it always exists).
     fn permits(&self) -> Arc<Semaphore> {
-        self.permits
-            .clone()
-            .unwrap_or_else(|| Arc::new(Semaphore::new(self.config.max_concurrent_fetches)))
+        self.single_use.as_ref().map_or_else(
+            || Arc::new(Semaphore::new(self.config.max_concurrent_fetches)),
+            |(_, permits)| Arc::clone(permits),
+        )
     }
 
     pub(crate) fn presentation(&self) -> &Presentation {
@@ -288,7 +339,7 @@ impl Inner {
     }
 
     pub(crate) fn single_use_pool(&self) -> Option<usize> {
-        self.single_use
+        self.single_use.as_ref().map(|(pool, _)| *pool)
     }
 
     /// For a keyed cache's per-thread table: the state word and the hot-path tick until which
@@ -340,7 +391,7 @@ impl Inner {
     /// Whether a fetch (or a pool refill) is under way: a keyed cache never evicts it then.
     pub(crate) fn is_busy(&self) -> bool {
         let st = self.lock();
-        st.flight.is_some() || st.refill.is_some()
+        st.flight.is_some() || st.refilling()
     }
 
     /// The source fetches go to now.
@@ -378,7 +429,7 @@ impl Inner {
         if state & USABLE == 0 {
             return None;
         }
-        let local = self.locals.as_ref()?.get()?.0.try_borrow().ok()?;
+        let local = self.locals.as_ref()?.table.get()?.0.try_borrow().ok()?;
         if local.state != state || self.clock.ticks() >= local.check_at {
             return None;
         }
@@ -389,13 +440,15 @@ impl Inner {
     }
 
     pub(crate) fn stats(&self) -> CacheStats {
-        let fast = (self
-            .hit_counters
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter())
-        .map(|h| h.0.load(Ordering::Relaxed))
-        .sum();
+        let fast = self.locals.as_ref().map_or(0, |locals| {
+            (locals
+                .hits
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter())
+            .map(|h| h.0.load(Ordering::Relaxed))
+            .sum()
+        });
         self.counters.read(fast)
     }
 
@@ -423,13 +476,9 @@ impl Inner {
         let Some(locals) = &self.locals else {
             return;
         };
-        let cell = locals.get_or(|| {
+        let cell = locals.table.get_or(|| {
             let hits = Arc::new(Padded(AtomicU64::new(0)));
-            (self
-                .hit_counters
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner))
-            .push(Arc::clone(&hits));
+            (locals.hits.lock().unwrap_or_else(PoisonError::into_inner)).push(Arc::clone(&hits));
             Padded(RefCell::new(Local {
                 state: 0,
                 snapshot: None,
@@ -516,7 +565,10 @@ impl Inner {
             Some(at) if now < at => Err(Error::BackingOff {
                 retry_in: at - now,
                 failures: st.failures,
-                last: Box::new(st.last_error.clone().unwrap_or(Error::Cancelled)),
+                last: st
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| Box::new(Error::Cancelled)),
             }),
             _ => Ok(()),
         }
@@ -536,7 +588,7 @@ impl Inner {
     fn record_failure(&self, st: &mut State, error: &Error, now: Instant, mark: u64) {
         Counters::bump(&self.counters.fetch_failures);
         metrics::fetch_ended(&self.config.name, Err(error));
-        st.last_error = Some(error.clone());
+        st.last_error = Some(Box::new(error.clone()));
         if mark != st.failure_mark {
             tracing::debug!(cache = %self.config.name, error = %error, "an overlapping token fetch failed too");
             return;
@@ -645,7 +697,7 @@ impl Inner {
     // ---- shared mode -------------------------------------------------------------------
 
     pub(crate) async fn get_slow(self: &Arc<Self>) -> Result<Snapshot, Error> {
-        if let Some(pool) = self.single_use {
+        if let Some(pool) = self.single_use_pool() {
             return self.get_single(pool).await.map(|pooled| pooled.snapshot);
         }
         // However many times a caller starts over (a fetch's runtime died, a revocation), it
@@ -804,10 +856,10 @@ impl Inner {
     fn probe_recovery(self: &Arc<Self>, st: &mut State, now: Instant) {
         let every = self.config.recovery_probe;
         // A probe past its time (its task never ran, or its runtime is idle) is given up on.
-        if st.probe.as_ref().is_some_and(|(_, until, _)| now >= *until)
-            && let Some((_, _, task)) = st.probe.take()
+        if st.probe.as_ref().is_some_and(|p| now >= p.until)
+            && let Some(probe) = st.probe.take()
         {
-            task.abort();
+            probe.task.abort();
         }
         if every.is_zero()
             || st.probe.is_some()
@@ -818,7 +870,7 @@ impl Inner {
         }
         let Some(probe) = st
             .last_error
-            .as_ref()
+            .as_deref()
             .and_then(Error::fetch_error)
             .filter(|e| e.is_retryable() && e.retry_after().is_none())
             .and_then(FetchError::probe)
@@ -838,7 +890,11 @@ impl Inner {
             }
         });
         if let Some((id, task)) = spawned {
-            st.probe = Some((id, now + patience + every + WAIT_SLACK, task));
+            st.probe = Some(Box::new(ProbeTask {
+                id,
+                until: now + patience + every + WAIT_SLACK,
+                task,
+            }));
             // Jittered, so that many processes probing one issuer do not do so in step.
             st.next_probe = Some(now + every.mul_f64(0.5 + fastrand::f64() / 2.0));
         }
@@ -854,13 +910,13 @@ impl Inner {
                 && st.retry_at.is_some_and(|at| self.clock.now() < at)
         };
         if !still_due(&self.lock()) {
-            self.lock().probe.take_if(|(probe, ..)| *probe == id);
+            self.lock().probe.take_if(|p| p.id == id);
             return;
         }
         let spread = self.config.recovery_probe.mul_f64(fastrand::f64());
         tokio::time::sleep(spread).await;
         let mut st = self.lock();
-        st.probe.take_if(|(probe, ..)| *probe == id);
+        st.probe.take_if(|p| p.id == id);
         if !still_due(&st) {
             return;
         }
@@ -927,7 +983,7 @@ impl Inner {
             .map_or(now, |c| c.schedule.mandatory_at.max(now));
         let (id, abort) = self
             .spawn_task(st, TaskKind::Flight, move |weak, id| {
-                let span = tracing::info_span!("tokenwarden.fetch", cache = %config.name, key = key.as_deref().unwrap_or("-"), %reason, flight = id);
+                let span = tracing::info_span!("tokenwarden.fetch", cache = %config.name, %key, %reason, flight = id);
                 async move {
                     let result = fetch_once(&*source, &config, &clock, urgency).await;
                     if let Some(inner) = weak.upgrade() {
@@ -947,13 +1003,13 @@ impl Inner {
                 .as_ref()
                 .map_or(Duration::ZERO, |b| b.max_wait())
             + WAIT_SLACK;
-        st.flight = Some(Flight {
+        st.flight = Some(Box::new(Flight {
             id,
             reason,
             tx,
             abort,
             deadline,
-        });
+        }));
         Ok(Step::Wait(rx, deadline, id))
     }
 
@@ -1101,10 +1157,11 @@ impl Inner {
         if self.single_use.is_some() {
             // The rejected token was never handed to anyone else; but tokens pooled before the
             // rejection was seen — pooled or still being fetched — are presumed as stale as it was.
-            let discarded = !st.pool.is_empty() || st.refill.is_some();
-            st.pool.clear();
+            let pool = st.pool();
+            let discarded = !pool.tokens.is_empty() || pool.refill.is_some();
+            pool.tokens.clear();
+            pool.generation += 1;
             metrics::pool_size(&self.config.name, 0);
-            st.pool_generation += 1;
             if discarded {
                 Counters::bump(&self.counters.invalidations);
                 metrics::invalidation(&self.config.name, "discarded");
@@ -1177,13 +1234,15 @@ impl Inner {
             flight.abort.abort();
             flight.tx.send_replace(Outcome::Superseded);
         }
-        if let Some((_, refill)) = st.refill.take() {
+        if let Some((_, refill)) = st.take_refill() {
             refill.abort();
         }
-        if let Some((_, _, probe)) = st.probe.take() {
-            probe.abort();
+        if let Some(probe) = st.probe.take() {
+            probe.task.abort();
         }
-        st.pool.clear();
+        if let Some(pool) = st.pool.as_mut() {
+            pool.tokens.clear();
+        }
         if self.single_use.is_some() {
             metrics::pool_size(&self.config.name, 0);
         }
@@ -1234,7 +1293,7 @@ impl Inner {
         let valid = current.filter(|c| now < c.schedule.mandatory_at);
         let state = match st.retry_at.filter(|at| now < *at) {
             _ if self.in_grace(&st, now) => CacheState::Grace,
-            Some(at) if st.last_error.as_ref().is_some_and(Error::is_rejected) => {
+            Some(at) if st.last_error.as_deref().is_some_and(Error::is_rejected) => {
                 CacheState::CredentialsRejected { retry_in: at - now }
             }
             Some(at) => CacheState::BackingOff { retry_in: at - now },
@@ -1248,7 +1307,7 @@ impl Inner {
             expires_in: current.map(|c| c.schedule.expires_at.saturating_duration_since(now)),
             refresh_in: valid.map(|c| c.schedule.advisory_at.saturating_duration_since(now)),
             failures: st.failures,
-            last_error: st.last_error.clone(),
+            last_error: st.last_error.as_deref().cloned(),
         }
     }
 
@@ -1290,7 +1349,7 @@ impl Inner {
                 (st.epoch, st.failure_mark)
             };
             let reason = FetchReason::SingleUse;
-            let span = tracing::info_span!("tokenwarden.fetch", cache = %self.config.name, key = self.key_label.as_deref().unwrap_or("-"), %reason);
+            let span = tracing::info_span!("tokenwarden.fetch", cache = %self.config.name, key = %self.key_label, %reason);
             let source = self.source();
             let result = fetch_once(&*source, &self.config, &self.clock, self.clock.now())
                 .instrument(span)
@@ -1333,13 +1392,13 @@ impl Inner {
 
     fn pop_pool(&self, st: &mut State, now: Instant) -> Option<Pooled> {
         let mut found = None;
-        while let Some(pooled) = st.pool.pop_front() {
+        while let Some(pooled) = st.pool().tokens.pop_front() {
             if now < pooled.usable_until {
                 found = Some(pooled);
                 break;
             }
         }
-        metrics::pool_size(&self.config.name, st.pool.len());
+        metrics::pool_size(&self.config.name, st.pool_len());
         found
     }
 
@@ -1350,15 +1409,15 @@ impl Inner {
         }
         let sent_under = {
             let st = self.lock();
-            (st.epoch, st.pool_generation)
+            (st.epoch, st.pool_generation())
         };
         let pooled = self.get_single(pool).await?;
         let id = pooled.snapshot.id();
         let mut st = self.lock();
         // Not if a rejection or a revocation came while it was fetched: presumed stale.
-        if (st.epoch, st.pool_generation) == sent_under {
-            st.pool.push_front(pooled);
-            metrics::pool_size(&self.config.name, st.pool.len());
+        if (st.epoch, st.pool_generation()) == sent_under {
+            st.pool().tokens.push_front(pooled);
+            metrics::pool_size(&self.config.name, st.pool_len());
         }
         Ok(id)
     }
@@ -1366,14 +1425,14 @@ impl Inner {
     /// Keeps the pool of single-use tokens full with one background fetch at a time (sharing
     /// the bound on issuer requests in flight).
     fn ensure_refill(self: &Arc<Self>, st: &mut State, pool: usize) {
-        if pool == 0 || st.refill.is_some() || st.pool.len() >= pool {
+        if pool == 0 || st.refilling() || st.pool_len() >= pool {
             return;
         }
         let source = self.source();
         let config = Arc::clone(&self.config);
         let clock = self.clock.clone();
         let permits = self.permits();
-        st.refill = self.spawn_task(st, TaskKind::Refill, move |weak, _| async move {
+        let refill = self.spawn_task(st, TaskKind::Refill, move |weak, _| async move {
             loop {
                 let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
                     return;
@@ -1381,11 +1440,11 @@ impl Inner {
                 let (epoch, mark) = {
                     let Some(inner) = weak.upgrade() else { return };
                     let st = inner.lock();
-                    if st.pool.len() >= pool || inner.gate(&st, inner.clock.now()).is_err() {
+                    if st.pool_len() >= pool || inner.gate(&st, inner.clock.now()).is_err() {
                         return;
                     }
                     Counters::bump(&inner.counters.fetches);
-                    ((st.epoch, st.pool_generation), st.failure_mark)
+                    ((st.epoch, st.pool_generation()), st.failure_mark)
                 };
                 let span =
                     tracing::info_span!("tokenwarden.fetch", cache = %config.name, reason = "pool");
@@ -1395,18 +1454,18 @@ impl Inner {
                 drop(permit);
                 let Some(inner) = weak.upgrade() else { return };
                 let mut st = inner.lock();
-                if (st.epoch, st.pool_generation) != epoch {
+                if (st.epoch, st.pool_generation()) != epoch {
                     // Sent before a revocation or a rejection: presumed stale like the rest.
                     continue;
                 }
                 match result.and_then(|fetched| inner.prepare(fetched)) {
                     Ok((snapshot, schedule)) => {
                         inner.record_success(&mut st);
-                        st.pool.push_back(Pooled {
+                        st.pool().tokens.push_back(Pooled {
                             snapshot,
                             usable_until: schedule.mandatory_at,
                         });
-                        metrics::pool_size(&inner.config.name, st.pool.len());
+                        metrics::pool_size(&inner.config.name, st.pool_len());
                     }
                     Err(error) => {
                         let now = inner.clock.now();
@@ -1415,6 +1474,7 @@ impl Inner {
                 }
             }
         });
+        st.pool().refill = refill;
     }
 }
 
@@ -1433,11 +1493,11 @@ impl Drop for Inner {
         }
         // A wheel's task is the keyed cache's, not this cache's to stop.
         let driver = st.driver.take().filter(|_| self.wheel.is_none());
-        for (_, task) in [driver, st.refill.take()].into_iter().flatten() {
+        for (_, task) in [driver, st.take_refill()].into_iter().flatten() {
             task.abort();
         }
-        if let Some((_, _, probe)) = st.probe.take() {
-            probe.abort();
+        if let Some(probe) = st.probe.take() {
+            probe.task.abort();
         }
     }
 }

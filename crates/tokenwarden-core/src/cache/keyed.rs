@@ -26,8 +26,51 @@ const REVALIDATE: Duration = Duration::from_secs(1);
 /// Makes the cache for a key met for the first time.
 type Factory<K> = Arc<dyn Fn(&K) -> Result<TokenCacheBuilder, ConfigError> + Send + Sync>;
 
-/// A key's display-safe label.
-type Labeler<K> = Arc<dyn Fn(&K) -> String + Send + Sync>;
+/// A user's function making a key's display-safe label.
+type LabelFn<K> = Arc<dyn Fn(&K) -> String + Send + Sync>;
+
+/// Makes a key's display-safe label.
+enum Labeler<K> {
+    /// `key-` and 8 hex digits of a hash keyed at random per process, kept as the number.
+    Fingerprint(std::hash::RandomState),
+    Custom(LabelFn<K>),
+}
+
+impl<K: Hash> Labeler<K> {
+    fn label(&self, key: &K) -> KeyLabel {
+        match self {
+            Self::Fingerprint(hasher) => KeyLabel::Fingerprint(hasher.hash_one(key) as u32),
+            Self::Custom(label) => KeyLabel::Named(Arc::new(label(key))),
+        }
+    }
+}
+
+/// A key's display-safe label, as logs, spans and summaries show it. A fingerprint is kept as
+/// its number (no allocation per key) and written out when shown.
+#[derive(Clone, Default)]
+pub(crate) enum KeyLabel {
+    /// Not a keyed cache's entry: shown as `-`.
+    #[default]
+    Unkeyed,
+    Fingerprint(u32),
+    Named(Arc<String>),
+}
+
+impl fmt::Display for KeyLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unkeyed => f.write_str("-"),
+            Self::Fingerprint(hash) => write!(f, "key-{hash:08x}"),
+            Self::Named(label) => f.write_str(label),
+        }
+    }
+}
+
+impl fmt::Debug for KeyLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
 
 /// One token cache per key — a merchant, a tenant, a set of credentials — each with its own
 /// source, settings and presentation, made on first use by a factory or registered ahead.
@@ -125,7 +168,6 @@ impl<K: Send> Drop for Keyed<K> {
 /// A key's cache, as the keyed cache holds it.
 pub(crate) struct Slot {
     cache: TokenCache,
-    label: Arc<str>,
     /// Registered ahead with no factory to make it again: never evicted.
     kept: bool,
     /// Seconds since the keyed cache was made, at the last look-up of the key.
@@ -133,6 +175,10 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
+    fn label(&self) -> &KeyLabel {
+        &self.cache.inner().key_label
+    }
+
     fn pinned(self: &Arc<Self>) -> bool {
         // The map holds one reference; any other is a handle in use (a request in flight).
         self.kept || Arc::strong_count(self) > 1 || self.cache.inner().is_busy()
@@ -150,7 +196,7 @@ struct Evicted(Vec<Arc<Slot>>);
 impl Drop for Evicted {
     fn drop(&mut self) {
         for slot in self.0.drain(..) {
-            tracing::debug!(key = %slot.label, "key evicted");
+            tracing::debug!(key = %slot.label(), "key evicted");
             slot.cache.revoke();
         }
     }
@@ -224,15 +270,15 @@ impl KeyHandle {
 
     /// The key's display-safe label.
     #[must_use]
-    pub fn label(&self) -> &str {
-        &self.0.label
+    pub fn label(&self) -> String {
+        self.0.label().to_string()
     }
 }
 
 impl fmt::Debug for KeyHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyHandle")
-            .field("key", &self.0.label)
+            .field("key", self.0.label())
             .field("cache", &self.0.cache)
             .finish()
     }
@@ -246,7 +292,7 @@ pub struct KeyedCacheBuilder<K> {
     thread_copies: usize,
     own_copies: bool,
     factory: Option<Factory<K>>,
-    label: Option<Labeler<K>>,
+    label: Option<LabelFn<K>>,
     budget: Option<RefreshBudget>,
 }
 
@@ -342,10 +388,10 @@ where
     /// Builds the keyed cache (empty).
     #[must_use]
     pub fn build(self) -> KeyedCache<K> {
-        let label = self.label.unwrap_or_else(|| {
-            let hasher = std::hash::RandomState::new();
-            Arc::new(move |key: &K| format!("key-{:08x}", hasher.hash_one(key) as u32))
-        });
+        let label = self.label.map_or_else(
+            || Labeler::Fingerprint(std::hash::RandomState::new()),
+            Labeler::Custom,
+        );
         let options = OptionsBuilder::new()
             .estimated_items_capacity(self.capacity)
             .weight_capacity(self.capacity as u64)
@@ -506,11 +552,11 @@ where
         }
         let Some(factory) = &self.inner.factory else {
             return Err(Error::UnknownKey {
-                key: (self.inner.label)(key),
+                key: self.inner.label.label(key).to_string(),
             });
         };
         let slot = self.inner.map.get_or_insert_with(key, || {
-            let label: Arc<str> = Arc::from((self.inner.label)(key));
+            let label = self.inner.label.label(key);
             let builder = factory(key).map_err(|source| Error::KeyConfig {
                 key: label.to_string(),
                 source,
@@ -523,24 +569,21 @@ where
     fn make_slot(
         &self,
         builder: TokenCacheBuilder,
-        label: Arc<str>,
+        label: KeyLabel,
         kept: bool,
     ) -> Result<Arc<Slot>, Error> {
         let builder = match &self.inner.budget {
             Some(budget) => builder.with_refresh_budget(budget.clone()),
             None => builder,
         };
+        let key = label.to_string();
         let cache = builder
             .with_name(self.inner.name.clone())
-            .for_key(Arc::clone(&label), self.inner.own_copies, &self.inner.wheel)
+            .for_key(label, self.inner.own_copies, &self.inner.wheel)
             .build_sharing(&self.inner.last_config)
-            .map_err(|source| Error::KeyConfig {
-                key: label.to_string(),
-                source,
-            })?;
+            .map_err(|source| Error::KeyConfig { key, source })?;
         Ok(Arc::new(Slot {
             cache,
-            label,
             kept,
             used_at: AtomicU64::new(self.now_secs()),
         }))
@@ -602,7 +645,7 @@ where
         let mut made = false;
         let slot = self.inner.map.get_or_insert_with(&key, || {
             made = true;
-            let label: Arc<str> = Arc::from((self.inner.label)(&key));
+            let label = self.inner.label.label(&key);
             self.make_slot(builder, label, self.inner.factory.is_none())
         })?;
         if !made {
@@ -693,7 +736,7 @@ where
                 CacheState::Empty => summary.empty += 1,
             }
             if worst > 0 && !matches!(status.state, CacheState::Fresh | CacheState::Empty) {
-                all.push((slot.label.to_string(), status));
+                all.push((slot.label().to_string(), status));
             }
         }
         all.sort_by_key(|(_, s)| std::cmp::Reverse(severity(s)));

@@ -150,7 +150,7 @@ impl TokenCache {
             single_use: None,
             clock: Clock::runtime(),
             thread_copies: true,
-            key_label: None,
+            key_label: keyed::KeyLabel::Unkeyed,
             wheel: None,
         }
     }
@@ -318,7 +318,7 @@ pub struct TokenCacheBuilder {
     single_use: Option<usize>,
     clock: Clock,
     thread_copies: bool,
-    key_label: Option<Arc<str>>,
+    key_label: keyed::KeyLabel,
     /// A keyed cache's driver for its keys.
     wheel: Option<Arc<wheel::Wheel>>,
 }
@@ -328,13 +328,13 @@ impl TokenCacheBuilder {
     /// bounded ones), and a label for its spans.
     pub(crate) fn for_key(
         mut self,
-        label: Arc<str>,
+        label: keyed::KeyLabel,
         own_copies: bool,
         wheel: &Arc<wheel::Wheel>,
     ) -> Self {
         self.wheel = Some(Arc::clone(wheel));
         self.thread_copies = own_copies;
-        self.key_label = Some(label);
+        self.key_label = label;
         self
     }
 
