@@ -380,8 +380,6 @@ async fn a_thousand_keys_expiring_together_stay_within_the_budget_and_none_is_se
         .max()
         .unwrap();
     assert!(busiest <= 50, "{busiest} calls in one second");
-    // One first fetch per key, and the tokens expiring at 300 s were each renewed once before
-    // then (the renewed ones are good for the rest of the run): 2,000 calls.
     // One first fetch per key, and each of the tokens expiring together at 300 s renewed once
     // before then (the renewed ones are refreshed again from 414 s on, past the first 400 s).
     let before_400 = calls

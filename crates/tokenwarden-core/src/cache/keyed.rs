@@ -68,7 +68,7 @@ impl fmt::Display for KeyLabel {
 
 impl fmt::Debug for KeyLabel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
+        fmt::Debug::fmt(&self.to_string(), f)
     }
 }
 
