@@ -153,6 +153,31 @@ fn a_fetch_whose_runtime_shuts_down_hands_no_waiter_a_spurious_cancelled() {
     assert_eq!(issuer.calls(), 2, "the waiter started a fetch of its own");
 }
 
+/// A single-use get starts a pool refill before its own fetch; a runtime that ends before the
+/// refill task is ever polled drops it unpolled. The next runtime refills the pool again.
+#[test]
+fn a_pool_refill_dropped_unpolled_with_its_runtime_is_started_again_on_the_next() {
+    let issuer = minting(Duration::from_secs(600));
+    let cache = builder(&issuer).with_pool(1).build().unwrap();
+    let dying = current_thread(false);
+    // The issuer answers at once: the get is ready on its first poll, the refill never runs.
+    dying.block_on(async { cache.get().await.unwrap() });
+    assert_eq!(issuer.calls(), 1, "the refill task was never polled");
+    drop(dying);
+
+    let next = current_thread(false);
+    next.block_on(async {
+        cache.get().await.unwrap();
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(issuer.calls(), 3, "its own fetch, and a refill of the pool");
+        // The next caller takes the pooled token, no issuer call of its own.
+        cache.get().await.unwrap();
+        assert_eq!(issuer.calls(), 3, "served from the pool");
+    });
+}
+
 // ---- 3. refresh ahead on use -----------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]

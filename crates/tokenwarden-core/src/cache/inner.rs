@@ -153,8 +153,13 @@ impl State {
         self.pool.as_ref().map_or(0, |p| p.generation)
     }
 
+    /// Whether a refill task is running. A task that ended without clearing its place (dropped
+    /// before its first poll, by a runtime shutting down) does not count.
     fn refilling(&self) -> bool {
-        self.pool.as_ref().is_some_and(|p| p.refill.is_some())
+        self.pool
+            .as_ref()
+            .and_then(|p| p.refill.as_ref())
+            .is_some_and(|(_, task)| !task.is_finished())
     }
 
     fn take_refill(&mut self) -> Option<(u64, AbortHandle)> {
