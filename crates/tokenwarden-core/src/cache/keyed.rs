@@ -576,12 +576,14 @@ where
             Some(budget) => builder.with_refresh_budget(budget.clone()),
             None => builder,
         };
-        let key = label.to_string();
         let cache = builder
             .with_name(self.inner.name.clone())
-            .for_key(label, self.inner.own_copies, &self.inner.wheel)
+            .for_key(label.clone(), self.inner.own_copies, &self.inner.wheel)
             .build_sharing(&self.inner.last_config)
-            .map_err(|source| Error::KeyConfig { key, source })?;
+            .map_err(|source| Error::KeyConfig {
+                key: label.to_string(),
+                source,
+            })?;
         Ok(Arc::new(Slot {
             cache,
             kept,
