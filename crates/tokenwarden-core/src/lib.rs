@@ -43,6 +43,7 @@ mod secret;
 mod snapshot;
 mod source;
 mod stats;
+pub mod store;
 mod token;
 
 pub use cache::{
@@ -60,4 +61,5 @@ pub use secret::Secret;
 pub use snapshot::Snapshot;
 pub use source::{BoxError, FetchError, Probe, TokenSource};
 pub use stats::CacheStats;
+pub use store::{MemoryStore, SharedTokens, TokenStore};
 pub use token::{Expiry, Token, TokenId};

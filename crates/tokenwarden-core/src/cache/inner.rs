@@ -23,6 +23,7 @@ use super::status::{CacheState, CacheStatus};
 use super::wheel::Wheel;
 use crate::metrics;
 use crate::stats::Counters;
+use crate::store::{Fence, Link};
 use crate::{
     CacheConfig, CacheStats, Error, FetchError, Presentation, Snapshot, TokenId, TokenSource,
 };
@@ -68,6 +69,8 @@ pub(crate) struct Inner {
     /// the state lock.
     wake_seq: AtomicU64,
     clock: Clock,
+    /// Shares tokens with other replicas through a store, if built so.
+    store: Option<Arc<Link>>,
 }
 
 /// Keeps each thread's slot on cache lines of its own: `ThreadLocal` stores the slots of
@@ -282,6 +285,12 @@ pub(crate) struct Parts {
     pub(crate) thread_copies: bool,
     pub(crate) key_label: KeyLabel,
     pub(crate) wheel: Option<Arc<Wheel>>,
+    pub(crate) store: Option<Arc<Link>>,
+}
+
+/// The fencing number a token was shared under, if it was.
+fn fence_of(snapshot: &Snapshot) -> Option<u64> {
+    snapshot.token().metadata::<Fence>().map(|f| f.0)
 }
 
 impl Inner {
@@ -295,7 +304,11 @@ impl Inner {
             thread_copies,
             key_label,
             wheel,
+            store,
         } = parts;
+        if let Some(link) = &store {
+            link.attach(me.clone());
+        }
         let notify = wheel.is_none().then(|| Arc::new(Notify::new()));
         // Single-use mode bounds the issuer requests in flight, pool refills included (shared
         // mode has one fetch at a time).
@@ -320,6 +333,7 @@ impl Inner {
             single_use,
             counters: Counters::default(),
             notify,
+            store,
         }
     }
 
@@ -408,6 +422,10 @@ impl Inner {
     /// still valid at its issuer); a backoff or rejection remembered from the old credentials
     /// is forgotten, so the new ones are tried at once.
     pub(crate) fn rotate(&self, source: Arc<dyn TokenSource>) {
+        let source = match &self.store {
+            Some(link) => link.wrap(source),
+            None => source,
+        };
         let mut st = self.lock();
         *self.source.lock().unwrap_or_else(PoisonError::into_inner) = source;
         st.retry_at = None;
@@ -1192,6 +1210,10 @@ impl Inner {
                 .saturating_duration_since(current.installed_at)
                 / 2,
         );
+        let fence = self
+            .store
+            .as_ref()
+            .and_then(|_| fence_of(&current.snapshot));
         let fresh = !current.snapshot.is_accepted()
             && (current.held_off || now.saturating_duration_since(current.installed_at) < window);
         let count = if fresh {
@@ -1227,7 +1249,46 @@ impl Inner {
         Counters::bump(&self.counters.invalidations);
         metrics::invalidation(&self.config.name, "discarded");
         self.discard(&mut st, FetchReason::Invalidated);
+        drop(st);
+        if let (Some(link), Some(fence)) = (&self.store, fence) {
+            link.rejected(fence);
+        }
         true
+    }
+
+    /// Another replica saw the token with fencing number `fence` rejected: drop it if it is
+    /// this cache's (no backoff, no notice of its own: the rejection was not seen here).
+    pub(crate) fn shared_rejected(&self, fence: u64) {
+        let mut st = self.lock();
+        if st
+            .current
+            .as_ref()
+            .is_some_and(|c| fence_of(&c.snapshot) == Some(fence))
+        {
+            Counters::bump(&self.counters.invalidations);
+            metrics::invalidation(&self.config.name, "shared");
+            tracing::debug!(cache = %self.config.name, fence, "token rejected at another replica; dropped");
+            self.discard(&mut st, FetchReason::Invalidated);
+        }
+    }
+
+    /// A replica installed the token with fencing number `fence` in the store: unless this
+    /// cache holds it already, its advisory point is now, so that its next use (not an idle
+    /// cache) starts a refresh, which takes that token from the store.
+    pub(crate) fn shared_installed(&self, fence: u64) {
+        let mut st = self.lock();
+        let now = self.clock.now();
+        let Some(current) = st.current.as_mut() else {
+            return;
+        };
+        if fence_of(&current.snapshot) == Some(fence) || current.schedule.advisory_at <= now {
+            return;
+        }
+        current.schedule.advisory_at = now;
+        current.advisory_published = true;
+        tracing::debug!(cache = %self.config.name, fence, "a newer token was shared; switching at the next use");
+        self.publish(&mut st);
+        self.wake(&mut st);
     }
 
     pub(crate) fn revoke(&self) {

@@ -21,9 +21,10 @@ pub use status::{CacheState, CacheStatus};
 
 #[cfg(doc)]
 use crate::Error;
+use crate::store::Link;
 use crate::{
-    CacheConfig, CacheStats, ConfigError, Presentation, RefreshWindow, Snapshot, TokenId,
-    TokenSource,
+    CacheConfig, CacheStats, ConfigError, Presentation, RefreshWindow, SharedTokens, Snapshot,
+    TokenId, TokenSource,
 };
 
 /// One token cache, shared by every task and every clone.
@@ -152,6 +153,7 @@ impl TokenCache {
             thread_copies: true,
             key_label: keyed::KeyLabel::Unkeyed,
             wheel: None,
+            shared: None,
         }
     }
 
@@ -321,6 +323,8 @@ pub struct TokenCacheBuilder {
     key_label: keyed::KeyLabel,
     /// A keyed cache's driver for its keys.
     wheel: Option<Arc<wheel::Wheel>>,
+    /// Tokens shared with other replicas, under this credential identity.
+    shared: Option<(SharedTokens, Box<str>)>,
 }
 
 impl TokenCacheBuilder {
@@ -503,6 +507,24 @@ impl TokenCacheBuilder {
         self
     }
 
+    /// Shares this cache's tokens with other replicas through `shared`'s store, under the
+    /// credential `identity` (for example `"boipa:merchant-42"`: the same for every replica
+    /// using the same credentials, different for other credentials; it is not a secret, and
+    /// stores derive key names from it).
+    ///
+    /// The hot path is unchanged; a fetch asks the store first, takes a newer token from it or
+    /// fetches for every replica under a lease. See [`crate::store`] for the rules. Metadata a
+    /// source attaches to its tokens stays with the replica that fetched them: other replicas
+    /// get the token's value and expiry only.
+    ///
+    /// Not for [`single_use`](Self::single_use) caches ([`build`](Self::build) refuses it):
+    /// their tokens are never shared, so there is nothing to share.
+    #[must_use]
+    pub fn with_shared(mut self, shared: &SharedTokens, identity: impl Into<String>) -> Self {
+        self.shared = Some((shared.clone(), identity.into().into_boxed_str()));
+        self
+    }
+
     /// Builds the cache.
     ///
     /// # Errors
@@ -520,6 +542,21 @@ impl TokenCacheBuilder {
         last: &Mutex<Option<Arc<CacheConfig>>>,
     ) -> Result<TokenCache, ConfigError> {
         self.config.validate()?;
+        if let Some((shared, _)) = &self.shared {
+            if self.single_use.is_some() {
+                return Err(ConfigError::Invalid {
+                    name: "with_shared",
+                    reason: "single-use tokens are never used twice, so there is nothing to share; build the cache without a store",
+                });
+            }
+            let settings = shared.settings();
+            if self.config.fetch_timeout <= settings.lease_ttl + settings.store_timeout * 2 {
+                return Err(ConfigError::Invalid {
+                    name: "fetch_timeout",
+                    reason: "must exceed the shared store's lease TTL plus twice its timeout: a replica may wait out a dead holder's lease before it fetches",
+                });
+            }
+        }
         let config = {
             let mut last = last.lock().unwrap_or_else(PoisonError::into_inner);
             match &*last {
@@ -536,11 +573,18 @@ impl TokenCacheBuilder {
 
     /// The cache, with `config` (checked) for its settings.
     fn assemble(self, config: Arc<CacheConfig>) -> TokenCache {
+        let store = self.shared.as_ref().map(|(shared, identity)| {
+            Link::new(shared, identity, config.default_lifetime, config.clock_skew)
+        });
+        let source = match &store {
+            Some(link) => link.wrap(self.source),
+            None => self.source,
+        };
         TokenCache {
             inner: Arc::new_cyclic(|me| {
                 Inner::new(
                     inner::Parts {
-                        source: self.source,
+                        source,
                         presentation: self.presentation,
                         config,
                         single_use: self.single_use,
@@ -548,6 +592,7 @@ impl TokenCacheBuilder {
                         thread_copies: self.thread_copies,
                         key_label: self.key_label,
                         wheel: self.wheel,
+                        store,
                     },
                     me.clone(),
                 )

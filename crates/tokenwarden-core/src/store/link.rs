@@ -1,0 +1,294 @@
+//! One cache's link to the store: the source wrapper that asks the store before the issuer,
+//! and the notices that reach the cache.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::{Hub, Install, Notice, NoticeKind, SharedToken, SharedTokens, StoreKey, bump};
+use crate::cache::Inner;
+use crate::{Expiry, FetchError, Token, TokenSource};
+
+/// The fencing number a token was shared under, kept in its metadata.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Fence(pub(crate) u64);
+
+/// A cache's place in the store: its key, its lease owner id, and the token it last took.
+pub(crate) struct Link {
+    hub: Arc<Hub>,
+    key: StoreKey,
+    owner: Box<str>,
+    /// The fencing number of the token last handed to the cache (0: none, or one fetched
+    /// without the store). A fetch asks for a token other than this one.
+    last: AtomicU64,
+    /// Wakes this cache's fetch waiting for another replica's.
+    notify: Notify,
+    cache: OnceLock<Weak<Inner>>,
+    /// For a token whose issuer stated no expiry.
+    default_lifetime: Duration,
+    /// A stored token with no more than this left is not taken.
+    clock_skew: Duration,
+}
+
+impl Link {
+    pub(crate) fn new(
+        shared: &SharedTokens,
+        identity: &str,
+        default_lifetime: Duration,
+        clock_skew: Duration,
+    ) -> Arc<Self> {
+        let hub = Arc::clone(shared.hub());
+        let key = hub.store.key_for(identity);
+        let link = Arc::new(Self {
+            key: key.clone(),
+            owner: format!("{:032x}", fastrand::u128(..)).into_boxed_str(),
+            last: AtomicU64::new(0),
+            notify: Notify::new(),
+            cache: OnceLock::new(),
+            default_lifetime,
+            clock_skew,
+            hub,
+        });
+        link.hub.register(&key, &link);
+        link
+    }
+
+    /// The cache it serves (set once, as the cache is made).
+    pub(crate) fn attach(&self, cache: Weak<Inner>) {
+        let _ = self.cache.set(cache);
+    }
+
+    /// `source`, asking the store first.
+    pub(crate) fn wrap(self: &Arc<Self>, source: Arc<dyn TokenSource>) -> Arc<dyn TokenSource> {
+        Arc::new(SharedSource {
+            link: Arc::clone(self),
+            source,
+        })
+    }
+
+    /// The cache dropped a token after a rejection: tell every replica (in the background).
+    pub(crate) fn rejected(self: &Arc<Self>, fence: u64) {
+        let Ok(runtime) = Handle::try_current() else {
+            return;
+        };
+        let link = Arc::clone(self);
+        runtime.spawn(async move {
+            if !link.hub.is_down()
+                && let Ok(true) = link.hub.call(link.hub.store.reject(&link.key, fence)).await
+            {
+                bump(&link.hub.counters.rejections_sent);
+                tracing::debug!(key = %link.key, fence, "rejection shared with every replica");
+            }
+        });
+    }
+
+    pub(crate) fn notice(&self, notice: &Notice) {
+        self.wake();
+        let Some(cache) = self.cache.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        match notice.kind {
+            NoticeKind::Installed => cache.shared_installed(notice.fence),
+            NoticeKind::Rejected => cache.shared_rejected(notice.fence),
+            NoticeKind::Released => {}
+        }
+    }
+
+    pub(crate) fn wake(&self) {
+        self.notify.notify_waiters();
+    }
+
+    /// Whether a stored token may be handed to the cache instead of fetching.
+    fn usable(&self, found: &SharedToken, last: u64) -> bool {
+        let remaining = found.remaining();
+        !found.rejected
+            && found.fence != last
+            && remaining > found.lifetime() / 5
+            && remaining > self.clock_skew * 2
+    }
+
+    /// A stored token, for the cache.
+    fn adopt(&self, found: SharedToken) -> Token {
+        bump(&self.hub.counters.adopted);
+        self.last.store(found.fence, Ordering::Relaxed);
+        Token::new(found.secret)
+            .with_expires_at(found.expires_at)
+            .with_metadata(Fence(found.fence))
+    }
+
+    /// A token this replica fetched under lease `fence`.
+    fn own(&self, token: Token, fence: u64) -> Token {
+        self.last.store(fence, Ordering::Relaxed);
+        token.with_metadata(Fence(fence))
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.hub.unregister(&self.key);
+    }
+}
+
+impl fmt::Debug for Link {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Link")
+            .field("key", &self.key)
+            .field("last", &self.last.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The source a shared cache fetches from: the store first, the issuer under a lease.
+struct SharedSource {
+    link: Arc<Link>,
+    source: Arc<dyn TokenSource>,
+}
+
+#[async_trait]
+impl TokenSource for SharedSource {
+    async fn fetch(&self) -> Result<Token, FetchError> {
+        let span = tracing::debug_span!("tokenwarden.shared", key = %self.link.key);
+        self.fetch_shared().instrument(span).await
+    }
+}
+
+impl SharedSource {
+    async fn fetch_shared(&self) -> Result<Token, FetchError> {
+        let link = &*self.link;
+        let hub = &*link.hub;
+        if hub.is_down() {
+            return self.direct().await;
+        }
+        let last = link.last.load(Ordering::Relaxed);
+        let settings = &hub.settings;
+        // A live holder installs (or lets go) within its lease: waiting longer means it is
+        // stuck, and this replica fetches on its own.
+        let give_up_at = Instant::now() + settings.lease_ttl + settings.poll_interval;
+        loop {
+            let notified = link.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match hub.call(hub.store.load(&link.key)).await {
+                Err(_) => return self.direct().await,
+                Ok(Some(found)) if link.usable(&found, last) => {
+                    tracing::debug!(fence = found.fence, "token taken from the store");
+                    return Ok(link.adopt(found));
+                }
+                Ok(_) => {}
+            }
+            match hub
+                .call(
+                    hub.store
+                        .acquire(&link.key, &link.owner, settings.lease_ttl),
+                )
+                .await
+            {
+                Err(_) => return self.direct().await,
+                Ok(Some(fence)) => return self.fetch_holding(fence, last).await,
+                Ok(None) => {}
+            }
+            let now = Instant::now();
+            if now >= give_up_at {
+                tracing::warn!(
+                    lease_ms = settings.lease_ttl.as_millis() as u64,
+                    "another replica held the lease longer than its TTL; fetching without it"
+                );
+                return self.direct().await;
+            }
+            bump(&hub.counters.waits);
+            let wait = settings.poll_interval.min(give_up_at - now);
+            let _ = tokio::time::timeout(wait, notified).await;
+        }
+    }
+
+    /// An issuer call without the store.
+    async fn direct(&self) -> Result<Token, FetchError> {
+        bump(&self.link.hub.counters.direct_fetches);
+        let token = self.source.fetch().await?;
+        self.link.last.store(0, Ordering::Relaxed);
+        Ok(token)
+    }
+
+    /// Fetches for every replica under lease `fence`, and installs the token.
+    async fn fetch_holding(&self, fence: u64, last: u64) -> Result<Token, FetchError> {
+        let link = &*self.link;
+        let hub = &*link.hub;
+        bump(&hub.counters.leases);
+        let mut lease = Lease {
+            link: Arc::clone(&self.link),
+            armed: true,
+        };
+        let sent = SystemTime::now();
+        bump(&hub.counters.issuer_fetches);
+        let token = match self.source.fetch().await {
+            Ok(token) => token,
+            Err(error) => {
+                lease.armed = false;
+                let _ = hub.call(hub.store.release(&link.key, &link.owner)).await;
+                return Err(error);
+            }
+        };
+        let expires_at = match token.expiry() {
+            Expiry::In(lifetime) => sent + lifetime,
+            Expiry::At(at) => at,
+            Expiry::Unknown => sent + link.default_lifetime,
+        };
+        let shared = SharedToken::new(fence, token.secret().clone(), sent, expires_at);
+        match hub
+            .call(hub.store.install(&link.key, &link.owner, &shared))
+            .await
+        {
+            Ok(Install::Installed) => {
+                lease.armed = false;
+                bump(&hub.counters.installed);
+                tracing::debug!(fence, "token fetched and shared");
+                Ok(link.own(token, fence))
+            }
+            Ok(Install::Superseded { current }) => {
+                lease.armed = false;
+                bump(&hub.counters.superseded);
+                tracing::info!(
+                    fence,
+                    current,
+                    "a newer token was shared while this one was fetched; taking that one"
+                );
+                match hub.call(hub.store.load(&link.key)).await {
+                    Ok(Some(found)) if link.usable(&found, last) => Ok(link.adopt(found)),
+                    _ => Ok(link.own(token, fence)),
+                }
+            }
+            // The lease is let go in the background, or runs out.
+            Err(_) => Ok(link.own(token, fence)),
+        }
+    }
+}
+
+/// Lets go of a lease whose fetch was cancelled (a fetch timeout, a runtime shutting down).
+struct Lease {
+    link: Arc<Link>,
+    armed: bool,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Ok(runtime) = Handle::try_current() {
+            let link = Arc::clone(&self.link);
+            runtime.spawn(async move {
+                let _ = link
+                    .hub
+                    .call(link.hub.store.release(&link.key, &link.owner))
+                    .await;
+            });
+        }
+    }
+}

@@ -1,0 +1,610 @@
+//! Tokens shared by several processes (replicas) through a store.
+//!
+//! A [`TokenCache`](crate::TokenCache) built [`with_shared`](crate::TokenCacheBuilder::with_shared)
+//! keeps serving its own copy of the token on the hot path (the store is never touched
+//! there); only when it would fetch does it ask the store first:
+//!
+//! - **a newer token is there** (another replica fetched it): that one is taken, no issuer call;
+//! - **none is**: the cache takes the key's *lease* (set-if-absent, with an owner and a TTL) and
+//!   fetches; replicas that find the lease taken wait on the store — woken by a notice, with a
+//!   bounded poll — and take the token the holder installs;
+//! - every lease comes with a **fencing number**, and the store installs a token only if its
+//!   number is higher than the one it holds, in one atomic step: a replica whose lease ran out
+//!   mid-fetch can never put an older token over a newer one;
+//! - a **rejection** (the API answered 401) marks that exact token (by its fencing number)
+//!   rejected for every replica, which drop it at once; a newly installed token makes the
+//!   others switch at their next use, without a 401 of their own;
+//! - **store trouble is not an outage**: a store call that fails or takes longer than
+//!   [`with_store_timeout`](SharedTokensBuilder::with_store_timeout) makes the replica fetch on its
+//!   own (as an unshared cache would, single flight and backoff included) and leave the store
+//!   alone for [`with_pause_after_trouble`](SharedTokensBuilder::with_pause_after_trouble); a store
+//!   error never reaches a request.
+//!
+//! [`MemoryStore`] shares tokens between the caches of one process (and lets tests run several
+//! "replicas" in one); the `tokenwarden-redis` crate shares them through Redis or Valkey, with
+//! tokens encrypted at rest.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tokenwarden_core::{FetchError, MemoryStore, SharedTokens, Token, TokenCache};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = MemoryStore::new();
+//! // Two "replicas", each with its own hub and cache, sharing one store.
+//! let replica = |store: &MemoryStore| {
+//!     let shared = SharedTokens::new(store.clone());
+//!     TokenCache::builder(|| async {
+//!         Ok::<_, FetchError>(Token::new("abc").with_expires_in(Duration::from_secs(900)))
+//!     })
+//!     .with_shared(&shared, "merchant-42")
+//!     .build()
+//!     .map(|cache| (shared, cache))
+//! };
+//! let (a_hub, a) = replica(&store)?;
+//! let (b_hub, b) = replica(&store)?;
+//! assert_eq!(a.get().await?.token().secret().expose(), "abc");
+//! assert_eq!(b.get().await?.token().secret().expose(), "abc");
+//! // One issuer call for both.
+//! assert_eq!(a_hub.stats().issuer_fetches + b_hub.stats().issuer_fetches, 1);
+//! # Ok(())
+//! # }
+//! ```
+
+mod link;
+mod memory;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+pub(crate) use link::{Fence, Link};
+pub use memory::MemoryStore;
+
+use crate::Secret;
+
+/// The name a store keeps one cache's token under. A store derives it from the credential
+/// identity it is given ([`TokenStore::key_for`]); it must not reveal a secret.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct StoreKey(Arc<str>);
+
+impl StoreKey {
+    /// A key with this name.
+    pub fn new(name: impl Into<Arc<str>>) -> Self {
+        Self(name.into())
+    }
+
+    /// The name.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for StoreKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for StoreKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A token as a store holds it: the secret, when it was fetched and when it expires (wall
+/// clock, shared by every replica), its fencing number, and whether a replica saw it rejected.
+///
+/// `Debug` does not show the secret.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct SharedToken {
+    /// The fencing number of the lease it was fetched under.
+    pub fence: u64,
+    /// The token's value.
+    pub secret: Secret,
+    /// When its fetch was sent.
+    pub issued_at: SystemTime,
+    /// When it stops being valid.
+    pub expires_at: SystemTime,
+    /// A replica saw it rejected: no replica takes it.
+    pub rejected: bool,
+}
+
+impl SharedToken {
+    /// A token fetched under lease `fence`.
+    #[must_use]
+    pub fn new(fence: u64, secret: Secret, issued_at: SystemTime, expires_at: SystemTime) -> Self {
+        Self {
+            fence,
+            secret,
+            issued_at,
+            expires_at,
+            rejected: false,
+        }
+    }
+
+    /// Marks it rejected (or not).
+    #[must_use]
+    pub fn with_rejected(mut self, rejected: bool) -> Self {
+        self.rejected = rejected;
+        self
+    }
+
+    /// The lifetime it was issued with.
+    #[must_use]
+    pub fn lifetime(&self) -> Duration {
+        self.expires_at
+            .duration_since(self.issued_at)
+            .unwrap_or_default()
+    }
+
+    /// How long it remains valid, by this machine's clock.
+    #[must_use]
+    pub fn remaining(&self) -> Duration {
+        self.expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for SharedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedToken")
+            .field("fence", &self.fence)
+            .field("secret", &self.secret)
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .field("rejected", &self.rejected)
+            .finish()
+    }
+}
+
+/// What [`TokenStore::install`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Install {
+    /// The token is now the key's token.
+    Installed,
+    /// The store already holds a token with this fencing number or a higher one, which stays.
+    Superseded {
+        /// The fencing number of the token the store holds.
+        current: u64,
+    },
+}
+
+/// What happened to a key, as a store tells every replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoticeKind {
+    /// A token with this fencing number was installed.
+    Installed,
+    /// The token with this fencing number was rejected.
+    Rejected,
+    /// A lease was let go without a token (its fetch failed).
+    Released,
+}
+
+/// A change to a key, delivered to every replica through [`Notices`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    /// The key.
+    pub key: StoreKey,
+    /// The fencing number it concerns (0 for a release).
+    pub fence: u64,
+    /// What happened.
+    pub kind: NoticeKind,
+}
+
+/// Why a store call failed. Never contains a secret.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store could not be reached, or answered with an error.
+    #[error("the token store is unavailable: {0}")]
+    Unavailable(String),
+    /// A stored token could not be read (another encryption key, a foreign value).
+    #[error("a stored token could not be read: {0}")]
+    Unreadable(String),
+    /// The store took longer than the store timeout.
+    #[error("the token store did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Where replicas share their tokens: a lease and a fencing number per key, the current token,
+/// and notices of changes. Every method is one atomic step at the store.
+///
+/// Implemented by [`MemoryStore`] and by `tokenwarden-redis`'s `RedisStore`.
+#[async_trait]
+pub trait TokenStore: Send + Sync + 'static {
+    /// The key for a credential identity (for example `"boipa:merchant-42"`). It must carry
+    /// no secret, and identities that differ must give keys that differ.
+    fn key_for(&self, identity: &str) -> StoreKey;
+
+    /// The key's current token, if any (an expired one counts as none).
+    async fn load(&self, key: &StoreKey) -> Result<Option<SharedToken>, StoreError>;
+
+    /// Takes the key's lease for `owner` for `ttl` if nobody holds it, and returns its fencing
+    /// number (higher than any given out for the key before, or held by its token); `None` if
+    /// another owner holds it.
+    async fn acquire(
+        &self,
+        key: &StoreKey,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<u64>, StoreError>;
+
+    /// Installs `token` if its fencing number is higher than that of the token held, lets go
+    /// of `owner`'s lease either way, and on install sends a [`NoticeKind::Installed`] notice.
+    async fn install(
+        &self,
+        key: &StoreKey,
+        owner: &str,
+        token: &SharedToken,
+    ) -> Result<Install, StoreError>;
+
+    /// Lets go of `owner`'s lease, if it still holds it, and sends a
+    /// [`NoticeKind::Released`] notice.
+    async fn release(&self, key: &StoreKey, owner: &str) -> Result<(), StoreError>;
+
+    /// Marks the token with fencing number `fence` rejected, if it is the key's token and not
+    /// yet marked, and sends a [`NoticeKind::Rejected`] notice; returns whether it did.
+    async fn reject(&self, key: &StoreKey, fence: u64) -> Result<bool, StoreError>;
+
+    /// From now on, delivers every notice of every key (its own and other replicas') to
+    /// `notices`. Called once per [`SharedTokens`] made on the store.
+    fn listen(&self, notices: Notices);
+}
+
+/// Where a store delivers notices: to the caches of one [`SharedTokens`].
+#[derive(Clone)]
+pub struct Notices(Weak<Hub>);
+
+impl Notices {
+    /// Delivers a notice: replicas waiting for the key look again, and its caches react
+    /// (drop a rejected token, switch to a newer one at their next use).
+    pub fn deliver(&self, notice: &Notice) {
+        if let Some(hub) = self.0.upgrade() {
+            hub.deliver(notice);
+        }
+    }
+
+    /// The notices may have missed some (the store's connection was lost and made again):
+    /// every waiting replica looks again.
+    pub fn missed(&self) {
+        if let Some(hub) = self.0.upgrade() {
+            hub.wake_all();
+        }
+    }
+
+    /// Whether the [`SharedTokens`] it delivers to is gone (a listener may then stop).
+    #[must_use]
+    pub fn is_closed(&self) -> bool {
+        self.0.strong_count() == 0
+    }
+}
+
+impl fmt::Debug for Notices {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Notices")
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// How a replica shares tokens through a store: the store, and the waits around it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SharedSettings {
+    /// How long a lease holds (its fetch's longest wait): another replica takes over after
+    /// it if the holder died. Default 5 s.
+    pub lease_ttl: Duration,
+    /// How often a waiting replica looks at the store if no notice came. Default 250 ms.
+    pub poll_interval: Duration,
+    /// The longest a store call may take before the replica fetches on its own. Default 250 ms.
+    pub store_timeout: Duration,
+    /// After store trouble, how long the replica fetches on its own before trying the store
+    /// again. Default 2 s.
+    pub pause_after_trouble: Duration,
+}
+
+impl Default for SharedSettings {
+    fn default() -> Self {
+        Self {
+            lease_ttl: Duration::from_secs(5),
+            poll_interval: Duration::from_millis(250),
+            store_timeout: Duration::from_millis(250),
+            pause_after_trouble: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What the caches of one [`SharedTokens`] did with the store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SharedStats {
+    /// Tokens taken from the store (fetched by another replica, or earlier).
+    pub adopted: u64,
+    /// Leases won: this replica fetched for every replica.
+    pub leases: u64,
+    /// Issuer calls made holding a lease.
+    pub issuer_fetches: u64,
+    /// Issuer calls made without the store (store trouble, or a lease held too long).
+    pub direct_fetches: u64,
+    /// Tokens installed in the store.
+    pub installed: u64,
+    /// Tokens not installed because a newer one was there (the fence held).
+    pub superseded: u64,
+    /// Waits for another replica's fetch (each ends with a notice or a poll).
+    pub waits: u64,
+    /// Rejections sent to the other replicas.
+    pub rejections_sent: u64,
+    /// Notices received (this replica's own included).
+    pub notices: u64,
+    /// Store calls that failed or timed out.
+    pub store_errors: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    adopted: AtomicU64,
+    leases: AtomicU64,
+    issuer_fetches: AtomicU64,
+    direct_fetches: AtomicU64,
+    installed: AtomicU64,
+    superseded: AtomicU64,
+    waits: AtomicU64,
+    rejections_sent: AtomicU64,
+    notices: AtomicU64,
+    store_errors: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One replica's side of a store: the settings, the caches sharing through it (to deliver
+/// notices to), and whether the store is in trouble.
+pub(crate) struct Hub {
+    store: Arc<dyn TokenStore>,
+    settings: SharedSettings,
+    links: Mutex<HashMap<StoreKey, Vec<Weak<Link>>>>,
+    /// The store is skipped until then, after trouble.
+    down_until: Mutex<Option<Instant>>,
+    counters: Counters,
+}
+
+impl Hub {
+    fn deliver(&self, notice: &Notice) {
+        bump(&self.counters.notices);
+        // Upgraded outside the lock: a link dropped here unregisters itself, under it.
+        let links: Vec<Arc<Link>> = self
+            .lock_links()
+            .get(&notice.key)
+            .map(|links| links.iter().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default();
+        for link in links {
+            link.notice(notice);
+        }
+    }
+
+    fn wake_all(&self) {
+        let links: Vec<Arc<Link>> = self
+            .lock_links()
+            .values()
+            .flatten()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for link in links {
+            link.wake();
+        }
+    }
+
+    fn lock_links(&self) -> std::sync::MutexGuard<'_, HashMap<StoreKey, Vec<Weak<Link>>>> {
+        self.links.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn register(&self, key: &StoreKey, link: &Arc<Link>) {
+        self.lock_links()
+            .entry(key.clone())
+            .or_default()
+            .push(Arc::downgrade(link));
+    }
+
+    fn unregister(&self, key: &StoreKey) {
+        let mut links = self.lock_links();
+        if let Some(list) = links.get_mut(key) {
+            list.retain(|link| link.strong_count() > 0);
+            if list.is_empty() {
+                links.remove(key);
+            }
+        }
+    }
+
+    /// Whether the store is being left alone after trouble.
+    fn is_down(&self) -> bool {
+        let mut down = self
+            .down_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match *down {
+            Some(until) if Instant::now() < until => true,
+            Some(_) => {
+                *down = None;
+                tracing::info!("trying the shared token store again");
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// One store call, under the store timeout; trouble is logged, counted and remembered.
+    async fn call<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let timeout = self.settings.store_timeout;
+        let result = match tokio::time::timeout(timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Timeout(timeout)),
+        };
+        if let Err(error) = &result {
+            bump(&self.counters.store_errors);
+            let mut down = self
+                .down_until
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if down.is_none() {
+                tracing::warn!(
+                    %error,
+                    pause_ms = self.settings.pause_after_trouble.as_millis() as u64,
+                    "the shared token store is in trouble; fetching without it for a while"
+                );
+            }
+            *down = Some(Instant::now() + self.settings.pause_after_trouble);
+        }
+        result
+    }
+}
+
+/// One replica's access to a [`TokenStore`], shared by every cache of the replica built
+/// [`with_shared`](crate::TokenCacheBuilder::with_shared) it. Cheap to clone.
+///
+/// See the [module docs](self) for what sharing does.
+#[derive(Clone)]
+pub struct SharedTokens {
+    hub: Arc<Hub>,
+}
+
+impl SharedTokens {
+    /// Shares through `store` with the default [`SharedSettings`].
+    pub fn new(store: impl TokenStore) -> Self {
+        Self::builder(store).build()
+    }
+
+    /// Shares through `store`, with settings to choose.
+    pub fn builder(store: impl TokenStore) -> SharedTokensBuilder {
+        SharedTokensBuilder {
+            store: Arc::new(store),
+            settings: SharedSettings::default(),
+        }
+    }
+
+    /// What this replica's caches did with the store so far.
+    #[must_use]
+    pub fn stats(&self) -> SharedStats {
+        let c = &self.hub.counters;
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        SharedStats {
+            adopted: read(&c.adopted),
+            leases: read(&c.leases),
+            issuer_fetches: read(&c.issuer_fetches),
+            direct_fetches: read(&c.direct_fetches),
+            installed: read(&c.installed),
+            superseded: read(&c.superseded),
+            waits: read(&c.waits),
+            rejections_sent: read(&c.rejections_sent),
+            notices: read(&c.notices),
+            store_errors: read(&c.store_errors),
+        }
+    }
+
+    /// Its settings.
+    #[must_use]
+    pub fn settings(&self) -> &SharedSettings {
+        &self.hub.settings
+    }
+
+    /// Whether the store is being left alone after trouble (caches fetch on their own).
+    #[must_use]
+    pub fn is_store_paused(&self) -> bool {
+        self.hub
+            .down_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    pub(crate) fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+}
+
+impl fmt::Debug for SharedTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedTokens")
+            .field("settings", &self.hub.settings)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds [`SharedTokens`].
+pub struct SharedTokensBuilder {
+    store: Arc<dyn TokenStore>,
+    settings: SharedSettings,
+}
+
+impl fmt::Debug for SharedTokensBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedTokensBuilder")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedTokensBuilder {
+    /// How long a lease holds. Default 5 s. A cache sharing through it needs a
+    /// [fetch timeout](crate::TokenCacheBuilder::with_fetch_timeout) longer than this plus the
+    /// store timeout (a replica may wait out a dead holder's lease, then fetch).
+    #[must_use]
+    pub fn with_lease_ttl(mut self, ttl: Duration) -> Self {
+        self.settings.lease_ttl = ttl;
+        self
+    }
+
+    /// How often a waiting replica looks at the store when no notice comes. Default 250 ms.
+    #[must_use]
+    pub fn with_poll_interval(mut self, every: Duration) -> Self {
+        self.settings.poll_interval = every;
+        self
+    }
+
+    /// The longest a store call may take. Default 250 ms.
+    #[must_use]
+    pub fn with_store_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.store_timeout = timeout;
+        self
+    }
+
+    /// After store trouble, how long caches fetch on their own before trying the store again.
+    /// Default 2 s.
+    #[must_use]
+    pub fn with_pause_after_trouble(mut self, pause: Duration) -> Self {
+        self.settings.pause_after_trouble = pause;
+        self
+    }
+
+    /// The settings (zero durations are raised to 1 ms).
+    #[must_use]
+    pub fn build(self) -> SharedTokens {
+        let floor = |d: Duration| d.max(Duration::from_millis(1));
+        let mut settings = self.settings;
+        settings.lease_ttl = floor(settings.lease_ttl);
+        settings.poll_interval = floor(settings.poll_interval);
+        settings.store_timeout = floor(settings.store_timeout);
+        let hub = Arc::new(Hub {
+            store: self.store,
+            settings,
+            links: Mutex::default(),
+            down_until: Mutex::default(),
+            counters: Counters::default(),
+        });
+        hub.store.listen(Notices(Arc::downgrade(&hub)));
+        SharedTokens { hub }
+    }
+}

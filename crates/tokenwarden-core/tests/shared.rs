@@ -1,0 +1,409 @@
+//! Tokens shared by replicas through a store: several `SharedTokens` on one `MemoryStore`
+//! behave as replicas on one Redis. Asserted by counts at the issuer, on tokio's paused clock.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::SeqCst};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use tokenwarden_core::store::{Install, Notices, SharedToken, StoreError, StoreKey, TokenStore};
+use tokenwarden_core::{
+    ConfigError, FetchError, KeyedCache, MemoryStore, Secret, SharedTokens, Token, TokenCache,
+    TokenCacheBuilder,
+};
+use tokenwarden_test_support::{CountingIssuer, secret};
+use tokio::time::{Instant, sleep};
+
+const LIFETIME: Duration = Duration::from_secs(100);
+
+fn replica_with(shared: &SharedTokens, issuer: &CountingIssuer) -> TokenCacheBuilder {
+    TokenCache::builder(issuer.source()).with_shared(shared, "merchant-42")
+}
+
+fn replicas(
+    store: &MemoryStore,
+    issuer: &CountingIssuer,
+    n: usize,
+) -> Vec<(SharedTokens, TokenCache)> {
+    (0..n)
+        .map(|_| {
+            let shared = SharedTokens::new(store.clone());
+            let cache = replica_with(&shared, issuer).build().unwrap();
+            (shared, cache)
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn four_replicas_of_fifty_tasks_fetch_once_per_token_lifetime() {
+    let store = MemoryStore::new();
+    let issuer = CountingIssuer::up()
+        .with_lifetime(LIFETIME)
+        .with_delay(Duration::from_millis(50));
+    let replicas = replicas(&store, &issuer, 4);
+    // 200 s of 100 s tokens refreshed 70-80 % into their life: three tokens are needed.
+    let end = Instant::now() + Duration::from_secs(200);
+    let mut tasks = Vec::new();
+    for (r, (_, cache)) in replicas.iter().enumerate() {
+        for _ in 0..50 {
+            let cache = cache.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut seen = HashSet::new();
+                let mut gets = 0;
+                while Instant::now() < end {
+                    let snapshot = cache.get().await.expect("every request gets a token");
+                    seen.insert(secret(&snapshot));
+                    gets += 1;
+                    sleep(Duration::from_millis(500)).await;
+                }
+                (r, seen, gets)
+            }));
+        }
+    }
+    let mut all = HashSet::new();
+    let mut gets = 0;
+    for task in tasks {
+        let (_, seen, n) = task.await.unwrap();
+        gets += n;
+        all.extend(seen);
+    }
+    assert_eq!(
+        issuer.calls(),
+        3,
+        "4 replicas x 50 tasks over 200 s of 100 s tokens: one issuer call per token"
+    );
+    assert_eq!(
+        all.len(),
+        3,
+        "every replica used the same three tokens: {all:?}"
+    );
+    assert!(gets >= 200 * 400 - 200, "{gets} gets");
+    let leases: u64 = replicas.iter().map(|(s, _)| s.stats().leases).sum();
+    let adopted: u64 = replicas.iter().map(|(s, _)| s.stats().adopted).sum();
+    let direct: u64 = replicas.iter().map(|(s, _)| s.stats().direct_fetches).sum();
+    assert_eq!((leases, direct), (3, 0));
+    assert!(
+        adopted >= 9,
+        "each other replica took each token from the store: {adopted}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejection_at_one_replica_costs_one_fetch_and_the_others_drop_that_token_at_once() {
+    let store = MemoryStore::new();
+    let issuer = CountingIssuer::up().with_lifetime(LIFETIME);
+    let replicas = replicas(&store, &issuer, 4);
+    for (_, cache) in &replicas {
+        assert_eq!(secret(&cache.get().await.unwrap()), "tok-1");
+    }
+    assert_eq!(issuer.calls(), 1);
+    let rejected = replicas[0].1.get().await.unwrap();
+    assert!(replicas[0].1.invalidate(rejected.id()));
+    // The notice arrives with the rejection sent (in the background).
+    tokio::task::yield_now().await;
+    sleep(Duration::from_millis(1)).await;
+    for (_, cache) in &replicas[1..] {
+        assert!(
+            cache.cached().is_none(),
+            "the rejected token is dropped before this replica sends it"
+        );
+    }
+    for (_, cache) in &replicas {
+        assert_eq!(secret(&cache.get().await.unwrap()), "tok-2");
+    }
+    // A late rejection of the old token, at another replica, changes nothing.
+    assert!(!replicas[2].1.invalidate(rejected.id()));
+    sleep(Duration::from_millis(10)).await;
+    for (_, cache) in &replicas {
+        assert_eq!(secret(&cache.get().await.unwrap()), "tok-2");
+    }
+    assert_eq!(
+        issuer.calls(),
+        2,
+        "one refresh for the rejected token, cluster-wide"
+    );
+    assert_eq!(replicas[0].0.stats().rejections_sent, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_fetched_at_one_replica_reaches_the_others_at_their_next_use() {
+    let store = MemoryStore::new();
+    let issuer = CountingIssuer::up().with_lifetime(LIFETIME);
+    let replicas = replicas(&store, &issuer, 2);
+    for (_, cache) in &replicas {
+        cache.get().await.unwrap();
+    }
+    // Replica 0 refreshes (say, its refresh-ahead came first): replica 1 hears of it and
+    // switches at its next use, long before its own refresh point, without an issuer call.
+    sleep(Duration::from_secs(85)).await;
+    assert_eq!(secret(&replicas[0].1.get().await.unwrap()), "tok-1");
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(secret(&replicas[0].1.get().await.unwrap()), "tok-2");
+    let _ = replicas[1].1.get().await.unwrap();
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(secret(&replicas[1].1.get().await.unwrap()), "tok-2");
+    assert_eq!(issuer.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_writer_cannot_install_over_a_newer_token() {
+    let store = MemoryStore::new();
+    let key = store.key_for("merchant-42");
+    let ttl = Duration::from_secs(1);
+    let a = store.acquire(&key, "a", ttl).await.unwrap().expect("free");
+    assert_eq!(
+        store.acquire(&key, "b", ttl).await.unwrap(),
+        None,
+        "held by a"
+    );
+    sleep(Duration::from_secs(2)).await;
+    let b = store
+        .acquire(&key, "b", ttl)
+        .await
+        .unwrap()
+        .expect("a's lease ran out");
+    assert!(b > a);
+    let now = SystemTime::now();
+    let token =
+        |fence, value: &str| SharedToken::new(fence, Secret::new(value), now, now + LIFETIME);
+    assert_eq!(
+        store.install(&key, "b", &token(b, "newer")).await.unwrap(),
+        Install::Installed
+    );
+    assert_eq!(
+        store.install(&key, "a", &token(a, "older")).await.unwrap(),
+        Install::Superseded { current: b }
+    );
+    let held = store.load(&key).await.unwrap().unwrap();
+    assert_eq!((held.fence, held.secret.expose()), (b, "newer"));
+    // A rejection of the older token does not touch the newer one.
+    assert!(!store.reject(&key, a).await.unwrap());
+    assert!(store.reject(&key, b).await.unwrap());
+    assert!(!store.reject(&key, b).await.unwrap(), "marked once");
+    // The next lease's number is above every number installed.
+    let c = store.acquire(&key, "c", ttl).await.unwrap().unwrap();
+    assert!(c > b);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stuck_lease_holder_is_taken_over_after_the_lease_ttl_and_its_late_token_is_fenced_off() {
+    let store = MemoryStore::new();
+    let slow_calls = Arc::new(AtomicUsize::new(0));
+    let calls = Arc::clone(&slow_calls);
+    let slow = move || {
+        calls.fetch_add(1, SeqCst);
+        async {
+            sleep(Duration::from_secs(8)).await;
+            Ok::<_, FetchError>(Token::new("late").with_expires_in(LIFETIME))
+        }
+    };
+    let quick = CountingIssuer::up().with_lifetime(LIFETIME);
+    let shared = |store: &MemoryStore| {
+        SharedTokens::builder(store.clone())
+            .with_lease_ttl(Duration::from_secs(2))
+            .build()
+    };
+    let (sa, sb) = (shared(&store), shared(&store));
+    let a = TokenCache::builder(slow)
+        .with_shared(&sa, "merchant-42")
+        .with_fetch_timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let b = replica_with(&sb, &quick).build().unwrap();
+    let started = Instant::now();
+    let a_get = tokio::spawn(async move { a.get().await.map(|s| (secret(&s), a)) });
+    sleep(Duration::from_millis(10)).await;
+    // b waits for a's lease, then takes over once it runs out.
+    let token = b.get().await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(secret(&token), "tok-1");
+    assert!(
+        took >= Duration::from_secs(2) && took <= Duration::from_millis(2_300),
+        "taken over within the lease TTL plus one poll: {took:?}"
+    );
+    // a's token comes in late: the fence refuses it, and a takes the newer one.
+    let (a_secret, a) = a_get.await.unwrap().unwrap();
+    assert_eq!(a_secret, "tok-1", "a took b's token, not its own late one");
+    assert_eq!(sa.stats().superseded, 1);
+    assert_eq!((slow_calls.load(SeqCst), quick.calls()), (1, 1));
+    let held = store
+        .load(&store.key_for("merchant-42"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(held.secret.expose(), "tok-1");
+    assert_eq!(secret(&a.get().await.unwrap()), "tok-1");
+}
+
+/// A store that answers, fails, or never answers, as switched.
+#[derive(Clone, Default)]
+struct Troubled {
+    store: MemoryStore,
+    mode: Arc<AtomicU8>,
+}
+
+const WORKS: u8 = 0;
+const FAILS: u8 = 1;
+const HANGS: u8 = 2;
+
+impl Troubled {
+    async fn gate(&self) -> Result<(), StoreError> {
+        match self.mode.load(SeqCst) {
+            WORKS => Ok(()),
+            FAILS => Err(StoreError::Unavailable("connection refused".into())),
+            _ => std::future::pending().await,
+        }
+    }
+}
+
+#[async_trait]
+impl TokenStore for Troubled {
+    fn key_for(&self, identity: &str) -> StoreKey {
+        self.store.key_for(identity)
+    }
+    async fn load(&self, key: &StoreKey) -> Result<Option<SharedToken>, StoreError> {
+        self.gate().await?;
+        self.store.load(key).await
+    }
+    async fn acquire(
+        &self,
+        key: &StoreKey,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<u64>, StoreError> {
+        self.gate().await?;
+        self.store.acquire(key, owner, ttl).await
+    }
+    async fn install(
+        &self,
+        key: &StoreKey,
+        owner: &str,
+        token: &SharedToken,
+    ) -> Result<Install, StoreError> {
+        self.gate().await?;
+        self.store.install(key, owner, token).await
+    }
+    async fn release(&self, key: &StoreKey, owner: &str) -> Result<(), StoreError> {
+        self.gate().await?;
+        self.store.release(key, owner).await
+    }
+    async fn reject(&self, key: &StoreKey, fence: u64) -> Result<bool, StoreError> {
+        self.gate().await?;
+        self.store.reject(key, fence).await
+    }
+    fn listen(&self, notices: Notices) {
+        self.store.listen(notices);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_that_fails_or_hangs_costs_a_request_no_more_than_the_store_timeout() {
+    let store = Troubled::default();
+    let issuer = CountingIssuer::up().with_lifetime(LIFETIME);
+    let shared = SharedTokens::builder(store.clone())
+        .with_store_timeout(Duration::from_millis(250))
+        .with_pause_after_trouble(Duration::from_secs(2))
+        .build();
+    let cache = replica_with(&shared, &issuer).build().unwrap();
+
+    store.mode.store(HANGS, SeqCst);
+    let started = Instant::now();
+    assert_eq!(secret(&cache.get().await.unwrap()), "tok-1");
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(250),
+        "one store timeout, then a fetch"
+    );
+    assert!(shared.is_store_paused());
+
+    // While paused, fetches skip the store entirely: no wait at all.
+    let started = Instant::now();
+    cache.revoke();
+    assert_eq!(secret(&cache.get().await.unwrap()), "tok-2");
+    assert_eq!(started.elapsed(), Duration::ZERO);
+
+    store.mode.store(FAILS, SeqCst);
+    sleep(Duration::from_secs(3)).await;
+    cache.revoke();
+    assert_eq!(
+        secret(&cache.get().await.unwrap()),
+        "tok-3",
+        "a failing store is no outage"
+    );
+
+    // Back: the replica rejoins at its next fetch after the pause.
+    store.mode.store(WORKS, SeqCst);
+    sleep(Duration::from_secs(3)).await;
+    cache.revoke();
+    assert_eq!(secret(&cache.get().await.unwrap()), "tok-4");
+    let stats = shared.stats();
+    assert_eq!(
+        (stats.direct_fetches, stats.leases, stats.installed),
+        (3, 1, 1),
+        "{stats:?}"
+    );
+    assert_eq!(stats.store_errors, 2);
+    assert_eq!(issuer.calls(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn keyed_caches_share_one_store_key_per_cache_key() {
+    let store = MemoryStore::new();
+    let issuer = CountingIssuer::up().with_lifetime(LIFETIME);
+    let keyed = |shared: SharedTokens| {
+        let issuer = issuer.clone();
+        KeyedCache::<u32>::builder()
+            .with_factory(move |merchant| {
+                Ok(TokenCache::builder(issuer.source())
+                    .with_shared(&shared, format!("merchant-{merchant}")))
+            })
+            .build()
+    };
+    let a = keyed(SharedTokens::new(store.clone()));
+    let b = keyed(SharedTokens::new(store.clone()));
+    let mut tokens = HashSet::new();
+    for merchant in 0..10 {
+        let from_a = secret(&a.get(&merchant).await.unwrap());
+        let from_b = secret(&b.get(&merchant).await.unwrap());
+        assert_eq!(
+            from_a, from_b,
+            "merchant {merchant}: one token for both replicas"
+        );
+        tokens.insert(from_a);
+    }
+    assert_eq!((tokens.len(), issuer.calls()), (10, 10));
+}
+
+#[test]
+fn settings_that_cannot_work_are_refused() {
+    let shared = SharedTokens::new(MemoryStore::new());
+    let issuer = CountingIssuer::up();
+    let single = replica_with(&shared, &issuer).single_use().build();
+    assert!(matches!(
+        single,
+        Err(ConfigError::Invalid {
+            name: "with_shared",
+            ..
+        })
+    ));
+    let short = replica_with(&shared, &issuer)
+        .with_fetch_timeout(Duration::from_secs(5))
+        .build();
+    assert!(matches!(
+        short,
+        Err(ConfigError::Invalid {
+            name: "fetch_timeout",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_shared_token_never_shows_its_secret() {
+    let now = SystemTime::now();
+    let token = SharedToken::new(7, Secret::new("s3cr3t-value"), now, now + LIFETIME);
+    let shown = format!("{token:?}");
+    assert!(!shown.contains("s3cr3t"), "{shown}");
+    assert!(shown.contains("fence: 7"), "{shown}");
+}
