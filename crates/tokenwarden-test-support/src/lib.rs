@@ -38,6 +38,8 @@ mod middleware;
 mod oauth2_server;
 #[cfg(feature = "metrics")]
 mod recorded;
+#[cfg(feature = "redis")]
+mod redis_server;
 
 pub use api::{Answer, CLIENT_HEADERS, Listener, LoopbackApi, Received, Route};
 #[cfg(feature = "gateways")]
@@ -49,6 +51,8 @@ pub use middleware::{middleware_client, with_middleware};
 pub use oauth2_server::{JwtApi, OAuth2Server};
 #[cfg(feature = "metrics")]
 pub use recorded::recorded;
+#[cfg(feature = "redis")]
+pub use redis_server::{HOW_TO_INSTALL_REDIS, RedisServer};
 
 use std::collections::HashSet;
 use std::future::{Ready, ready};

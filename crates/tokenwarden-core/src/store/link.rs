@@ -107,11 +107,13 @@ impl Link {
 
     /// Whether a stored token may be handed to the cache instead of fetching.
     fn usable(&self, found: &SharedToken, last: u64) -> bool {
+        // What the cache would keep of it: its skew margin is at most a quarter of the
+        // lifetime it is given. Taken only with a fifth of its life and twice that margin left.
         let remaining = found.remaining();
+        let lifetime = found.lifetime();
         !found.rejected
             && found.fence != last
-            && remaining > found.lifetime() / 5
-            && remaining > self.clock_skew * 2
+            && remaining > (lifetime / 5).max(self.clock_skew.min(lifetime / 4) * 2)
     }
 
     /// A stored token, for the cache.

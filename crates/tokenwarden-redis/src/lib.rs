@@ -1,0 +1,645 @@
+//! Tokens shared by replicas through Redis (or Valkey): a [`TokenStore`] for
+//! [`SharedTokens`](tokenwarden_core::SharedTokens).
+//!
+//! Each cache key is a handful of Redis keys, all under one hash tag (so they live in one slot
+//! of a cluster):
+//!
+//! | Redis key | holds |
+//! |---|---|
+//! | `<prefix>{<name>}:token` | a hash: `fence`, the encrypted token `blob`, `rejected`; expires with the token |
+//! | `<prefix>{<name>}:lease` | the lease holder's owner id, with the lease TTL |
+//! | `<prefix>{<name>}:fence` | the highest fencing number given out |
+//!
+//! `<name>` is a keyed BLAKE3 hash of the credential identity (keyed by a subkey of the
+//! encryption key): it carries no secret, and without the key nobody can tell which identity
+//! it stands for. Every change is one Lua script: taking a lease (`SET NX PX` and the next
+//! fencing number), installing a token (only over a lower fencing number, letting go of the
+//! lease, publishing a notice), rejecting the token with a given fencing number, letting go of
+//! a lease. Notices go out on one channel, `<prefix>notices`, which each process reads on a
+//! connection of its own, reconnecting after trouble.
+//!
+//! Tokens are stored encrypted with XChaCha20-Poly1305 under a subkey of the
+//! [`EncryptionKey`] you supply (every replica needs the same one), with a random nonce per
+//! write and the key's name and fencing number as associated data (a blob copied to another key
+//! or fence does not decrypt). Commands go through redis-rs's
+//! [`ConnectionManager`](redis::aio::ConnectionManager), which reconnects on its own; a call
+//! that fails or is slow makes the replica fetch on its own for a while (see
+//! [`tokenwarden_core::store`]).
+//!
+//! ```no_run
+//! use tokenwarden_core::{SharedTokens, TokenCache, FetchError, Token};
+//! use tokenwarden_redis::{EncryptionKey, RedisStore};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // 32 random bytes, the same for every replica (for example `openssl rand -hex 32`,
+//! // kept with the service's other secrets).
+//! let key = EncryptionKey::from_hex(&std::env::var("TOKEN_STORE_KEY")?)?;
+//! let store = RedisStore::open("redis://127.0.0.1:6379/", key)?;
+//! let shared = SharedTokens::new(store);
+//! let cache = TokenCache::builder(|| async { Ok::<_, FetchError>(Token::new("...")) })
+//!     .with_shared(&shared, "torus:merchant-42")
+//!     .build()?;
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+#![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Script, Value};
+use tokenwarden_core::Secret;
+use tokenwarden_core::store::{
+    Install, Notice, NoticeKind, Notices, SharedToken, StoreError, StoreKey, TokenStore,
+};
+use tokio::runtime::Handle;
+use tokio::task::AbortHandle;
+
+/// The key tokens are encrypted with: 32 bytes, the same for every replica. `Debug` does not
+/// show it.
+#[derive(Clone)]
+pub struct EncryptionKey([u8; 32]);
+
+impl EncryptionKey {
+    /// A key from 32 bytes (random ones: from a secrets manager, or `openssl rand -hex 32`).
+    #[must_use]
+    pub fn new(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// A key from 64 hexadecimal digits.
+    ///
+    /// # Errors
+    ///
+    /// [`BadKey`] if it is not 64 hexadecimal digits (the message does not show it).
+    pub fn from_hex(hex: &str) -> Result<Self, BadKey> {
+        let hex = hex.trim().as_bytes();
+        if hex.len() != 64 {
+            return Err(BadKey);
+        }
+        let digit = |c: u8| (c as char).to_digit(16).ok_or(BadKey);
+        let mut bytes = [0u8; 32];
+        for (i, pair) in hex.chunks(2).enumerate() {
+            bytes[i] = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+        }
+        Ok(Self(bytes))
+    }
+}
+
+impl fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EncryptionKey([redacted])")
+    }
+}
+
+/// An encryption key that is not 64 hexadecimal digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadKey;
+
+impl fmt::Display for BadKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the token store's encryption key must be 64 hexadecimal digits (32 bytes)")
+    }
+}
+
+impl std::error::Error for BadKey {}
+
+/// A [`TokenStore`] on Redis or Valkey (6.2 or later). Cheap to clone; clones share the
+/// connection and the notice listener.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    conn: ConnectionManager,
+    cipher: XChaCha20Poly1305,
+    names: [u8; 32],
+    prefix: String,
+    channel: String,
+    listeners: Arc<Mutex<Vec<Notices>>>,
+    listener: Mutex<Option<AbortHandle>>,
+    scripts: Scripts,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self.listener.get_mut().ok().and_then(Option::take) {
+            task.abort();
+        }
+    }
+}
+
+struct Scripts {
+    acquire: Script,
+    install: Script,
+    reject: Script,
+    release: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            // KEYS: lease, fence, token. ARGV: owner, ttl ms.
+            acquire: Script::new(
+                r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local f = redis.call('INCR', KEYS[2])
+  local held = tonumber(redis.call('HGET', KEYS[3], 'fence') or '0')
+  if f <= held then
+    f = held + 1
+    redis.call('SET', KEYS[2], f)
+  end
+  return f
+end
+return 0",
+            ),
+            // KEYS: token, lease, fence. ARGV: fence, blob, ttl ms, owner, channel, message.
+            install: Script::new(
+                r"
+local f = tonumber(ARGV[1])
+local cur = tonumber(redis.call('HGET', KEYS[1], 'fence') or '0')
+if redis.call('GET', KEYS[2]) == ARGV[4] then
+  redis.call('DEL', KEYS[2])
+end
+if f <= cur then
+  return cur
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'fence', ARGV[1], 'blob', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local c = tonumber(redis.call('GET', KEYS[3]) or '0')
+if c < f then
+  redis.call('SET', KEYS[3], ARGV[1])
+end
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return 0",
+            ),
+            // KEYS: token. ARGV: fence, channel, message.
+            reject: Script::new(
+                r"
+if redis.call('HGET', KEYS[1], 'fence') == ARGV[1] and redis.call('HGET', KEYS[1], 'rejected') ~= '1' then
+  redis.call('HSET', KEYS[1], 'rejected', '1')
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  return 1
+end
+return 0",
+            ),
+            // KEYS: lease. ARGV: owner, channel, message.
+            release: Script::new(
+                r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  return 1
+end
+return 0",
+            ),
+        }
+    }
+}
+
+/// Settings of a [`RedisStore`].
+#[derive(Debug)]
+pub struct RedisStoreBuilder {
+    url: String,
+    key: EncryptionKey,
+    prefix: String,
+    response_timeout: Duration,
+}
+
+impl RedisStoreBuilder {
+    /// Prefix of every Redis key and of the notice channel. Default `tokenwarden:`. Replicas
+    /// sharing tokens use the same one; other services on the same Redis another.
+    #[must_use]
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The connection manager's own timeout for one answer (connecting included). Default
+    /// 1 s; a shared cache gives up sooner, after its store timeout.
+    #[must_use]
+    pub fn with_response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// The store. It connects on first use, and again after trouble, by itself: Redis need
+    /// not be up yet. Call it inside a Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] if the URL cannot be parsed, or no Tokio runtime is
+    /// running (the message shows no password).
+    pub fn open(self) -> Result<RedisStore, StoreError> {
+        if Handle::try_current().is_err() {
+            return Err(StoreError::Unavailable(
+                "a RedisStore must be opened inside a Tokio runtime".into(),
+            ));
+        }
+        let client = Client::open(self.url.as_str()).map_err(|e| {
+            StoreError::Unavailable(format!("the Redis URL is not usable: {:?}", e.kind()))
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.response_timeout))
+            .set_response_timeout(Some(self.response_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| StoreError::Unavailable(describe(&e)))?;
+        let key = self.key.0;
+        let cipher_key = blake3::derive_key("tokenwarden 2026-12 shared token encryption", &key);
+        let names = blake3::derive_key("tokenwarden 2026-12 shared token key names", &key);
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                client,
+                conn,
+                cipher: XChaCha20Poly1305::new(&cipher_key.into()),
+                names,
+                channel: format!("{}notices", self.prefix),
+                prefix: self.prefix,
+                listeners: Arc::default(),
+                listener: Mutex::new(None),
+                scripts: Scripts::new(),
+            }),
+        })
+    }
+}
+
+/// A Redis error, without anything the URL held.
+fn describe(error: &redis::RedisError) -> String {
+    let mut text = error.to_string();
+    if text.len() > 300 {
+        text.truncate(300);
+    }
+    text
+}
+
+fn unavailable(error: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(describe(&error))
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The longest a stored secret may be (a token of a few kilobytes at most is normal).
+const MAX_SECRET: usize = 64 * 1024;
+
+impl RedisStore {
+    /// A store on the Redis at `url` (`redis://[user:password@]host:port/[db]`, or
+    /// `rediss://` for TLS when redis-rs is built with it), with default settings. Call it
+    /// inside a Tokio runtime; Redis need not be up yet.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisStoreBuilder::open`].
+    pub fn open(url: &str, key: EncryptionKey) -> Result<Self, StoreError> {
+        Self::builder(url, key).open()
+    }
+
+    /// A store with settings to choose.
+    #[must_use]
+    pub fn builder(url: &str, key: EncryptionKey) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.to_owned(),
+            key,
+            prefix: "tokenwarden:".into(),
+            response_timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn redis_key(&self, key: &StoreKey, part: &str) -> String {
+        format!("{}{{{}}}:{part}", self.inner.prefix, key.as_str())
+    }
+
+    fn message(kind: char, key: &StoreKey, fence: u64) -> String {
+        format!("{kind}:{}:{fence}", key.as_str())
+    }
+
+    fn seal(&self, key: &StoreKey, token: &SharedToken) -> Result<Vec<u8>, StoreError> {
+        let mut plain = Vec::with_capacity(16 + token.secret.expose().len());
+        plain.extend_from_slice(&millis(token.issued_at).to_be_bytes());
+        plain.extend_from_slice(&millis(token.expires_at).to_be_bytes());
+        plain.extend_from_slice(token.secret.expose().as_bytes());
+        let aad = format!("{}:{}", key.as_str(), token.fence);
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let sealed = self
+            .inner
+            .cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: &plain,
+                    aad: aad.as_bytes(),
+                },
+            )
+            .map_err(|_| StoreError::Unreadable("the token could not be encrypted".into()))?;
+        let mut blob = nonce.to_vec();
+        blob.extend_from_slice(&sealed);
+        Ok(blob)
+    }
+
+    fn open_blob(
+        &self,
+        key: &StoreKey,
+        fence: u64,
+        blob: &[u8],
+    ) -> Result<SharedToken, StoreError> {
+        const NONCE: usize = 24;
+        if blob.len() < NONCE + 16 + 16 || blob.len() > MAX_SECRET + NONCE + 32 {
+            return Err(StoreError::Unreadable(
+                "the stored token has the wrong size".into(),
+            ));
+        }
+        let (nonce, sealed) = blob.split_at(NONCE);
+        let aad = format!("{}:{fence}", key.as_str());
+        let plain = self
+            .inner
+            .cipher
+            .decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad: aad.as_bytes() })
+            .map_err(|_| {
+                StoreError::Unreadable(
+                    "the stored token does not decrypt: is every replica given the same encryption key?"
+                        .into(),
+                )
+            })?;
+        let at = |b: &[u8]| {
+            UNIX_EPOCH + Duration::from_millis(u64::from_be_bytes(b.try_into().unwrap_or_default()))
+        };
+        let secret = std::str::from_utf8(&plain[16..])
+            .map_err(|_| StoreError::Unreadable("the stored token is not text".into()))?;
+        Ok(SharedToken::new(
+            fence,
+            Secret::new(secret),
+            at(&plain[..8]),
+            at(&plain[8..16]),
+        ))
+    }
+
+    fn spawn_listener(&self) {
+        let mut slot = self
+            .inner
+            .listener
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if slot.is_some() {
+            return;
+        }
+        let Ok(runtime) = Handle::try_current() else {
+            tracing::warn!(
+                "no Tokio runtime: shared token notices are not received (replicas poll instead)"
+            );
+            return;
+        };
+        let client = self.inner.client.clone();
+        let channel = self.inner.channel.clone();
+        let listeners = Arc::clone(&self.inner.listeners);
+        *slot = Some(
+            runtime
+                .spawn(listen(client, channel, listeners))
+                .abort_handle(),
+        );
+    }
+}
+
+/// Reads the notice channel for as long as anyone listens, reconnecting after trouble.
+async fn listen(client: Client, channel: String, listeners: Arc<Mutex<Vec<Notices>>>) {
+    let current = || {
+        let mut listeners = listeners.lock().unwrap_or_else(PoisonError::into_inner);
+        listeners.retain(|l| !l.is_closed());
+        listeners.clone()
+    };
+    let mut pause = Duration::from_millis(50);
+    loop {
+        if current().is_empty() {
+            return;
+        }
+        let connected = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(Duration::from_secs(2), connected).await {
+            Ok(Ok(mut pubsub)) => {
+                pause = Duration::from_millis(50);
+                tracing::debug!("listening for shared token notices");
+                // Whatever was sent while not listening was missed: waiters look again.
+                for l in current() {
+                    l.missed();
+                }
+                let mut messages = pubsub.on_message();
+                while let Some(message) = messages.next().await {
+                    let Ok(text) = message.get_payload::<String>() else {
+                        continue;
+                    };
+                    if let Some(notice) = parse(&text) {
+                        for l in current() {
+                            l.deliver(&notice);
+                        }
+                    }
+                }
+                tracing::debug!("the shared token notice connection ended; reconnecting");
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(error = %describe(&error), "shared token notices: cannot connect yet");
+            }
+            Err(_) => tracing::debug!("shared token notices: connecting timed out"),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
+fn parse(text: &str) -> Option<Notice> {
+    let mut parts = text.splitn(3, ':');
+    let kind = match parts.next()? {
+        "i" => NoticeKind::Installed,
+        "r" => NoticeKind::Rejected,
+        "l" => NoticeKind::Released,
+        _ => return None,
+    };
+    let key = parts.next()?;
+    let fence = parts.next()?.parse().ok()?;
+    Some(Notice {
+        key: StoreKey::new(key),
+        fence,
+        kind,
+    })
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.inner.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl TokenStore for RedisStore {
+    fn key_for(&self, identity: &str) -> StoreKey {
+        let hash = blake3::keyed_hash(&self.inner.names, identity.as_bytes());
+        StoreKey::new(&hash.to_hex()[..32])
+    }
+
+    async fn load(&self, key: &StoreKey) -> Result<Option<SharedToken>, StoreError> {
+        let mut conn = self.inner.conn.clone();
+        let (fence, blob, rejected): (Option<u64>, Option<Vec<u8>>, Option<String>) =
+            redis::cmd("HMGET")
+                .arg(self.redis_key(key, "token"))
+                .arg("fence")
+                .arg("blob")
+                .arg("rejected")
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+        let (Some(fence), Some(blob)) = (fence, blob) else {
+            return Ok(None);
+        };
+        let token = self.open_blob(key, fence, &blob)?;
+        if token.expires_at <= SystemTime::now() {
+            return Ok(None);
+        }
+        Ok(Some(token.with_rejected(rejected.as_deref() == Some("1"))))
+    }
+
+    async fn acquire(
+        &self,
+        key: &StoreKey,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut conn = self.inner.conn.clone();
+        let fence: u64 = self
+            .inner
+            .scripts
+            .acquire
+            .key(self.redis_key(key, "lease"))
+            .key(self.redis_key(key, "fence"))
+            .key(self.redis_key(key, "token"))
+            .arg(owner)
+            .arg(ttl.as_millis().max(1) as u64)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok((fence > 0).then_some(fence))
+    }
+
+    async fn install(
+        &self,
+        key: &StoreKey,
+        owner: &str,
+        token: &SharedToken,
+    ) -> Result<Install, StoreError> {
+        let blob = self.seal(key, token)?;
+        let ttl = token
+            .expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .as_millis()
+            .max(1) as u64;
+        let mut conn = self.inner.conn.clone();
+        let current: u64 = self
+            .inner
+            .scripts
+            .install
+            .key(self.redis_key(key, "token"))
+            .key(self.redis_key(key, "lease"))
+            .key(self.redis_key(key, "fence"))
+            .arg(token.fence)
+            .arg(blob)
+            .arg(ttl)
+            .arg(owner)
+            .arg(&self.inner.channel)
+            .arg(Self::message('i', key, token.fence))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(if current == 0 {
+            Install::Installed
+        } else {
+            Install::Superseded { current }
+        })
+    }
+
+    async fn release(&self, key: &StoreKey, owner: &str) -> Result<(), StoreError> {
+        let mut conn = self.inner.conn.clone();
+        let _: Value = self
+            .inner
+            .scripts
+            .release
+            .key(self.redis_key(key, "lease"))
+            .arg(owner)
+            .arg(&self.inner.channel)
+            .arg(Self::message('l', key, 0))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn reject(&self, key: &StoreKey, fence: u64) -> Result<bool, StoreError> {
+        let mut conn = self.inner.conn.clone();
+        let marked: u64 = self
+            .inner
+            .scripts
+            .reject
+            .key(self.redis_key(key, "token"))
+            .arg(fence)
+            .arg(&self.inner.channel)
+            .arg(Self::message('r', key, fence))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(marked == 1)
+    }
+
+    fn listen(&self, notices: Notices) {
+        self.inner
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(notices);
+        self.spawn_listener();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_parse_and_foreign_messages_are_ignored() {
+        let n = parse("i:abc:7").unwrap();
+        assert_eq!(
+            (n.key.as_str(), n.fence, n.kind),
+            ("abc", 7, NoticeKind::Installed)
+        );
+        assert_eq!(parse("r:abc:2").unwrap().kind, NoticeKind::Rejected);
+        assert_eq!(parse("l:abc:0").unwrap().kind, NoticeKind::Released);
+        for junk in ["", "x:abc:1", "i:abc", "i:abc:notanumber", "i"] {
+            assert!(parse(junk).is_none(), "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn a_bad_key_is_refused_without_showing_it() {
+        assert_eq!(EncryptionKey::from_hex("zz").unwrap_err(), BadKey);
+        let not_hex = "g".repeat(64);
+        assert_eq!(EncryptionKey::from_hex(&not_hex).unwrap_err(), BadKey);
+        let key = EncryptionKey::from_hex(&"ab".repeat(32)).unwrap();
+        assert_eq!(format!("{key:?}"), "EncryptionKey([redacted])");
+        assert!(!BadKey.to_string().contains("gggg"));
+    }
+}

@@ -1,0 +1,233 @@
+//! `RedisStore` against a real `redis-server` started on a loopback port for each test.
+
+use std::time::{Duration, SystemTime};
+
+use tokenwarden_core::store::{Install, SharedToken, StoreError, TokenStore};
+use tokenwarden_core::{Secret, SharedTokens, TokenCache};
+use tokenwarden_redis::{EncryptionKey, RedisStore};
+use tokenwarden_test_support::{CountingIssuer, RedisServer, secret};
+
+const LIFETIME: Duration = Duration::from_secs(600);
+
+fn key(byte: u8) -> EncryptionKey {
+    EncryptionKey::new([byte; 32])
+}
+
+fn store(redis: &RedisServer) -> RedisStore {
+    RedisStore::open(&redis.url(), key(7)).unwrap()
+}
+
+fn replica(store: &RedisStore, issuer: &CountingIssuer) -> (SharedTokens, TokenCache) {
+    let shared = SharedTokens::builder(store.clone())
+        .with_poll_interval(Duration::from_millis(50))
+        .build();
+    let cache = TokenCache::builder(issuer.source())
+        .with_shared(&shared, "torus:merchant-42")
+        .build()
+        .unwrap();
+    (shared, cache)
+}
+
+/// A raw command on the server, for looking at what it holds.
+async fn raw(redis: &RedisServer, cmd: &mut redis::Cmd) -> redis::Value {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    cmd.query_async(&mut conn).await.unwrap()
+}
+
+#[tokio::test]
+async fn leases_fences_and_rejections_are_atomic_at_the_server() {
+    let redis = RedisServer::start();
+    let store = store(&redis);
+    let key = store.key_for("torus:merchant-42");
+    let ttl = Duration::from_millis(300);
+    let a = store.acquire(&key, "a", ttl).await.unwrap().expect("free");
+    assert_eq!(
+        store.acquire(&key, "b", ttl).await.unwrap(),
+        None,
+        "held by a"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let b = store
+        .acquire(&key, "b", ttl)
+        .await
+        .unwrap()
+        .expect("a's lease ran out");
+    assert!(b > a);
+    let now = SystemTime::now();
+    let token =
+        |fence, value: &str| SharedToken::new(fence, Secret::new(value), now, now + LIFETIME);
+    assert_eq!(
+        store.install(&key, "b", &token(b, "newer")).await.unwrap(),
+        Install::Installed
+    );
+    assert_eq!(
+        store.install(&key, "a", &token(a, "older")).await.unwrap(),
+        Install::Superseded { current: b },
+        "a stale writer is fenced off"
+    );
+    let held = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(
+        (held.fence, held.secret.expose(), held.rejected),
+        (b, "newer", false)
+    );
+    assert!(
+        !store.reject(&key, a).await.unwrap(),
+        "a late rejection of an older token"
+    );
+    assert!(store.reject(&key, b).await.unwrap());
+    assert!(!store.reject(&key, b).await.unwrap(), "marked once");
+    assert!(store.load(&key).await.unwrap().unwrap().rejected);
+    // install let go of b's lease: the next one is free, and numbered above every token.
+    let c = store
+        .acquire(&key, "c", ttl)
+        .await
+        .unwrap()
+        .expect("released by install");
+    assert!(c > b);
+}
+
+#[tokio::test]
+async fn tokens_are_encrypted_at_rest_under_names_that_reveal_nothing() {
+    let redis = RedisServer::start();
+    let issuer = CountingIssuer::up().with_lifetime(LIFETIME);
+    let (_, cache) = replica(&store(&redis), &issuer);
+    let token = secret(&cache.get().await.unwrap());
+    let redis::Value::Array(keys) = raw(&redis, redis::cmd("KEYS").arg("*")).await else {
+        panic!("KEYS answers an array");
+    };
+    let names: Vec<String> = keys
+        .into_iter()
+        .map(|k| redis::from_redis_value(k).unwrap())
+        .collect();
+    assert_eq!(
+        names.len(),
+        2,
+        "token and fence (the lease was let go): {names:?}"
+    );
+    for name in &names {
+        assert!(name.starts_with("tokenwarden:{"), "{name}");
+        assert!(
+            !name.contains("merchant") && !name.contains("torus"),
+            "{name}"
+        );
+    }
+    let token_key = names.iter().find(|n| n.ends_with(":token")).unwrap();
+    let redis::Value::BulkString(blob) =
+        raw(&redis, redis::cmd("HGET").arg(token_key).arg("blob")).await
+    else {
+        panic!("a blob is stored");
+    };
+    assert!(
+        !blob.windows(token.len()).any(|w| w == token.as_bytes()),
+        "the token is not stored in the clear"
+    );
+    // Its expiry follows the token's.
+    let redis::Value::Int(ttl) = raw(&redis, redis::cmd("PTTL").arg(token_key)).await else {
+        panic!("PTTL answers a number");
+    };
+    assert!(ttl > 590_000 && ttl <= 600_000, "{ttl}");
+
+    // A replica given another key cannot read it: it fetches on its own, and says why.
+    let other = RedisStore::open(&redis.url(), key(8)).unwrap();
+    assert!(
+        matches!(
+            other.load(&other.key_for("torus:merchant-42")).await,
+            Ok(None),
+        ),
+        "another key names other Redis keys"
+    );
+    // Same identity, other cipher: the blob copied under the wrong store's name for it.
+    let ours = store(&redis).key_for("torus:merchant-42");
+    let wrong = RedisStore::open(&redis.url(), key(9)).unwrap();
+    let wrong_key = wrong.key_for("torus:merchant-42");
+    let _ = raw(
+        &redis,
+        redis::cmd("COPY")
+            .arg(format!("tokenwarden:{{{}}}:token", ours.as_str()))
+            .arg(format!("tokenwarden:{{{}}}:token", wrong_key.as_str())),
+    )
+    .await;
+    assert!(matches!(
+        wrong.load(&wrong_key).await,
+        Err(StoreError::Unreadable(_))
+    ));
+}
+
+#[tokio::test]
+async fn two_processes_worth_of_replicas_fetch_once_and_share_a_rejection() {
+    let redis = RedisServer::start();
+    let issuer = CountingIssuer::up().with_lifetime(LIFETIME);
+    // Each replica has its own store, so its own connections and notice listener.
+    let (sa, a) = replica(&store(&redis), &issuer);
+    let (sb, b) = replica(&store(&redis), &issuer);
+    let (ta, tb) = tokio::join!(a.get(), b.get());
+    assert_eq!(secret(&ta.unwrap()), secret(&tb.unwrap()));
+    assert_eq!(issuer.calls(), 1);
+    // a's request is rejected: b hears of it and drops the token before it sends it.
+    let rejected = a.get().await.unwrap();
+    assert!(a.invalidate(rejected.id()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while b.cached().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rejection reached b"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (ta, tb) = tokio::join!(a.get(), b.get());
+    assert_eq!(secret(&ta.unwrap()), "tok-2");
+    assert_eq!(secret(&tb.unwrap()), "tok-2");
+    assert_eq!(issuer.calls(), 2, "one refresh for both");
+    assert_eq!(sa.stats().rejections_sent + sb.stats().rejections_sent, 1);
+}
+
+#[tokio::test]
+async fn redis_down_at_start_then_up_and_killed_again_never_fails_a_request() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let issuer = CountingIssuer::up().with_lifetime(LIFETIME);
+    let shared = SharedTokens::builder(store(&redis))
+        .with_pause_after_trouble(Duration::from_millis(200))
+        .build();
+    let cache = TokenCache::builder(issuer.source())
+        .with_shared(&shared, "torus:merchant-42")
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        secret(&cache.get().await.unwrap()),
+        "tok-1",
+        "Redis down: the replica's own fetch"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(shared.stats().direct_fetches == 1 && shared.stats().store_errors >= 1);
+
+    redis.restart();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cache.revoke();
+    // The connection manager may need a try or two to notice the server is back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(cache.get().await.is_ok());
+        if shared.stats().installed == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rejoined: {:?}",
+            shared.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        cache.revoke();
+    }
+    redis.kill();
+    cache.revoke();
+    assert!(cache.get().await.is_ok(), "killed again: still served");
+    let calls = issuer.calls();
+    assert!(calls <= 1 + 20 + 1, "bounded: {calls}");
+}

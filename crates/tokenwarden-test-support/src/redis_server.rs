@@ -1,0 +1,148 @@
+//! A real Redis server on a loopback port (the `redis` feature): `redis-server` from PATH.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How to get the server, for every message that says it is missing.
+pub const HOW_TO_INSTALL_REDIS: &str = "the shared-token tests run a real redis-server on \
+     loopback: install it with `scripts/install-redis.sh` from the repository root (Debian or \
+     Ubuntu: `sudo apt-get install redis-server`; macOS: `brew install redis`), or put a \
+     `redis-server` (Redis 6.2+ or Valkey) on PATH";
+
+/// `redis-server` on a loopback port of its own, with no persistence; killed when dropped.
+///
+/// [`kill`](Self::kill) stops it at once (SIGKILL, as a crash would) and
+/// [`restart`](Self::restart) starts it again, empty, on the same port.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl RedisServer {
+    /// Starts a server on a free loopback port and waits until it answers `PING`.
+    ///
+    /// # Panics
+    ///
+    /// If `redis-server` is not on PATH (the message says how to install it), or it does not
+    /// answer within 10 s.
+    #[must_use]
+    pub fn start() -> Self {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut server = Self { child: None, port };
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(why) => last = why,
+            }
+        }
+        panic!("redis-server did not start: {last}");
+    }
+
+    /// `redis://127.0.0.1:<port>/`.
+    #[must_use]
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Its port.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills it with SIGKILL (everything it held is gone) and waits until it has exited.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port (empty), after [`kill`](Self::kill).
+    ///
+    /// # Panics
+    ///
+    /// If it does not come up within 10 s.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.spawn() {
+                Ok(()) => return,
+                Err(why) if Instant::now() >= deadline => {
+                    panic!("redis-server did not restart: {why}")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let mut child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port"])
+            .arg(self.port.to_string())
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    panic!("redis-server was not found on PATH; {HOW_TO_INSTALL_REDIS}")
+                }
+                format!("could not start redis-server: {e}")
+            })?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "redis-server exited at once ({status}); port {} taken?",
+                    self.port
+                ));
+            }
+            if ping(self.port) {
+                self.child = Some(child);
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        Err("it did not answer PING within 10 s".into())
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut answer = [0u8; 7];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut answer).is_ok()
+        && &answer == b"+PONG\r\n"
+}
