@@ -38,9 +38,10 @@
 pub use tokenwarden_core as core;
 pub use tokenwarden_core::{
     CacheConfig, CacheState, CacheStats, CacheStatus, ConfigError, Error, Expiry, FetchError,
-    InsecureTransport, KeyHandle, KeyedCache, KeyedCacheBuilder, KeyedSummary, Origin,
-    Presentation, Probe, RefreshBudget, RefreshWindow, Scope, Secret, Snapshot, Token, TokenCache,
-    TokenCacheBuilder, TokenCharset, TokenId, TokenProblem, TokenSource,
+    InsecureTransport, KeyHandle, KeyedCache, KeyedCacheBuilder, KeyedSummary, MemoryStore, Origin,
+    Presentation, Probe, RefreshBudget, RefreshWindow, Scope, Secret, SharedTokens, Snapshot,
+    Token, TokenCache, TokenCacheBuilder, TokenCharset, TokenId, TokenProblem, TokenSource,
+    TokenStore,
 };
 #[cfg(feature = "gateways")]
 pub use tokenwarden_gateways as gateways;
@@ -49,6 +50,8 @@ pub use tokenwarden_http::{
     Classifier, DefaultClassifier, KeyError, LayerPolicy, NotReplayed, Replay, SkipToken, TokenKey,
     Verdict,
 };
+#[cfg(feature = "redis")]
+pub use tokenwarden_redis as redis;
 #[cfg(feature = "reqwest")]
 pub use tokenwarden_reqwest as reqwest;
 #[cfg(feature = "sandbox")]

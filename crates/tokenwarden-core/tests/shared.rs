@@ -407,3 +407,78 @@ fn a_shared_token_never_shows_its_secret() {
     assert!(!shown.contains("s3cr3t"), "{shown}");
     assert!(shown.contains("fence: 7"), "{shown}");
 }
+
+/// A store where another replica installs its token (and lets go of its lease) just before
+/// this replica's first lease: between its look at the store and its lease.
+#[derive(Clone, Default)]
+struct Overtaken {
+    store: MemoryStore,
+    done: Arc<AtomicU8>,
+}
+
+#[async_trait]
+impl TokenStore for Overtaken {
+    fn key_for(&self, identity: &str) -> StoreKey {
+        self.store.key_for(identity)
+    }
+    async fn load(&self, key: &StoreKey) -> Result<Option<SharedToken>, StoreError> {
+        self.store.load(key).await
+    }
+    async fn acquire(
+        &self,
+        key: &StoreKey,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<u64>, StoreError> {
+        if self.done.swap(1, SeqCst) == 0 {
+            let fence = self.store.acquire(key, "other", ttl).await?.unwrap();
+            let now = SystemTime::now();
+            let token = SharedToken::new(fence, Secret::new("other"), now, now + LIFETIME);
+            assert_eq!(
+                self.store.install(key, "other", &token).await?,
+                Install::Installed
+            );
+        }
+        self.store.acquire(key, owner, ttl).await
+    }
+    async fn install(
+        &self,
+        key: &StoreKey,
+        owner: &str,
+        token: &SharedToken,
+    ) -> Result<Install, StoreError> {
+        self.store.install(key, owner, token).await
+    }
+    async fn release(&self, key: &StoreKey, owner: &str) -> Result<(), StoreError> {
+        self.store.release(key, owner).await
+    }
+    async fn reject(&self, key: &StoreKey, fence: u64) -> Result<bool, StoreError> {
+        self.store.reject(key, fence).await
+    }
+    fn listen(&self, notices: Notices) {
+        self.store.listen(notices);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_installed_between_a_look_and_a_lease_is_taken_not_fetched_again() {
+    let store = Overtaken::default();
+    let issuer = CountingIssuer::up().with_lifetime(LIFETIME);
+    let shared = SharedTokens::new(store.clone());
+    let cache = replica_with(&shared, &issuer).build().unwrap();
+    assert_eq!(secret(&cache.get().await.unwrap()), "other");
+    assert_eq!(
+        issuer.calls(),
+        0,
+        "the other replica's token, not a second fetch"
+    );
+    let key = store.key_for("merchant-42");
+    assert!(
+        store
+            .acquire(&key, "third", Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_some(),
+        "the lease taken for nothing was let go"
+    );
+}

@@ -319,6 +319,22 @@ impl RedisStore {
         }
     }
 
+    /// Runs an idempotent call, once more if the connection was lost: the manager reconnects
+    /// after a failed call, so the first call after Redis came back need not fail. (Taking a
+    /// lease and installing are not repeated: their first attempt may have been carried out.)
+    async fn again_once<T, F, Fut>(&self, call: F) -> Result<T, StoreError>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        match call(self.inner.conn.clone()).await {
+            Err(e) if e.is_connection_dropped() || e.is_connection_refusal() || e.is_io_error() => {
+                call(self.inner.conn.clone()).await.map_err(unavailable)
+            }
+            result => result.map_err(unavailable),
+        }
+    }
+
     fn redis_key(&self, key: &StoreKey, part: &str) -> String {
         format!("{}{{{}}}:{part}", self.inner.prefix, key.as_str())
     }
@@ -494,16 +510,21 @@ impl TokenStore for RedisStore {
     }
 
     async fn load(&self, key: &StoreKey) -> Result<Option<SharedToken>, StoreError> {
-        let mut conn = self.inner.conn.clone();
-        let (fence, blob, rejected): (Option<u64>, Option<Vec<u8>>, Option<String>) =
-            redis::cmd("HMGET")
-                .arg(self.redis_key(key, "token"))
-                .arg("fence")
-                .arg("blob")
-                .arg("rejected")
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
+        let name = self.redis_key(key, "token");
+        let (fence, blob, rejected): (Option<u64>, Option<Vec<u8>>, Option<String>) = self
+            .again_once(|mut conn| {
+                let name = name.clone();
+                async move {
+                    redis::cmd("HMGET")
+                        .arg(name)
+                        .arg("fence")
+                        .arg("blob")
+                        .arg("rejected")
+                        .query_async(&mut conn)
+                        .await
+                }
+            })
+            .await?;
         let (Some(fence), Some(blob)) = (fence, blob) else {
             return Ok(None);
         };
@@ -574,34 +595,26 @@ impl TokenStore for RedisStore {
     }
 
     async fn release(&self, key: &StoreKey, owner: &str) -> Result<(), StoreError> {
-        let mut conn = self.inner.conn.clone();
+        let (lease, message) = (self.redis_key(key, "lease"), Self::message('l', key, 0));
         let _: Value = self
-            .inner
-            .scripts
-            .release
-            .key(self.redis_key(key, "lease"))
-            .arg(owner)
-            .arg(&self.inner.channel)
-            .arg(Self::message('l', key, 0))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+            .again_once(|mut conn| {
+                let mut call = self.inner.scripts.release.key(&lease);
+                call.arg(owner).arg(&self.inner.channel).arg(&message);
+                async move { call.invoke_async(&mut conn).await }
+            })
+            .await?;
         Ok(())
     }
 
     async fn reject(&self, key: &StoreKey, fence: u64) -> Result<bool, StoreError> {
-        let mut conn = self.inner.conn.clone();
+        let (token, message) = (self.redis_key(key, "token"), Self::message('r', key, fence));
         let marked: u64 = self
-            .inner
-            .scripts
-            .reject
-            .key(self.redis_key(key, "token"))
-            .arg(fence)
-            .arg(&self.inner.channel)
-            .arg(Self::message('r', key, fence))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+            .again_once(|mut conn| {
+                let mut call = self.inner.scripts.reject.key(&token);
+                call.arg(fence).arg(&self.inner.channel).arg(&message);
+                async move { call.invoke_async(&mut conn).await }
+            })
+            .await?;
         Ok(marked == 1)
     }
 

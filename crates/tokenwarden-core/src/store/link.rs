@@ -95,7 +95,10 @@ impl Link {
             return;
         };
         match notice.kind {
-            NoticeKind::Installed => cache.shared_installed(notice.fence),
+            // While the store is paused the cache would refresh from the issuer, not the
+            // store: it keeps its own token until its own refresh instead.
+            NoticeKind::Installed if !self.hub.is_down() => cache.shared_installed(notice.fence),
+            NoticeKind::Installed => {}
             NoticeKind::Rejected => cache.shared_rejected(notice.fence),
             NoticeKind::Released => {}
         }
@@ -193,7 +196,19 @@ impl SharedSource {
                 .await
             {
                 Err(_) => return self.direct().await,
-                Ok(Some(fence)) => return self.fetch_holding(fence, last).await,
+                Ok(Some(fence)) => {
+                    // A holder may have installed its token (and let go of the lease) between
+                    // the load above and this lease: look once more before fetching.
+                    let again = hub.call(hub.store.load(&link.key)).await;
+                    if let Ok(Some(found)) = again
+                        && link.usable(&found, last)
+                    {
+                        let _ = hub.call(hub.store.release(&link.key, &link.owner)).await;
+                        tracing::debug!(fence = found.fence, "token taken from the store");
+                        return Ok(link.adopt(found));
+                    }
+                    return self.fetch_holding(fence, last).await;
+                }
                 Ok(None) => {}
             }
             let now = Instant::now();
