@@ -16,6 +16,8 @@ use tokenwarden_sandbox::{Fault, Gateway, Sandbox, SandboxConfig};
 use tokenwarden_test_support::RedisServer;
 
 type Result<T = ()> = std::result::Result<T, Box<dyn Error>>;
+type Scenario = std::pin::Pin<Box<dyn Future<Output = Result>>>;
+type Named = (&'static str, fn() -> Scenario);
 
 const KEY: &str = "8f3a6c1e9b2d4f7a0c5e8b1d3f6a9c2e4b7d0f3a6c9e2b5d8f1a4c7e0b3d6f9a";
 
@@ -326,10 +328,7 @@ fn main() -> Result {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let scenarios: [(
-        &str,
-        fn() -> std::pin::Pin<Box<dyn Future<Output = Result>>>,
-    ); 4] = [
+    let scenarios: [Named; 4] = [
         ("one fetch per token across replicas", || {
             Box::pin(one_fetch_per_token_across_replicas())
         }),
