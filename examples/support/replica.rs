@@ -151,7 +151,10 @@ async fn request(client: &ClientWithMiddleware, api: &str) -> (u16, bool) {
             );
             (response.status().as_u16(), replayed)
         }
-        Err(_) => (0, false),
+        Err(error) => {
+            eprintln!("request failed: {error}");
+            (0, false)
+        }
     }
 }
 
@@ -178,6 +181,9 @@ async fn run(
                 let (status, again) = request(&client, &api).await;
                 requests += 1;
                 failed += u64::from(status != 200);
+                if status != 200 && status != 0 {
+                    eprintln!("request answered {status}");
+                }
                 replayed += u64::from(again);
                 if let Some(snapshot) = cache.cached() {
                     let fp = fingerprint(snapshot.token().secret().expose());

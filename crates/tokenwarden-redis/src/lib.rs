@@ -149,10 +149,19 @@ impl Scripts {
     fn new() -> Self {
         Self {
             // KEYS: lease, fence, token. ARGV: owner, ttl ms.
+            // A key's first fence (none given out yet, or Redis lost its data) starts at the
+            // server's clock in milliseconds, so fences stay unique across such a loss: a
+            // replica's token from before it is never taken for one issued after.
             acquire: Script::new(
                 r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  local f = redis.call('INCR', KEYS[2])
+  local f
+  if redis.call('EXISTS', KEYS[2]) == 1 then
+    f = redis.call('INCR', KEYS[2])
+  else
+    local now = redis.call('TIME')
+    f = redis.call('INCRBY', KEYS[2], tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
+  end
   local held = tonumber(redis.call('HGET', KEYS[3], 'fence') or '0')
   if f <= held then
     f = held + 1

@@ -231,3 +231,35 @@ async fn redis_down_at_start_then_up_and_killed_again_never_fails_a_request() {
     let calls = issuer.calls();
     assert!(calls <= 1 + 20 + 1, "bounded: {calls}");
 }
+
+#[tokio::test]
+async fn fences_stay_unique_when_redis_loses_its_data() {
+    let mut redis = RedisServer::start();
+    let store = store(&redis);
+    let key = store.key_for("torus:merchant-42");
+    let ttl = Duration::from_millis(200);
+    let before = store.acquire(&key, "a", ttl).await.unwrap().unwrap();
+    let now = SystemTime::now();
+    let token = SharedToken::new(before, Secret::new("before"), now, now + LIFETIME);
+    assert_eq!(
+        store.install(&key, "a", &token).await.unwrap(),
+        Install::Installed
+    );
+    // A restart without persistence: every key is gone, the fence counter with them.
+    redis.restart();
+    let mut after = None;
+    for _ in 0..20 {
+        match store.acquire(&key, "b", ttl).await {
+            Ok(fence) => {
+                after = fence;
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let after = after.expect("the lease after the restart");
+    assert!(
+        after > before,
+        "a fence after the loss ({after}) never repeats one from before it ({before})"
+    );
+}
