@@ -282,15 +282,19 @@ async fn a_lease_holder_killed_or_late() -> Result {
         "the dead holder's and the takeover's"
     );
 
-    // A late holder: its fetch takes 2.5 s, past its 1 s lease. Replica 2 takes over and
-    // installs a newer token; the late one is refused by the fence.
+    // A holder frozen mid-fetch (SIGSTOP: a VM or the process paused) cannot renew its lease.
+    // Replica 2 takes over and installs a newer token; when the holder goes on, its older
+    // token is refused by the fence.
     cluster.sandbox.expire_tokens(Gateway::Torus);
     cluster
         .sandbox
-        .inject(Gateway::Torus, Fault::Slow(Duration::from_millis(2_500)), 1);
+        .inject(Gateway::Torus, Fault::Slow(Duration::from_millis(1_000)), 1);
     cluster.replicas[1].send("get").await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
+    cluster.replicas[1].freeze(true)?;
     let newer = cluster.replicas[2].ask("get").await?;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    cluster.replicas[1].freeze(false)?;
     let late = replica::parse(&cluster.replicas[1].reply().await?);
     assert_eq!(
         (newer["status"].as_str(), late["status"].as_str()),
@@ -302,7 +306,7 @@ async fn a_lease_holder_killed_or_late() -> Result {
     );
     let stats = cluster.replicas[1].ask("stats").await?;
     println!(
-        "  a holder 1.5 s past its lease: its token refused by the fence (superseded={})",
+        "  a holder frozen past its lease: its token refused by the fence (superseded={})",
         stats["superseded"]
     );
     assert_eq!(stats["superseded"], "1");

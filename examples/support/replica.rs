@@ -308,6 +308,21 @@ impl Replica {
         Ok(())
     }
 
+    /// Freezes it (SIGSTOP), as a long pause of a VM or the process would, or lets it go on
+    /// (SIGCONT).
+    pub fn freeze(&self, frozen: bool) -> Result<(), Box<dyn Error>> {
+        let pid = self.child.id().ok_or("the replica has exited")?;
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = std::process::Command::new("kill")
+            .arg(signal)
+            .arg(pid.to_string())
+            .status()?;
+        if !status.success() {
+            return Err(format!("kill {signal} {pid}: {status}").into());
+        }
+        Ok(())
+    }
+
     /// Asks it to end, and waits.
     pub async fn quit(mut self) -> Result<(), Box<dyn Error>> {
         self.send("quit").await?;

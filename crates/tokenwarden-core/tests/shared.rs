@@ -186,61 +186,98 @@ async fn a_stale_writer_cannot_install_over_a_newer_token() {
     assert!(c > b);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_stuck_lease_holder_is_taken_over_after_the_lease_ttl_and_its_late_token_is_fenced_off() {
-    let store = MemoryStore::new();
-    let slow_calls = Arc::new(AtomicUsize::new(0));
-    let calls = Arc::clone(&slow_calls);
-    let slow = move || {
-        calls.fetch_add(1, SeqCst);
-        async {
-            sleep(Duration::from_secs(8)).await;
-            Ok::<_, FetchError>(Token::new("late").with_expires_in(LIFETIME))
+/// A replica whose issuer takes `delay` to mint `value`, sharing through `store`.
+fn slow_replica(
+    store: impl TokenStore,
+    delay: Duration,
+    value: &'static str,
+) -> (SharedTokens, TokenCache, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let source = move || {
+        counted.fetch_add(1, SeqCst);
+        async move {
+            sleep(delay).await;
+            Ok::<_, FetchError>(Token::new(value).with_expires_in(LIFETIME))
         }
     };
-    let quick = CountingIssuer::up().with_lifetime(LIFETIME);
-    let shared = |store: &MemoryStore| {
-        SharedTokens::builder(store.clone())
-            .with_lease_ttl(Duration::from_secs(2))
-            .build()
-    };
-    let (sa, sb) = (shared(&store), shared(&store));
-    let a = TokenCache::builder(slow)
-        .with_shared(&sa, "merchant-42")
+    let shared = SharedTokens::builder(store)
+        .with_lease_ttl(Duration::from_secs(2))
+        .build();
+    let cache = TokenCache::builder(source)
+        .with_shared(&shared, "merchant-42")
         .with_fetch_timeout(Duration::from_secs(20))
         .build()
         .unwrap();
-    let b = replica_with(&sb, &quick).build().unwrap();
+    (shared, cache, calls)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_lease_holder_renews_its_lease_and_the_others_wait_for_its_token() {
+    let store = MemoryStore::new();
+    // An 8 s fetch under a 2 s lease: renewed every 2/3 s, never taken over.
+    let (_, a, a_calls) = slow_replica(store.clone(), Duration::from_secs(8), "slow");
+    let (_, b, b_calls) = slow_replica(store.clone(), Duration::ZERO, "quick");
+    let a_get = tokio::spawn(async move { a.get().await.map(|s| secret(&s)) });
+    sleep(Duration::from_millis(10)).await;
+    let started = Instant::now();
+    assert_eq!(secret(&b.get().await.unwrap()), "slow");
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(7_990),
+        "b waited for a's token"
+    );
+    assert_eq!(a_get.await.unwrap().unwrap(), "slow");
+    assert_eq!(
+        (a_calls.load(SeqCst), b_calls.load(SeqCst)),
+        (1, 0),
+        "one issuer call"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_holder_cut_off_mid_fetch_is_taken_over_after_the_lease_ttl_and_its_late_token_is_fenced_off()
+ {
+    let store = MemoryStore::new();
+    let cut_off = Troubled {
+        store: store.clone(),
+        renewals_lost: true,
+        ..Troubled::default()
+    };
+    let (sa, a, a_calls) = slow_replica(cut_off, Duration::from_secs(8), "late");
+    let (_, b, b_calls) = slow_replica(store.clone(), Duration::ZERO, "newer");
     let started = Instant::now();
     let a_get = tokio::spawn(async move { a.get().await.map(|s| (secret(&s), a)) });
     sleep(Duration::from_millis(10)).await;
-    // b waits for a's lease, then takes over once it runs out.
+    // b waits for a's lease, then takes over once it runs out unrenewed.
     let token = b.get().await.unwrap();
     let took = started.elapsed();
-    assert_eq!(secret(&token), "tok-1");
+    assert_eq!(secret(&token), "newer");
     assert!(
         took >= Duration::from_secs(2) && took <= Duration::from_millis(2_300),
         "taken over within the lease TTL plus one poll: {took:?}"
     );
     // a's token comes in late: the fence refuses it, and a takes the newer one.
     let (a_secret, a) = a_get.await.unwrap().unwrap();
-    assert_eq!(a_secret, "tok-1", "a took b's token, not its own late one");
+    assert_eq!(a_secret, "newer", "a took b's token, not its own late one");
     assert_eq!(sa.stats().superseded, 1);
-    assert_eq!((slow_calls.load(SeqCst), quick.calls()), (1, 1));
+    assert_eq!((a_calls.load(SeqCst), b_calls.load(SeqCst)), (1, 1));
     let held = store
         .load(&store.key_for("merchant-42"))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(held.secret.expose(), "tok-1");
-    assert_eq!(secret(&a.get().await.unwrap()), "tok-1");
+    assert_eq!(held.secret.expose(), "newer");
+    assert_eq!(secret(&a.get().await.unwrap()), "newer");
 }
 
-/// A store that answers, fails, or never answers, as switched.
+/// A store that answers, fails, or never answers, as switched; or one whose lease renewals
+/// never get through (a holder cut off from the store, or frozen, while it fetches).
 #[derive(Clone, Default)]
 struct Troubled {
     store: MemoryStore,
     mode: Arc<AtomicU8>,
+    renewals_lost: bool,
 }
 
 const WORKS: u8 = 0;
@@ -283,6 +320,13 @@ impl TokenStore for Troubled {
     ) -> Result<Install, StoreError> {
         self.gate().await?;
         self.store.install(key, owner, token).await
+    }
+    async fn renew(&self, key: &StoreKey, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.gate().await?;
+        if self.renewals_lost {
+            return Ok(false);
+        }
+        self.store.renew(key, owner, ttl).await
     }
     async fn release(&self, key: &StoreKey, owner: &str) -> Result<(), StoreError> {
         self.gate().await?;
@@ -448,6 +492,9 @@ impl TokenStore for Overtaken {
         token: &SharedToken,
     ) -> Result<Install, StoreError> {
         self.store.install(key, owner, token).await
+    }
+    async fn renew(&self, key: &StoreKey, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.store.renew(key, owner, ttl).await
     }
     async fn release(&self, key: &StoreKey, owner: &str) -> Result<(), StoreError> {
         self.store.release(key, owner).await

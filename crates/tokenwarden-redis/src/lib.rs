@@ -142,6 +142,7 @@ struct Scripts {
     acquire: Script,
     install: Script,
     reject: Script,
+    renew: Script,
     release: Script,
 }
 
@@ -154,7 +155,8 @@ impl Scripts {
             // replica's token from before it is never taken for one issued after.
             acquire: Script::new(
                 r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) or redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   local f
   if redis.call('EXISTS', KEYS[2]) == 1 then
     f = redis.call('INCR', KEYS[2])
@@ -162,6 +164,7 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
     local now = redis.call('TIME')
     f = redis.call('INCRBY', KEYS[2], tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
   end
+  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) + 86400000)
   local held = tonumber(redis.call('HGET', KEYS[3], 'fence') or '0')
   if f <= held then
     f = held + 1
@@ -189,6 +192,7 @@ local c = tonumber(redis.call('GET', KEYS[3]) or '0')
 if c < f then
   redis.call('SET', KEYS[3], ARGV[1])
 end
+redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[3]) + 86400000)
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 0",
             ),
@@ -198,6 +202,15 @@ return 0",
 if redis.call('HGET', KEYS[1], 'fence') == ARGV[1] and redis.call('HGET', KEYS[1], 'rejected') ~= '1' then
   redis.call('HSET', KEYS[1], 'rejected', '1')
   redis.call('PUBLISH', ARGV[2], ARGV[3])
+  return 1
+end
+return 0",
+            ),
+            // KEYS: lease. ARGV: owner, ttl ms.
+            renew: Script::new(
+                r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
 end
 return 0",
@@ -216,13 +229,22 @@ return 0",
     }
 }
 
-/// Settings of a [`RedisStore`].
-#[derive(Debug)]
+/// Settings of a [`RedisStore`]. `Debug` does not show the URL (it may hold a password).
 pub struct RedisStoreBuilder {
     url: String,
     key: EncryptionKey,
     prefix: String,
     response_timeout: Duration,
+}
+
+impl fmt::Debug for RedisStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStoreBuilder")
+            .field("url", &"[redacted]")
+            .field("prefix", &self.prefix)
+            .field("response_timeout", &self.response_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RedisStoreBuilder {
@@ -284,13 +306,10 @@ impl RedisStoreBuilder {
     }
 }
 
-/// A Redis error, without anything the URL held.
+/// A Redis error's text, at most 300 characters (redis-rs does not put the URL or its
+/// password in it).
 fn describe(error: &redis::RedisError) -> String {
-    let mut text = error.to_string();
-    if text.len() > 300 {
-        text.truncate(300);
-    }
-    text
+    error.to_string().chars().take(300).collect()
 }
 
 fn unavailable(error: redis::RedisError) -> StoreError {
@@ -418,7 +437,7 @@ impl RedisStore {
             .listener
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if slot.is_some() {
+        if slot.as_ref().is_some_and(|task| !task.is_finished()) {
             return;
         }
         let Ok(runtime) = Handle::try_current() else {
@@ -464,7 +483,11 @@ async fn listen(client: Client, channel: String, listeners: Arc<Mutex<Vec<Notice
                     l.missed();
                 }
                 let mut messages = pubsub.on_message();
-                while let Some(message) = messages.next().await {
+                // A connection silent for a minute may be half open (a failover, a NAT):
+                // it is made again, and waiters look again, rather than trusted for ever.
+                while let Ok(Some(message)) =
+                    tokio::time::timeout(Duration::from_secs(60), messages.next()).await
+                {
                     let Ok(text) = message.get_payload::<String>() else {
                         continue;
                     };
@@ -578,7 +601,7 @@ impl TokenStore for RedisStore {
             .duration_since(SystemTime::now())
             .unwrap_or_default()
             .as_millis()
-            .max(1) as u64;
+            .clamp(1, 400 * 24 * 3600 * 1000) as u64;
         let mut conn = self.inner.conn.clone();
         let current: u64 = self
             .inner
@@ -601,6 +624,19 @@ impl TokenStore for RedisStore {
         } else {
             Install::Superseded { current }
         })
+    }
+
+    async fn renew(&self, key: &StoreKey, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let lease = self.redis_key(key, "lease");
+        let ttl = ttl.as_millis().clamp(1, u128::from(u32::MAX)) as u64;
+        let renewed: u64 = self
+            .again_once(|mut conn| {
+                let mut call = self.inner.scripts.renew.key(&lease);
+                call.arg(owner).arg(ttl);
+                async move { call.invoke_async(&mut conn).await }
+            })
+            .await?;
+        Ok(renewed == 1)
     }
 
     async fn release(&self, key: &StoreKey, owner: &str) -> Result<(), StoreError> {

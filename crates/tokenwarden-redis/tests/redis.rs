@@ -47,6 +47,20 @@ async fn leases_fences_and_rejections_are_atomic_at_the_server() {
         None,
         "held by a"
     );
+    // Renewed by its holder only: still held after three times its TTL.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(store.renew(&key, "a", ttl).await.unwrap());
+        assert!(
+            !store.renew(&key, "b", ttl).await.unwrap(),
+            "not b's to renew"
+        );
+    }
+    assert_eq!(
+        store.acquire(&key, "b", ttl).await.unwrap(),
+        None,
+        "renewed by a"
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
     let b = store
         .acquire(&key, "b", ttl)

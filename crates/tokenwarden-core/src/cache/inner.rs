@@ -1257,13 +1257,14 @@ impl Inner {
     }
 
     /// Another replica saw the token with fencing number `fence` rejected: drop it if it is
-    /// this cache's (no backoff, no notice of its own: the rejection was not seen here).
+    /// this cache's (no notice of its own: the rejection was not seen here), unless this cache
+    /// kept it on purpose, holding off invalidations while fresh tokens keep being rejected.
     pub(crate) fn shared_rejected(&self, fence: u64) {
         let mut st = self.lock();
         if st
             .current
             .as_ref()
-            .is_some_and(|c| fence_of(&c.snapshot) == Some(fence))
+            .is_some_and(|c| !c.held_off && fence_of(&c.snapshot) == Some(fence))
         {
             Counters::bump(&self.counters.invalidations);
             metrics::invalidation(&self.config.name, "shared");
@@ -1281,7 +1282,8 @@ impl Inner {
         let Some(current) = st.current.as_mut() else {
             return;
         };
-        if fence_of(&current.snapshot) == Some(fence) || current.schedule.advisory_at <= now {
+        // Not for a token this cache holds, or one older than it (a notice that came late).
+        if fence_of(&current.snapshot) >= Some(fence) || current.schedule.advisory_at <= now {
             return;
         }
         current.schedule.advisory_at = now;

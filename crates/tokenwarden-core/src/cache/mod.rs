@@ -550,10 +550,11 @@ impl TokenCacheBuilder {
                 });
             }
             let settings = shared.settings();
-            if self.config.fetch_timeout <= settings.lease_ttl + settings.store_timeout * 2 {
+            let takeover = settings.lease_ttl + settings.poll_interval + settings.store_timeout * 2;
+            if self.config.fetch_timeout / 2 <= takeover {
                 return Err(ConfigError::Invalid {
                     name: "fetch_timeout",
-                    reason: "must exceed the shared store's lease TTL plus twice its timeout: a replica may wait out a dead holder's lease before it fetches",
+                    reason: "must be more than twice the shared store's lease TTL, poll interval and two store timeouts: a replica may wait out a dead holder's lease, then fetch",
                 });
             }
         }
@@ -574,7 +575,13 @@ impl TokenCacheBuilder {
     /// The cache, with `config` (checked) for its settings.
     fn assemble(self, config: Arc<CacheConfig>) -> TokenCache {
         let store = self.shared.as_ref().map(|(shared, identity)| {
-            Link::new(shared, identity, config.default_lifetime, config.clock_skew)
+            Link::new(
+                shared,
+                identity,
+                config.default_lifetime,
+                config.clock_skew,
+                config.fetch_timeout,
+            )
         });
         let source = match &store {
             Some(link) => link.wrap(self.source),

@@ -35,6 +35,8 @@ pub(crate) struct Link {
     default_lifetime: Duration,
     /// A stored token with no more than this left is not taken.
     clock_skew: Duration,
+    /// The cache's fetch timeout: a waiter waits at most half of it.
+    fetch_timeout: Duration,
 }
 
 impl Link {
@@ -43,6 +45,7 @@ impl Link {
         identity: &str,
         default_lifetime: Duration,
         clock_skew: Duration,
+        fetch_timeout: Duration,
     ) -> Arc<Self> {
         let hub = Arc::clone(shared.hub());
         let key = hub.store.key_for(identity);
@@ -54,6 +57,7 @@ impl Link {
             cache: OnceLock::new(),
             default_lifetime,
             clock_skew,
+            fetch_timeout,
             hub,
         });
         link.hub.register(&key, &link);
@@ -115,7 +119,7 @@ impl Link {
         let remaining = found.remaining();
         let lifetime = found.lifetime();
         !found.rejected
-            && found.fence != last
+            && found.fence > last
             && remaining > (lifetime / 5).max(self.clock_skew.min(lifetime / 4) * 2)
     }
 
@@ -173,9 +177,11 @@ impl SharedSource {
         }
         let last = link.last.load(Ordering::Relaxed);
         let settings = &hub.settings;
-        // A live holder installs (or lets go) within its lease: waiting longer means it is
-        // stuck, and this replica fetches on its own.
-        let give_up_at = Instant::now() + settings.lease_ttl + settings.poll_interval;
+        // A live holder renews its lease while it fetches, and a dead one's runs out within
+        // the TTL, when a waiter takes it over. Half the fetch timeout is the most a waiter
+        // waits (the builder checks that this covers a takeover): the other half is for its
+        // own fetch, should the store keep the lease from everyone.
+        let give_up_at = Instant::now() + link.fetch_timeout / 2;
         loop {
             let notified = link.notify.notified();
             tokio::pin!(notified);
@@ -188,34 +194,45 @@ impl SharedSource {
                 }
                 Ok(_) => {}
             }
-            match hub
+            let acquired = hub
                 .call(
                     hub.store
                         .acquire(&link.key, &link.owner, settings.lease_ttl),
                 )
-                .await
-            {
-                Err(_) => return self.direct().await,
+                .await;
+            match acquired {
+                Err(_) => {
+                    // It may have been taken all the same: let it go (if it is ours).
+                    drop(Lease::new(&self.link));
+                    return self.direct().await;
+                }
                 Ok(Some(fence)) => {
+                    let mut lease = Lease::new(&self.link);
                     // A holder may have installed its token (and let go of the lease) between
                     // the load above and this lease: look once more before fetching.
                     let again = hub.call(hub.store.load(&link.key)).await;
                     if let Ok(Some(found)) = again
                         && link.usable(&found, last)
                     {
-                        let _ = hub.call(hub.store.release(&link.key, &link.owner)).await;
+                        if hub
+                            .call(hub.store.release(&link.key, &link.owner))
+                            .await
+                            .is_ok()
+                        {
+                            lease.armed = false;
+                        }
                         tracing::debug!(fence = found.fence, "token taken from the store");
                         return Ok(link.adopt(found));
                     }
-                    return self.fetch_holding(fence, last).await;
+                    return self.fetch_holding(lease, fence, last).await;
                 }
                 Ok(None) => {}
             }
             let now = Instant::now();
             if now >= give_up_at {
                 tracing::warn!(
-                    lease_ms = settings.lease_ttl.as_millis() as u64,
-                    "another replica held the lease longer than its TTL; fetching without it"
+                    waited_ms = (link.fetch_timeout / 2).as_millis() as u64,
+                    "another replica kept the lease without installing a token; fetching without it"
                 );
                 return self.direct().await;
             }
@@ -233,30 +250,44 @@ impl SharedSource {
         Ok(token)
     }
 
-    /// Fetches for every replica under lease `fence`, and installs the token.
-    async fn fetch_holding(&self, fence: u64, last: u64) -> Result<Token, FetchError> {
+    /// Fetches for every replica under lease `fence` (renewed while the issuer is asked),
+    /// and installs the token.
+    async fn fetch_holding(
+        &self,
+        mut lease: Lease,
+        fence: u64,
+        last: u64,
+    ) -> Result<Token, FetchError> {
         let link = &*self.link;
         let hub = &*link.hub;
         bump(&hub.counters.leases);
-        let mut lease = Lease {
-            link: Arc::clone(&self.link),
-            armed: true,
-        };
         let sent = SystemTime::now();
         bump(&hub.counters.issuer_fetches);
-        let token = match self.source.fetch().await {
+        let fetched = {
+            let _renewing = lease.renew_while_fetching();
+            self.source.fetch().await
+        };
+        let token = match fetched {
             Ok(token) => token,
             Err(error) => {
-                lease.armed = false;
-                let _ = hub.call(hub.store.release(&link.key, &link.owner)).await;
+                if hub
+                    .call(hub.store.release(&link.key, &link.owner))
+                    .await
+                    .is_ok()
+                {
+                    lease.armed = false;
+                }
                 return Err(error);
             }
         };
-        let expires_at = match token.expiry() {
-            Expiry::In(lifetime) => sent + lifetime,
-            Expiry::At(at) => at,
-            Expiry::Unknown => sent + link.default_lifetime,
-        };
+        // As the cache does: a lifetime longer than a year is taken as a year.
+        let lifetime = match token.expiry() {
+            Expiry::In(lifetime) => lifetime,
+            Expiry::At(at) => at.duration_since(sent).unwrap_or_default(),
+            Expiry::Unknown => link.default_lifetime,
+        }
+        .min(MAX_LIFETIME);
+        let expires_at = sent + lifetime;
         let shared = SharedToken::new(fence, token.secret().clone(), sent, expires_at);
         match hub
             .call(hub.store.install(&link.key, &link.owner, &shared))
@@ -287,10 +318,55 @@ impl SharedSource {
     }
 }
 
-/// Lets go of a lease whose fetch was cancelled (a fetch timeout, a runtime shutting down).
+/// The longest lifetime taken from an issuer (as the cache takes it).
+const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A lease this replica holds: let go of in the background if the fetch under it is
+/// cancelled (a fetch timeout, a revocation, a runtime shutting down) before it is installed
+/// or released.
 struct Lease {
     link: Arc<Link>,
     armed: bool,
+}
+
+impl Lease {
+    fn new(link: &Arc<Link>) -> Self {
+        Self {
+            link: Arc::clone(link),
+            armed: true,
+        }
+    }
+
+    /// Renews the lease every third of its TTL until the returned guard is dropped, so that
+    /// a slow issuer call is not taken for a dead holder.
+    fn renew_while_fetching(&self) -> Option<AbortOnDrop> {
+        let runtime = Handle::try_current().ok()?;
+        let link = Arc::clone(&self.link);
+        let ttl = link.hub.settings.lease_ttl;
+        let task = runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                match link
+                    .hub
+                    .call(link.hub.store.renew(&link.key, &link.owner, ttl))
+                    .await
+                {
+                    Ok(true) => {}
+                    // Taken over (or the store is in trouble): the fence decides at install.
+                    Ok(false) | Err(_) => return,
+                }
+            }
+        });
+        Some(AbortOnDrop(task.abort_handle()))
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Drop for Lease {

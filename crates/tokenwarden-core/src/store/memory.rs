@@ -100,9 +100,15 @@ impl TokenStore for MemoryStore {
     }
 
     async fn load(&self, key: &StoreKey) -> Result<Option<SharedToken>, StoreError> {
-        Ok(self.with_entry(key, |e| {
-            e.token.clone().filter(|t| t.expires_at > SystemTime::now())
-        }))
+        let keys = self
+            .inner
+            .keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Ok(keys
+            .get(key)
+            .and_then(|e| e.token.clone())
+            .filter(|t| t.expires_at > SystemTime::now()))
     }
 
     async fn acquire(
@@ -113,7 +119,10 @@ impl TokenStore for MemoryStore {
     ) -> Result<Option<u64>, StoreError> {
         let now = Instant::now();
         Ok(self.with_entry(key, |e| {
-            if e.lease.as_ref().is_some_and(|(_, until)| now < *until) {
+            if e.lease
+                .as_ref()
+                .is_some_and(|(holder, until)| now < *until && &**holder != owner)
+            {
                 return None;
             }
             e.fence += 1;
@@ -142,6 +151,17 @@ impl TokenStore for MemoryStore {
             self.tell(key, token.fence, NoticeKind::Installed);
         }
         Ok(outcome)
+    }
+
+    async fn renew(&self, key: &StoreKey, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        Ok(self.with_entry(key, |e| match &mut e.lease {
+            Some((holder, until)) if &**holder == owner && now < *until => {
+                *until = now + ttl;
+                true
+            }
+            _ => false,
+        }))
     }
 
     async fn release(&self, key: &StoreKey, owner: &str) -> Result<(), StoreError> {

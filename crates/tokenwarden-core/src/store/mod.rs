@@ -228,9 +228,9 @@ pub trait TokenStore: Send + Sync + 'static {
     /// The key's current token, if any (an expired one counts as none).
     async fn load(&self, key: &StoreKey) -> Result<Option<SharedToken>, StoreError>;
 
-    /// Takes the key's lease for `owner` for `ttl` if nobody holds it, and returns its fencing
-    /// number (higher than any given out for the key before, or held by its token); `None` if
-    /// another owner holds it.
+    /// Takes the key's lease for `owner` for `ttl` if nobody else holds it (a lease `owner`
+    /// holds already is taken anew), and returns its fencing number (higher than any given out
+    /// for the key before, or held by its token); `None` if another owner holds it.
     async fn acquire(
         &self,
         key: &StoreKey,
@@ -246,6 +246,11 @@ pub trait TokenStore: Send + Sync + 'static {
         owner: &str,
         token: &SharedToken,
     ) -> Result<Install, StoreError>;
+
+    /// Extends `owner`'s lease to `ttl` from now if it still holds it; returns whether it did.
+    /// The holder calls it while its fetch runs, so that a slow issuer is not taken for a dead
+    /// holder.
+    async fn renew(&self, key: &StoreKey, owner: &str, ttl: Duration) -> Result<bool, StoreError>;
 
     /// Lets go of `owner`'s lease, if it still holds it, and sends a
     /// [`NoticeKind::Released`] notice.
@@ -300,8 +305,8 @@ impl fmt::Debug for Notices {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SharedSettings {
-    /// How long a lease holds (its fetch's longest wait): another replica takes over after
-    /// it if the holder died. Default 5 s.
+    /// How long a lease holds unless renewed (its holder renews it every third of this while
+    /// it fetches): another replica takes over after it if the holder died. Default 3 s.
     pub lease_ttl: Duration,
     /// How often a waiting replica looks at the store if no notice came. Default 250 ms.
     pub poll_interval: Duration,
@@ -315,7 +320,7 @@ pub struct SharedSettings {
 impl Default for SharedSettings {
     fn default() -> Self {
         Self {
-            lease_ttl: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(3),
             poll_interval: Duration::from_millis(250),
             store_timeout: Duration::from_millis(250),
             pause_after_trouble: Duration::from_secs(2),
@@ -558,9 +563,10 @@ impl fmt::Debug for SharedTokensBuilder {
 }
 
 impl SharedTokensBuilder {
-    /// How long a lease holds. Default 5 s. A cache sharing through it needs a
-    /// [fetch timeout](crate::TokenCacheBuilder::with_fetch_timeout) longer than this plus the
-    /// store timeout (a replica may wait out a dead holder's lease, then fetch).
+    /// How long a lease holds unless renewed. Default 3 s. A cache sharing through it needs a
+    /// [fetch timeout](crate::TokenCacheBuilder::with_fetch_timeout) of more than twice this
+    /// plus the poll interval and two store timeouts (a replica may wait out a dead holder's
+    /// lease, then fetch): 10 s, the default, covers the default settings.
     #[must_use]
     pub fn with_lease_ttl(mut self, ttl: Duration) -> Self {
         self.settings.lease_ttl = ttl;
