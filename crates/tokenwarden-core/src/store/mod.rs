@@ -5,9 +5,10 @@
 //! there); only when it would fetch does it ask the store first:
 //!
 //! - **a newer token is there** (another replica fetched it): that one is taken, no issuer call;
-//! - **none is**: the cache takes the key's *lease* (set-if-absent, with an owner and a TTL) and
-//!   fetches; replicas that find the lease taken wait on the store — woken by a notice, with a
-//!   bounded poll — and take the token the holder installs;
+//! - **none is**: the cache takes the key's *lease* (set-if-absent, with an owner and a TTL,
+//!   renewed while it fetches) and fetches; replicas that find the lease taken wait on the
+//!   store — woken by a notice, with a bounded poll — and take the token the holder installs,
+//!   or take the lease over once a dead holder's runs out;
 //! - every lease comes with a **fencing number**, and the store installs a token only if its
 //!   number is higher than the one it holds, in one atomic step: a replica whose lease ran out
 //!   mid-fetch can never put an older token over a newer one;
