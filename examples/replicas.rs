@@ -58,6 +58,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         key: DEMO_KEY.into(),
         lease: Duration::from_secs(2),
         lifetime,
+        store_timeout: Duration::from_millis(500),
         tasks: 50,
     };
     let program = std::env::current_exe()?;

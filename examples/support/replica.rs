@@ -48,6 +48,8 @@ pub struct Setup {
     pub lease: Duration,
     /// The tokens' lifetime (the sandbox's).
     pub lifetime: Duration,
+    /// The store timeout (less than a third of the lease).
+    pub store_timeout: Duration,
     /// Tasks sending requests in `run`.
     pub tasks: usize,
 }
@@ -76,7 +78,7 @@ pub async fn serve() -> Result<(), Box<dyn Error>> {
         .with_lease_ttl(lease)
         .with_poll_interval(Duration::from_millis(50))
         // Generous for a loaded machine: a request waits at most this plus a fetch.
-        .with_store_timeout(Duration::from_secs(1))
+        .with_store_timeout(Duration::from_millis(var("TW_STORE_TIMEOUT_MS")?.parse()?))
         .with_pause_after_trouble(Duration::from_millis(300))
         .build();
     let m = credentials::merchant(0);
@@ -260,6 +262,10 @@ impl Replica {
             .env("TW_LEASE_MS", setup.lease.as_millis().to_string())
             .env("TW_TASKS", setup.tasks.to_string())
             .env("TW_LIFETIME_MS", setup.lifetime.as_millis().to_string())
+            .env(
+                "TW_STORE_TIMEOUT_MS",
+                setup.store_timeout.as_millis().to_string(),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -441,6 +441,19 @@ fn settings_that_cannot_work_are_refused() {
             ..
         })
     ));
+    let brief = SharedTokens::builder(MemoryStore::new())
+        .with_lease_ttl(Duration::from_millis(500))
+        .build();
+    let lease = TokenCache::builder(issuer.source())
+        .with_shared(&brief, "merchant-42")
+        .build();
+    assert!(matches!(
+        lease,
+        Err(ConfigError::Invalid {
+            name: "lease_ttl",
+            ..
+        })
+    ));
 }
 
 #[test]

@@ -155,8 +155,7 @@ impl Scripts {
             // replica's token from before it is never taken for one issued after.
             acquire: Script::new(
                 r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) or redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local f
   if redis.call('EXISTS', KEYS[2]) == 1 then
     f = redis.call('INCR', KEYS[2])
@@ -465,10 +464,8 @@ async fn listen(client: Client, channel: String, listeners: Arc<Mutex<Vec<Notice
         listeners.clone()
     };
     let mut pause = Duration::from_millis(50);
+    // Runs for as long as the store: it is aborted when the last clone is dropped.
     loop {
-        if current().is_empty() {
-            return;
-        }
         let connected = async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;

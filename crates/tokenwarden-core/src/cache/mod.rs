@@ -550,11 +550,17 @@ impl TokenCacheBuilder {
                 });
             }
             let settings = shared.settings();
-            let takeover = settings.lease_ttl + settings.poll_interval + settings.store_timeout * 2;
+            if settings.store_timeout * 3 >= settings.lease_ttl {
+                return Err(ConfigError::Invalid {
+                    name: "lease_ttl",
+                    reason: "must be more than three store timeouts: a holder renews its lease every third of it, and each renewal may take a store timeout",
+                });
+            }
+            let takeover = settings.lease_ttl + settings.poll_interval + settings.store_timeout * 4;
             if self.config.fetch_timeout / 2 <= takeover {
                 return Err(ConfigError::Invalid {
                     name: "fetch_timeout",
-                    reason: "must be more than twice the shared store's lease TTL, poll interval and two store timeouts: a replica may wait out a dead holder's lease, then fetch",
+                    reason: "must be more than twice the shared store's lease TTL, poll interval and four store timeouts: a replica may wait out a dead holder's lease, then fetch",
                 });
             }
         }

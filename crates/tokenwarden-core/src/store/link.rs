@@ -234,7 +234,7 @@ impl SharedSource {
                     waited_ms = (link.fetch_timeout / 2).as_millis() as u64,
                     "another replica kept the lease without installing a token; fetching without it"
                 );
-                return self.direct().await;
+                return self.direct_or_installed(last).await;
             }
             bump(&hub.counters.waits);
             let wait = settings.poll_interval.min(give_up_at - now);
@@ -242,12 +242,37 @@ impl SharedSource {
         }
     }
 
-    /// An issuer call without the store.
+    /// An issuer call without the store. `last` stays: a stored token older than it (one
+    /// this replica may have seen rejected while the store was paused) is never taken.
     async fn direct(&self) -> Result<Token, FetchError> {
         bump(&self.link.hub.counters.direct_fetches);
-        let token = self.source.fetch().await?;
-        self.link.last.store(0, Ordering::Relaxed);
-        Ok(token)
+        self.source.fetch().await
+    }
+
+    /// An issuer call without the store, after waiting long for a holder: a token the holder
+    /// installs meanwhile is taken if it comes first.
+    async fn direct_or_installed(&self, last: u64) -> Result<Token, FetchError> {
+        let link = &*self.link;
+        let hub = &*link.hub;
+        let installed = async {
+            loop {
+                let notified = link.notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let _ = tokio::time::timeout(hub.settings.poll_interval, notified).await;
+                if let Ok(Ok(Some(found))) =
+                    tokio::time::timeout(hub.settings.store_timeout, hub.store.load(&link.key))
+                        .await
+                    && link.usable(&found, last)
+                {
+                    return found;
+                }
+            }
+        };
+        tokio::select! {
+            fetched = self.direct() => fetched,
+            found = installed => Ok(link.adopt(found)),
+        }
     }
 
     /// Fetches for every replica under lease `fence` (renewed while the issuer is asked),
@@ -344,8 +369,12 @@ impl Lease {
         let link = Arc::clone(&self.link);
         let ttl = link.hub.settings.lease_ttl;
         let task = runtime.spawn(async move {
+            // On a fixed beat (a slow answer does not push the next renewal back); the builder
+            // checks that three store timeouts fit in a lease.
+            let mut beat = tokio::time::interval(ttl / 3);
+            beat.tick().await;
             loop {
-                tokio::time::sleep(ttl / 3).await;
+                beat.tick().await;
                 match link
                     .hub
                     .call(link.hub.store.renew(&link.key, &link.owner, ttl))

@@ -119,10 +119,7 @@ impl TokenStore for MemoryStore {
     ) -> Result<Option<u64>, StoreError> {
         let now = Instant::now();
         Ok(self.with_entry(key, |e| {
-            if e.lease
-                .as_ref()
-                .is_some_and(|(holder, until)| now < *until && &**holder != owner)
-            {
+            if e.lease.as_ref().is_some_and(|(_, until)| now < *until) {
                 return None;
             }
             e.fence += 1;

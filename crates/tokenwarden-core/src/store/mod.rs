@@ -229,9 +229,9 @@ pub trait TokenStore: Send + Sync + 'static {
     /// The key's current token, if any (an expired one counts as none).
     async fn load(&self, key: &StoreKey) -> Result<Option<SharedToken>, StoreError>;
 
-    /// Takes the key's lease for `owner` for `ttl` if nobody else holds it (a lease `owner`
-    /// holds already is taken anew), and returns its fencing number (higher than any given out
-    /// for the key before, or held by its token); `None` if another owner holds it.
+    /// Takes the key's lease for `owner` for `ttl` if nobody holds it, and returns its fencing
+    /// number (higher than any given out for the key before, or held by its token); `None` if
+    /// it is held (by another owner, or by an earlier fetch of this one not yet let go).
     async fn acquire(
         &self,
         key: &StoreKey,
