@@ -21,10 +21,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
-use tokenwarden::redis::{EncryptionKey, RedisStore};
 use tokenwarden::{Replay, Scope, SharedTokens, TokenCache};
 use tokenwarden_gateways::IssuerClient;
 use tokenwarden_gateways::torus::{self, TorusConfig};
+use tokenwarden_redis::{EncryptionKey, RedisStore};
 use tokenwarden_reqwest::TokenMiddleware;
 use tokenwarden_sandbox::credentials;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};

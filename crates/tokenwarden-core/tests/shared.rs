@@ -283,11 +283,12 @@ struct Troubled {
 const WORKS: u8 = 0;
 const FAILS: u8 = 1;
 const HANGS: u8 = 2;
+const HANGS_AFTER_A_LEASE: u8 = 3;
 
 impl Troubled {
     async fn gate(&self) -> Result<(), StoreError> {
         match self.mode.load(SeqCst) {
-            WORKS => Ok(()),
+            WORKS | HANGS_AFTER_A_LEASE => Ok(()),
             FAILS => Err(StoreError::Unavailable("connection refused".into())),
             _ => std::future::pending().await,
         }
@@ -310,7 +311,12 @@ impl TokenStore for Troubled {
         ttl: Duration,
     ) -> Result<Option<u64>, StoreError> {
         self.gate().await?;
-        self.store.acquire(key, owner, ttl).await
+        let fence = self.store.acquire(key, owner, ttl).await;
+        // From the lease on, the store stops answering.
+        let _ = self
+            .mode
+            .compare_exchange(HANGS_AFTER_A_LEASE, HANGS, SeqCst, SeqCst);
+        fence
     }
     async fn install(
         &self,
@@ -541,4 +547,18 @@ async fn a_token_installed_between_a_look_and_a_lease_is_taken_not_fetched_again
             .is_some(),
         "the lease taken for nothing was let go"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_that_stops_answering_mid_fetch_costs_one_store_timeout_not_one_per_call() {
+    let store = Troubled::default();
+    store.mode.store(HANGS_AFTER_A_LEASE, SeqCst);
+    let issuer = CountingIssuer::up().with_lifetime(LIFETIME);
+    let shared = SharedTokens::new(store.clone());
+    let cache = replica_with(&shared, &issuer).build().unwrap();
+    let started = Instant::now();
+    assert_eq!(secret(&cache.get().await.unwrap()), "tok-1");
+    // The look after the lease times out (250 ms); the install is not waited for again.
+    assert_eq!(started.elapsed(), Duration::from_millis(250));
+    assert_eq!(issuer.calls(), 1);
 }

@@ -448,11 +448,19 @@ impl Hub {
         }
     }
 
-    /// One store call, under the store timeout; trouble is logged, counted and remembered.
+    /// One store call, under the store timeout, unless the store is paused after trouble;
+    /// trouble is logged, counted and remembered.
     async fn call<T>(
         &self,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        // Once one call of a fetch has hit trouble, the others do not wait for the store
+        // again: a request waits for one store timeout, not one per call.
+        if self.is_down() {
+            return Err(StoreError::Unavailable(
+                "left alone for a while after trouble".into(),
+            ));
+        }
         let timeout = self.settings.store_timeout;
         let result = match tokio::time::timeout(timeout, call).await {
             Ok(result) => result,
