@@ -2,11 +2,13 @@
 //! and the notices that reach the cache.
 
 use std::fmt;
+use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use futures_util::future::{Either, select};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -269,9 +271,10 @@ impl SharedSource {
                 }
             }
         };
-        tokio::select! {
-            fetched = self.direct() => fetched,
-            found = installed => Ok(link.adopt(found)),
+        // (No `tokio::select!`: this crate does not take Tokio's macros.)
+        match select(pin!(self.direct()), pin!(installed)).await {
+            Either::Left((fetched, _)) => fetched,
+            Either::Right((found, _)) => Ok(link.adopt(found)),
         }
     }
 
