@@ -21,16 +21,12 @@ use std::collections::BTreeMap;
 use std::error::Error;
 use std::time::{Duration, Instant};
 
-use replica::{Replica, Setup};
+use replica::{Replica, Setup, count};
 use tokenwarden_sandbox::{Gateway, Sandbox, SandboxConfig};
 use tokenwarden_test_support::RedisServer;
 
 /// A demo key; a real one comes from the service's secrets (e.g. `openssl rand -hex 32`).
 const DEMO_KEY: &str = "3c9f1a7e5b2d8c4f6a0e9b3d7f1c5a8e2b6d0f4a8c2e6b0d4f8a2c6e0b4d8f2a";
-
-fn count(reply: &BTreeMap<String, String>, key: &str) -> u64 {
-    reply.get(key).and_then(|v| v.parse().ok()).unwrap_or(0)
-}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::error::Error;
 use std::time::{Duration, Instant};
 
-use replica::{Replica, Setup};
+use replica::{Replica, Setup, count};
 use tokenwarden_sandbox::{Fault, Gateway, Sandbox, SandboxConfig};
 use tokenwarden_test_support::RedisServer;
 
@@ -93,10 +93,6 @@ impl Cluster {
         }
         Ok(())
     }
-}
-
-fn count(reply: &BTreeMap<String, String>, key: &str) -> u64 {
-    reply.get(key).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 /// 4 replicas x 50 tasks on one key, for as long as three tokens last: three token requests

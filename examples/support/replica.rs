@@ -224,6 +224,11 @@ pub fn parse(reply: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// A number in a reply (0 if it is not there).
+pub fn count(reply: &BTreeMap<String, String>, key: &str) -> u64 {
+    reply.get(key).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
 /// The tokens of a `run` reply: fingerprint → first use (Unix ms).
 pub fn tokens(reply: &BTreeMap<String, String>) -> BTreeMap<String, u64> {
     reply

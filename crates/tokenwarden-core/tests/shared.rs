@@ -271,8 +271,10 @@ async fn a_holder_cut_off_mid_fetch_is_taken_over_after_the_lease_ttl_and_its_la
     assert_eq!(secret(&a.get().await.unwrap()), "newer");
 }
 
-/// A store that answers, fails, or never answers, as switched; or one whose lease renewals
-/// never get through (a holder cut off from the store, or frozen, while it fetches).
+/// A store that answers, fails, or never answers, as switched (also: only from the first
+/// lease on, or with another replica's token installed just before the first lease); or one
+/// whose lease renewals never get through (a holder cut off from the store, or frozen, while
+/// it fetches).
 #[derive(Clone, Default)]
 struct Troubled {
     store: MemoryStore,
@@ -284,11 +286,12 @@ const WORKS: u8 = 0;
 const FAILS: u8 = 1;
 const HANGS: u8 = 2;
 const HANGS_AFTER_A_LEASE: u8 = 3;
+const OVERTAKEN_AT_THE_FIRST_LEASE: u8 = 4;
 
 impl Troubled {
     async fn gate(&self) -> Result<(), StoreError> {
         match self.mode.load(SeqCst) {
-            WORKS | HANGS_AFTER_A_LEASE => Ok(()),
+            WORKS | HANGS_AFTER_A_LEASE | OVERTAKEN_AT_THE_FIRST_LEASE => Ok(()),
             FAILS => Err(StoreError::Unavailable("connection refused".into())),
             _ => std::future::pending().await,
         }
@@ -311,6 +314,21 @@ impl TokenStore for Troubled {
         ttl: Duration,
     ) -> Result<Option<u64>, StoreError> {
         self.gate().await?;
+        if self
+            .mode
+            .compare_exchange(OVERTAKEN_AT_THE_FIRST_LEASE, WORKS, SeqCst, SeqCst)
+            .is_ok()
+        {
+            // Another replica installs its token (and lets go of its lease) just before this
+            // lease: between this replica's look at the store and its lease.
+            let fence = self.store.acquire(key, "other", ttl).await?.unwrap();
+            let now = SystemTime::now();
+            let token = SharedToken::new(fence, Secret::new("other"), now, now + LIFETIME);
+            assert_eq!(
+                self.store.install(key, "other", &token).await?,
+                Install::Installed
+            );
+        }
         let fence = self.store.acquire(key, owner, ttl).await;
         // From the lease on, the store stops answering.
         let _ = self
@@ -471,64 +489,10 @@ fn a_shared_token_never_shows_its_secret() {
     assert!(shown.contains("fence: 7"), "{shown}");
 }
 
-/// A store where another replica installs its token (and lets go of its lease) just before
-/// this replica's first lease: between its look at the store and its lease.
-#[derive(Clone, Default)]
-struct Overtaken {
-    store: MemoryStore,
-    done: Arc<AtomicU8>,
-}
-
-#[async_trait]
-impl TokenStore for Overtaken {
-    fn key_for(&self, identity: &str) -> StoreKey {
-        self.store.key_for(identity)
-    }
-    async fn load(&self, key: &StoreKey) -> Result<Option<SharedToken>, StoreError> {
-        self.store.load(key).await
-    }
-    async fn acquire(
-        &self,
-        key: &StoreKey,
-        owner: &str,
-        ttl: Duration,
-    ) -> Result<Option<u64>, StoreError> {
-        if self.done.swap(1, SeqCst) == 0 {
-            let fence = self.store.acquire(key, "other", ttl).await?.unwrap();
-            let now = SystemTime::now();
-            let token = SharedToken::new(fence, Secret::new("other"), now, now + LIFETIME);
-            assert_eq!(
-                self.store.install(key, "other", &token).await?,
-                Install::Installed
-            );
-        }
-        self.store.acquire(key, owner, ttl).await
-    }
-    async fn install(
-        &self,
-        key: &StoreKey,
-        owner: &str,
-        token: &SharedToken,
-    ) -> Result<Install, StoreError> {
-        self.store.install(key, owner, token).await
-    }
-    async fn renew(&self, key: &StoreKey, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
-        self.store.renew(key, owner, ttl).await
-    }
-    async fn release(&self, key: &StoreKey, owner: &str) -> Result<(), StoreError> {
-        self.store.release(key, owner).await
-    }
-    async fn reject(&self, key: &StoreKey, fence: u64) -> Result<bool, StoreError> {
-        self.store.reject(key, fence).await
-    }
-    fn listen(&self, notices: Notices) {
-        self.store.listen(notices);
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_token_installed_between_a_look_and_a_lease_is_taken_not_fetched_again() {
-    let store = Overtaken::default();
+    let store = Troubled::default();
+    store.mode.store(OVERTAKEN_AT_THE_FIRST_LEASE, SeqCst);
     let issuer = CountingIssuer::up().with_lifetime(LIFETIME);
     let shared = SharedTokens::new(store.clone());
     let cache = replica_with(&shared, &issuer).build().unwrap();
@@ -561,4 +525,36 @@ async fn a_store_that_stops_answering_mid_fetch_costs_one_store_timeout_not_one_
     // The look after the lease times out (250 ms); the install is not waited for again.
     assert_eq!(started.elapsed(), Duration::from_millis(250));
     assert_eq!(issuer.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fetch_cancelled_under_a_lease_lets_the_lease_go_at_once() {
+    let store = MemoryStore::new();
+    let (_, a, a_calls) = slow_replica(store.clone(), Duration::from_secs(8), "slow");
+    let (_, b, b_calls) = slow_replica(store.clone(), Duration::ZERO, "quick");
+    let a_get = {
+        let a = a.clone();
+        tokio::spawn(async move { a.get().await.map(|s| secret(&s)) })
+    };
+    sleep(Duration::from_millis(10)).await;
+    let b_get = tokio::spawn(async move { b.get().await.map(|s| secret(&s)) });
+    sleep(Duration::from_secs(1)).await;
+    // a's caller goes away (its fetch runs on), then the fetch itself is cancelled
+    // mid-await, holding the lease it renews.
+    a_get.abort();
+    let started = Instant::now();
+    a.revoke();
+    assert_eq!(b_get.await.unwrap().unwrap(), "quick");
+    assert!(
+        started.elapsed() <= Duration::from_millis(250),
+        "b took the lease over at its next look, not after the TTL: {:?}",
+        started.elapsed()
+    );
+    assert_eq!((a_calls.load(SeqCst), b_calls.load(SeqCst)), (1, 1));
+    assert_eq!(
+        secret(&a.get().await.unwrap()),
+        "quick",
+        "a takes b's token"
+    );
+    assert_eq!(a_calls.load(SeqCst), 1);
 }

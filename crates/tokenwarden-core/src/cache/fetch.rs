@@ -98,6 +98,23 @@ impl Schedule {
     }
 }
 
+/// The lifetime a token's issuer stated, counted from `sent` (the wall-clock time its fetch
+/// was sent): the default lifetime if it stated none, at most a year.
+pub(crate) fn stated_lifetime(cfg: &CacheConfig, expiry: Expiry, sent: SystemTime) -> Duration {
+    match expiry {
+        Expiry::Unknown => cfg.default_lifetime,
+        Expiry::In(lifetime) => lifetime,
+        Expiry::At(at) => at.duration_since(sent).unwrap_or_default(),
+    }
+    .min(MAX_LIFETIME)
+}
+
+/// The margin for clocks that disagree, at most a quarter of the stated lifetime: a 5 s
+/// margin must not leave a 6 s token one second of use.
+pub(crate) fn skew_margin(cfg: &CacheConfig, stated: Duration) -> Duration {
+    cfg.clock_skew.min(stated / 4)
+}
+
 /// Calls the source once. Expiry is counted from when the request was sent.
 pub(crate) async fn fetch_once(
     source: &dyn TokenSource,
@@ -126,15 +143,8 @@ pub(crate) async fn fetch_once(
         Ok(Err(_panic)) => Err(Error::SourcePanicked),
         Ok(Ok(result)) => result.map_err(Error::from),
     }?;
-    let stated = match token.expiry() {
-        Expiry::Unknown => cfg.default_lifetime,
-        Expiry::In(lifetime) => lifetime,
-        Expiry::At(at) => at.duration_since(wall).unwrap_or_default(),
-    }
-    .min(MAX_LIFETIME);
-    // The margin for clocks that disagree, at most a quarter of the stated lifetime: a 5 s
-    // margin must not leave a 6 s token one second of use.
-    let skew = cfg.clock_skew.min(stated / 4);
+    let stated = stated_lifetime(cfg, token.expiry(), wall);
+    let skew = skew_margin(cfg, stated);
     let lifetime = stated.saturating_sub(skew);
     if lifetime.is_zero() || sent_at + lifetime <= clock.now() {
         return Err(Error::AlreadyExpired {

@@ -288,6 +288,14 @@ pub(crate) struct Parts {
     pub(crate) store: Option<Arc<Link>>,
 }
 
+/// `source`, asking the store first if the cache shares through one.
+fn through(store: &Option<Arc<Link>>, source: Arc<dyn TokenSource>) -> Arc<dyn TokenSource> {
+    match store {
+        Some(link) => link.wrap(source),
+        None => source,
+    }
+}
+
 /// The fencing number a token was shared under, if it was.
 fn fence_of(snapshot: &Snapshot) -> Option<u64> {
     snapshot.token().metadata::<Fence>().map(|f| f.0)
@@ -309,6 +317,7 @@ impl Inner {
         if let Some(link) = &store {
             link.attach(me.clone());
         }
+        let source = through(&store, source);
         let notify = wheel.is_none().then(|| Arc::new(Notify::new()));
         // Single-use mode bounds the issuer requests in flight, pool refills included (shared
         // mode has one fetch at a time).
@@ -422,10 +431,7 @@ impl Inner {
     /// still valid at its issuer); a backoff or rejection remembered from the old credentials
     /// is forgotten, so the new ones are tried at once.
     pub(crate) fn rotate(&self, source: Arc<dyn TokenSource>) {
-        let source = match &self.store {
-            Some(link) => link.wrap(source),
-            None => source,
-        };
+        let source = through(&self.store, source);
         let mut st = self.lock();
         *self.source.lock().unwrap_or_else(PoisonError::into_inner) = source;
         st.retry_at = None;

@@ -2,7 +2,7 @@
 
 mod budget;
 mod clock;
-mod fetch;
+pub(crate) mod fetch;
 pub mod future;
 mod inner;
 mod keyed;
@@ -580,24 +580,15 @@ impl TokenCacheBuilder {
 
     /// The cache, with `config` (checked) for its settings.
     fn assemble(self, config: Arc<CacheConfig>) -> TokenCache {
-        let store = self.shared.as_ref().map(|(shared, identity)| {
-            Link::new(
-                shared,
-                identity,
-                config.default_lifetime,
-                config.clock_skew,
-                config.fetch_timeout,
-            )
-        });
-        let source = match &store {
-            Some(link) => link.wrap(self.source),
-            None => self.source,
-        };
+        let store = self
+            .shared
+            .as_ref()
+            .map(|(shared, identity)| Link::new(shared, identity, Arc::clone(&config)));
         TokenCache {
             inner: Arc::new_cyclic(|me| {
                 Inner::new(
                     inner::Parts {
-                        source,
+                        source: self.source,
                         presentation: self.presentation,
                         config,
                         single_use: self.single_use,

@@ -5,10 +5,11 @@ use std::fmt;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
+
+use futures_util::future::{Either, select};
 
 use async_trait::async_trait;
-use futures_util::future::{Either, select};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -16,7 +17,8 @@ use tracing::Instrument;
 
 use super::{Hub, Install, Notice, NoticeKind, SharedToken, SharedTokens, StoreKey, bump};
 use crate::cache::Inner;
-use crate::{Expiry, FetchError, Token, TokenSource};
+use crate::cache::fetch::{skew_margin, stated_lifetime};
+use crate::{CacheConfig, FetchError, Token, TokenSource};
 
 /// The fencing number a token was shared under, kept in its metadata.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,27 +29,22 @@ pub(crate) struct Link {
     hub: Arc<Hub>,
     key: StoreKey,
     owner: Box<str>,
-    /// The fencing number of the token last handed to the cache (0: none, or one fetched
-    /// without the store). A fetch asks for a token other than this one.
+    /// The highest fencing number handed to the cache (0: none yet). A fetch asks for a
+    /// token newer than it.
     last: AtomicU64,
     /// Wakes this cache's fetch waiting for another replica's.
     notify: Notify,
     cache: OnceLock<Weak<Inner>>,
-    /// For a token whose issuer stated no expiry.
-    default_lifetime: Duration,
-    /// A stored token with no more than this left is not taken.
-    clock_skew: Duration,
-    /// The cache's fetch timeout: a waiter waits at most half of it.
-    fetch_timeout: Duration,
+    /// The cache's settings: its default lifetime, skew margin and fetch timeout (a waiter
+    /// waits at most half of it).
+    config: Arc<CacheConfig>,
 }
 
 impl Link {
     pub(crate) fn new(
         shared: &SharedTokens,
         identity: &str,
-        default_lifetime: Duration,
-        clock_skew: Duration,
-        fetch_timeout: Duration,
+        config: Arc<CacheConfig>,
     ) -> Arc<Self> {
         let hub = Arc::clone(shared.hub());
         let key = hub.store.key_for(identity);
@@ -57,9 +54,7 @@ impl Link {
             last: AtomicU64::new(0),
             notify: Notify::new(),
             cache: OnceLock::new(),
-            default_lifetime,
-            clock_skew,
-            fetch_timeout,
+            config,
             hub,
         });
         link.hub.register(&key, &link);
@@ -86,9 +81,7 @@ impl Link {
         };
         let link = Arc::clone(self);
         runtime.spawn(async move {
-            if !link.hub.is_down()
-                && let Ok(true) = link.hub.call(link.hub.store.reject(&link.key, fence)).await
-            {
+            if let Ok(true) = link.hub.call(link.hub.store.reject(&link.key, fence)).await {
                 bump(&link.hub.counters.rejections_sent);
                 tracing::debug!(key = %link.key, fence, "rejection shared with every replica");
             }
@@ -116,13 +109,13 @@ impl Link {
 
     /// Whether a stored token may be handed to the cache instead of fetching.
     fn usable(&self, found: &SharedToken, last: u64) -> bool {
-        // What the cache would keep of it: its skew margin is at most a quarter of the
-        // lifetime it is given. Taken only with a fifth of its life and twice that margin left.
+        // Taken only with a fifth of its life left, and twice the skew margin the cache would
+        // take off it.
         let remaining = found.remaining();
         let lifetime = found.lifetime();
         !found.rejected
             && found.fence > last
-            && remaining > (lifetime / 5).max(self.clock_skew.min(lifetime / 4) * 2)
+            && remaining > (lifetime / 5).max(skew_margin(&self.config, lifetime) * 2)
     }
 
     /// A stored token, for the cache.
@@ -183,7 +176,8 @@ impl SharedSource {
         // the TTL, when a waiter takes it over. Half the fetch timeout is the most a waiter
         // waits (the builder checks that this covers a takeover): the other half is for its
         // own fetch, should the store keep the lease from everyone.
-        let give_up_at = Instant::now() + link.fetch_timeout / 2;
+        let patience = link.config.fetch_timeout / 2;
+        let give_up_at = Instant::now() + patience;
         loop {
             let notified = link.notify.notified();
             tokio::pin!(notified);
@@ -216,13 +210,7 @@ impl SharedSource {
                     if let Ok(Some(found)) = again
                         && link.usable(&found, last)
                     {
-                        if hub
-                            .call(hub.store.release(&link.key, &link.owner))
-                            .await
-                            .is_ok()
-                        {
-                            lease.armed = false;
-                        }
+                        lease.release().await;
                         tracing::debug!(fence = found.fence, "token taken from the store");
                         return Ok(link.adopt(found));
                     }
@@ -233,7 +221,7 @@ impl SharedSource {
             let now = Instant::now();
             if now >= give_up_at {
                 tracing::warn!(
-                    waited_ms = (link.fetch_timeout / 2).as_millis() as u64,
+                    waited_ms = patience.as_millis() as u64,
                     "another replica kept the lease without installing a token; fetching without it"
                 );
                 return self.direct_or_installed(last).await;
@@ -298,24 +286,11 @@ impl SharedSource {
         let token = match fetched {
             Ok(token) => token,
             Err(error) => {
-                if hub
-                    .call(hub.store.release(&link.key, &link.owner))
-                    .await
-                    .is_ok()
-                {
-                    lease.armed = false;
-                }
+                lease.release().await;
                 return Err(error);
             }
         };
-        // As the cache does: a lifetime longer than a year is taken as a year.
-        let lifetime = match token.expiry() {
-            Expiry::In(lifetime) => lifetime,
-            Expiry::At(at) => at.duration_since(sent).unwrap_or_default(),
-            Expiry::Unknown => link.default_lifetime,
-        }
-        .min(MAX_LIFETIME);
-        let expires_at = sent + lifetime;
+        let expires_at = sent + stated_lifetime(&link.config, token.expiry(), sent);
         let shared = SharedToken::new(fence, token.secret().clone(), sent, expires_at);
         match hub
             .call(hub.store.install(&link.key, &link.owner, &shared))
@@ -346,9 +321,6 @@ impl SharedSource {
     }
 }
 
-/// The longest lifetime taken from an issuer (as the cache takes it).
-const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
-
 /// A lease this replica holds: let go of in the background if the fetch under it is
 /// cancelled (a fetch timeout, a revocation, a runtime shutting down) before it is installed
 /// or released.
@@ -362,6 +334,19 @@ impl Lease {
         Self {
             link: Arc::clone(link),
             armed: true,
+        }
+    }
+
+    /// Lets go of it now (it stays armed if the store does not answer).
+    async fn release(&mut self) {
+        let link = &self.link;
+        if link
+            .hub
+            .call(link.hub.store.release(&link.key, &link.owner))
+            .await
+            .is_ok()
+        {
+            self.armed = false;
         }
     }
 

@@ -211,6 +211,9 @@ pub enum StoreError {
     /// A stored token could not be read (another encryption key, a foreign value).
     #[error("a stored token could not be read: {0}")]
     Unreadable(String),
+    /// The token is too large to share (its size in bytes is given, not its value).
+    #[error("a token of {0} bytes is too large to share")]
+    TooLarge(usize),
     /// The store took longer than the store timeout.
     #[error("the token store did not answer within {0:?}")]
     Timeout(Duration),
@@ -536,11 +539,7 @@ impl SharedTokens {
     /// Whether the store is being left alone after trouble (caches fetch on their own).
     #[must_use]
     pub fn is_store_paused(&self) -> bool {
-        self.hub
-            .down_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some_and(|until| Instant::now() < until)
+        self.hub.is_down()
     }
 
     pub(crate) fn hub(&self) -> &Arc<Hub> {
