@@ -371,6 +371,10 @@ impl RedisStore {
     }
 
     fn seal(&self, key: &StoreKey, token: &SharedToken) -> Result<Vec<u8>, StoreError> {
+        // What `open_blob` reads back.
+        if token.secret.expose().len() > MAX_SECRET {
+            return Err(StoreError::TooLarge(token.secret.expose().len()));
+        }
         let mut plain = Vec::with_capacity(16 + token.secret.expose().len());
         plain.extend_from_slice(&millis(token.issued_at).to_be_bytes());
         plain.extend_from_slice(&millis(token.expires_at).to_be_bytes());

@@ -277,3 +277,34 @@ async fn fences_stay_unique_when_redis_loses_its_data() {
         "a fence after the loss ({after}) never repeats one from before it ({before})"
     );
 }
+
+#[tokio::test]
+async fn odd_bytes_round_trip_and_a_huge_token_is_refused_not_stored() {
+    let redis = RedisServer::start();
+    let store = store(&redis);
+    let key = store.key_for("id with spaces, : and {braces} ü");
+    let now = SystemTime::now();
+    for (i, value) in ["t\u{0}k\r\n", "ü🎫\u{7f}", "{tokenwarden}:token", " "]
+        .iter()
+        .enumerate()
+    {
+        let fence = store.acquire(&key, "a", LIFETIME).await.unwrap().unwrap();
+        let token = SharedToken::new(fence, Secret::new(*value), now, now + LIFETIME);
+        assert_eq!(
+            store.install(&key, "a", &token).await.unwrap(),
+            Install::Installed,
+            "{i}"
+        );
+        let held = store.load(&key).await.unwrap().unwrap();
+        assert_eq!(held.secret.expose(), *value, "{i}");
+    }
+    let fence = store.acquire(&key, "a", LIFETIME).await.unwrap().unwrap();
+    let huge = SharedToken::new(fence, Secret::new("x".repeat(70_000)), now, now + LIFETIME);
+    let refused = store.install(&key, "a", &huge).await.unwrap_err();
+    assert!(matches!(refused, StoreError::TooLarge(70_000)));
+    assert!(!refused.to_string().contains("xxxx"), "{refused}");
+    assert_eq!(
+        store.load(&key).await.unwrap().unwrap().secret.expose(),
+        " "
+    );
+}
