@@ -24,6 +24,14 @@ pub enum Error {
         "the token issuer rejected the credentials; retrying cannot help, check the credentials"
     )]
     Rejected(#[source] FetchError),
+    /// The issuer refused the token request as misconfigured (a scope, a resource, a grant
+    /// type or a parameter it does not take), not the credentials. Retrying cannot help until
+    /// the configuration is fixed.
+    #[error(
+        "the token request was refused as misconfigured: check the scope, resource, grant type \
+         and parameters the source sends"
+    )]
+    Configuration(#[source] FetchError),
     /// A fetch failed in a way a later attempt may not.
     #[error("token fetch failed; it will be retried with backoff")]
     Fetch(#[source] FetchError),
@@ -112,6 +120,7 @@ impl Error {
             | Error::AlreadyExpired { .. } => true,
             Error::BackingOff { last, .. } => last.is_retryable(),
             Error::Rejected(_)
+            | Error::Configuration(_)
             | Error::InvalidHeaderValue { .. }
             | Error::MalformedToken(_)
             | Error::SourcePanicked
@@ -127,6 +136,17 @@ impl Error {
         match self {
             Error::Rejected(_) => true,
             Error::BackingOff { last, .. } => last.is_rejected(),
+            _ => false,
+        }
+    }
+
+    /// Whether the issuer refused the request as misconfigured (directly or as the reason for
+    /// a backoff): fix the configuration, not the credentials.
+    #[must_use]
+    pub fn is_configuration(&self) -> bool {
+        match self {
+            Error::Configuration(_) => true,
+            Error::BackingOff { last, .. } => last.is_configuration(),
             _ => false,
         }
     }
@@ -149,7 +169,7 @@ impl Error {
     #[must_use]
     pub fn fetch_error(&self) -> Option<&FetchError> {
         match self {
-            Error::Rejected(e) | Error::Fetch(e) => Some(e),
+            Error::Rejected(e) | Error::Configuration(e) | Error::Fetch(e) => Some(e),
             Error::BackingOff { last, .. } => last.fetch_error(),
             _ => None,
         }
@@ -160,6 +180,8 @@ impl From<FetchError> for Error {
     fn from(e: FetchError) -> Self {
         if e.is_retryable() {
             Error::Fetch(e)
+        } else if e.is_configuration() {
+            Error::Configuration(e)
         } else {
             Error::Rejected(e)
         }

@@ -8,13 +8,13 @@
 //!
 //! | name | kind | labels | what |
 //! |---|---|---|---|
-//! | [`FETCHES`] | counter | `cache`, `outcome` | token fetches that ended, by outcome: `success`, `rejected` (the issuer refused the credentials), `transient` (a failure worth retrying), `timeout`, `unusable` (an expired or malformed token), `panicked`, `other` |
+//! | [`FETCHES`] | counter | `cache`, `outcome` | token fetches that ended, by outcome: `success`, `rejected` (the issuer refused the credentials), `configuration` (it refused the request as misconfigured), `transient` (a failure worth retrying), `timeout`, `unusable` (an expired or malformed token), `panicked`, `other` |
 //! | [`FETCH_DURATION`] | histogram (seconds) | `cache` | how long the token source took, success or not |
 //! | [`INVALIDATIONS`] | counter | `cache`, `result` | invalidations after a rejection: `discarded` (the token went), `stale` (it was already replaced), `held_off` (freshly fetched tokens keep being rejected: kept for now) |
 //! | [`GRACE_SERVES`] | counter | `cache` | tokens served past their mandatory point while the issuer fails (see [`TokenCacheBuilder::with_grace`]) |
 //! | [`REVOCATIONS`] | counter | `cache` | calls to [`TokenCache::revoke`] |
 //! | [`POOL_SIZE`] | gauge | `cache` | single-use mode: tokens waiting in the pool (see [`TokenCacheBuilder::with_pool`]) |
-//! | [`KEYS`] | gauge | `cache`, `state` | a keyed cache's keys by state: `fresh`, `refreshing`, `backing_off`, `rejected`, `grace`, `empty` — set by [`KeyedCache::summary`] |
+//! | [`KEYS`] | gauge | `cache`, `state` | a keyed cache's keys by state: `fresh`, `refreshing`, `backing_off`, `rejected`, `misconfigured`, `grace`, `empty` — set by [`KeyedCache::summary`] |
 //!
 //! A keyed cache's keys all record under the keyed cache's name: no metric has a per-key label.
 //!
@@ -56,6 +56,7 @@ pub const KEYS: &str = "tokenwarden_keys";
 fn outcome(error: &Error) -> &'static str {
     match error {
         Error::Rejected(_) => "rejected",
+        Error::Configuration(_) => "configuration",
         Error::Fetch(_) => "transient",
         Error::Timeout(_) => "timeout",
         Error::AlreadyExpired { .. }
@@ -118,6 +119,7 @@ pub(crate) fn keys(cache: &Cow<'static, str>, summary: &crate::KeyedSummary) {
         ("refreshing", summary.refreshing),
         ("backing_off", summary.backing_off),
         ("rejected", summary.rejected),
+        ("misconfigured", summary.misconfigured),
         ("grace", summary.grace),
         ("empty", summary.empty),
     ] {

@@ -59,10 +59,19 @@ where
 /// Its `Display` is the underlying error's; sources must not put secrets in it.
 #[derive(Clone)]
 pub struct FetchError {
-    retryable: bool,
+    kind: Kind,
     retry_after: Option<Duration>,
+    fast_retry: bool,
     probe: Option<Probe>,
     inner: Arc<dyn StdError + Send + Sync + 'static>,
+}
+
+/// What a [`FetchError`] says about the next attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Transient,
+    Rejected,
+    Configuration,
 }
 
 /// A cheap check of whether an issuer that failed answers again, sending no credentials —
@@ -118,11 +127,16 @@ impl FetchError {
     /// A failure a later attempt may not see: a timeout, a 5xx, a reset connection,
     /// a malformed body from a proxy. The cache retries with backoff.
     pub fn transient(error: impl Into<BoxError>) -> Self {
+        Self::of(Kind::Transient, error.into())
+    }
+
+    fn of(kind: Kind, error: BoxError) -> Self {
         Self {
-            retryable: true,
+            kind,
             retry_after: None,
+            fast_retry: false,
             probe: None,
-            inner: Arc::from(error.into()),
+            inner: Arc::from(error),
         }
     }
 
@@ -130,12 +144,57 @@ impl FetchError {
     /// credentials cannot succeed. The cache reports it and holds further attempts off for
     /// a few seconds ([`CacheConfig::rejection_hold`](crate::CacheConfig)).
     pub fn rejected(error: impl Into<BoxError>) -> Self {
-        Self {
-            retryable: false,
-            retry_after: None,
-            probe: None,
-            inner: Arc::from(error.into()),
-        }
+        Self::of(Kind::Rejected, error.into())
+    }
+
+    /// The issuer refused the request as misconfigured — a scope, a resource, a grant type or
+    /// a parameter it does not take (OAuth 2.0 `invalid_scope`, `invalid_target`,
+    /// `invalid_request`, `unsupported_grant_type`) — not the credentials: retrying cannot
+    /// succeed until the configuration is fixed. Held off like a rejection
+    /// ([`CacheConfig::rejection_hold`](crate::CacheConfig)), reported as
+    /// [`Error::Configuration`](crate::Error::Configuration).
+    ///
+    /// ```
+    /// use tokenwarden_core::FetchError;
+    ///
+    /// let wrong = FetchError::configuration("invalid_scope: payments:write is not allowed");
+    /// assert!(wrong.is_configuration() && !wrong.is_retryable());
+    /// ```
+    pub fn configuration(error: impl Into<BoxError>) -> Self {
+        Self::of(Kind::Configuration, error.into())
+    }
+
+    /// Whether the issuer refused the request as misconfigured (see
+    /// [`configuration`](Self::configuration)).
+    #[must_use]
+    pub fn is_configuration(&self) -> bool {
+        self.kind == Kind::Configuration
+    }
+
+    /// The issuer answered, with a failure of its own (a `5xx` without `Retry-After`): while
+    /// callers wait for a token (none usable is held), the cache asks again on the short,
+    /// jittered recovery beat ([`CacheConfig::recovery_probe`](crate::CacheConfig), between
+    /// half and all of it) instead of the exponential backoff, so that callers get a token
+    /// within about a beat of the issuer being healthy again. One fetch at a time, as always;
+    /// a [`retry_after`](Self::retry_after) still wins. Only for a transient error.
+    ///
+    /// ```
+    /// use tokenwarden_core::FetchError;
+    ///
+    /// let failed = FetchError::transient("the issuer answered 503").with_fast_retry();
+    /// assert!(failed.is_fast_retry());
+    /// ```
+    #[must_use]
+    pub fn with_fast_retry(mut self) -> Self {
+        self.fast_retry = self.kind == Kind::Transient;
+        self
+    }
+
+    /// Whether the cache may ask again on the short recovery beat (see
+    /// [`with_fast_retry`](Self::with_fast_retry)).
+    #[must_use]
+    pub fn is_fast_retry(&self) -> bool {
+        self.fast_retry
     }
 
     /// The issuer said when to ask again (`Retry-After` on a `429` or `503`): the cache does
@@ -179,7 +238,7 @@ impl FetchError {
     /// Whether a later attempt can succeed.
     #[must_use]
     pub fn is_retryable(&self) -> bool {
-        self.retryable
+        self.kind == Kind::Transient
     }
 
     /// The underlying error, e.g. to downcast to a gateway's own error type.
@@ -192,8 +251,10 @@ impl FetchError {
 impl fmt::Debug for FetchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FetchError")
-            .field("retryable", &self.retryable)
+            .field("retryable", &self.is_retryable())
+            .field("configuration", &self.is_configuration())
             .field("retry_after", &self.retry_after)
+            .field("fast_retry", &self.fast_retry)
             .field("probe", &self.probe.is_some())
             .field("error", &self.inner)
             .finish()

@@ -630,13 +630,25 @@ impl Inner {
             .current
             .as_ref()
             .is_some_and(|c| now < c.schedule.mandatory_at);
-        let wait = if error.is_rejected() {
+        let wait = if error.is_rejected() || error.is_configuration() {
             self.config.rejection_hold
         } else if holding {
             self.config.backoff(st.failures)
         } else {
-            self.config
-                .backoff_from(self.config.first_fetch_backoff, st.failures)
+            let backoff = self
+                .config
+                .backoff_from(self.config.first_fetch_backoff, st.failures);
+            // An issuer that answered with a failure of its own is asked again on the short,
+            // jittered recovery beat while callers wait (one fetch per beat: single flight).
+            let beat = self.config.recovery_probe;
+            let fast = error
+                .fetch_error()
+                .is_some_and(|e| e.is_fast_retry() && e.retry_after().is_none());
+            if fast && !beat.is_zero() {
+                backoff.min(beat.mul_f64(0.5 + fastrand::f64() / 2.0))
+            } else {
+                backoff
+            }
         };
         // The issuer said when to ask again: not sooner, and not later than the backoff cap.
         let hinted = error.fetch_error().and_then(FetchError::retry_after);
@@ -1369,6 +1381,14 @@ impl Inner {
             _ if self.in_grace(&st, now) => CacheState::Grace,
             Some(at) if st.last_error.as_deref().is_some_and(Error::is_rejected) => {
                 CacheState::CredentialsRejected { retry_in: at - now }
+            }
+            Some(at)
+                if st
+                    .last_error
+                    .as_deref()
+                    .is_some_and(Error::is_configuration) =>
+            {
+                CacheState::Misconfigured { retry_in: at - now }
             }
             Some(at) => CacheState::BackingOff { retry_in: at - now },
             None if st.flight.is_some() => CacheState::Refreshing,

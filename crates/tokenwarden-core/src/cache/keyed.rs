@@ -437,6 +437,8 @@ pub struct KeyedSummary {
     pub backing_off: usize,
     /// Keys whose credentials the issuer rejected.
     pub rejected: usize,
+    /// Keys whose token requests the issuer refused as misconfigured (scope, resource).
+    pub misconfigured: usize,
     /// Keys served past their refresh deadline while their issuer fails.
     pub grace: usize,
     /// Keys with no token and no fetch (not used since they were made, or revoked).
@@ -734,6 +736,7 @@ where
                 CacheState::Refreshing => summary.refreshing += 1,
                 CacheState::BackingOff { .. } => summary.backing_off += 1,
                 CacheState::CredentialsRejected { .. } => summary.rejected += 1,
+                CacheState::Misconfigured { .. } => summary.misconfigured += 1,
                 CacheState::Grace => summary.grace += 1,
                 CacheState::Empty => summary.empty += 1,
             }
@@ -796,7 +799,7 @@ where
 /// How bad a key's state is, for [`KeyedSummary::worst`].
 fn severity(status: &CacheStatus) -> (u8, u32) {
     let rank = match status.state {
-        CacheState::CredentialsRejected { .. } => 5,
+        CacheState::CredentialsRejected { .. } | CacheState::Misconfigured { .. } => 5,
         CacheState::BackingOff { .. } if status.token.is_none() => 4,
         CacheState::Grace => 3,
         CacheState::BackingOff { .. } => 2,

@@ -44,6 +44,12 @@ pub enum CacheState {
         /// Until the next attempt.
         retry_in: Duration,
     },
+    /// The issuer refused the token request as misconfigured (scope, resource, grant type);
+    /// asked again in `retry_in`. Fix the configuration.
+    Misconfigured {
+        /// Until the next attempt.
+        retry_in: Duration,
+    },
     /// The issuer is failing and the last token is served past its refresh deadline, in its
     /// grace period.
     Grace,
