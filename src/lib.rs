@@ -38,10 +38,10 @@
 pub use tokenwarden_core as core;
 pub use tokenwarden_core::{
     CacheConfig, CacheState, CacheStats, CacheStatus, ConfigError, Error, Expiry, FetchError,
-    InsecureTransport, KeyHandle, KeyedCache, KeyedCacheBuilder, KeyedSummary, MemoryStore, Origin,
-    Presentation, Probe, RefreshBudget, RefreshWindow, Scope, Secret, SharedTokens, Snapshot,
-    Token, TokenCache, TokenCacheBuilder, TokenCharset, TokenId, TokenProblem, TokenSource,
-    TokenStore,
+    HeldOff, InsecureTransport, Invalidation, KeyHandle, KeyedCache, KeyedCacheBuilder,
+    KeyedSummary, MemoryStore, Origin, Presentation, Probe, RefreshBudget, RefreshWindow, Route,
+    Scope, Secret, SharedTokens, Snapshot, Token, TokenCache, TokenCacheBuilder, TokenCharset,
+    TokenId, TokenProblem, TokenSource, TokenStore,
 };
 #[cfg(feature = "gateways")]
 pub use tokenwarden_gateways as gateways;

@@ -67,6 +67,24 @@ pub struct CacheConfig {
     /// rejects every token, each rejection arriving past that half refetches without hold-off
     /// (at most one fetch per half-life). Default 10 s.
     pub fresh_rejection_window: Duration,
+    /// The bound on rejections of a token that **works**. A token that an API accepted and that
+    /// is then rejected has usually expired, or been revoked: it is replaced and the request
+    /// replayed. But a route that answers `401` for another reason (a permission one endpoint
+    /// lacks, a proxy in front of one service) rejects every token, while the other routes
+    /// accept them, and replacing the token for it would cost the issuer a fetch per request.
+    /// Two rules bound it, per cache (per key of a keyed cache):
+    ///
+    /// - **Routes.** A route (the HTTP layers pass the request's method and path) whose replay
+    ///   with a freshly fetched token was rejected too is remembered for this long, doubling
+    ///   each time it does so again (up to 64 times as long). While it is remembered, or while
+    ///   the token keeps being accepted elsewhere, its rejections reach the caller as they
+    ///   are and the token is kept.
+    /// - **Rate.** A working token is replaced on rejection at most twice in a row, then at
+    ///   most once per this interval; a rejection over the bound reaches the caller as it is.
+    ///
+    /// A real expiry, or a revocation of the token everywhere, is still absorbed by one
+    /// refresh and one replay. `Duration::ZERO` turns both rules off. Default 5 s.
+    pub rejection_interval: Duration,
     /// How the advisory window before expiry is sized. Default [`RefreshWindow::Fraction`]
     /// (`refresh_ahead` + `refresh_jitter`).
     pub refresh_window: RefreshWindow,
@@ -133,6 +151,7 @@ impl Default for CacheConfig {
             backoff_max: Duration::from_secs(30),
             rejection_hold: Duration::from_secs(5),
             fresh_rejection_window: Duration::from_secs(10),
+            rejection_interval: Duration::from_secs(5),
             refresh_window: RefreshWindow::Fraction,
             grace: Duration::ZERO,
             grace_past_expiry: false,
@@ -184,6 +203,7 @@ impl CacheConfig {
         if self.backoff_max > YEAR
             || self.rejection_hold > YEAR
             || self.fresh_rejection_window > YEAR
+            || self.rejection_interval > YEAR
             || self.grace > YEAR
             || self.recovery_probe > YEAR
             || matches!(self.refresh_window, RefreshWindow::Before(w) if w > YEAR)

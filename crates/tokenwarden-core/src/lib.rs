@@ -47,8 +47,9 @@ pub mod store;
 mod token;
 
 pub use cache::{
-    CacheState, CacheStatus, Clock, KeyHandle, KeyedCache, KeyedCacheBuilder, KeyedSummary,
-    ManualClock, RefreshBudget, TokenCache, TokenCacheBuilder, future,
+    CacheState, CacheStatus, Clock, HeldOff, Invalidation, KeyHandle, KeyedCache,
+    KeyedCacheBuilder, KeyedSummary, ManualClock, RefreshBudget, Route, TokenCache,
+    TokenCacheBuilder, future,
 };
 pub use config::{CacheConfig, RefreshWindow};
 pub use error::{ConfigError, Error};

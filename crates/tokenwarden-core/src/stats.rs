@@ -19,8 +19,13 @@ pub struct CacheStats {
     pub invalidations: u64,
     /// Invalidations ignored because the token was no longer current.
     pub coalesced_invalidations: u64,
-    /// Invalidations held off because freshly fetched tokens kept being rejected.
+    /// Rejections held off, the token kept: freshly fetched tokens kept being rejected, the
+    /// route rejects fresh tokens too, or a working token was replaced too often
+    /// ([`CacheConfig::rejection_interval`](crate::CacheConfig::rejection_interval)).
     pub suppressed_invalidations: u64,
+    /// Routes remembered as rejecting fresh tokens too (see
+    /// [`CacheConfig::rejection_interval`](crate::CacheConfig::rejection_interval)).
+    pub routes_held_off: u64,
     /// Background refreshes started ahead of expiry.
     pub refreshes_ahead: u64,
     /// Calls to [`TokenCache::revoke`](crate::TokenCache::revoke).
@@ -45,6 +50,7 @@ pub(crate) struct Counters {
     pub(crate) invalidations: AtomicU64,
     pub(crate) coalesced_invalidations: AtomicU64,
     pub(crate) suppressed_invalidations: AtomicU64,
+    pub(crate) routes_held_off: AtomicU64,
     pub(crate) refreshes_ahead: AtomicU64,
     pub(crate) revocations: AtomicU64,
     pub(crate) grace_serves: AtomicU64,
@@ -66,6 +72,7 @@ impl Counters {
             invalidations: self.invalidations.load(Relaxed),
             coalesced_invalidations: self.coalesced_invalidations.load(Relaxed),
             suppressed_invalidations: self.suppressed_invalidations.load(Relaxed),
+            routes_held_off: self.routes_held_off.load(Relaxed),
             refreshes_ahead: self.refreshes_ahead.load(Relaxed),
             revocations: self.revocations.load(Relaxed),
             grace_serves: self.grace_serves.load(Relaxed),

@@ -7,7 +7,9 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tokenwarden_core::{CacheState, Clock, Error, ManualClock, TokenCache, TokenCacheBuilder};
+use tokenwarden_core::{
+    CacheState, Clock, Error, HeldOff, Invalidation, ManualClock, Route, TokenCache, TokenCacheBuilder,
+};
 use tokenwarden_test_support::{CountingIssuer, secret, spawn_get, spawn_gets};
 use tokio::time::{advance, sleep};
 
@@ -248,22 +250,86 @@ async fn single_use_keeps_at_most_four_issuer_requests_in_flight_pool_included()
 // ---- 5. acceptance ---------------------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]
-async fn a_token_that_worked_and_is_then_rejected_is_replaced_at_once() {
+async fn a_token_that_worked_is_replaced_on_rejection_twice_in_a_row_then_once_per_interval() {
     let issuer = minting(Duration::from_secs(600));
     let cache = builder(&issuer).build().unwrap();
+    let mut replaced = 0;
+    for _ in 1..=20 {
+        let token = cache.get().await.unwrap();
+        token.mark_accepted();
+        sleep(Duration::from_millis(200)).await;
+        replaced += usize::from(cache.invalidate(token.id()));
+    }
+    // 20 rejections of working tokens in 4 s: a burst of two replacements, then the bound.
+    assert_eq!(replaced, 2);
+    assert_eq!(cache.stats().suppressed_invalidations, 18);
+    assert_eq!(cache.status().held_off_rejections, 18);
+    assert_eq!(issuer.calls(), 3);
+    // One interval on, a working token is replaced again: a real expiry is absorbed.
+    sleep(Duration::from_secs(5)).await;
+    let token = cache.get().await.unwrap();
+    assert_eq!(
+        cache.reject(token.id(), Route::of("GET", "/")),
+        Invalidation::Discarded
+    );
+    assert_eq!(issuer.calls(), 3, "fetched on the next use");
+    // Tokens rejected before any success still count as fresh rejections.
+    let first = cache.get().await.unwrap();
+    assert!(cache.invalidate(first.id()));
+    let second = cache.get().await.unwrap();
+    assert_eq!(
+        cache.reject(second.id(), Route::of("GET", "/")),
+        Invalidation::HeldOff(HeldOff::FreshTokensRejected)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_bound_every_rejection_of_a_working_token_replaces_it() {
+    let issuer = minting(Duration::from_secs(600));
+    let cache = builder(&issuer)
+        .with_rejection_interval(Duration::ZERO)
+        .build()
+        .unwrap();
     for round in 1..=20 {
         let token = cache.get().await.unwrap();
         token.mark_accepted();
         sleep(Duration::from_millis(200)).await;
         assert!(cache.invalidate(token.id()), "round {round}");
     }
-    assert_eq!(cache.stats().suppressed_invalidations, 0);
     assert_eq!(issuer.calls(), 20);
-    // Tokens rejected before any success still count as fresh rejections.
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_route_that_rejects_fresh_tokens_is_held_off_while_a_revocation_is_still_absorbed() {
+    let issuer = minting(Duration::from_secs(600));
+    let cache = builder(&issuer).build().unwrap();
+    let (good, bad) = (Route::of("POST", "/pay"), Route::of("GET", "/admin"));
     let first = cache.get().await.unwrap();
-    assert!(cache.invalidate(first.id()));
-    let second = cache.get().await.unwrap();
-    assert!(!cache.invalidate(second.id()), "held off");
+    first.mark_accepted();
+    assert_eq!(cache.reject(first.id(), bad), Invalidation::Discarded);
+    let fresh = cache.get().await.unwrap();
+    cache.reject_replay(fresh.id(), bad);
+    assert_eq!(cache.status().routes_held_off, 1);
+    assert_eq!(issuer.calls(), 2);
+    // 60 s of the bad route rejecting, 10 times a second, while the good route accepts.
+    for _ in 0..600 {
+        let token = cache.get().await.unwrap();
+        token.mark_accepted();
+        let held = cache.reject(token.id(), bad);
+        assert_eq!(held, Invalidation::HeldOff(HeldOff::Route));
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(issuer.calls(), 2, "the bad route cost no fetch");
+    // A revocation: the good route rejects the token that worked. One refresh, at once.
+    let token = cache.get().await.unwrap();
+    assert_eq!(cache.reject(token.id(), good), Invalidation::Discarded);
+    let after = cache.get().await.unwrap();
+    assert_ne!(after.id(), token.id());
+    assert_eq!(issuer.calls(), 3);
+    // With nothing accepted since, the bad route's time runs out and it is tried again.
+    sleep(Duration::from_secs(330)).await;
+    let token = cache.get().await.unwrap();
+    assert_eq!(cache.reject(token.id(), bad), Invalidation::Discarded);
 }
 
 // ---- 6. looking is not using -----------------------------------------------------------------

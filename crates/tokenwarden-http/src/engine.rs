@@ -10,7 +10,10 @@ use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
 use http_body::Body;
 use tokenwarden_core::future::GetOwned;
-use tokenwarden_core::{InsecureTransport, KeyHandle, Scope, Snapshot, TokenCache, TokenId};
+use tokenwarden_core::{
+    HeldOff, InsecureTransport, Invalidation, KeyHandle, Route, Scope, Snapshot, TokenCache,
+    TokenId,
+};
 use tokio::time::Sleep;
 
 use crate::body::{DRAIN_LIMIT, DRAIN_TIME, PrefixedBody, ResponseBody};
@@ -231,7 +234,10 @@ impl Engine {
 
     /// Step 4: the rejection path for a response [`screen`](Self::screen) did not accept.
     /// `kept` is what a replay needs (`K`: the adapter's request copy), or why the request
-    /// cannot be sent again; `key` is the key [`choose`](Self::choose) picked, if any.
+    /// cannot be sent again; `key` is the key [`choose`](Self::choose) picked, if any;
+    /// `route` is the request's ([`Route::of`] its method and path), which tells a route that
+    /// answers `401` for other reasons from an expired token (see
+    /// [`TokenCache::reject`]).
     pub fn recover<B, K>(
         &self,
         token: Snapshot,
@@ -239,6 +245,7 @@ impl Engine {
         verdict: Verdict,
         kept: Result<K, NotReplayed>,
         key: Option<KeyHandle>,
+        route: Route,
     ) -> Recover<B, K>
     where
         B: Body<Data = Bytes>,
@@ -254,6 +261,7 @@ impl Engine {
         Recover {
             engine: self.clone(),
             key,
+            route,
             token,
             head: Some(head),
             kept: Some(kept),
@@ -265,8 +273,9 @@ impl Engine {
     }
 
     /// Step 5: the marker for a replay's answer (put it in the response's extensions). A
-    /// fresh token rejected too is invalidated — no second replay; the cache's backoff keeps
-    /// an API that rejects every token from making it hammer the issuer.
+    /// fresh token rejected too on the same `route` is not sent again: the route is
+    /// remembered as one that answers `401` for other reasons
+    /// ([`TokenCache::reject_replay`]), and the fresh token is kept.
     pub fn replayed(
         &self,
         key: Option<&KeyHandle>,
@@ -274,12 +283,13 @@ impl Engine {
         fresh: &Snapshot,
         status: StatusCode,
         headers: &HeaderMap,
+        route: Route,
     ) -> Replay {
         let cache = self.cache_for(key);
         match self.settings.policy.classifier().classify(status, headers) {
             Verdict::Rejected => {
                 if let Some(cache) = cache {
-                    cache.invalidate(fresh.id());
+                    cache.reject_replay(fresh.id(), route);
                 }
             }
             Verdict::Accepted => record_acceptance(fresh, status),
@@ -351,6 +361,7 @@ pub struct Recover<B: Body, K> {
     engine: Engine,
     /// The request's key (held: the key is not evicted while the request is in flight).
     key: Option<KeyHandle>,
+    route: Route,
     token: Snapshot,
     head: Option<http::response::Parts>,
     kept: Option<Result<K, NotReplayed>>,
@@ -454,7 +465,15 @@ where
                     let Some(cache) = this.engine.cache_for(this.key.as_ref()) else {
                         return Poll::Ready(this.respond(None));
                     };
-                    cache.invalidate(this.token.id());
+                    let held_off = match cache.reject(this.token.id(), this.route) {
+                        Invalidation::HeldOff(HeldOff::Route) => Some(NotReplayed::RouteRejects),
+                        Invalidation::HeldOff(HeldOff::Bound) => Some(NotReplayed::HeldOff),
+                        Invalidation::HeldOff(_) => Some(NotReplayed::StillRejected),
+                        _ => None,
+                    };
+                    if let Some(reason) = held_off {
+                        return Poll::Ready(this.respond(Some(reason)));
+                    }
                     match this.kept.take().expect("kept until decided") {
                         Ok(kept) => {
                             this.fetch = Some(cache.get_owned());
@@ -519,6 +538,10 @@ mod tests {
     use http_body_util::{BodyExt, Full};
     use tokenwarden_core::{FetchError, Scope, Token, TokenCache};
 
+    fn route() -> tokenwarden_core::Route {
+        tokenwarden_core::Route::of("GET", "/")
+    }
+
     use super::*;
 
     /// Reads the body of every response: "expired" in it is a rejection.
@@ -560,11 +583,24 @@ mod tests {
                 let engine = engine(|p| p);
                 let token = engine.cache().unwrap().get().await.unwrap();
                 let too_large = Err::<(), _>(NotReplayed::BodyTooLarge);
-                let recover =
-                    engine.recover(token, answer(401, ""), Verdict::Rejected, too_large, None);
+                let recover = engine.recover(
+                    token,
+                    answer(401, ""),
+                    Verdict::Rejected,
+                    too_large,
+                    None,
+                    route(),
+                );
                 assert!(matches!(recover.await, Recovered::Respond(_)));
                 let fresh = engine.cache().unwrap().get().await.unwrap();
-                engine.replayed(None, fresh.id(), &fresh, StatusCode::OK, &HeaderMap::new());
+                engine.replayed(
+                    None,
+                    fresh.id(),
+                    &fresh,
+                    StatusCode::OK,
+                    &HeaderMap::new(),
+                    route(),
+                );
             });
         });
         let counts: Vec<_> = recorder
@@ -607,6 +643,7 @@ mod tests {
             Verdict::Accepted,
             kept,
             None,
+            route(),
         );
         let Recovered::Respond(response) = recover.await else {
             panic!("an accepted answer is not replayed");
@@ -635,6 +672,7 @@ mod tests {
             Verdict::InspectBody,
             kept,
             None,
+            route(),
         );
         let Recovered::Respond(response) = recover.await else {
             panic!("a 400 that does not say expired was replayed");

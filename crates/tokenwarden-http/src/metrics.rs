@@ -26,6 +26,8 @@ pub fn outcome(replay: &Replay) -> &'static str {
         Replay::NotReplayed(NotReplayed::BodyNotReplayable) => "body_not_replayable",
         Replay::NotReplayed(NotReplayed::NoFreshToken(_)) => "no_fresh_token",
         Replay::NotReplayed(NotReplayed::StillRejected) => "still_rejected",
+        Replay::NotReplayed(NotReplayed::RouteRejects) => "route_rejects",
+        Replay::NotReplayed(NotReplayed::HeldOff) => "held_off",
     }
 }
 

@@ -36,8 +36,10 @@ pub enum Replay {
         /// The token the first attempt carried.
         rejected: TokenId,
     },
-    /// The response is the rejection itself: the request was not sent again. The token it
-    /// carried was still invalidated, so the next request gets a fresh one.
+    /// The response is the rejection itself: the request was not sent again. Unless the
+    /// reason says the token was kept ([`NotReplayed::StillRejected`],
+    /// [`NotReplayed::RouteRejects`], [`NotReplayed::HeldOff`]), the token it carried was
+    /// still invalidated, so the next request gets a fresh one.
     NotReplayed(NotReplayed),
 }
 
@@ -63,6 +65,17 @@ pub enum NotReplayed {
     /// permissions, and the request).
     #[error("freshly fetched tokens keep being rejected")]
     StillRejected,
+    /// This route rejected a freshly fetched token too (or rejects a token that other routes
+    /// accept): its `401` is not about the token, which was kept. Check the route's
+    /// permissions, or what stands in front of it. See
+    /// [`TokenCache::reject`](tokenwarden_core::TokenCache::reject).
+    #[error("this route rejects tokens that other requests accept")]
+    RouteRejects,
+    /// The token works on other requests and was replaced after rejections as often as
+    /// [`CacheConfig::rejection_interval`](tokenwarden_core::CacheConfig::rejection_interval)
+    /// allows; it was kept, and this rejection passed on.
+    #[error("the token was replaced after rejections as often as the rejection bound allows")]
+    HeldOff,
 }
 
 impl NotReplayed {

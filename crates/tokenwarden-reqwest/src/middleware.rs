@@ -6,7 +6,7 @@ use reqwest::{Request, Response, ResponseBuilderExt, Url};
 use reqwest_middleware::{Error, Middleware, Next, Result};
 use std::hash::Hash;
 
-use tokenwarden_core::{InsecureTransport, KeyedCache, Scope, TokenCache};
+use tokenwarden_core::{InsecureTransport, KeyedCache, Route, Scope, TokenCache};
 use tokenwarden_http::{
     Choice, ChooseCache, Engine, KeptBody, LayerPolicy, NotReplayed, Recovered, RequestBody,
     RequestView, ResponseBody, SkipToken, Verdict,
@@ -194,6 +194,8 @@ impl Middleware for TokenMiddleware {
             None => cache.get().await.map_err(Error::middleware)?,
         };
         let kept = self.keep(&mut request);
+        // Cheap for the standard methods (no allocation); read only after a rejection.
+        let method = request.method().clone();
         token.apply_to(request.headers_mut());
         let response = next.clone().run(request, extensions).await?;
         self.check_final(&response)?;
@@ -205,11 +207,12 @@ impl Middleware for TokenMiddleware {
         }
 
         let url = response.url().clone();
+        let route = Route::of(method.as_str(), url.path());
         let response = http::Response::from(response);
         let again = kept.and_then(replayable);
         let (mut again, fresh, rejected, key) = match self
             .engine
-            .recover(token, response, verdict, again, key)
+            .recover(token, response, verdict, again, key, route)
             .await
         {
             Recovered::Respond(response) => return Ok(restore(response, url)),
@@ -229,6 +232,7 @@ impl Middleware for TokenMiddleware {
             &fresh,
             response.status(),
             response.headers(),
+            route,
         );
         response.extensions_mut().insert(marker);
         Ok(response)

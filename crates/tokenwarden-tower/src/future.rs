@@ -11,7 +11,7 @@ use http::{Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tokenwarden_core::future::GetOwned;
-use tokenwarden_core::{KeyHandle, Snapshot, TokenId};
+use tokenwarden_core::{KeyHandle, Route, Snapshot, TokenId};
 use tokenwarden_http::{Recover, Recovered, ResponseBody, Verdict};
 use tower::{BoxError, Service};
 
@@ -98,6 +98,7 @@ pin_project! {
             rejected: TokenId,
             fresh: Snapshot,
             key: Option<KeyHandle>,
+            route: Route,
         },
         Failed {
             error: Option<BoxError>,
@@ -193,8 +194,10 @@ where
                         body,
                         key,
                     } = *kept;
+                    let route = Route::of(head.method.as_str(), head.uri.path());
                     let again = M::replay(body).map(|body| Request::from_parts(head, body));
-                    let recover = Box::new(engine.recover(token, response, verdict, again, key));
+                    let recover =
+                        Box::new(engine.recover(token, response, verdict, again, key, route));
                     this.state.set(State::Recovering { recover });
                 }
                 StateProj::Recovering { recover } => {
@@ -231,13 +234,16 @@ where
                         key,
                     } = &mut **ready;
                     ready!(inner.poll_ready(cx)).map_err(Into::into)?;
-                    let future = inner.call(request.take().expect(DONE));
+                    let request = request.take().expect(DONE);
+                    let route = Route::of(request.method().as_str(), request.uri().path());
+                    let future = inner.call(request);
                     let (rejected, fresh, key) = (*rejected, fresh.clone(), key.take());
                     this.state.set(State::Replaying {
                         future,
                         rejected,
                         fresh,
                         key,
+                        route,
                     });
                 }
                 StateProj::Replaying {
@@ -245,6 +251,7 @@ where
                     rejected,
                     fresh,
                     key,
+                    route,
                 } => {
                     let mut response = ready!(future.poll(cx)).map_err(Into::into)?;
                     let shared = this.shared.as_ref().expect(DONE);
@@ -254,6 +261,7 @@ where
                         fresh,
                         response.status(),
                         response.headers(),
+                        *route,
                     );
                     response.extensions_mut().insert(marker);
                     return Poll::Ready(Ok(response.map(ResponseBody::new)));

@@ -19,6 +19,7 @@ use tracing::Instrument;
 use super::clock::Clock;
 use super::fetch::{FetchReason, Fetched, Schedule, fetch_once};
 use super::keyed::KeyLabel;
+use super::rejection::{Bound, HeldOff, Invalidation, Route, Routes};
 use super::status::{CacheState, CacheStatus};
 use super::wheel::Wheel;
 use crate::metrics;
@@ -132,6 +133,10 @@ struct State {
     probe_armed: bool,
     /// Single-use mode's pool (boxed: none in shared mode).
     pool: Option<Box<PoolState>>,
+    /// Routes whose rejections are not about the token (boxed: most caches have none).
+    routes: Option<Box<Routes>>,
+    /// The rate bound on replacing a working token after rejections.
+    bound: Bound,
 }
 
 /// Single-use mode: tokens fetched ahead, each to be handed out once.
@@ -440,6 +445,7 @@ impl Inner {
         st.last_error = None;
         st.fresh_rejections = 0;
         st.quiet_until = None;
+        st.bound = Bound::default();
         if st.current.is_some() {
             self.publish(&mut st);
         }
@@ -1193,7 +1199,9 @@ impl Inner {
         Some(self.check_point(st, now))
     }
 
-    pub(crate) fn invalidate(&self, id: TokenId) -> bool {
+    /// A request carrying token `id` was rejected, on `route` if the caller knows it. See
+    /// [`rejection`](super::rejection) for the rules about tokens that work.
+    pub(crate) fn reject(&self, id: TokenId, route: Option<Route>) -> Invalidation {
         let mut st = self.lock();
         if self.single_use.is_some() {
             // The rejected token was never handed to anyone else; but tokens pooled before the
@@ -1207,33 +1215,53 @@ impl Inner {
                 Counters::bump(&self.counters.invalidations);
                 metrics::invalidation(&self.config.name, "discarded");
                 tracing::debug!(cache = %self.config.name, token = %id, "pooled tokens discarded after a rejection");
+                return Invalidation::Discarded;
             }
-            return discarded;
+            return Invalidation::Stale;
         }
         let Some(current) = st.current.as_ref().filter(|c| c.snapshot.id() == id) else {
             Counters::bump(&self.counters.coalesced_invalidations);
             metrics::invalidation(&self.config.name, "stale");
-            return false;
+            return Invalidation::Stale;
         };
         let now = self.clock.now();
-        // A token that worked and is now rejected has simply expired. Only one rejected before
-        // any success is a *fresh* rejection; a token kept through a held-off invalidation
-        // continues the streak however old it is.
-        // The window shrinks to half the token's usable life, so that a short token rejected
-        // near its end (an API whose clock runs ahead) counts as expired, not as fresh.
-        let window = self.config.fresh_rejection_window.min(
-            current
-                .schedule
-                .mandatory_at
-                .saturating_duration_since(current.installed_at)
-                / 2,
+        let interval = self.config.rejection_interval;
+        let snapshot = current.snapshot.clone();
+        let (installed_at, mandatory_at, kept_before) = (
+            current.installed_at,
+            current.schedule.mandatory_at,
+            current.held_off,
         );
-        let fence = self
-            .store
-            .as_ref()
-            .and_then(|_| fence_of(&current.snapshot));
-        let fresh = !current.snapshot.is_accepted()
-            && (current.held_off || now.saturating_duration_since(current.installed_at) < window);
+        if let Some(route) = route
+            && !interval.is_zero()
+            && st.routes.as_mut().is_some_and(|routes| {
+                routes.holds_off(route, now, interval, snapshot.accepted_since())
+            })
+        {
+            snapshot.clear_accepted_since();
+            return self.held_off(HeldOff::Route, id);
+        }
+        if snapshot.is_accepted() {
+            // A token that worked is rejected: it has expired or was revoked, unless it has
+            // been replaced on rejection too often.
+            if !st.bound.allow(now, interval) {
+                if let Some(route) = route {
+                    self.remember_route(&mut st, route, now);
+                    snapshot.clear_accepted_since();
+                }
+                return self.held_off(HeldOff::Bound, id);
+            }
+            st.fresh_rejections = 0;
+            return self.drop_rejected(st, "discarded");
+        }
+        // A token kept through a held-off invalidation continues the streak however old it
+        // is. The window shrinks to half the token's usable life, so that a short token
+        // rejected near its end (an API whose clock runs ahead) counts as expired, not as fresh.
+        let window = self
+            .config
+            .fresh_rejection_window
+            .min(mandatory_at.saturating_duration_since(installed_at) / 2);
+        let fresh = kept_before || now.saturating_duration_since(installed_at) < window;
         let count = if fresh {
             st.fresh_rejections.saturating_add(1)
         } else {
@@ -1246,10 +1274,7 @@ impl Inner {
             if let Some(current) = st.current.as_mut() {
                 current.held_off = true;
             }
-            Counters::bump(&self.counters.suppressed_invalidations);
-            metrics::invalidation(&self.config.name, "held_off");
-            tracing::debug!(cache = %self.config.name, token = %id, "invalidation held off");
-            return false;
+            return self.held_off(HeldOff::FreshTokensRejected, id);
         }
         st.fresh_rejections = count;
         if count >= 1 {
@@ -1264,14 +1289,78 @@ impl Inner {
                 );
             }
         }
+        self.drop_rejected(st, "discarded")
+    }
+
+    /// Drops the current token after a rejection, and tells the other replicas.
+    fn drop_rejected(&self, mut st: MutexGuard<'_, State>, result: &'static str) -> Invalidation {
+        let fence = self
+            .store
+            .as_ref()
+            .and_then(|_| st.current.as_ref().and_then(|c| fence_of(&c.snapshot)));
         Counters::bump(&self.counters.invalidations);
-        metrics::invalidation(&self.config.name, "discarded");
+        metrics::invalidation(&self.config.name, result);
         self.discard(&mut st, FetchReason::Invalidated);
         drop(st);
         if let (Some(link), Some(fence)) = (&self.store, fence) {
             link.rejected(fence);
         }
-        true
+        Invalidation::Discarded
+    }
+
+    /// Counts a rejection held off, the token kept (no notice to other replicas).
+    fn held_off(&self, why: HeldOff, id: TokenId) -> Invalidation {
+        Counters::bump(&self.counters.suppressed_invalidations);
+        let label = match why {
+            HeldOff::FreshTokensRejected => "held_off",
+            HeldOff::Route => "held_off_route",
+            HeldOff::Bound => "held_off_bound",
+        };
+        metrics::invalidation(&self.config.name, label);
+        tracing::debug!(cache = %self.config.name, token = %id, reason = ?why, "rejection held off; token kept");
+        Invalidation::HeldOff(why)
+    }
+
+    fn remember_route(&self, st: &mut State, route: Route, now: Instant) {
+        let interval = self.config.rejection_interval;
+        if interval.is_zero() {
+            return;
+        }
+        let routes = st.routes.get_or_insert_with(Box::default);
+        let known = routes.active(now);
+        routes.remember(route, now, interval);
+        if routes.active(now) > known {
+            Counters::bump(&self.counters.routes_held_off);
+            tracing::info!(
+                cache = %self.config.name,
+                route = ?route,
+                "a route rejects tokens other requests accept; its 401s are passed on for a while"
+            );
+        }
+    }
+
+    /// The replay of a request rejected on `route`, sent with the fresh token `fresh`, was
+    /// rejected too: the route is remembered (its `401`s are not about the token), and the
+    /// fresh token is kept.
+    pub(crate) fn reject_replay(&self, fresh: TokenId, route: Route) {
+        let mut st = self.lock();
+        let now = self.clock.now();
+        let current = st.current.as_ref().filter(|c| c.snapshot.id() == fresh);
+        if self.single_use.is_some() || current.is_none() {
+            drop(st);
+            self.reject(fresh, Some(route));
+            return;
+        }
+        if let Some(current) = current {
+            current.snapshot.clear_accepted_since();
+        }
+        self.remember_route(&mut st, route, now);
+        drop(st);
+        if self.config.rejection_interval.is_zero() {
+            self.reject(fresh, Some(route));
+        } else {
+            self.held_off(HeldOff::Route, fresh);
+        }
     }
 
     /// Another replica saw the token with fencing number `fence` rejected: drop it if it is
@@ -1402,6 +1491,11 @@ impl Inner {
             refresh_in: valid.map(|c| c.schedule.advisory_at.saturating_duration_since(now)),
             failures: st.failures,
             last_error: st.last_error.as_deref().cloned(),
+            held_off_rejections: self
+                .counters
+                .suppressed_invalidations
+                .load(std::sync::atomic::Ordering::Relaxed),
+            routes_held_off: st.routes.as_ref().map_or(0, |r| r.active(now)),
         }
     }
 

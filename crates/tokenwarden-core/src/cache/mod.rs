@@ -6,6 +6,7 @@ pub(crate) mod fetch;
 pub mod future;
 mod inner;
 mod keyed;
+mod rejection;
 mod status;
 mod wheel;
 
@@ -17,6 +18,7 @@ pub use budget::RefreshBudget;
 pub use clock::{Clock, ManualClock};
 pub(crate) use inner::Inner;
 pub use keyed::{KeyHandle, KeyedCache, KeyedCacheBuilder, KeyedSummary};
+pub use rejection::{HeldOff, Invalidation, Route};
 pub use status::{CacheState, CacheStatus};
 
 #[cfg(doc)]
@@ -43,7 +45,9 @@ use crate::{
 ///   [`CacheConfig`] for the arithmetic and [`RefreshWindow`] for the window's size.
 /// - **Invalidate if current.** [`invalidate`](Self::invalidate) drops a token only if it is
 ///   still the current one, so a storm of 401s for one token causes one fetch. A token that
-///   was accepted ([`Snapshot::mark_accepted`]) and is then rejected has simply expired.
+///   was accepted ([`Snapshot::mark_accepted`]) and is then rejected has expired, and is
+///   replaced — within a bound, so that one route answering 401 for another reason cannot make
+///   the cache hammer the issuer ([`reject`](Self::reject) says which 401s are absorbed).
 /// - **Failures** are timed out, backed off exponentially with jitter (never more than one
 ///   attempt in flight), rejections are remembered, and a valid token keeps being served while a
 ///   refresh fails. Errors are typed ([`Error`]) and never contain the secret.
@@ -218,21 +222,71 @@ impl TokenCache {
     /// Discards the token `id` if it is still the current one, so the next [`get`](Self::get)
     /// fetches a fresh one; returns whether it was discarded. Call it with the id a rejected
     /// request carried: a late rejection of a token that was already replaced changes nothing.
-    ///
-    /// A token that was accepted ([`Snapshot::mark_accepted`]) and is then rejected has
-    /// simply expired: it is discarded at once. While freshly fetched tokens keep being
-    /// rejected before any success (within [`CacheConfig::fresh_rejection_window`] of their
-    /// fetch), the second such invalidation and
-    /// those after it are held off with exponential backoff: the token is kept and `false`
-    /// returned. An API that rejects every token — or one route that answers 401 for another
-    /// reason — then costs the issuer one fetch per backoff period, and other requests keep
-    /// their token.
+    /// The same as [`reject`](Self::reject) without a route.
     ///
     /// In single-use mode, where no token is used twice, it discards the pooled tokens instead,
     /// and any being fetched for the pool (sent before the rejection was seen, they are presumed
     /// as stale), and returns whether there were any.
     pub fn invalidate(&self, id: TokenId) -> bool {
-        self.inner.invalidate(id)
+        self.inner.reject(id, None).is_discarded()
+    }
+
+    /// A request carrying token `id` was rejected (on `route`, if known): discards the token if
+    /// it is still the current one and the rejection is probably about it, and says what it
+    /// did. The HTTP layers call it with the request's [`Route`]; the answer decides whether
+    /// they replay the request. Which rejections are absorbed:
+    ///
+    /// - **A token that worked** ([`Snapshot::mark_accepted`]) and is now rejected has expired
+    ///   or was revoked: it is discarded ([`Invalidation::Discarded`]), at most twice in a
+    ///   row and then once per [`CacheConfig::rejection_interval`] (5 s by default); over that
+    ///   bound it is kept ([`HeldOff::Bound`]).
+    /// - **A route** whose replay with a fresh token was rejected too
+    ///   ([`reject_replay`](Self::reject_replay)) is remembered for that interval, doubling
+    ///   while it keeps doing so, and for as long as the token keeps working on other routes:
+    ///   its rejections keep the token ([`HeldOff::Route`]). One route that answers `401` for
+    ///   another reason costs a handful of fetches, not one per request.
+    /// - **Fresh tokens** rejected before any success (within
+    ///   [`CacheConfig::fresh_rejection_window`] of their fetch): the second such rejection and
+    ///   those after it are held off with exponential backoff ([`HeldOff::FreshTokensRejected`]),
+    ///   so an API that rejects every token costs one fetch per backoff period.
+    ///
+    /// A held-off rejection is counted ([`CacheStats::suppressed_invalidations`], the
+    /// `tokenwarden_invalidations` metric, [`CacheStatus::held_off_rejections`]) and is not
+    /// sent to other replicas through a shared store. With
+    /// `rejection_interval` zero, every rejection of the current token discards it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokenwarden_core::{FetchError, HeldOff, Invalidation, Route, Token, TokenCache};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache = TokenCache::builder(|| async { Ok::<_, FetchError>(Token::new("t")) }).build()?;
+    /// let (good, bad) = (Route::of("GET", "/orders"), Route::of("GET", "/admin"));
+    /// let token = cache.get().await?;
+    /// token.mark_accepted(); // `/orders` took it
+    /// // `/admin` answers 401: the token is replaced and the request replayed...
+    /// assert_eq!(cache.reject(token.id(), bad), Invalidation::Discarded);
+    /// let fresh = cache.get().await?;
+    /// // ...with a fresh token, which `/admin` rejects too: the route is remembered.
+    /// cache.reject_replay(fresh.id(), bad);
+    /// fresh.mark_accepted(); // `/orders` takes the fresh token
+    /// assert_eq!(cache.reject(fresh.id(), bad), Invalidation::HeldOff(HeldOff::Route));
+    /// // A revocation is still absorbed: `/orders` rejects the token that worked.
+    /// assert_eq!(cache.reject(fresh.id(), good), Invalidation::Discarded);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn reject(&self, id: TokenId, route: Route) -> Invalidation {
+        self.inner.reject(id, Some(route))
+    }
+
+    /// The replay of a request rejected on `route`, sent with the fresh token `fresh`, was
+    /// rejected too: the route is remembered as one whose rejections are not about the token
+    /// (see [`reject`](Self::reject)), and `fresh` is kept. With
+    /// [`CacheConfig::rejection_interval`] zero, it is [`reject`](Self::reject)ed instead.
+    pub fn reject_replay(&self, fresh: TokenId, route: Route) {
+        self.inner.reject_replay(fresh, route);
     }
 
     /// The same as [`get`](Self::get), as a future that owns a handle to the cache: it can be
@@ -481,6 +535,14 @@ impl TokenCacheBuilder {
     #[must_use]
     pub fn with_rejection_hold(mut self, hold: Duration) -> Self {
         self.config.rejection_hold = hold;
+        self
+    }
+
+    /// The bound on rejections of a token that works (see
+    /// [`CacheConfig::rejection_interval`]); `Duration::ZERO` turns it off. Default 5 s.
+    #[must_use]
+    pub fn with_rejection_interval(mut self, interval: Duration) -> Self {
+        self.config.rejection_interval = interval;
         self
     }
 

@@ -21,6 +21,11 @@ pub struct CacheStatus {
     pub failures: u32,
     /// The last failure, if the last attempt failed.
     pub last_error: Option<Error>,
+    /// Rejections held off so far, the token kept (see
+    /// [`TokenCache::reject`](crate::TokenCache::reject)).
+    pub held_off_rejections: u64,
+    /// Routes remembered now as answering `401` for reasons other than the token.
+    pub routes_held_off: usize,
 }
 
 /// What a cache is doing.

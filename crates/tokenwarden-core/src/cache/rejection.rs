@@ -1,0 +1,224 @@
+//! What a rejection of a token that works costs: the route memory and the rate bound of
+//! [`CacheConfig::rejection_interval`](crate::CacheConfig::rejection_interval).
+//!
+//! A `401` for a token an API has accepted usually means the token expired or was revoked,
+//! and replacing it is right. A route that answers `401` for another reason rejects every
+//! token while the other routes accept them; replacing the token for it costs the issuer a
+//! fetch per request (and, through a shared store, every replica its token). Two rules, kept
+//! per cache (so per key of a keyed cache) under the cache's state lock:
+//!
+//! - [`Routes`]: a route whose replay with a fresh token was rejected too is remembered for
+//!   the interval, doubling per repeat. While remembered — or, once that time is up, while the
+//!   token keeps being accepted on other routes — its rejections are passed on as they are.
+//! - [`Bound`]: a working token is replaced on rejection at most twice in a row, then once per
+//!   interval (a generic cell rate: a burst of two, one more per interval).
+
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Where a rejection came from: an opaque number, the same for every request of one route.
+/// The HTTP layers make it from the request's method and path ([`Route::of`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Route(u64);
+
+impl Route {
+    /// A route from a number the caller chose (equal numbers, same route).
+    #[must_use]
+    pub const fn new(id: u64) -> Self {
+        Self(id)
+    }
+
+    /// The route of a request with this method and path (without the query: `/orders/7` and
+    /// `/orders/7?page=2` are one route).
+    #[must_use]
+    pub fn of(method: &str, path: &str) -> Self {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        method.hash(&mut hasher);
+        path.split('?').next().unwrap_or_default().hash(&mut hasher);
+        Self(hasher.finish())
+    }
+}
+
+/// What the cache made of a rejection ([`TokenCache::reject`](crate::TokenCache::reject)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Invalidation {
+    /// The token was dropped: the next `get` fetches a fresh one.
+    Discarded,
+    /// The token had already been replaced (a late rejection): nothing changed.
+    Stale,
+    /// The token was kept: the rejection is probably not about it.
+    HeldOff(HeldOff),
+}
+
+impl Invalidation {
+    /// Whether the token was dropped.
+    #[must_use]
+    pub fn is_discarded(self) -> bool {
+        self == Invalidation::Discarded
+    }
+}
+
+/// Why a rejection was held off, the token kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HeldOff {
+    /// Freshly fetched tokens keep being rejected before any success
+    /// ([`CacheConfig::fresh_rejection_window`](crate::CacheConfig::fresh_rejection_window)):
+    /// the fault is probably the credentials' scope or permissions, or the requests.
+    FreshTokensRejected,
+    /// This route rejected a freshly fetched token too, or rejects a token other routes
+    /// accept: its `401`s are not about the token.
+    Route,
+    /// A token that works was replaced on rejection too often
+    /// ([`CacheConfig::rejection_interval`](crate::CacheConfig::rejection_interval)).
+    Bound,
+}
+
+/// Routes remembered at most per cache: the oldest is forgotten first.
+const MAX_ROUTES: usize = 16;
+
+/// A remembered route's time doubles at most this many times.
+const MAX_DOUBLINGS: u32 = 6;
+
+struct Mark {
+    route: Route,
+    until: Instant,
+    doublings: u32,
+}
+
+/// Routes whose rejections are not about the token.
+#[derive(Default)]
+pub(crate) struct Routes(Vec<Mark>);
+
+impl Routes {
+    /// Whether `route` is remembered at `now`, or was and the token kept being accepted
+    /// elsewhere since (`accepted_since`): its rejection is passed on. Remembering it again
+    /// in the second case doubles its time.
+    pub(crate) fn holds_off(
+        &mut self,
+        route: Route,
+        now: Instant,
+        interval: Duration,
+        accepted_since: bool,
+    ) -> bool {
+        let Some(mark) = self.0.iter_mut().find(|m| m.route == route) else {
+            return false;
+        };
+        if now < mark.until {
+            return true;
+        }
+        if accepted_since {
+            mark.doublings = (mark.doublings + 1).min(MAX_DOUBLINGS);
+            mark.until = now + interval.saturating_mul(1 << mark.doublings);
+            return true;
+        }
+        false
+    }
+
+    /// Remembers `route` (again: for twice as long as last time).
+    pub(crate) fn remember(&mut self, route: Route, now: Instant, interval: Duration) {
+        if let Some(mark) = self.0.iter_mut().find(|m| m.route == route) {
+            if now >= mark.until {
+                mark.doublings = (mark.doublings + 1).min(MAX_DOUBLINGS);
+            }
+            mark.until = now + interval.saturating_mul(1 << mark.doublings);
+            return;
+        }
+        if self.0.len() >= MAX_ROUTES
+            && let Some(oldest) = (0..self.0.len()).min_by_key(|&i| self.0[i].until)
+        {
+            self.0.swap_remove(oldest);
+        }
+        self.0.push(Mark {
+            route,
+            until: now + interval,
+            doublings: 0,
+        });
+    }
+
+    /// Routes remembered at `now`.
+    pub(crate) fn active(&self, now: Instant) -> usize {
+        self.0.iter().filter(|m| now < m.until).count()
+    }
+}
+
+/// The rate bound on replacing a working token: a burst of [`BURST`], then one per interval.
+#[derive(Default)]
+pub(crate) struct Bound {
+    /// When the bound is back to a full burst (the cell rate's "theoretical arrival time").
+    full_at: Option<Instant>,
+}
+
+/// Replacements of a working token allowed in a row.
+const BURST: u32 = 2;
+
+impl Bound {
+    /// Whether one more replacement is allowed at `now`; counts it if so.
+    pub(crate) fn allow(&mut self, now: Instant, interval: Duration) -> bool {
+        if interval.is_zero() {
+            return true;
+        }
+        let full_at = self.full_at.map_or(now, |at| at.max(now));
+        if full_at > now + interval.saturating_mul(BURST - 1) {
+            return false;
+        }
+        self.full_at = Some(full_at + interval);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bound_allows_two_in_a_row_then_one_per_interval() {
+        let start = Instant::now();
+        let every = Duration::from_secs(5);
+        let mut bound = Bound::default();
+        let at = |ms| start + Duration::from_millis(ms);
+        assert!(bound.allow(at(0), every));
+        assert!(bound.allow(at(100), every));
+        assert!(!bound.allow(at(200), every));
+        assert!(!bound.allow(at(4_999), every));
+        assert!(bound.allow(at(5_000), every));
+        assert!(!bound.allow(at(6_000), every));
+        // Idle long enough: a full burst again.
+        assert!(bound.allow(at(60_000), every));
+        assert!(bound.allow(at(60_001), every));
+        assert!(!bound.allow(at(60_002), every));
+    }
+
+    #[test]
+    fn a_route_is_remembered_for_doubling_times_and_while_the_token_works_elsewhere() {
+        let start = Instant::now();
+        let every = Duration::from_secs(5);
+        let at = |s| start + Duration::from_secs(s);
+        let (bad, other) = (Route::of("GET", "/bad"), Route::of("GET", "/good"));
+        let mut routes = Routes::default();
+        assert!(!routes.holds_off(bad, at(0), every, false));
+        routes.remember(bad, at(0), every);
+        assert!(routes.holds_off(bad, at(4), every, false));
+        assert!(!routes.holds_off(other, at(4), every, true));
+        // Time up, and the token not accepted since: tried again.
+        assert!(!routes.holds_off(bad, at(5), every, false));
+        // Time up, but the token works elsewhere: held off for twice as long.
+        assert!(routes.holds_off(bad, at(5), every, true));
+        assert!(routes.holds_off(bad, at(14), every, false));
+        assert!(!routes.holds_off(bad, at(15), every, false));
+        assert_eq!(routes.active(at(14)), 1);
+        for i in 0..40 {
+            routes.remember(Route::new(i), at(20), every);
+        }
+        assert_eq!(routes.0.len(), MAX_ROUTES, "bounded");
+    }
+
+    #[test]
+    fn routes_ignore_the_query() {
+        assert_eq!(Route::of("GET", "/a?x=1"), Route::of("GET", "/a"));
+        assert_ne!(Route::of("GET", "/a"), Route::of("POST", "/a"));
+    }
+}

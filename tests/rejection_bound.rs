@@ -1,0 +1,269 @@
+//! One route that always answers 401, beside routes that accept the token: the issuer calls
+//! it costs stay within a handful per key, through both layers, while the good routes see no
+//! error and a revocation of the token everywhere is still absorbed by one refresh.
+//!
+//! Time is the cache's manual clock: each tick moves it 100 ms, with 30 requests a tick (300 a
+//! second, half of them to the bad route) for 10 s of the cache's time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use reqwest_middleware::ClientWithMiddleware;
+use tokenwarden::core::{Clock, ManualClock};
+use tokenwarden::{
+    KeyedCache, MemoryStore, Presentation, Replay, Scope, SharedTokens, TokenCache, TokenKey,
+};
+use tokenwarden_reqwest::{TokenMiddleware, client_builder};
+use tokenwarden_test_support::{Answer, CountingIssuer, LoopbackApi, Received};
+use tokenwarden_tower::{RequestBody, TokenLayer, TokenService};
+use tower::{BoxError, Layer as _, ServiceExt};
+
+#[derive(Clone, Copy, Debug)]
+enum Layer {
+    Tower,
+    Reqwest,
+}
+
+type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+#[derive(Clone)]
+enum Client {
+    Tower(TokenService<HyperClient<HttpConnector, RequestBody<Body>>>),
+    Reqwest(ClientWithMiddleware),
+}
+
+impl Client {
+    fn new(layer: Layer, cache: TokenCache, scope: Scope) -> Self {
+        match layer {
+            Layer::Tower => {
+                let http = HyperClient::builder(TokioExecutor::new()).build_http();
+                Client::Tower(TokenLayer::new(cache, scope).layer(http))
+            }
+            Layer::Reqwest => {
+                let http = client_builder().no_proxy().build().unwrap();
+                let middleware = TokenMiddleware::new(cache, scope);
+                Client::Reqwest(
+                    reqwest_middleware::ClientBuilder::new(http)
+                        .with(middleware)
+                        .build(),
+                )
+            }
+        }
+    }
+
+    fn keyed(layer: Layer, keys: KeyedCache<String>, scope: Scope) -> Self {
+        match layer {
+            Layer::Tower => {
+                let http = HyperClient::builder(TokioExecutor::new()).build_http();
+                Client::Tower(TokenLayer::keyed(keys, scope).layer(http))
+            }
+            Layer::Reqwest => {
+                let http = client_builder().no_proxy().build().unwrap();
+                let middleware = TokenMiddleware::keyed(keys, scope);
+                Client::Reqwest(
+                    reqwest_middleware::ClientBuilder::new(http)
+                        .with(middleware)
+                        .build(),
+                )
+            }
+        }
+    }
+
+    /// Sends a GET to `url` (for `key`, if given): its status and replay marker.
+    async fn get(&self, url: &str, key: Option<&str>) -> (StatusCode, Option<Replay>) {
+        match self {
+            Client::Tower(service) => {
+                let body = Empty::new().map_err(Into::into).boxed_unsync();
+                let mut request = Request::get(url).body(body).unwrap();
+                if let Some(key) = key {
+                    request.extensions_mut().insert(TokenKey(key.to_owned()));
+                }
+                let response = service.clone().oneshot(request).await.unwrap();
+                let replay = response.extensions().get::<Replay>().cloned();
+                let status = response.status();
+                let _ = response.into_body().collect().await;
+                (status, replay)
+            }
+            Client::Reqwest(client) => {
+                let mut request = client.get(url);
+                if let Some(key) = key {
+                    request = request.with_extension(TokenKey(key.to_owned()));
+                }
+                let response = request.send().await.unwrap();
+                let replay = response.extensions().get::<Replay>().cloned();
+                let status = response.status();
+                let _ = response.bytes().await;
+                (status, replay)
+            }
+        }
+    }
+}
+
+/// The token number a request carried (`tok-N`), 0 for none.
+fn token_number(request: &Received) -> usize {
+    request
+        .header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer tok-"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// An API where `/bad` always answers 401 and every other route accepts any token numbered
+/// above `revoked` (set it to revoke every token issued so far).
+async fn api(revoked: Arc<AtomicUsize>) -> LoopbackApi {
+    LoopbackApi::start(move |request| {
+        let n = token_number(request);
+        if request.path == "/bad" || n <= revoked.load(SeqCst) {
+            Answer::new(401, "")
+        } else {
+            Answer::new(200, "ok")
+        }
+    })
+    .await
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    good_failures: usize,
+    bad_401: usize,
+    bad_held_off: usize,
+}
+
+/// Drives `clients` (one per replica, each with its own manual clock hand) for 100 ticks of
+/// 100 ms: 15 requests to `/bad` and 15 to `/good` a tick, spread over the replicas; at tick
+/// 55 every token issued so far is revoked.
+async fn drive(
+    clients: &[(Client, ManualClock)],
+    api: &LoopbackApi,
+    issuer: &CountingIssuer,
+    revoked: &AtomicUsize,
+    keys: &[&str],
+) -> Seen {
+    let mut seen = Seen::default();
+    for tick in 0..100 {
+        if tick == 55 {
+            revoked.store(issuer.calls(), SeqCst);
+        }
+        let mut calls = Vec::new();
+        for i in 0..30 {
+            let (client, _) = &clients[i % clients.len()];
+            let client = client.clone();
+            let path = if i % 2 == 0 { "/bad" } else { "/good" };
+            let url = api.url(path);
+            let key = (!keys.is_empty()).then(|| keys[i % keys.len()].to_owned());
+            calls.push(async move { (path, client.get(&url, key.as_deref()).await) });
+        }
+        for (path, (status, replay)) in futures_util::future::join_all(calls).await {
+            match path {
+                "/good" if status != StatusCode::OK => seen.good_failures += 1,
+                "/bad" => {
+                    seen.bad_401 += usize::from(status == StatusCode::UNAUTHORIZED);
+                    seen.bad_held_off +=
+                        usize::from(matches!(replay, Some(Replay::NotReplayed(_))));
+                }
+                _ => {}
+            }
+        }
+        for (_, hand) in clients {
+            hand.advance(Duration::from_millis(100));
+        }
+    }
+    seen
+}
+
+fn cache(issuer: &CountingIssuer, clock: Clock) -> tokenwarden::TokenCacheBuilder {
+    TokenCache::builder(issuer.source())
+        .with_clock(clock)
+        .with_presentation(Presentation::bearer())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_that_always_answers_401_costs_a_handful_of_issuer_calls_through_either_layer() {
+    for layer in [Layer::Tower, Layer::Reqwest] {
+        let revoked = Arc::new(AtomicUsize::new(0));
+        let api = api(Arc::clone(&revoked)).await;
+        let issuer = CountingIssuer::up().with_lifetime(Duration::from_secs(20));
+        let (clock, hand) = Clock::manual();
+        let cache = cache(&issuer, clock).build().unwrap();
+        let scope = Scope::origin(&api.origin()).unwrap();
+        let client = Client::new(layer, cache.clone(), scope);
+        let seen = drive(&[(client, hand)], &api, &issuer, &revoked, &[]).await;
+        let calls = issuer.calls();
+        println!(
+            "{layer:?}: {calls} issuer calls for 1,500 requests to /bad and 1,500 to /good over \
+             10 s, a revocation at 5.5 s; {seen:?}; status {:?}",
+            cache.status()
+        );
+        assert_eq!(
+            seen.good_failures, 0,
+            "{layer:?}: the good route saw no error"
+        );
+        assert_eq!(
+            seen.bad_401, 1500,
+            "{layer:?}: every /bad request got its 401"
+        );
+        // The first token, one replacement when /bad first rejects it, one after the
+        // revocation; one more if /bad is tried again when its time is up.
+        assert!(calls <= 4, "{layer:?}: {calls} issuer calls");
+        assert!(cache.status().held_off_rejections > 1000, "{layer:?}");
+        assert!(seen.bad_held_off > 1000, "{layer:?}: {seen:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_that_always_answers_401_costs_a_handful_of_issuer_calls_per_key() {
+    for layer in [Layer::Tower, Layer::Reqwest] {
+        let revoked = Arc::new(AtomicUsize::new(0));
+        let api = api(Arc::clone(&revoked)).await;
+        let issuer = CountingIssuer::up().with_lifetime(Duration::from_secs(20));
+        let (clock, hand) = Clock::manual();
+        let factory_issuer = issuer.clone();
+        let keys = KeyedCache::<String>::builder()
+            .with_factory(move |_: &String| Ok(cache(&factory_issuer, clock.clone())))
+            .build();
+        let scope = Scope::origin(&api.origin()).unwrap();
+        let client = Client::keyed(layer, keys.clone(), scope);
+        let seen = drive(&[(client, hand)], &api, &issuer, &revoked, &["m-1"]).await;
+        let calls = issuer.calls();
+        println!("{layer:?}, one merchant of a keyed cache: {calls} issuer calls; {seen:?}");
+        assert_eq!(seen.good_failures, 0, "{layer:?}");
+        assert!(calls <= 4, "{layer:?}: {calls} issuer calls");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_replicas_on_one_store_call_the_issuer_a_handful_of_times_fleet_wide() {
+    for layer in [Layer::Tower, Layer::Reqwest] {
+        let revoked = Arc::new(AtomicUsize::new(0));
+        let api = api(Arc::clone(&revoked)).await;
+        let issuer = CountingIssuer::up().with_lifetime(Duration::from_secs(20));
+        let store = MemoryStore::new();
+        let scope = Scope::origin(&api.origin()).unwrap();
+        let replicas: Vec<_> = (0..4)
+            .map(|_| {
+                let (clock, hand) = Clock::manual();
+                let shared = SharedTokens::new(store.clone());
+                let cache = cache(&issuer, clock)
+                    .with_shared(&shared, "api")
+                    .build()
+                    .unwrap();
+                (Client::new(layer, cache, scope.clone()), hand)
+            })
+            .collect();
+        let seen = drive(&replicas, &api, &issuer, &revoked, &[]).await;
+        let calls = issuer.calls();
+        println!("{layer:?}, 4 replicas on one MemoryStore: {calls} issuer calls; {seen:?}");
+        assert_eq!(seen.good_failures, 0, "{layer:?}");
+        // Each replica learns the route on its own: at most two replacements each, one
+        // shared token after the revocation.
+        assert!(calls <= 10, "{layer:?}: {calls} issuer calls fleet-wide");
+    }
+}
