@@ -163,9 +163,41 @@ impl Default for CacheConfig {
     }
 }
 
+/// The longest wait any setting may ask for.
+pub(crate) const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
 impl CacheConfig {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |name, reason| Err(ConfigError::Invalid { name, reason });
+        // Every wait is added to an instant somewhere: a year is far beyond any useful
+        // setting, and far from the end of an `Instant`. A fetch needs a deadline (a hung
+        // issuer must not hold callers for ever), so "no limit" is refused, by name.
+        let long = [
+            ("fetch_timeout", self.fetch_timeout),
+            ("default_lifetime", self.default_lifetime),
+            ("clock_skew", self.clock_skew),
+            ("mandatory_margin", self.mandatory_margin),
+            ("backoff_max", self.backoff_max),
+            ("rejection_hold", self.rejection_hold),
+            ("fresh_rejection_window", self.fresh_rejection_window),
+            ("rejection_interval", self.rejection_interval),
+            ("grace", self.grace),
+            ("recovery_probe", self.recovery_probe),
+            (
+                "refresh_before",
+                match self.refresh_window {
+                    RefreshWindow::Before(w) => w,
+                    _ => Duration::ZERO,
+                },
+            ),
+            (
+                "budget max_wait",
+                self.budget.as_ref().map_or(Duration::ZERO, |b| b.max_wait()),
+            ),
+        ];
+        if let Some((name, _)) = long.iter().find(|(_, d)| *d > YEAR) {
+            return invalid(name, "waits longer than a year are not supported");
+        }
         if self.fetch_timeout.is_zero() {
             return invalid("fetch_timeout", "must be greater than zero");
         }
@@ -198,17 +230,6 @@ impl CacheConfig {
         }
         if self.max_concurrent_fetches == 0 {
             return invalid("max_concurrent_fetches", "must be at least 1");
-        }
-        const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
-        if self.backoff_max > YEAR
-            || self.rejection_hold > YEAR
-            || self.fresh_rejection_window > YEAR
-            || self.rejection_interval > YEAR
-            || self.grace > YEAR
-            || self.recovery_probe > YEAR
-            || matches!(self.refresh_window, RefreshWindow::Before(w) if w > YEAR)
-        {
-            return invalid("backoff_max", "waits longer than a year are not supported");
         }
         Ok(())
     }

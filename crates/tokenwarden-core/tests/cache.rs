@@ -812,3 +812,89 @@ async fn a_probe_that_is_wrong_costs_at_most_one_fetch_per_backoff_period() {
     assert!(calls.load(SeqCst) <= 14, "{}", calls.load(SeqCst));
     assert_eq!(cache.stats().recoveries, 0);
 }
+
+// ---- settings at their extremes ---------------------------------------------------------------
+
+/// Every duration setting at `Duration::MAX` (the usual "no limit") is either refused by
+/// `build()` with an error naming it, or works: never a panic on the first `get`.
+#[tokio::test(start_paused = true)]
+async fn a_duration_setting_at_its_maximum_is_refused_by_name_or_works() {
+    use tokenwarden_core::{MemoryStore, RefreshBudget, SharedTokens, TokenCacheBuilder};
+    type Set = fn(TokenCacheBuilder) -> TokenCacheBuilder;
+    let cases: Vec<(&str, Set)> = vec![
+        ("fetch_timeout", |b| b.with_fetch_timeout(Duration::MAX)),
+        ("default_lifetime", |b| {
+            b.with_default_lifetime(Duration::MAX)
+        }),
+        ("clock_skew", |b| b.with_clock_skew(Duration::MAX)),
+        ("mandatory_margin", |b| {
+            b.with_mandatory_margin(Duration::MAX)
+        }),
+        ("refresh_before", |b| b.with_refresh_before(Duration::MAX)),
+        ("grace", |b| b.with_grace(Duration::MAX)),
+        ("first_fetch_backoff", |b| {
+            b.with_first_fetch_backoff(Duration::MAX)
+        }),
+        ("recovery_probe", |b| b.with_recovery_probe(Duration::MAX)),
+        ("backoff", |b| b.with_backoff(Duration::MAX, Duration::MAX)),
+        ("rejection_hold", |b| b.with_rejection_hold(Duration::MAX)),
+        ("fresh_rejection_window", |b| {
+            b.with_fresh_rejection_window(Duration::MAX)
+        }),
+        ("rejection_interval", |b| {
+            b.with_rejection_interval(Duration::MAX)
+        }),
+        ("budget max_wait", |b| {
+            b.with_refresh_budget(RefreshBudget::per_second(10).with_max_wait(Duration::MAX))
+        }),
+        ("shared pause_after_trouble", |b| {
+            let shared = SharedTokens::builder(MemoryStore::new())
+                .with_pause_after_trouble(Duration::MAX)
+                .build();
+            b.with_shared(&shared, "k")
+        }),
+        ("shared store_timeout", |b| {
+            let shared = SharedTokens::builder(MemoryStore::new())
+                .with_store_timeout(Duration::MAX)
+                .build();
+            b.with_shared(&shared, "k")
+        }),
+        ("shared lease_ttl", |b| {
+            let shared = SharedTokens::builder(MemoryStore::new())
+                .with_lease_ttl(Duration::MAX)
+                .build();
+            b.with_shared(&shared, "k")
+        }),
+        ("shared poll_interval", |b| {
+            let shared = SharedTokens::builder(MemoryStore::new())
+                .with_poll_interval(Duration::MAX)
+                .build();
+            b.with_shared(&shared, "k")
+        }),
+    ];
+    for (name, set) in cases {
+        let issuer = CountingIssuer::up();
+        let built = std::panic::catch_unwind(|| set(TokenCache::builder(issuer.source())).build());
+        let Ok(built) = built else {
+            panic!("{name}: build() panicked");
+        };
+        match built {
+            Err(error) => {
+                let text = error.to_string();
+                let word = name.rsplit(' ').next().unwrap();
+                assert!(text.contains(word), "{name}: the error names it: {text}");
+            }
+            Ok(cache) => {
+                let got = tokio::spawn(async move {
+                    let token = cache.get().await;
+                    let _ = cache.invalidate(token.as_ref().unwrap().id());
+                    let _ = cache.get().await;
+                    let _ = cache.status();
+                    token.map(|t| t.id())
+                })
+                .await;
+                assert!(got.is_ok(), "{name}: works, no panic: {got:?}");
+            }
+        }
+    }
+}

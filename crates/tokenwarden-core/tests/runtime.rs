@@ -8,7 +8,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use tokenwarden_core::{
-    CacheState, Clock, Error, HeldOff, Invalidation, ManualClock, Route, TokenCache, TokenCacheBuilder,
+    CacheState, Clock, Error, HeldOff, Invalidation, ManualClock, Route, TokenCache,
+    TokenCacheBuilder,
 };
 use tokenwarden_test_support::{CountingIssuer, secret, spawn_get, spawn_gets};
 use tokio::time::{advance, sleep};

@@ -612,6 +612,19 @@ impl TokenCacheBuilder {
                 });
             }
             let settings = shared.settings();
+            let long = [
+                ("lease_ttl", settings.lease_ttl),
+                ("poll_interval", settings.poll_interval),
+                ("store_timeout", settings.store_timeout),
+                ("pause_after_trouble", settings.pause_after_trouble),
+            ];
+            if let Some((name, _)) = long.iter().find(|(_, d)| *d > crate::config::YEAR) {
+                return Err(ConfigError::Invalid {
+                    name,
+                    reason: "waits longer than a year are not supported",
+                });
+            }
+            // Each at most a year: none of these overflows.
             if settings.store_timeout * 3 >= settings.lease_ttl {
                 return Err(ConfigError::Invalid {
                     name: "lease_ttl",
