@@ -192,7 +192,9 @@ impl CacheConfig {
             ),
             (
                 "budget max_wait",
-                self.budget.as_ref().map_or(Duration::ZERO, |b| b.max_wait()),
+                self.budget
+                    .as_ref()
+                    .map_or(Duration::ZERO, |b| b.max_wait()),
             ),
         ];
         if let Some((name, _)) = long.iter().find(|(_, d)| *d > YEAR) {

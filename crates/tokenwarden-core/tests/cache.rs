@@ -898,3 +898,46 @@ async fn a_duration_setting_at_its_maximum_is_refused_by_name_or_works() {
         }
     }
 }
+
+// ---- recovery after an issuer's own failure -------------------------------------------------
+
+/// An issuer answering 503 (without `Retry-After`) for 8 s, to callers calling every 50 ms.
+/// Returns how long after it was healthy again the first caller got a token, and the calls.
+async fn recovery_after_an_outage(fast: bool) -> (Duration, usize) {
+    let healthy_at = Instant::now() + Duration::from_secs(8);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let cache = TokenCache::builder(move || {
+        counted.fetch_add(1, SeqCst);
+        async move {
+            if Instant::now() < healthy_at {
+                let failed = FetchError::transient("the issuer answered 503");
+                return Err(if fast {
+                    failed.with_fast_retry()
+                } else {
+                    failed
+                });
+            }
+            Ok(Token::new("t").with_expires_in(Duration::from_secs(600)))
+        }
+    })
+    .build()
+    .unwrap();
+    while cache.get().await.is_err() {
+        sleep(Duration::from_millis(50)).await;
+    }
+    (Instant::now() - healthy_at, calls.load(SeqCst))
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_issuer_that_failed_with_a_5xx_is_asked_again_on_the_short_beat_while_callers_wait() {
+    let (late, calls) = recovery_after_an_outage(true).await;
+    println!("fast retry: a token {late:?} after the issuer was healthy, {calls} calls");
+    // The beat is `recovery_probe` (1 s), jittered between half and all of it.
+    assert!(late <= Duration::from_millis(1_050), "{late:?}");
+    // One call per beat at most (8 s at no less than half a second), plus the first ones
+    // before the backoff grew to the beat.
+    assert!(calls <= 8 * 2 + 5, "{calls} calls");
+    let (late, calls) = recovery_after_an_outage(false).await;
+    println!("exponential backoff: a token {late:?} after, {calls} calls");
+}
