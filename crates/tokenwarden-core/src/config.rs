@@ -60,8 +60,9 @@ pub struct CacheConfig {
     /// ([`Snapshot::mark_accepted`](crate::Snapshot::mark_accepted)), counts as a *fresh*
     /// rejection; one that worked and is then rejected has simply expired. After
     /// one, further invalidations of fresh tokens are held off with backoff
-    /// (the token is kept) so an API that rejects every token — or one route that answers 401
-    /// for another reason — cannot make the cache hammer the issuer. Capped at half the
+    /// (the token is kept) so an API that rejects every token cannot make the cache hammer
+    /// the issuer (a route that answers 401 for another reason is bounded by
+    /// [`rejection_interval`](Self::rejection_interval)). Capped at half the
     /// token's usable life, so a short token rejected near its end (an API whose clock runs
     /// ahead) is simply refreshed — the price: with very short tokens and a slow API that
     /// rejects every token, each rejection arriving past that half refetches without hold-off
@@ -81,6 +82,7 @@ pub struct CacheConfig {
     ///   are and the token is kept.
     /// - **Rate.** A working token is replaced on rejection at most twice in a row, then at
     ///   most once per this interval; a rejection over the bound reaches the caller as it is.
+    ///   A replacement whose replay was accepted (it was about the token) is given back.
     ///
     /// A real expiry, or a revocation of the token everywhere, is still absorbed by one
     /// refresh and one replay. `Duration::ZERO` turns both rules off. Default 5 s.

@@ -10,7 +10,7 @@
 //! |---|---|---|---|
 //! | [`FETCHES`] | counter | `cache`, `outcome` | token fetches that ended, by outcome: `success`, `rejected` (the issuer refused the credentials), `configuration` (it refused the request as misconfigured), `transient` (a failure worth retrying), `timeout`, `unusable` (an expired or malformed token), `panicked`, `other` |
 //! | [`FETCH_DURATION`] | histogram (seconds) | `cache` | how long the token source took, success or not |
-//! | [`INVALIDATIONS`] | counter | `cache`, `result` | invalidations after a rejection: `discarded` (the token went), `stale` (it was already replaced), `held_off` (freshly fetched tokens keep being rejected: kept for now) |
+//! | [`INVALIDATIONS`] | counter | `cache`, `result` | invalidations after a rejection: `discarded` (the token went), `stale` (it was already replaced), `held_off` (freshly fetched tokens keep being rejected: kept for now), `held_off_route` (the route answers 401 for other reasons), `held_off_bound` (a working token was replaced as often as `rejection_interval` allows) |
 //! | [`GRACE_SERVES`] | counter | `cache` | tokens served past their mandatory point while the issuer fails (see [`TokenCacheBuilder::with_grace`]) |
 //! | [`REVOCATIONS`] | counter | `cache` | calls to [`TokenCache::revoke`] |
 //! | [`POOL_SIZE`] | gauge | `cache` | single-use mode: tokens waiting in the pool (see [`TokenCacheBuilder::with_pool`]) |
@@ -87,7 +87,7 @@ pub(crate) fn fetch_took(cache: &Cow<'static, str>, elapsed: Duration) {
     metrics::histogram!(FETCH_DURATION, "cache" => label(cache)).record(elapsed.as_secs_f64());
 }
 
-/// An invalidation: `discarded`, `stale` or `held_off`.
+/// An invalidation: `discarded`, `stale`, `held_off`, `held_off_route` or `held_off_bound`.
 pub(crate) fn invalidation(cache: &Cow<'static, str>, result: &'static str) {
     #[cfg(feature = "metrics")]
     metrics::counter!(INVALIDATIONS, "cache" => label(cache), "result" => result).increment(1);

@@ -285,6 +285,24 @@ async fn a_token_that_worked_is_replaced_on_rejection_twice_in_a_row_then_once_p
 }
 
 #[tokio::test(start_paused = true)]
+async fn revocations_whose_replays_are_accepted_are_all_absorbed() {
+    let issuer = minting(Duration::from_secs(600));
+    let cache = builder(&issuer).build().unwrap();
+    let route = Route::of("POST", "/pay");
+    for round in 1..=10 {
+        let token = cache.get().await.unwrap();
+        token.mark_accepted();
+        assert_eq!(cache.reject(token.id(), route), Invalidation::Discarded, "{round}");
+        // The replay with the fresh token is accepted: the rejection was about the token.
+        let fresh = cache.get().await.unwrap();
+        cache.replay_accepted(fresh.id());
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(issuer.calls(), 11);
+    assert_eq!(cache.stats().suppressed_invalidations, 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn without_a_bound_every_rejection_of_a_working_token_replaces_it() {
     let issuer = minting(Duration::from_secs(600));
     let cache = builder(&issuer)

@@ -292,7 +292,12 @@ impl Engine {
                     cache.reject_replay(fresh.id(), route);
                 }
             }
-            Verdict::Accepted => record_acceptance(fresh, status),
+            Verdict::Accepted => {
+                record_acceptance(fresh, status);
+                if let Some(cache) = cache {
+                    cache.replay_accepted(fresh.id());
+                }
+            }
             _ => {}
         }
         let replay = Replay::Replayed { rejected };

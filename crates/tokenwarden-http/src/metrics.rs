@@ -3,7 +3,7 @@
 //!
 //! | name | kind | labels | what |
 //! |---|---|---|---|
-//! | [`REPLAYS`] | counter | `cache`, `outcome` | requests whose token was rejected, by what the layer did: `replayed`, `body_too_large`, `body_not_replayable`, `no_fresh_token`, `still_rejected` |
+//! | [`REPLAYS`] | counter | `cache`, `outcome` | requests whose token was rejected, by what the layer did: `replayed`, `body_too_large`, `body_not_replayable`, `no_fresh_token`, `still_rejected`, `route_rejects`, `held_off` |
 //!
 //! `cache` is the name of the cache the layer takes tokens from; no label holds a token,
 //! a credential or a key.

@@ -1339,6 +1339,19 @@ impl Inner {
         }
     }
 
+    /// The replay of a rejected request, sent with the current token `fresh`, was accepted:
+    /// the rejection was about the token, and its replacement is given back to the bound.
+    pub(crate) fn replay_accepted(&self, fresh: TokenId) {
+        let mut st = self.lock();
+        if st
+            .current
+            .as_ref()
+            .is_some_and(|c| c.snapshot.id() == fresh)
+        {
+            st.bound.refund(self.config.rejection_interval);
+        }
+    }
+
     /// The replay of a request rejected on `route`, sent with the fresh token `fresh`, was
     /// rejected too: the route is remembered (its `401`s are not about the token), and the
     /// fresh token is kept.

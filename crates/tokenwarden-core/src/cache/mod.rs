@@ -239,7 +239,9 @@ impl TokenCache {
     /// - **A token that worked** ([`Snapshot::mark_accepted`]) and is now rejected has expired
     ///   or was revoked: it is discarded ([`Invalidation::Discarded`]), at most twice in a
     ///   row and then once per [`CacheConfig::rejection_interval`] (5 s by default); over that
-    ///   bound it is kept ([`HeldOff::Bound`]).
+    ///   bound it is kept ([`HeldOff::Bound`]). A replacement whose replay was accepted
+    ///   ([`replay_accepted`](Self::replay_accepted)) is given back: revocations, however
+    ///   many, are absorbed.
     /// - **A route** whose replay with a fresh token was rejected too
     ///   ([`reject_replay`](Self::reject_replay)) is remembered for that interval, doubling
     ///   while it keeps doing so, and for as long as the token keeps working on other routes:
@@ -279,6 +281,13 @@ impl TokenCache {
     /// ```
     pub fn reject(&self, id: TokenId, route: Route) -> Invalidation {
         self.inner.reject(id, Some(route))
+    }
+
+    /// The replay of a rejected request, sent with the fresh token `fresh`, was accepted: the
+    /// rejection was about the token (an expiry, a revocation), so its replacement does not
+    /// count against the bound of [`CacheConfig::rejection_interval`]. The HTTP layers call it.
+    pub fn replay_accepted(&self, fresh: TokenId) {
+        self.inner.replay_accepted(fresh);
     }
 
     /// The replay of a request rejected on `route`, sent with the fresh token `fresh`, was

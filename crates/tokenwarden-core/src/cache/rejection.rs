@@ -11,7 +11,8 @@
 //!   the interval, doubling per repeat. While remembered — or, once that time is up, while the
 //!   token keeps being accepted on other routes — its rejections are passed on as they are.
 //! - [`Bound`]: a working token is replaced on rejection at most twice in a row, then once per
-//!   interval (a generic cell rate: a burst of two, one more per interval).
+//!   interval (a generic cell rate: a burst of two, one more per interval). A replacement
+//!   whose replay was accepted is given back: it was about the token.
 
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
@@ -146,10 +147,14 @@ impl Routes {
 }
 
 /// The rate bound on replacing a working token: a burst of [`BURST`], then one per interval.
+/// A replacement whose replay was accepted is given back: it proved the rejection was about
+/// the token, so revocations, however many, are always absorbed.
 #[derive(Default)]
 pub(crate) struct Bound {
     /// When the bound is back to a full burst (the cell rate's "theoretical arrival time").
     full_at: Option<Instant>,
+    /// Replacements counted and not given back.
+    charged: u32,
 }
 
 /// Replacements of a working token allowed in a row.
@@ -166,7 +171,17 @@ impl Bound {
             return false;
         }
         self.full_at = Some(full_at + interval);
+        self.charged += 1;
         true
+    }
+
+    /// Gives one counted replacement back, if any is.
+    pub(crate) fn refund(&mut self, interval: Duration) {
+        if self.charged == 0 {
+            return;
+        }
+        self.charged -= 1;
+        self.full_at = self.full_at.and_then(|at| at.checked_sub(interval));
     }
 }
 
@@ -186,6 +201,10 @@ mod tests {
         assert!(!bound.allow(at(4_999), every));
         assert!(bound.allow(at(5_000), every));
         assert!(!bound.allow(at(6_000), every));
+        // A replacement that helped is given back.
+        bound.refund(every);
+        assert!(bound.allow(at(6_000), every));
+        assert!(!bound.allow(at(6_001), every));
         // Idle long enough: a full burst again.
         assert!(bound.allow(at(60_000), every));
         assert!(bound.allow(at(60_001), every));
