@@ -43,32 +43,24 @@ enum Client {
 
 impl Client {
     fn new(layer: Layer, cache: TokenCache, scope: Scope) -> Self {
-        match layer {
-            Layer::Tower => {
-                let http = HyperClient::builder(TokioExecutor::new()).build_http();
-                Client::Tower(TokenLayer::new(cache, scope).layer(http))
-            }
-            Layer::Reqwest => {
-                let http = client_builder().no_proxy().build().unwrap();
-                let middleware = TokenMiddleware::new(cache, scope);
-                Client::Reqwest(
-                    reqwest_middleware::ClientBuilder::new(http)
-                        .with(middleware)
-                        .build(),
-                )
-            }
-        }
+        let tower = TokenLayer::new(cache.clone(), scope.clone());
+        Self::over(layer, tower, TokenMiddleware::new(cache, scope))
     }
 
     fn keyed(layer: Layer, keys: KeyedCache<String>, scope: Scope) -> Self {
+        let tower = TokenLayer::keyed(keys.clone(), scope.clone());
+        Self::over(layer, tower, TokenMiddleware::keyed(keys, scope))
+    }
+
+    /// The layer's HTTP client with `tower` or `middleware` on it, as `layer` says.
+    fn over(layer: Layer, tower: TokenLayer, middleware: TokenMiddleware) -> Self {
         match layer {
             Layer::Tower => {
                 let http = HyperClient::builder(TokioExecutor::new()).build_http();
-                Client::Tower(TokenLayer::keyed(keys, scope).layer(http))
+                Client::Tower(tower.layer(http))
             }
             Layer::Reqwest => {
                 let http = client_builder().no_proxy().build().unwrap();
-                let middleware = TokenMiddleware::keyed(keys, scope);
                 Client::Reqwest(
                     reqwest_middleware::ClientBuilder::new(http)
                         .with(middleware)
