@@ -37,7 +37,7 @@ type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 #[derive(Clone)]
 enum Client {
-    Tower(TokenService<HyperClient<HttpConnector, RequestBody<Body>>>),
+    Tower(Box<TokenService<HyperClient<HttpConnector, RequestBody<Body>>>>),
     Reqwest(ClientWithMiddleware),
 }
 
@@ -57,7 +57,7 @@ impl Client {
         match layer {
             Layer::Tower => {
                 let http = HyperClient::builder(TokioExecutor::new()).build_http();
-                Client::Tower(tower.layer(http))
+                Client::Tower(Box::new(tower.layer(http)))
             }
             Layer::Reqwest => {
                 let http = client_builder().no_proxy().build().unwrap();
@@ -79,7 +79,7 @@ impl Client {
                 if let Some(key) = key {
                     request.extensions_mut().insert(TokenKey(key.to_owned()));
                 }
-                let response = service.clone().oneshot(request).await.unwrap();
+                let response = (**service).clone().oneshot(request).await.unwrap();
                 let replay = response.extensions().get::<Replay>().cloned();
                 let status = response.status();
                 let _ = response.into_body().collect().await;
