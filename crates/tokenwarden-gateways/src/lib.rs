@@ -44,7 +44,10 @@
 //!   loopback is refused when the source is built, unless the sender is wrapped in
 //!   [`InsecureHttp`].
 //! - **Never in text.** Every configured URL prints with its credentials (`user:pass@`) and
-//!   query values redacted, in `Debug`, errors and logs.
+//!   query values redacted, in `Debug`, errors and logs. An issuer that echoes a credential it
+//!   was sent (a client secret in its `error_description`, a password in a refusal) does not
+//!   get it into an error either: each source takes every credential it sends out of any text
+//!   built from the answer, replaced by `[redacted]`, before the error leaves it.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
@@ -55,6 +58,7 @@ pub mod generic;
 mod http;
 pub mod oauth2;
 pub mod payments;
+mod redact;
 pub mod sipay;
 pub mod torus;
 mod wire;
