@@ -23,6 +23,11 @@
 //! service (such as hyper-util's client); closures implement it too. A hyper-only application
 //! therefore never compiles reqwest, and a test can answer with anything.
 //!
+//! Feature `rustls` (on by default) gives [`IssuerClient`] TLS: reqwest's own default, rustls.
+//! Where reqwest has no TLS backend at all (this feature off, and none turned on elsewhere), an
+//! `https` issuer URL is refused when a source is built, with a `ConfigError` naming the
+//! feature — never a fetch that fails as "could not be reached" for ever.
+//!
 //! ```
 //! # #[cfg(feature = "reqwest")] {
 //! use tokenwarden_gateways::IssuerClient;

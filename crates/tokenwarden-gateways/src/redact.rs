@@ -51,7 +51,7 @@ impl Secrets {
                 }
             }
         }
-        all.sort_by(|a, b| b.len().cmp(&a.len()));
+        all.sort_by_key(|s| std::cmp::Reverse(s.len()));
         Self(all.into())
     }
 

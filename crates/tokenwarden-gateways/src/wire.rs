@@ -92,6 +92,7 @@ impl Issuer {
         for pair in uri.query().unwrap_or("").split('&') {
             secrets.extend(pair.split_once('=').map(|(_, value)| value.to_owned()));
         }
+        tls_available(origin.scheme(), sender.speaks_https(), setting)?;
         let (uri, basic) = split_userinfo(uri).ok_or(ConfigError::Invalid {
             name: setting,
             reason: "has credentials (user:password@) that are not valid percent-encoded UTF-8",
@@ -338,6 +339,21 @@ impl Issuer {
             Some(_) => Origin::describe(&location),
         }
     }
+}
+
+/// Refuses an `https` endpoint for a sender that cannot speak TLS (`tls` false): every fetch
+/// would fail as "could not be reached" and be retried for ever. Said when the source is built,
+/// with the feature to turn on.
+fn tls_available(scheme: &str, tls: bool, setting: &'static str) -> Result<(), ConfigError> {
+    if scheme == "https" && !tls {
+        return Err(ConfigError::Invalid {
+            name: setting,
+            reason: "is https, but the HTTP client was built without TLS: turn on feature \
+                     `rustls` of tokenwarden-gateways (on by default; `tokenwarden` forwards it) \
+                     or a TLS feature of reqwest",
+        });
+    }
+    Ok(())
 }
 
 /// Takes `user:pass@` out of an endpoint URL and turns it into HTTP Basic credentials, as
@@ -682,6 +698,38 @@ mod tests {
         assert_eq!(split_userinfo(plain.clone()), Some((plain, None)));
         let bad: Uri = "https://a:%ZZ@auth.example.com/".parse().unwrap();
         assert!(split_userinfo(bad).is_none());
+    }
+
+    #[test]
+    fn an_https_endpoint_needs_a_sender_that_speaks_tls() {
+        let refused = tls_available("https", false, "token_url").unwrap_err();
+        let text = refused.to_string();
+        assert!(
+            text.contains("token_url") && text.contains("`rustls`"),
+            "{text}"
+        );
+        assert!(tls_available("https", true, "token_url").is_ok());
+        // Plain http to loopback needs no TLS.
+        assert!(tls_available("http", false, "token_url").is_ok());
+    }
+
+    #[cfg(feature = "reqwest")]
+    #[test]
+    fn an_issuer_client_with_tls_takes_an_https_endpoint() {
+        use crate::HttpSend;
+        let client = crate::IssuerClient::new().unwrap();
+        // Feature `rustls` on (as in the workspace's tests): reqwest has TLS, and it is seen.
+        if cfg!(feature = "rustls") {
+            assert!(client.speaks_https());
+            let issuer = Issuer::new(
+                Arc::new(client),
+                "test",
+                "https://auth.example.com",
+                "/token",
+                "base_url",
+            );
+            assert!(issuer.is_ok(), "{issuer:?}");
+        }
     }
 
     #[test]
