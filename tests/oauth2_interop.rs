@@ -374,13 +374,18 @@ async fn a_token_type_other_than_bearer_is_refused_and_not_hammered() {
 #[tokio::test]
 async fn a_six_second_token_serves_four_seconds_and_more_of_its_life() {
     let server = OAuth2Server::start().await;
-    server.configure(json!({"ttl": 6})).await;
+    // `expires_in` 6, the JWT's `exp` a second later: the token's life is `expires_in`'s, 6 s
+    // exactly. (With `exp` at `iat + 6`, the earlier of the two would be `exp`, which counts
+    // from `iat`, a whole second, already partly gone: 5 to 6 s.)
+    server
+        .configure(json!({"ttl": 7, "expiresInExtra": -1}))
+        .await;
     let (cache, hand) = manual(credentials(&server));
     let first = cache.get().await.unwrap();
     let claims = claims(&server, &secret(&first)).await;
     assert_eq!(
         claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
-        6
+        7
     );
     hand.advance(Duration::from_millis(4000));
     let later = cache.get().await.unwrap();
