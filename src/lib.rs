@@ -15,7 +15,10 @@
 //! - [`sandbox`] (feature `sandbox`): an in-process sandbox of those gateways, for tests.
 //!
 //! Feature `metrics` records what the cache and the layers do through the `metrics` facade
-//! (names in [`core::metrics`] and [`http::metrics`]).
+//! (names in [`core::metrics`] and [`http::metrics`]). Feature `rustls` (on by default) gives
+//! the reqwest clients tokenwarden builds (the gateways' `IssuerClient`, the middleware's
+//! `client_builder()`) TLS; without any TLS in reqwest, `https` issuer URLs are refused when a
+//! source is built, naming the feature.
 //!
 //! ```
 //! use std::time::Duration;

@@ -188,6 +188,7 @@ async fn each_standard_error_is_typed_and_the_server_is_not_hammered() {
         ("unauthorized_client", 400, Kind::Rejected),
         ("invalid_grant", 400, Kind::Rejected),
         ("invalid_scope", 400, Kind::Configuration("scope")),
+        ("invalid_target", 400, Kind::Configuration("with_resource")),
         ("invalid_request", 400, Kind::Configuration("request")),
         (
             "unsupported_grant_type",
@@ -221,6 +222,16 @@ async fn each_standard_error_is_typed_and_the_server_is_not_hammered() {
             }
             Kind::Configuration(parameter) => {
                 assert!(gateway_error(&error).is_configuration(), "{code}");
+                assert!(
+                    error.is_configuration() && !error.is_rejected(),
+                    "{code}: {chain}"
+                );
+                assert!(
+                    error
+                        .to_string()
+                        .starts_with("the token request was refused as misconfigured"),
+                    "{code}: {error}"
+                );
                 assert!(!error.is_retryable());
                 assert!(
                     chain.contains(parameter),
@@ -230,9 +241,11 @@ async fn each_standard_error_is_typed_and_the_server_is_not_hammered() {
             }
             Kind::Transient => {
                 assert!(error.is_retryable(), "{code}: {chain}");
-                // Backoff from 100 ms, doubling, jittered (the server answered: no probe).
+                // The server answered with a failure of its own and no Retry-After: asked
+                // again on the recovery beat (1 s, jittered between half and all of it) while
+                // callers wait, one request at a time.
                 assert!(
-                    (3..=10).contains(&calls),
+                    (10..=21).contains(&calls),
                     "{code}: {calls} token requests in 10 s"
                 );
             }
@@ -361,13 +374,18 @@ async fn a_token_type_other_than_bearer_is_refused_and_not_hammered() {
 #[tokio::test]
 async fn a_six_second_token_serves_four_seconds_and_more_of_its_life() {
     let server = OAuth2Server::start().await;
-    server.configure(json!({"ttl": 6})).await;
+    // `expires_in` 6, the JWT's `exp` a second later: the token's life is `expires_in`'s, 6 s
+    // exactly. (With `exp` at `iat + 6`, the earlier of the two would be `exp`, which counts
+    // from `iat`, a whole second, already partly gone: 5 to 6 s.)
+    server
+        .configure(json!({"ttl": 7, "expiresInExtra": -1}))
+        .await;
     let (cache, hand) = manual(credentials(&server));
     let first = cache.get().await.unwrap();
     let claims = claims(&server, &secret(&first)).await;
     assert_eq!(
         claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
-        6
+        7
     );
     hand.advance(Duration::from_millis(4000));
     let later = cache.get().await.unwrap();
@@ -500,4 +518,151 @@ async fn a_load_run_through_both_layers_with_six_second_tokens_and_a_mass_revoca
     // for the revocation.
     assert!(token_requests <= 5, "{token_requests} token requests");
     assert!(refused >= 1, "the revocation was seen");
+}
+
+#[tokio::test]
+async fn the_servers_own_scope_and_resource_refusals_are_configuration_errors() {
+    let server = OAuth2Server::start().await;
+    server
+        .configure(json!({
+            "allowedScopes": ["payments:read"],
+            "allowedResources": ["https://ledger.example"],
+        }))
+        .await;
+    let cases = [
+        (
+            credentials(&server).with_scopes(["payments:read", "payments:refund"]),
+            "invalid_scope",
+            "payments:refund",
+        ),
+        (
+            credentials(&server).with_resource("https://elsewhere.example"),
+            "invalid_target",
+            "https://elsewhere.example",
+        ),
+    ];
+    for (source, code, named) in cases {
+        let (cache, hand) = manual(source);
+        let before = server.requests().await.len();
+        let error = cache.get().await.unwrap_err();
+        let chain = error.chain();
+        assert!(
+            error.is_configuration() && !error.is_rejected(),
+            "{code}: {chain}"
+        );
+        assert!(
+            matches!(error, Error::Configuration(_)),
+            "{code}: {error:?}"
+        );
+        let GatewayError::OAuth { error: got, .. } = gateway_error(&error) else {
+            panic!("{code}: {chain}")
+        };
+        assert_eq!(got, code);
+        assert!(chain.contains(named), "{code}: the server's words: {chain}");
+        assert!(
+            matches!(
+                cache.status().state,
+                tokenwarden_core::CacheState::Misconfigured { .. }
+            ),
+            "{code}: {:?}",
+            cache.status()
+        );
+        // Held off, not hammered: callers for 4 s of the cache's clock cost no request.
+        for _ in 0..40 {
+            assert!(cache.get().await.unwrap_err().is_configuration());
+            hand.advance(Duration::from_millis(100));
+        }
+        assert_eq!(server.requests().await.len(), before + 1, "{code}");
+    }
+    // What the server allows works.
+    let allowed = credentials(&server)
+        .with_scopes(["payments:read"])
+        .with_resource("https://ledger.example");
+    oauth2::cache(allowed).build().unwrap().get().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_secret_the_server_echoes_reaches_no_error_log_or_status() {
+    let server = OAuth2Server::start().await;
+    server.configure(json!({"echoCredentials": true})).await;
+    for auth in [ClientAuth::Basic, ClientAuth::Post] {
+        let wrong = ClientCredentials::new(
+            IssuerClient::new().unwrap(),
+            &server.token_url(),
+            "app",
+            "wr0ng-s3cr3t-value",
+        )
+        .unwrap()
+        .with_client_auth(auth);
+        let cache = oauth2::cache(wrong).build().unwrap();
+        let error = cache.get().await.unwrap_err();
+        assert!(error.is_rejected(), "{}", error.chain());
+        for text in [
+            error.to_string(),
+            format!("{error:?}"),
+            error.chain(),
+            format!("{:?}", cache.status()),
+        ] {
+            assert!(!text.contains("wr0ng-s3cr3t-value"), "{auth:?}: {text}");
+        }
+        // The server did echo it; what it said around it is kept.
+        assert!(
+            error
+                .chain()
+                .contains("Client authentication failed: secret [redacted] is not the one"),
+            "{auth:?}: {}",
+            error.chain()
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_expires_in_longer_than_the_jwt_is_cut_to_its_exp() {
+    // `expires_in` 10 minutes past the JWT's `exp`, then 60 s short of it: the earlier wins.
+    for (extra, ttl, longest) in [(600i64, 120u64, 120u64), (-60, 180, 120)] {
+        let server = OAuth2Server::start().await;
+        server
+            .configure(json!({"ttl": ttl, "expiresInExtra": extra}))
+            .await;
+        let cache = oauth2::cache(credentials(&server)).build().unwrap();
+        let token = cache.get().await.unwrap();
+        let claims = claims(&server, &secret(&token)).await;
+        assert_eq!(
+            claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+            ttl
+        );
+        let expires_in = cache.status().expires_in.expect("a token with an expiry");
+        assert!(
+            expires_in <= Duration::from_secs(longest)
+                && expires_in > Duration::from_secs(longest - 5),
+            "expires_in = ttl {extra:+}: {expires_in:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_server_failing_with_503s_serves_callers_within_a_beat_of_recovering() {
+    let server = OAuth2Server::start().await;
+    let failure = json!({"status": 503, "body": {"error": "temporarily_unavailable"}});
+    server.script(vec![failure; 3]).await;
+    // A long backoff from the first failure on: only the recovery beat brings the token sooner.
+    let (clock, hand) = Clock::manual();
+    let cache = oauth2::cache(credentials(&server))
+        .with_clock(clock)
+        .with_first_fetch_backoff(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut got_at = None;
+    for step in 0..100u32 {
+        if cache.get().await.is_ok() {
+            got_at = Some(step);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        hand.advance(Duration::from_millis(100));
+    }
+    let got_at = got_at.expect("a token once the server answered again");
+    // Three failures, each followed by at most a beat.
+    assert!(got_at <= 31, "token at {got_at}00 ms");
+    assert_eq!(server.requests().await.len(), 4);
 }

@@ -11,8 +11,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokenwarden::{Replay, Scope, TokenCache};
-use tokenwarden_test_support::CountingIssuer;
+use tokenwarden::{Replay, Scope, TokenCache, TokenSource};
+use tokenwarden_gateways::IssuerClient;
+use tokenwarden_gateways::generic::JsonSource;
+use tokenwarden_test_support::{CountingIssuer, chain};
 use tokenwarden_tower::TokenLayer;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
@@ -24,6 +26,21 @@ type Seen = Arc<Mutex<Vec<(String, Bytes)>>>;
 /// A TLS server on loopback for `localhost`, answering 401 to `tok-1` and 200 to any other
 /// token; returns its port, the certificate to trust and what it saw.
 async fn tls_api() -> (u16, CertificateDer<'static>, Seen) {
+    tls_server(|token| {
+        if token == "Bearer tok-1" {
+            (StatusCode::UNAUTHORIZED, "ok")
+        } else {
+            (StatusCode::OK, "ok")
+        }
+    })
+    .await
+}
+
+/// A TLS server on loopback for `localhost`, answering each request by its `Authorization`
+/// header; returns its port, the certificate to trust and what it saw.
+async fn tls_server(
+    answer: impl Fn(&str) -> (StatusCode, &'static str) + Clone + Send + Sync + 'static,
+) -> (u16, CertificateDer<'static>, Seen) {
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let cert = certified.cert.der().clone();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der()));
@@ -41,13 +58,13 @@ async fn tls_api() -> (u16, CertificateDer<'static>, Seen) {
     let log = Arc::clone(&seen);
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, log) = (acceptor.clone(), Arc::clone(&log));
+            let (acceptor, log, answer) = (acceptor.clone(), Arc::clone(&log), answer.clone());
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                    let log = Arc::clone(&log);
+                    let (log, answer) = (Arc::clone(&log), answer.clone());
                     async move {
                         let token = request
                             .headers()
@@ -57,12 +74,9 @@ async fn tls_api() -> (u16, CertificateDer<'static>, Seen) {
                             .to_owned();
                         let body = request.into_body().collect().await.unwrap().to_bytes();
                         log.lock().unwrap().push((token.clone(), body));
-                        let status = if token == "Bearer tok-1" {
-                            StatusCode::UNAUTHORIZED
-                        } else {
-                            StatusCode::OK
-                        };
-                        let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
+                        let (status, body) = answer(&token);
+                        let mut response =
+                            Response::new(Full::new(Bytes::from_static(body.as_bytes())));
                         *response.status_mut() = status;
                         Ok::<_, Infallible>(response)
                     }
@@ -127,4 +141,37 @@ async fn tokens_go_over_tls_and_a_401_is_replayed_over_tls() {
     assert_eq!(tokens, ["Bearer tok-1", "Bearer tok-2", "Bearer tok-2"]);
     assert_eq!(seen[0].1, seen[1].1, "the replay sent the same body");
     assert_eq!(issuer.calls(), 2);
+}
+
+#[tokio::test]
+async fn a_gateway_source_speaks_https_out_of_the_box() {
+    let (port, cert, seen) = tls_server(|_| {
+        (
+            StatusCode::OK,
+            r#"{"access_token":"over-tls","expires_in":600}"#,
+        )
+    })
+    .await;
+    let url = format!("https://localhost:{port}/token");
+    let body = serde_json::json!({"client_secret": "s3cr3t"});
+    let source = JsonSource::json(IssuerClient::new().unwrap(), &url, body.clone()).unwrap();
+    let error = source.fetch().await.unwrap_err();
+    // Its certificate is self-signed, so not trusted: but the client got as far as checking it.
+    let text = chain(error.get_ref());
+    assert!(!text.contains("scheme is not http"), "{text}");
+    assert!(text.to_lowercase().contains("certificate"), "{text}");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "nothing sent to an untrusted server"
+    );
+
+    // Trusted: the token comes over TLS.
+    let trusting = IssuerClient::from_builder(
+        reqwest::Client::builder().tls_certs_only([reqwest::Certificate::from_der(&cert).unwrap()]),
+    )
+    .unwrap();
+    let source = JsonSource::json(trusting, &url, body).unwrap();
+    let token = source.fetch().await.unwrap();
+    assert_eq!(token.secret().expose(), "over-tls");
+    assert_eq!(seen.lock().unwrap().len(), 1);
 }

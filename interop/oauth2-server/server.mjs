@@ -5,10 +5,13 @@
 // oauth2-mock-server's own. This file only configures it through its documented hooks:
 // - client authentication is checked (client_secret_basic, RFC 6749 §2.3.1: form-encoded id
 //   and secret; or client_secret_post), and `invalid_client` answered otherwise;
-// - scopes outside the allowed set are answered with `invalid_scope`;
+// - scopes outside the allowed set are answered with `invalid_scope`, resources outside the
+//   allowed set with `invalid_target` (RFC 8707);
 // - `audience` / `resource` become the token's `aud`, the client id its `client_id` claim,
 //   and every token gets a `jti`;
-// - the token lifetime, the shape of `expires_in` and `token_type` are settable;
+// - the token lifetime, the shape of `expires_in` (and seconds it adds to the JWT's lifetime)
+//   and `token_type` are settable; a failed client authentication can echo the secret it was
+//   given in its `error_description`, as some servers do;
 // - answers can be scripted (status, body, headers such as Retry-After) for the next calls;
 // - every token request is recorded (how the client authenticated, what it asked for, when).
 //
@@ -23,7 +26,10 @@ const defaults = () => ({
   allowedScopes: null,
   ttl: 3600,
   expiresIn: 'number', // 'number' | 'string' | 'absent'
+  expiresInExtra: 0, // seconds `expires_in` says beyond the JWT's own `exp`
   tokenType: 'Bearer',
+  allowedResources: null,
+  echoCredentials: false,
 });
 let config = defaults();
 let script = [];
@@ -42,7 +48,7 @@ function authenticate(req) {
     try {
       const id = form(decoded.slice(0, colon));
       const secret = form(decoded.slice(colon + 1));
-      return { method: 'basic', id, ok: config.clients[id] === secret };
+      return { method: 'basic', id, secret, ok: config.clients[id] === secret };
     } catch {
       // Not form-encoded as RFC 6749 §2.3.1 requires: the client is not authenticated.
       return { method: 'basic', id: null, ok: false };
@@ -53,6 +59,7 @@ function authenticate(req) {
     return {
       method: 'post',
       id: body.client_id,
+      secret: body.client_secret,
       ok: config.clients[body.client_id] === body.client_secret,
     };
   }
@@ -96,8 +103,26 @@ server.service.on('beforeResponse', (response, req) => {
   if (!auth.ok) {
     response.statusCode = 401;
     req.res.set('WWW-Authenticate', 'Basic realm="token"');
-    response.body = { error: 'invalid_client', error_description: 'Client authentication failed' };
+    response.body = {
+      error: 'invalid_client',
+      error_description:
+        config.echoCredentials && auth.secret !== undefined
+          ? `Client authentication failed: secret ${auth.secret} is not the one registered`
+          : 'Client authentication failed',
+    };
     return;
+  }
+  if (config.allowedResources && body.resource !== undefined) {
+    const resources = [].concat(body.resource);
+    const refused = resources.filter((r) => !config.allowedResources.includes(r));
+    if (refused.length > 0) {
+      response.statusCode = 400;
+      response.body = {
+        error: 'invalid_target',
+        error_description: `The resource ${refused.join(' ')} is not served here`,
+      };
+      return;
+    }
   }
   if (config.allowedScopes && body.scope) {
     const refused = body.scope.split(' ').filter((s) => !config.allowedScopes.includes(s));
@@ -112,9 +137,10 @@ server.service.on('beforeResponse', (response, req) => {
   }
   if (response.statusCode === 200) {
     response.body.token_type = config.tokenType;
-    if (config.expiresIn === 'string') response.body.expires_in = String(config.ttl);
+    const expiresIn = config.ttl + config.expiresInExtra;
+    if (config.expiresIn === 'string') response.body.expires_in = String(expiresIn);
     else if (config.expiresIn === 'absent') delete response.body.expires_in;
-    else response.body.expires_in = config.ttl;
+    else response.body.expires_in = expiresIn;
   }
 });
 

@@ -293,8 +293,24 @@ fn port_text_valid(authority: &str) -> bool {
 /// Compares a normalised host with one from a request, ASCII case-insensitively. A request's
 /// trailing dot (`api.example.com.`) does not match: such a name may resolve differently (and
 /// `localhost.` may go to DNS), so it fails closed.
+///
+/// An IPv6 address can be written many ways (`[::ffff:7f00:1]` is `[::ffff:127.0.0.1]`,
+/// `[0:0:0:0:0:0:0:1]` is `[::1]`): a request's bracketed host that is not the normalised
+/// text is compared as an address. Only a host starting with `[` is parsed, and only when the
+/// text differs, so names cost no more than before.
+#[inline]
 fn host_eq(normalised: &str, host: &str) -> bool {
-    normalised.eq_ignore_ascii_case(host)
+    if normalised.eq_ignore_ascii_case(host) {
+        return true;
+    }
+    host.starts_with('[')
+        && normalised.starts_with('[')
+        && ipv6(host).is_some_and(|address| ipv6(normalised) == Some(address))
+}
+
+/// The address of a bracketed IPv6 host (`[::1]`), if it is one.
+fn ipv6(host: &str) -> Option<Ipv6Addr> {
+    host.strip_prefix('[')?.strip_suffix(']')?.parse().ok()
 }
 
 fn normalise_host(host: &str) -> Option<String> {
@@ -779,6 +795,44 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn an_ipv6_host_written_another_way_is_the_same_origin() {
+        let cases = [
+            ("http://[::ffff:7f00:1]:8080", "[::ffff:127.0.0.1]"),
+            ("http://[0:0:0:0:0:0:0:1]:8080", "[::1]"),
+            ("https://[2001:db8:0::1]", "[2001:db8::1]"),
+            ("https://[2001:DB8::1]", "[2001:0db8:0000::0001]"),
+        ];
+        for (url, other) in cases {
+            let scope = Scope::origin_of(url).unwrap();
+            let written = |host: &str| {
+                let uri: Uri = url
+                    .replacen(
+                        &url[url.find('[').unwrap()..=url.find(']').unwrap()],
+                        host,
+                        1,
+                    )
+                    .parse()
+                    .unwrap();
+                scope.admit_uri(&uri, false)
+            };
+            // The very URL the scope was made from, and the address written another way.
+            let own = &url[url.find('[').unwrap()..=url.find(']').unwrap()];
+            assert_eq!(written(own), Ok(true), "{url} as {own}");
+            assert_eq!(written(other), Ok(true), "{url} as {other}");
+            let uri: Uri = format!("{url}/v1").parse().unwrap();
+            assert!(
+                scope.covers(uri.scheme_str(), uri.host(), uri.port_u16()),
+                "{url}"
+            );
+            // Another address is still refused, however written.
+            assert_eq!(written("[2001:db8::2]"), Ok(false), "{url}");
+            assert_eq!(written("[::2]"), Ok(false), "{url}");
+            assert_eq!(written("[not-an-address]"), Ok(false), "{url}");
+            assert_eq!(written("127.0.0.1"), Ok(false), "{url}");
         }
     }
 

@@ -192,7 +192,8 @@ impl BoipaSource {
             "/token",
             "base_url",
         )?
-        .with_max_response(config.max_response);
+        .with_max_response(config.max_response)
+        .with_secrets([config.password.expose()]);
         Ok(Self {
             issuer,
             config,

@@ -9,6 +9,8 @@ use std::time::Duration;
 use http::StatusCode;
 use tokenwarden_core::{BoxError, FetchError};
 
+use crate::redact::Secrets;
+
 /// One code and message a gateway returned with a refusal (BOIPA's `messageCode` /
 /// `fieldName`, Sipay's `status_code` / `status_description`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,7 +84,8 @@ pub enum GatewayError {
         retryable: bool,
     },
     /// The token endpoint refused the request with an OAuth 2.0 error (RFC 6749 §5.2):
-    /// `error` and, if given, `error_description` (printed: servers put no secret there).
+    /// `error` and, if given, `error_description` (printed, with every credential the source
+    /// sent taken out, should the server echo one).
     /// [`is_retryable`](GatewayError::is_retryable) and
     /// [`is_configuration`](GatewayError::is_configuration) say what to do.
     #[error(
@@ -165,7 +168,10 @@ fn hint(status: StatusCode) -> &'static str {
     match status.as_u16() {
         401 | 403 => ": the credentials were rejected; fix them, retrying cannot help",
         408 | 429 => ": try again later",
-        500..=599 => ": the issuer failed; it will be retried with backoff",
+        500..=599 => {
+            ": the issuer failed; it will be asked again shortly (after its Retry-After, if it \
+             gave one)"
+        }
         _ => "",
     }
 }
@@ -177,7 +183,7 @@ enum OAuthKind {
     Credentials,
     /// The request itself is wrong: not retried, fix the configuration.
     Configuration,
-    /// The issuer failed: retried with backoff.
+    /// The issuer failed: asked again on the cache's short recovery beat while callers wait.
     Transient,
     /// A code outside the RFC's list: judged by the status.
     Other,
@@ -200,6 +206,12 @@ fn oauth_code(error: &str) -> (OAuthKind, &'static str) {
             OAuthKind::Configuration,
             "a requested scope is not allowed for this client; fix the scope",
         ),
+        // RFC 8707 §2.
+        "invalid_target" => (
+            OAuthKind::Configuration,
+            "the resource (audience) requested is not known to the issuer or not allowed for \
+             this client; fix the resource given with `with_resource`",
+        ),
         "invalid_request" => (
             OAuthKind::Configuration,
             "the request is missing or repeats a parameter; fix the configuration",
@@ -210,7 +222,7 @@ fn oauth_code(error: &str) -> (OAuthKind, &'static str) {
         ),
         "temporarily_unavailable" | "server_error" => (
             OAuthKind::Transient,
-            "the issuer failed; it will be retried with backoff",
+            "the issuer failed; it will be asked again shortly",
         ),
         _ => (OAuthKind::Other, SEE_DOCS),
     }
@@ -292,13 +304,75 @@ impl GatewayError {
 }
 
 impl GatewayError {
-    /// Whether the issuer says the request itself is wrong — an OAuth `invalid_scope`,
-    /// `invalid_request` or `unsupported_grant_type` — rather than the credentials or the
-    /// issuer's health: fix the configuration (not retried in a loop).
+    /// Whether the request itself is wrong rather than the credentials or the issuer's
+    /// health — an OAuth `invalid_scope`, `invalid_target`, `invalid_request` or
+    /// `unsupported_grant_type`, or a token type the source was not told to accept: fix the
+    /// configuration (not retried in a loop). Such an error reaches callers as
+    /// [`tokenwarden_core::Error::Configuration`].
     #[must_use]
     pub fn is_configuration(&self) -> bool {
-        matches!(self, GatewayError::OAuth { error, .. }
-            if oauth_code(error).0 == OAuthKind::Configuration)
+        match self {
+            GatewayError::OAuth { error, .. } => oauth_code(error).0 == OAuthKind::Configuration,
+            GatewayError::UnsupportedTokenType { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// Whether the issuer answered with a failure of its own and said nothing of when to come
+    /// back: a `5xx` without `Retry-After`, or an OAuth `server_error` or
+    /// `temporarily_unavailable` (or an unknown code on a `5xx`). The cache asks again on its
+    /// short recovery beat while callers wait ([`FetchError::with_fast_retry`]).
+    fn issuer_failed(&self) -> bool {
+        match self {
+            GatewayError::Status {
+                status,
+                retry_after,
+                ..
+            } => status.is_server_error() && retry_after.is_none(),
+            GatewayError::OAuth { error, status, .. } => match oauth_code(error).0 {
+                OAuthKind::Transient => true,
+                OAuthKind::Other => status.is_server_error(),
+                OAuthKind::Credentials | OAuthKind::Configuration => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// This error with `secrets` taken out of every text built from the issuer's answer (and
+    /// the transport's text), in whatever field it is.
+    pub(crate) fn redacted(mut self, secrets: &Secrets) -> Self {
+        match &mut self {
+            GatewayError::Unreachable { source, .. } | GatewayError::Interrupted { source, .. } => {
+                secrets.redact_in(&mut source.text);
+            }
+            GatewayError::Refused {
+                codes, reference, ..
+            } => {
+                for code in codes {
+                    secrets.redact_in(&mut code.code);
+                    secrets.redact_in(&mut code.message);
+                }
+                if let Some(reference) = reference {
+                    secrets.redact_in(reference);
+                }
+            }
+            GatewayError::OAuth {
+                error, description, ..
+            } => {
+                secrets.redact_in(error);
+                if let Some(description) = description {
+                    secrets.redact_in(description);
+                }
+            }
+            GatewayError::UnsupportedTokenType { token_type, .. } => {
+                secrets.redact_in(token_type);
+            }
+            GatewayError::IssuerMismatch { named, .. } => secrets.redact_in(named),
+            GatewayError::Malformed { problem, .. } => secrets.redact_in(problem),
+            GatewayError::Redirected { target, .. } => secrets.redact_in(target),
+            GatewayError::Status { .. } | GatewayError::TooLarge { .. } => {}
+        }
+        self
     }
 
     /// The transport failure under an [`Unreachable`](Self::Unreachable) or
@@ -421,8 +495,16 @@ impl From<GatewayError> for FetchError {
             GatewayError::Status { retry_after, .. } => *retry_after,
             _ => None,
         };
+        let fast_retry = error.issuer_failed();
         let fetch_error = if error.is_retryable() {
-            FetchError::transient(error)
+            let transient = FetchError::transient(error);
+            if fast_retry {
+                transient.with_fast_retry()
+            } else {
+                transient
+            }
+        } else if error.is_configuration() {
+            FetchError::configuration(error)
         } else {
             FetchError::rejected(error)
         };

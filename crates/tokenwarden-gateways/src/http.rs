@@ -51,6 +51,13 @@ pub trait HttpSend: Send + Sync + 'static {
     fn allows_insecure_http(&self) -> bool {
         false
     }
+
+    /// Whether the sender can speak `https` at all. `true` unless it knows it cannot — an
+    /// [`IssuerClient`] built with a reqwest that has no TLS backend — in which case sources
+    /// refuse an `https` issuer URL when they are built, instead of failing every fetch.
+    fn speaks_https(&self) -> bool {
+        true
+    }
 }
 
 /// Lets a sender take issuer URLs on plain `http` to hosts that are not loopback — for a
@@ -85,6 +92,10 @@ impl<S: HttpSend> HttpSend for InsecureHttp<S> {
 
     fn allows_insecure_http(&self) -> bool {
         true
+    }
+
+    fn speaks_https(&self) -> bool {
+        self.0.speaks_https()
     }
 }
 
@@ -168,7 +179,10 @@ pub struct TooLarge {
 /// connection after 10 s and on a silent read after 30 s. Plain `http` to a host that is not
 /// loopback is refused when the source is built (see [`InsecureHttp`]).
 ///
-/// Feature `reqwest`. Which TLS implementation it uses is reqwest's features' choice.
+/// Feature `reqwest`. It speaks `https` with feature `rustls` (on by default), or with any
+/// TLS backend of reqwest another crate turned on (`reqwest/native-tls`, …). With none, an
+/// `https` issuer URL is refused when a source is built ([`ConfigError`](tokenwarden_core::ConfigError),
+/// naming the feature), never a fetch that fails for ever.
 ///
 /// ```
 /// use tokenwarden_gateways::IssuerClient;
@@ -226,6 +240,42 @@ impl IssuerClient {
     }
 }
 
+/// Whether the reqwest this crate is built with has a TLS backend — any, whichever crate's
+/// features turned it on (this crate's `rustls`, the application's `reqwest/native-tls`, …).
+///
+/// reqwest says so nowhere at run time, but its `ClientBuilder::tls_info` exists only with a
+/// TLS backend, and where a type has an inherent method of a name, a trait method of the same
+/// name is not chosen. So `tls_info` below is reqwest's own (returning a `ClientBuilder`) when
+/// it exists, else `NoTls`'s (returning `NoTlsBackend`): decided when this crate is compiled.
+/// The closure is never called.
+#[cfg(feature = "reqwest")]
+pub(crate) fn reqwest_has_tls() -> bool {
+    #[allow(dead_code)] // used only where reqwest has no TLS backend
+    struct NoTlsBackend;
+    #[allow(dead_code)]
+    trait NoTls {
+        fn tls_info(self, on: bool) -> NoTlsBackend;
+    }
+    impl NoTls for reqwest::ClientBuilder {
+        fn tls_info(self, _: bool) -> NoTlsBackend {
+            NoTlsBackend
+        }
+    }
+    trait Backend {
+        const TLS: bool;
+    }
+    impl Backend for reqwest::ClientBuilder {
+        const TLS: bool = true;
+    }
+    impl Backend for NoTlsBackend {
+        const TLS: bool = false;
+    }
+    fn answer<T: Backend>(_: fn(reqwest::ClientBuilder) -> T) -> bool {
+        T::TLS
+    }
+    answer(|builder: reqwest::ClientBuilder| builder.tls_info(false))
+}
+
 #[cfg(feature = "reqwest")]
 #[async_trait]
 impl HttpSend for IssuerClient {
@@ -274,6 +324,10 @@ impl HttpSend for IssuerClient {
         *head.status_mut() = response.status();
         *head.headers_mut() = response.headers().clone();
         Ok(head)
+    }
+
+    fn speaks_https(&self) -> bool {
+        reqwest_has_tls()
     }
 }
 

@@ -23,6 +23,11 @@
 //! service (such as hyper-util's client); closures implement it too. A hyper-only application
 //! therefore never compiles reqwest, and a test can answer with anything.
 //!
+//! Feature `rustls` (on by default) gives [`IssuerClient`] TLS: reqwest's own default, rustls.
+//! Where reqwest has no TLS backend at all (this feature off, and none turned on elsewhere), an
+//! `https` issuer URL is refused when a source is built, with a `ConfigError` naming the
+//! feature — never a fetch that fails as "could not be reached" for ever.
+//!
 //! ```
 //! # #[cfg(feature = "reqwest")] {
 //! use tokenwarden_gateways::IssuerClient;
@@ -44,7 +49,10 @@
 //!   loopback is refused when the source is built, unless the sender is wrapped in
 //!   [`InsecureHttp`].
 //! - **Never in text.** Every configured URL prints with its credentials (`user:pass@`) and
-//!   query values redacted, in `Debug`, errors and logs.
+//!   query values redacted, in `Debug`, errors and logs. An issuer that echoes a credential it
+//!   was sent (a client secret in its `error_description`, a password in a refusal) does not
+//!   get it into an error either: each source takes every credential it sends out of any text
+//!   built from the answer, replaced by `[redacted]`, before the error leaves it.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
@@ -55,6 +63,7 @@ pub mod generic;
 mod http;
 pub mod oauth2;
 pub mod payments;
+mod redact;
 pub mod sipay;
 pub mod torus;
 mod wire;

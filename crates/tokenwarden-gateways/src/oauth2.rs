@@ -5,16 +5,20 @@
 //! `resource` and any extra parameters) form-encoded; the client authenticates with HTTP Basic
 //! (`client_secret_basic`, the method every server must support: RFC 6749 §2.3.1, id and secret
 //! form-encoded first) or in the form (`client_secret_post`). The answer's `access_token` is
-//! the token; its expiry is `expires_in` (a number or a string of digits), else the JWT's
-//! `exp` when the token is a JWT, else the cache's default lifetime. A `token_type` other than
+//! the token; its expiry is the earlier of `expires_in` (any non-negative number, or a string
+//! of one) and the JWT's `exp` when the token is a JWT, else whichever of the two is there,
+//! else the cache's default lifetime. A `token_type` other than
 //! `Bearer` (any case) is refused, typed, unless accepted with
 //! [`with_token_type`](ClientCredentials::with_token_type) — then give the cache a
 //! presentation that sends it as that type wants.
 //!
 //! Errors the endpoint states in the standard way (RFC 6749 §5.2) come back as
-//! [`GatewayError::OAuth`]: bad client credentials are rejected and remembered, a bad scope or
-//! request is a configuration error ([`GatewayError::is_configuration`]), neither retried in a
-//! loop; `temporarily_unavailable` is retried with backoff, and a `Retry-After` is honoured.
+//! [`GatewayError::OAuth`]: bad client credentials are rejected and remembered; a bad scope,
+//! resource (`invalid_target`, RFC 8707) or request, or a token type not accepted, is a
+//! configuration error ([`GatewayError::is_configuration`], reaching callers as
+//! [`Error::Configuration`](tokenwarden_core::Error::Configuration)); neither is retried in a
+//! loop. `temporarily_unavailable`, `server_error` and any `5xx` are asked again on the cache's
+//! short recovery beat while callers wait, and a `Retry-After` is honoured.
 //!
 //! ```
 //! use tokenwarden_gateways::oauth2::{self, ClientCredentials};
@@ -35,21 +39,19 @@
 //! # Ok::<_, tokenwarden_core::ConfigError>(())
 //! ```
 
-use std::fmt;
-use std::sync::Arc;
-use std::time::Duration;
-
 use async_trait::async_trait;
 use base64::Engine;
 use bytes::Bytes;
 use http::header::AUTHORIZATION;
 use http::{HeaderName, HeaderValue, StatusCode};
+use std::fmt;
+use std::sync::Arc;
 use tokenwarden_core::{
-    ConfigError, FetchError, Presentation, Secret, Token, TokenCache, TokenCacheBuilder,
+    ConfigError, Expiry, FetchError, Presentation, Secret, Token, TokenCache, TokenCacheBuilder,
     TokenSource,
 };
 
-use crate::wire::{Answer, Issuer, error_answer, with_jwt_expiry};
+use crate::wire::{Answer, Issuer, error_answer, with_expiry};
 use crate::{GatewayError, HttpSend};
 
 const GATEWAY: &str = "OAuth 2.0";
@@ -111,10 +113,18 @@ impl ClientCredentials {
         client_id: impl Into<String>,
         client_secret: impl Into<Secret>,
     ) -> Result<Self, ConfigError> {
+        let client_id = client_id.into();
+        let client_secret = client_secret.into();
+        // The secret as sent: itself, or inside the Basic credentials.
+        let sent = [
+            client_secret.expose().to_owned(),
+            basic_credentials(&client_id, &client_secret),
+        ];
         Ok(Self {
-            issuer: Issuer::new(Arc::new(sender), GATEWAY, token_url, "", "token_url")?,
-            client_id: client_id.into(),
-            client_secret: client_secret.into(),
+            issuer: Issuer::new(Arc::new(sender), GATEWAY, token_url, "", "token_url")?
+                .with_secrets(sent),
+            client_id,
+            client_secret,
             auth: ClientAuth::Basic,
             scopes: Vec::new(),
             audience: None,
@@ -220,7 +230,9 @@ impl ClientCredentials {
     /// printed.
     #[must_use]
     pub fn with_param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.params.push((name.into(), value.into()));
+        let value = value.into();
+        self.issuer = self.issuer.with_secrets([&value]);
+        self.params.push((name.into(), value));
         self
     }
 
@@ -256,15 +268,7 @@ impl ClientCredentials {
                 form.append_pair("client_secret", self.client_secret.expose());
             }
             ClientAuth::Basic => {
-                // RFC 6749 §2.3.1: each form-encoded, then joined and base64-encoded.
-                let encode =
-                    |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-                let pair = format!(
-                    "{}:{}",
-                    encode(&self.client_id),
-                    encode(self.client_secret.expose())
-                );
-                let basic = base64::engine::general_purpose::STANDARD.encode(pair);
+                let basic = basic_credentials(&self.client_id, &self.client_secret);
                 let mut value = HeaderValue::from_str(&format!("Basic {basic}")).map_err(|_| {
                     GatewayError::Malformed {
                         gateway: GATEWAY,
@@ -286,7 +290,13 @@ impl ClientCredentials {
     /// [`GatewayError::OAuth`] for a standard error answer, [`GatewayError::Status`] for
     /// another error status, [`GatewayError::UnsupportedTokenType`] for a token type not
     /// accepted, [`GatewayError::Malformed`] for an answer without a token.
+    /// Any credential of this source's that the answer echoes is taken out of the error.
     pub fn parse(&self, status: StatusCode, body: &[u8]) -> Result<Token, GatewayError> {
+        self.read(status, body)
+            .map_err(|error| self.issuer.redacted(error))
+    }
+
+    fn read(&self, status: StatusCode, body: &[u8]) -> Result<Token, GatewayError> {
         if !status.is_success() {
             return Err(error_answer(GATEWAY, status, body));
         }
@@ -308,11 +318,8 @@ impl ClientCredentials {
                     .collect(),
             });
         }
-        let token = Token::new(secret);
-        Ok(match answer.seconds("/expires_in")? {
-            Some(secs) => token.with_expires_in(Duration::from_secs(secs)),
-            None => with_jwt_expiry(token, secret),
-        })
+        let stated = answer.seconds("/expires_in")?.map(Expiry::In);
+        Ok(with_expiry(Token::new(secret), secret, stated))
     }
 }
 
@@ -323,11 +330,19 @@ impl TokenSource for ClientCredentials {
             let (form, headers) = self.request()?;
             let body = Bytes::copy_from_slice(form.expose().as_bytes());
             let (status, body) = self.issuer.post(Some(FORM), &headers, body).await?;
-            self.parse(status, &body)
+            self.read(status, &body)
         }
         .await;
         self.issuer.fetched(fetched)
     }
+}
+
+/// `client_secret_basic`'s credentials (RFC 6749 §2.3.1): id and secret each form-encoded,
+/// joined by `:` and base64-encoded.
+fn basic_credentials(client_id: &str, client_secret: &Secret) -> String {
+    let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let pair = format!("{}:{}", encode(client_id), encode(client_secret.expose()));
+    base64::engine::general_purpose::STANDARD.encode(pair)
 }
 
 /// A cache for `credentials`: named `"oauth2"`, presenting `Authorization: Bearer`.

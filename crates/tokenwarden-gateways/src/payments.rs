@@ -124,7 +124,8 @@ impl SessionTokenSource {
         )?;
         authorization.set_sensitive(true);
         Ok(Self {
-            issuer: Issuer::new(sender, GATEWAY, base_url, "/session_token", "base_url")?,
+            issuer: Issuer::new(sender, GATEWAY, base_url, "/session_token", "base_url")?
+                .with_secrets([authentication_token.expose()]),
             headers: [
                 (AUTHORIZATION, authorization),
                 (merchant_account(), header_value(merchant, "merchant")?),
@@ -192,9 +193,10 @@ impl ClientAppSource {
     ///
     /// [`ConfigError`] if the value cannot be a header value.
     pub fn with_header(mut self, name: HeaderName, value: &Secret) -> Result<Self, ConfigError> {
-        let mut value = header_value(value.expose(), "header")?;
-        value.set_sensitive(true);
-        self.headers.push((name, value));
+        let mut header = header_value(value.expose(), "header")?;
+        header.set_sensitive(true);
+        self.headers.push((name, header));
+        self.issuer = self.issuer.with_secrets([value.expose()]);
         Ok(self)
     }
 }

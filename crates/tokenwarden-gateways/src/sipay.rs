@@ -117,7 +117,8 @@ impl SipaySource {
             "/api/token",
             "base_url",
         )?
-        .with_max_response(config.max_response);
+        .with_max_response(config.max_response)
+        .with_secrets([config.app_secret.expose()]);
         Ok(Self { issuer, config })
     }
 }

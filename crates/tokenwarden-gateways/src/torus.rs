@@ -103,7 +103,12 @@ impl TorusSource {
             "/api/v1/session/generate",
             "base_url",
         )?
-        .with_max_response(config.max_response);
+        .with_max_response(config.max_response)
+        .with_secrets([
+            config.request_token.expose(),
+            config.api_key.expose(),
+            config.api_secret.expose(),
+        ]);
         Ok(Self {
             issuer,
             config,

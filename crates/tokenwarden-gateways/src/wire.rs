@@ -11,7 +11,7 @@ use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderName, HeaderValue, Request, StatusCode, Uri};
 use serde_json::Value;
 use tokenwarden_core::{
-    BoxError, ConfigError, FetchError, Origin, Probe, RedactedUri, Token, redact_url,
+    BoxError, ConfigError, Expiry, FetchError, Origin, Probe, RedactedUri, Token, redact_url,
     transport_allowed,
 };
 
@@ -20,6 +20,7 @@ const PROBE_MAX_BODY: usize = 4096;
 
 use crate::error::TransportError;
 use crate::http::{ReadFailed, RedirectFollowed, TooLarge};
+use crate::redact::Secrets;
 use crate::{DEFAULT_MAX_RESPONSE, GatewayError, HttpSend};
 
 /// One token endpoint and the client that reaches it: what every source has.
@@ -32,6 +33,8 @@ pub(crate) struct Issuer {
     basic: Option<HeaderValue>,
     gateway: &'static str,
     max_response: usize,
+    /// Every credential the source sends, taken out of the errors it returns.
+    secrets: Secrets,
 }
 
 impl fmt::Debug for Issuer {
@@ -75,6 +78,21 @@ impl Issuer {
                          end, wrap the sender in InsecureHttp)",
             });
         }
+        // The URL's own secrets: its password and query values, as written and decoded.
+        let mut secrets = Vec::new();
+        if let Some((userinfo, _)) = uri.authority().and_then(|a| a.as_str().rsplit_once('@'))
+            && let Some((_, password)) = userinfo.split_once(':')
+        {
+            secrets.push(password.to_owned());
+            secrets.extend(percent_decode(password));
+        }
+        for (_, value) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
+            secrets.push(value.into_owned());
+        }
+        for pair in uri.query().unwrap_or("").split('&') {
+            secrets.extend(pair.split_once('=').map(|(_, value)| value.to_owned()));
+        }
+        tls_available(origin.scheme(), sender.speaks_https(), setting)?;
         let (uri, basic) = split_userinfo(uri).ok_or(ConfigError::Invalid {
             name: setting,
             reason: "has credentials (user:password@) that are not valid percent-encoded UTF-8",
@@ -85,7 +103,23 @@ impl Issuer {
             basic,
             gateway,
             max_response: DEFAULT_MAX_RESPONSE,
+            secrets: Secrets::default().with(secrets),
         })
+    }
+
+    /// Adds credentials the source sends (a secret, a password, a header's value): they are
+    /// taken out of every error the source returns (see [`redacted`](Self::redacted)).
+    pub(crate) fn with_secrets<S: AsRef<str>>(
+        mut self,
+        secrets: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.secrets = self.secrets.with(secrets);
+        self
+    }
+
+    /// `error` with every credential the source sends taken out of its text.
+    pub(crate) fn redacted(&self, error: GatewayError) -> GatewayError {
+        error.redacted(&self.secrets)
     }
 
     pub(crate) fn with_gateway(mut self, gateway: &'static str) -> Self {
@@ -115,8 +149,12 @@ impl Issuer {
     /// so callers waiting through an outage get a token as soon as the issuer answers again,
     /// not at the end of a long backoff. Where the issuer itself answered (any other status, a
     /// malformed or oversized body), a bare request would reach it and prove nothing: no probe.
+    ///
+    /// Every credential the source sends is taken out of the error's text first (see
+    /// [`redacted`](Self::redacted)): whatever the issuer echoed, it goes no further.
     pub(crate) fn fetched(&self, result: Result<Token, GatewayError>) -> Result<Token, FetchError> {
         result.map_err(|error| {
+            let error = self.redacted(error);
             let unreachable = match &error {
                 GatewayError::Unreachable { .. } => true,
                 GatewayError::Status { status, .. } => {
@@ -303,6 +341,21 @@ impl Issuer {
     }
 }
 
+/// Refuses an `https` endpoint for a sender that cannot speak TLS (`tls` false): every fetch
+/// would fail as "could not be reached" and be retried for ever. Said when the source is built,
+/// with the feature to turn on.
+fn tls_available(scheme: &str, tls: bool, setting: &'static str) -> Result<(), ConfigError> {
+    if scheme == "https" && !tls {
+        return Err(ConfigError::Invalid {
+            name: setting,
+            reason: "is https, but the HTTP client was built without TLS: turn on feature \
+                     `rustls` of tokenwarden-gateways (on by default; `tokenwarden` forwards it) \
+                     or a TLS feature of reqwest",
+        });
+    }
+    Ok(())
+}
+
 /// Takes `user:pass@` out of an endpoint URL and turns it into HTTP Basic credentials, as
 /// curl and browsers do: the transport (and its logs, connection-pool keys included) never
 /// sees them. `None` if they are not valid percent-encoded UTF-8.
@@ -430,16 +483,48 @@ impl Answer {
         }
     }
 
-    /// A count of seconds at `pointer` (a number or a string of digits), or `None` when the
-    /// field is absent or null.
-    pub(crate) fn seconds(&self, pointer: &str) -> Result<Option<u64>, GatewayError> {
-        if self.get(pointer).is_none_or(Value::is_null) {
+    /// A count of seconds at `pointer` — a non-negative JSON number, whole or not (`3600`,
+    /// `3600.0`, `3600.5`), or a string of one, as some gateways send — or `None` when the
+    /// field is absent or null. Negative, not a finite number, or past `i64::MAX` seconds (as
+    /// for an integer that large) is malformed; the cache caps lifetimes at a year anyway.
+    pub(crate) fn seconds(&self, pointer: &str) -> Result<Option<Duration>, GatewayError> {
+        let Some(value) = self.get(pointer) else {
             return Ok(None);
+        };
+        let number = match value {
+            Value::Number(n) => n.as_u64().map(Seconds::Whole).or_else(|| {
+                n.as_i64()
+                    .map(|_| Seconds::Negative)
+                    .or_else(|| n.as_f64().map(Seconds::Fraction))
+            }),
+            Value::String(s) => {
+                let s = s.trim();
+                s.parse::<u64>()
+                    .map(Seconds::Whole)
+                    .ok()
+                    .or_else(|| s.parse::<f64>().ok().map(Seconds::Fraction))
+            }
+            _ => None,
+        };
+        const MAX: u64 = i64::MAX as u64;
+        match number {
+            Some(Seconds::Whole(secs)) if secs <= MAX => Ok(Some(Duration::from_secs(secs))),
+            Some(Seconds::Fraction(secs)) if secs.is_finite() && secs < 0.0 => {
+                Err(self.malformed(format!("`{pointer}` is negative")))
+            }
+            Some(Seconds::Fraction(secs)) if secs.is_finite() && secs <= MAX as f64 => Ok(Some(
+                Duration::try_from_secs_f64(secs.max(0.0))
+                    .map_err(|_| self.malformed(format!("`{pointer}` is out of range")))?,
+            )),
+            Some(Seconds::Negative) => Err(self.malformed(format!("`{pointer}` is negative"))),
+            Some(Seconds::Whole(_) | Seconds::Fraction(_)) => Err(self.malformed(format!(
+                "`{pointer}` is not a finite number of seconds up to {MAX}"
+            ))),
+            None => Err(self.malformed(format!(
+                "`{pointer}` is {}, not a number of seconds",
+                kind(value)
+            ))),
         }
-        let secs = self.integer(pointer)?;
-        u64::try_from(secs)
-            .map(Some)
-            .map_err(|_| self.malformed(format!("`{pointer}` is negative")))
     }
 
     /// A string or number at `pointer`, as text (for codes and references).
@@ -450,6 +535,13 @@ impl Answer {
             _ => None,
         }
     }
+}
+
+/// A number of seconds as the answer wrote it.
+enum Seconds {
+    Whole(u64),
+    Negative,
+    Fraction(f64),
 }
 
 fn kind(value: &Value) -> &'static str {
@@ -546,13 +638,30 @@ fn oauth_error(gateway: &'static str, status: StatusCode, body: &[u8]) -> Option
     })
 }
 
-/// `token` with the JWT's `exp` when `secret` is a JWT that has one; as it is otherwise (the
-/// cache then gives it its default lifetime).
-pub(crate) fn with_jwt_expiry(token: Token, secret: &str) -> Token {
-    match jwt_expiry(secret) {
-        Some(at) => token.with_expires_at(at),
-        None => token,
-    }
+/// `token` with the earlier of `stated` (the answer's own expiry field, if it had one) and the
+/// JWT's `exp` (if `secret` is a JWT that has one): a token is not used past either. With
+/// neither, as it is (the cache then gives it its default lifetime).
+pub(crate) fn with_expiry(token: Token, secret: &str, stated: Option<Expiry>) -> Token {
+    let jwt = jwt_expiry(secret);
+    let expiry = match (stated, jwt) {
+        (None | Some(Expiry::Unknown), None) => return token,
+        (Some(stated), None) => stated,
+        (None | Some(Expiry::Unknown), Some(exp)) => Expiry::At(exp),
+        (Some(Expiry::At(at)), Some(exp)) => Expiry::At(at.min(exp)),
+        (Some(Expiry::In(lifetime)), Some(exp)) => {
+            let left = exp
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            if left < lifetime {
+                Expiry::At(exp)
+            } else {
+                Expiry::In(lifetime)
+            }
+        }
+        // A kind of expiry this crate does not know of: as stated.
+        (Some(stated), Some(_)) => stated,
+    };
+    token.with_expiry(expiry)
 }
 
 /// The `Retry-After` of an answer (RFC 9110 §10.2.3): delay-seconds, or an HTTP date (a date
@@ -589,6 +698,38 @@ mod tests {
         assert_eq!(split_userinfo(plain.clone()), Some((plain, None)));
         let bad: Uri = "https://a:%ZZ@auth.example.com/".parse().unwrap();
         assert!(split_userinfo(bad).is_none());
+    }
+
+    #[test]
+    fn an_https_endpoint_needs_a_sender_that_speaks_tls() {
+        let refused = tls_available("https", false, "token_url").unwrap_err();
+        let text = refused.to_string();
+        assert!(
+            text.contains("token_url") && text.contains("`rustls`"),
+            "{text}"
+        );
+        assert!(tls_available("https", true, "token_url").is_ok());
+        // Plain http to loopback needs no TLS.
+        assert!(tls_available("http", false, "token_url").is_ok());
+    }
+
+    #[cfg(feature = "reqwest")]
+    #[test]
+    fn an_issuer_client_with_tls_takes_an_https_endpoint() {
+        use crate::HttpSend;
+        let client = crate::IssuerClient::new().unwrap();
+        // Feature `rustls` on (as in the workspace's tests): reqwest has TLS, and it is seen.
+        if cfg!(feature = "rustls") {
+            assert!(client.speaks_https());
+            let issuer = Issuer::new(
+                Arc::new(client),
+                "test",
+                "https://auth.example.com",
+                "/token",
+                "base_url",
+            );
+            assert!(issuer.is_ok(), "{issuer:?}");
+        }
     }
 
     #[test]

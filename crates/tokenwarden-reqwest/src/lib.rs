@@ -30,10 +30,14 @@
 //!   [`InsecureTransport`](tokenwarden_core::InsecureTransport) unless allowed.
 //! - **Redirects** (below): build the client with [`client_builder`]; a response that arrives
 //!   from outside the scope anyway is an error ([`LeftScope`]), never a silent success.
+//! - **TLS.** With feature `rustls` (on by default) reqwest speaks `https` out of the box. If
+//!   reqwest has no TLS backend at all (this feature off and none turned on elsewhere), an
+//!   `https` request in scope fails with [`TlsMissing`], unsent and without fetching a token,
+//!   instead of as a connection error that retry middleware would retry.
 //!
 //! Errors are `reqwest_middleware::Error::Middleware` wrapping a
-//! [`tokenwarden_core::Error`], an [`InsecureTransport`](tokenwarden_core::InsecureTransport)
-//! or a [`LeftScope`] (downcast the `anyhow::Error`), or the client's own `reqwest::Error`s.
+//! [`tokenwarden_core::Error`], an [`InsecureTransport`](tokenwarden_core::InsecureTransport),
+//! a [`LeftScope`] or a [`TlsMissing`] (downcast the `anyhow::Error`), or the client's own `reqwest::Error`s.
 //! Each keeps its causes as sources and prints each message once when the chain is walked.
 //!
 //! # Where it goes in a chain
@@ -91,9 +95,11 @@
 
 mod middleware;
 mod redirect;
+mod tls;
 
 pub use middleware::TokenMiddleware;
 pub use redirect::{LeftScope, MAX_REDIRECTS, client_builder, redirect_policy};
+pub use tls::TlsMissing;
 pub use tokenwarden_http::{
     Classifier, DefaultClassifier, KeyError, LayerPolicy, NotReplayed, Replay, RequestView,
     ResponseBody, SkipToken, TokenKey, Verdict,

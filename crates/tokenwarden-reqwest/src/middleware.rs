@@ -176,6 +176,9 @@ impl Middleware for TokenMiddleware {
             // untouched, and no token fetched.
             return next.run(request, extensions).await;
         }
+        // Could never be sent: said plainly, before a token is fetched.
+        crate::tls::check(request.url(), crate::tls::reqwest_has_tls())
+            .map_err(Error::middleware)?;
         // A keyed middleware: the request's key chooses the cache (no key: refused, unsent).
         let url = request.url();
         let choice = self.engine.choose(|| {

@@ -63,7 +63,9 @@ impl fmt::Display for TooManyRedirects {
 impl std::error::Error for TooManyRedirects {}
 
 /// A `reqwest::ClientBuilder` with [`redirect_policy`]: the client to put under a
-/// [`TokenMiddleware`](crate::TokenMiddleware). Anything else can still be set on it.
+/// [`TokenMiddleware`](crate::TokenMiddleware). Anything else can still be set on it. It speaks
+/// `https` with feature `rustls` (on by default) or any TLS backend of reqwest; with none, the
+/// middleware refuses `https` requests in scope ([`TlsMissing`](crate::TlsMissing)).
 ///
 /// ```
 /// use std::time::Duration;

@@ -759,14 +759,19 @@ impl State {
                 errors.push(json!({"messageCode": "This field is required in [REQUEST]", "fieldName": required}));
             }
         }
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as i128;
+        let now_ms = i64::try_from(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis(),
+        )
+        .unwrap_or(i64::MAX);
+        // A timestamp from the request is anything a client sent: out of `i64` it is not
+        // current, and the distance to now cannot overflow (`abs_diff` is unsigned).
         if let Some(ts) = fields.get("timestamp")
             && ts
-                .parse::<i128>()
-                .map_or(true, |t| (now_ms - t).abs() > 300_000)
+                .parse::<i64>()
+                .map_or(true, |t| now_ms.abs_diff(t) > 300_000)
         {
             errors
                 .push(json!({"messageCode": "Timestamp is not current", "fieldName": "timestamp"}));

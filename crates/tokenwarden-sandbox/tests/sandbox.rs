@@ -328,3 +328,54 @@ async fn several_merchants_each_get_their_own_tokens_and_cannot_use_anothers() {
         Default::default()
     );
 }
+
+#[tokio::test]
+async fn a_hostile_boipa_timestamp_is_refused_the_documented_way() {
+    let sandbox = Sandbox::start().await.unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("{}/token", sandbox.base_url(Gateway::Boipa));
+    let hostile = [
+        i128::MIN.to_string(),
+        i128::MAX.to_string(),
+        i64::MIN.to_string(),
+        u64::MAX.to_string(),
+        "99999999999999999999999999999999999999999999999999".to_owned(),
+        "0".to_owned(),
+        "-1".to_owned(),
+    ];
+    for timestamp in hostile {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .append_pair("merchantId", &credentials::BOIPA_MERCHANT_ID.to_string())
+            .append_pair("password", credentials::BOIPA_PASSWORD)
+            .append_pair("action", "TOKENIZE")
+            .append_pair("timestamp", &timestamp)
+            .append_pair("allowOriginUrl", "https://shop.example")
+            .finish();
+        let response = client
+            .post(&url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{timestamp}: the sandbox did not answer: {e}"));
+        assert_eq!(response.status(), 200, "{timestamp}");
+        let answer: serde_json::Value =
+            serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+        assert_eq!(answer["result"], "failure", "{timestamp}: {answer}");
+        assert_eq!(
+            answer["errors"][0]["fieldName"], "timestamp",
+            "{timestamp}: {answer}"
+        );
+    }
+    // And it still answers a good one.
+    let cache = boipa::cache(
+        IssuerClient::new().unwrap(),
+        sandbox.boipa_config(),
+        ActionRequest::new(Action::Tokenize),
+        0,
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    assert!(cache.get().await.is_ok());
+}

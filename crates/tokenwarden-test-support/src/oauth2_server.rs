@@ -153,9 +153,11 @@ impl OAuth2Server {
         serde_json::from_slice(&bytes).expect("control answers JSON")
     }
 
-    /// Merges `settings` into the server's: `clients` (`{id: secret}`), `allowedScopes`
-    /// (a list, or `null` for any), `ttl` (seconds, for `exp` and `expires_in`), `expiresIn`
-    /// (`"number"`, `"string"` or `"absent"`), `tokenType`.
+    /// Merges `settings` into the server's: `clients` (`{id: secret}`), `allowedScopes` and
+    /// `allowedResources` (lists, or `null` for any; others are answered `invalid_scope` and
+    /// `invalid_target`), `ttl` (seconds, for `exp` and `expires_in`), `expiresIn`
+    /// (`"number"`, `"string"` or `"absent"`), `expiresInExtra` (seconds `expires_in` adds to
+    /// `ttl`), `tokenType`, `echoCredentials` (`invalid_client` quotes the secret it was given).
     pub async fn configure(&self, settings: Value) {
         self.call("/config", Some(settings)).await;
     }
