@@ -292,7 +292,11 @@ async fn revocations_whose_replays_are_accepted_are_all_absorbed() {
     for round in 1..=10 {
         let token = cache.get().await.unwrap();
         token.mark_accepted();
-        assert_eq!(cache.reject(token.id(), route), Invalidation::Discarded, "{round}");
+        assert_eq!(
+            cache.reject(token.id(), route),
+            Invalidation::Discarded,
+            "{round}"
+        );
         // The replay with the fresh token is accepted: the rejection was about the token.
         let fresh = cache.get().await.unwrap();
         cache.replay_accepted(fresh.id());
