@@ -48,8 +48,10 @@ async fn main() -> Result<(), tower::BoxError> {
 
     // The client an application already has: https through rustls (plain http too, for the
     // loopback sandbox), bodies of type `Full<Bytes>`.
+    // The provider is named: reqwest's TLS (aws-lc-rs) is compiled in too.
+    let provider = tokio_rustls::rustls::crypto::ring::default_provider();
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
+        .with_provider_and_webpki_roots(provider)?
         .https_or_http()
         .enable_http1()
         .build();
