@@ -19,7 +19,7 @@ use tracing::Instrument;
 use super::clock::Clock;
 use super::fetch::{FetchReason, Fetched, Schedule, fetch_once};
 use super::keyed::KeyLabel;
-use super::rejection::{Bound, HeldOff, Invalidation, Route, Routes};
+use super::rejection::{Bound, HeldOff, Invalidation, Rejections, Route};
 use super::status::{CacheState, CacheStatus};
 use super::wheel::Wheel;
 use crate::metrics;
@@ -133,10 +133,9 @@ struct State {
     probe_armed: bool,
     /// Single-use mode's pool (boxed: none in shared mode).
     pool: Option<Box<PoolState>>,
-    /// Routes whose rejections are not about the token (boxed: most caches have none).
-    routes: Option<Box<Routes>>,
-    /// The rate bound on replacing a working token after rejections.
-    bound: Bound,
+    /// Routes whose rejections are not about the token, and the rate bound on replacing a
+    /// working token (boxed, made at the first rejection: most keys never see one).
+    rejections: Option<Box<Rejections>>,
 }
 
 /// Single-use mode: tokens fetched ahead, each to be handed out once.
@@ -445,7 +444,9 @@ impl Inner {
         st.last_error = None;
         st.fresh_rejections = 0;
         st.quiet_until = None;
-        st.bound = Bound::default();
+        if let Some(rejections) = st.rejections.as_mut() {
+            rejections.bound = Bound::default();
+        }
         if st.current.is_some() {
             self.publish(&mut st);
         }
@@ -1234,8 +1235,9 @@ impl Inner {
         );
         if let Some(route) = route
             && !interval.is_zero()
-            && st.routes.as_mut().is_some_and(|routes| {
-                routes.holds_off(route, now, interval, snapshot.accepted_since())
+            && st.rejections.as_mut().is_some_and(|r| {
+                r.routes
+                    .holds_off(route, now, interval, snapshot.accepted_since())
             })
         {
             snapshot.clear_accepted_since();
@@ -1244,7 +1246,8 @@ impl Inner {
         if snapshot.is_accepted() {
             // A token that worked is rejected: it has expired or was revoked, unless it has
             // been replaced on rejection too often.
-            if !st.bound.allow(now, interval) {
+            let bound = &mut st.rejections.get_or_insert_with(Box::default).bound;
+            if !bound.allow(now, interval) {
                 if let Some(route) = route {
                     self.remember_route(&mut st, route, now);
                     snapshot.clear_accepted_since();
@@ -1326,7 +1329,7 @@ impl Inner {
         if interval.is_zero() {
             return;
         }
-        let routes = st.routes.get_or_insert_with(Box::default);
+        let routes = &mut st.rejections.get_or_insert_with(Box::default).routes;
         let known = routes.active(now);
         routes.remember(route, now, interval);
         if routes.active(now) > known {
@@ -1348,7 +1351,9 @@ impl Inner {
             .as_ref()
             .is_some_and(|c| c.snapshot.id() == fresh)
         {
-            st.bound.refund(self.config.rejection_interval);
+            if let Some(rejections) = st.rejections.as_mut() {
+                rejections.bound.refund(self.config.rejection_interval);
+            }
         }
     }
 
@@ -1508,7 +1513,7 @@ impl Inner {
                 .counters
                 .suppressed_invalidations
                 .load(std::sync::atomic::Ordering::Relaxed),
-            routes_held_off: st.routes.as_ref().map_or(0, |r| r.active(now)),
+            routes_held_off: st.rejections.as_ref().map_or(0, |r| r.routes.active(now)),
         }
     }
 

@@ -78,6 +78,13 @@ pub enum HeldOff {
     Bound,
 }
 
+/// A cache's memory of rejections: made at its first rejection.
+#[derive(Default)]
+pub(crate) struct Rejections {
+    pub(crate) routes: Routes,
+    pub(crate) bound: Bound,
+}
+
 /// Routes remembered at most per cache: the oldest is forgotten first.
 const MAX_ROUTES: usize = 16;
 
