@@ -1346,14 +1346,12 @@ impl Inner {
     /// the rejection was about the token, and its replacement is given back to the bound.
     pub(crate) fn replay_accepted(&self, fresh: TokenId) {
         let mut st = self.lock();
-        if st
+        let current = st
             .current
             .as_ref()
-            .is_some_and(|c| c.snapshot.id() == fresh)
-        {
-            if let Some(rejections) = st.rejections.as_mut() {
-                rejections.bound.refund(self.config.rejection_interval);
-            }
+            .is_some_and(|c| c.snapshot.id() == fresh);
+        if current && let Some(rejections) = st.rejections.as_mut() {
+            rejections.bound.refund(self.config.rejection_interval);
         }
     }
 
