@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `<prefix>{<name>}:token` | a hash: `fence`, the encrypted token `blob`, `rejected`; expires with the token |
 //! | `<prefix>{<name>}:lease` | the lease holder's owner id, with the lease TTL |
-//! | `<prefix>{<name>}:fence` | the highest fencing number given out |
+//! | `<prefix>{<name>}:fence` | the highest fencing number given out; expires a day after the token |
 //!
 //! `<name>` is a keyed BLAKE3 hash of the credential identity (keyed by a subkey of the
 //! encryption key): it carries no secret, and without the key nobody can tell which identity
@@ -16,7 +16,17 @@
 //! fencing number), installing a token (only over a lower fencing number, letting go of the
 //! lease, publishing a notice), rejecting the token with a given fencing number, letting go of
 //! a lease. Notices go out on one channel, `<prefix>notices`, which each process reads on a
-//! connection of its own, reconnecting after trouble.
+//! connection of its own, reconnecting after trouble. The scripts are in `src/lua/`, each with
+//! its keys, arguments and reasons.
+//!
+//! **Fencing numbers only grow**, whatever Redis forgets or restores: a lease's number is the
+//! largest of the counter plus one, the server's clock in milliseconds, and the stored token's
+//! number plus one. A key is given at most one number per lease, so its numbers stay within a
+//! few of the clock of when they were given; a restart without persistence, a restart from an
+//! older RDB or AOF snapshot, and a failover to a replica that missed the latest writes all
+//! come back later than that, so the clock alone puts every new number above the lost ones (a
+//! late `401` for an old token can then never mark a new one). Not covered: a server whose
+//! clock runs behind the one that gave the lost numbers by more than the outage lasted.
 //!
 //! Tokens are stored encrypted with XChaCha20-Poly1305 under a subkey of the
 //! [`EncryptionKey`] you supply (every replica needs the same one), with a random nonce per
@@ -148,82 +158,13 @@ struct Scripts {
 
 impl Scripts {
     fn new() -> Self {
+        // Each script says what it does, its keys and arguments, in its own file.
         Self {
-            // KEYS: lease, fence, token. ARGV: owner, ttl ms.
-            // A key's first fence (none given out yet, or Redis lost its data) starts at the
-            // server's clock in milliseconds, so fences stay unique across such a loss: a
-            // replica's token from before it is never taken for one issued after.
-            acquire: Script::new(
-                r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  local f
-  if redis.call('EXISTS', KEYS[2]) == 1 then
-    f = redis.call('INCR', KEYS[2])
-  else
-    local now = redis.call('TIME')
-    f = redis.call('INCRBY', KEYS[2], tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
-  end
-  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) + 86400000)
-  local held = tonumber(redis.call('HGET', KEYS[3], 'fence') or '0')
-  if f <= held then
-    f = held + 1
-    redis.call('SET', KEYS[2], f)
-  end
-  return f
-end
-return 0",
-            ),
-            // KEYS: token, lease, fence. ARGV: fence, blob, ttl ms, owner, channel, message.
-            install: Script::new(
-                r"
-local f = tonumber(ARGV[1])
-local cur = tonumber(redis.call('HGET', KEYS[1], 'fence') or '0')
-if redis.call('GET', KEYS[2]) == ARGV[4] then
-  redis.call('DEL', KEYS[2])
-end
-if f <= cur then
-  return cur
-end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'fence', ARGV[1], 'blob', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-local c = tonumber(redis.call('GET', KEYS[3]) or '0')
-if c < f then
-  redis.call('SET', KEYS[3], ARGV[1])
-end
-redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[3]) + 86400000)
-redis.call('PUBLISH', ARGV[5], ARGV[6])
-return 0",
-            ),
-            // KEYS: token. ARGV: fence, channel, message.
-            reject: Script::new(
-                r"
-if redis.call('HGET', KEYS[1], 'fence') == ARGV[1] and redis.call('HGET', KEYS[1], 'rejected') ~= '1' then
-  redis.call('HSET', KEYS[1], 'rejected', '1')
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
-  return 1
-end
-return 0",
-            ),
-            // KEYS: lease. ARGV: owner, ttl ms.
-            renew: Script::new(
-                r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0",
-            ),
-            // KEYS: lease. ARGV: owner, channel, message.
-            release: Script::new(
-                r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
-  return 1
-end
-return 0",
-            ),
+            acquire: Script::new(include_str!("lua/acquire.lua")),
+            install: Script::new(include_str!("lua/install.lua")),
+            reject: Script::new(include_str!("lua/reject.lua")),
+            renew: Script::new(include_str!("lua/renew.lua")),
+            release: Script::new(include_str!("lua/release.lua")),
         }
     }
 }

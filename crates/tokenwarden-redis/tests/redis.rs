@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use tokenwarden_core::store::{Install, SharedToken, StoreError, TokenStore};
+use tokenwarden_core::store::{Install, SharedToken, StoreError, StoreKey, TokenStore};
 use tokenwarden_core::{Secret, SharedTokens, TokenCache};
 use tokenwarden_redis::{EncryptionKey, RedisStore};
 use tokenwarden_test_support::{CountingIssuer, RedisServer, secret};
@@ -275,6 +275,48 @@ async fn fences_stay_unique_when_redis_loses_its_data() {
     assert!(
         after > before,
         "a fence after the loss ({after}) never repeats one from before it ({before})"
+    );
+}
+
+/// Acquires the lease for `owner` once Redis answers again (it may be restarting).
+async fn acquire_when_up(store: &RedisStore, key: &StoreKey, owner: &str, ttl: Duration) -> u64 {
+    for _ in 0..50 {
+        if let Ok(Some(fence)) = store.acquire(key, owner, ttl).await {
+            return fence;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no lease for {owner}");
+}
+
+#[tokio::test]
+async fn fences_never_repeat_after_redis_restarts_from_an_older_snapshot() {
+    let mut redis = RedisServer::start();
+    let store = store(&redis);
+    let key = store.key_for("torus:merchant-42");
+    let ttl = Duration::from_millis(200);
+    let first = acquire_when_up(&store, &key, "a", ttl).await;
+    let now = SystemTime::now();
+    let token = SharedToken::new(first, Secret::new("first"), now, now + LIFETIME);
+    assert_eq!(
+        store.install(&key, "a", &token).await.unwrap(),
+        Install::Installed
+    );
+    // Redis's persistence writes a snapshot now; later fences are not in it.
+    let snapshot = redis.save_snapshot();
+    let mut later = Vec::new();
+    for owner in ["b", "c"] {
+        let fence = acquire_when_up(&store, &key, owner, ttl).await;
+        store.release(&key, owner).await.unwrap();
+        later.push(fence);
+    }
+    // A crash and a restart from that snapshot (or a failover to a replica that missed them).
+    redis.restart_from_snapshot(&snapshot);
+    let after = acquire_when_up(&store, &key, "d", ttl).await;
+    println!("fences: {first} installed, then {later:?}, then {after} after the restore");
+    assert!(
+        later.iter().all(|&f| after > f),
+        "a fence after the restore ({after}) repeats or undercuts one given out before it ({later:?})"
     );
 }
 

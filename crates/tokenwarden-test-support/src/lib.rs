@@ -52,7 +52,7 @@ pub use oauth2_server::{JwtApi, OAuth2Server};
 #[cfg(feature = "metrics")]
 pub use recorded::recorded;
 #[cfg(feature = "redis")]
-pub use redis_server::{HOW_TO_INSTALL_REDIS, RedisServer};
+pub use redis_server::{HOW_TO_INSTALL_REDIS, RedisServer, RedisSnapshot};
 
 use std::collections::HashSet;
 use std::future::{Ready, ready};

@@ -2,7 +2,9 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 /// How to get the server, for every message that says it is missing.
@@ -11,15 +13,25 @@ pub const HOW_TO_INSTALL_REDIS: &str = "the shared-token tests run a real redis-
      Ubuntu: `sudo apt-get install redis-server`; macOS: `brew install redis`), or put a \
      `redis-server` (Redis 6.2+ or Valkey) on PATH";
 
-/// `redis-server` on a loopback port of its own, with no persistence; killed when dropped.
+/// `redis-server` on a loopback port of its own, with no automatic persistence; killed when
+/// dropped.
 ///
 /// [`kill`](Self::kill) stops it at once (SIGKILL, as a crash would) and
 /// [`restart`](Self::restart) starts it again, empty, on the same port.
+/// [`save_snapshot`](Self::save_snapshot) writes an RDB snapshot (as Redis's default
+/// persistence does now and then) and [`restart_from_snapshot`](Self::restart_from_snapshot)
+/// starts it again from that snapshot, forgetting every write made after it.
 #[derive(Debug)]
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    /// Its data directory (for snapshots), removed when dropped.
+    dir: PathBuf,
 }
+
+/// An RDB snapshot taken by [`RedisServer::save_snapshot`].
+#[derive(Debug)]
+pub struct RedisSnapshot(PathBuf);
 
 impl RedisServer {
     /// Starts a server on a free loopback port and waits until it answers `PING`.
@@ -33,7 +45,14 @@ impl RedisServer {
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_port();
-            let mut server = Self { child: None, port };
+            let dir = std::env::temp_dir()
+                .join(format!("tokenwarden-redis-{}-{port}", std::process::id()));
+            let _ = std::fs::create_dir_all(&dir);
+            let mut server = Self {
+                child: None,
+                port,
+                dir,
+            };
             match server.spawn() {
                 Ok(()) => return server,
                 Err(why) => last = why,
@@ -62,6 +81,39 @@ impl RedisServer {
         }
     }
 
+    /// Writes a snapshot of everything it holds now (`SAVE`), to restart from later.
+    ///
+    /// # Panics
+    ///
+    /// If the server does not save it.
+    #[must_use]
+    pub fn save_snapshot(&self) -> RedisSnapshot {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("redis answers");
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut answer = [0u8; 5];
+        stream.write_all(b"SAVE\r\n").expect("SAVE sent");
+        stream.read_exact(&mut answer).expect("SAVE answered");
+        assert_eq!(&answer, b"+OK\r\n", "redis saved its snapshot");
+        let kept = self
+            .dir
+            .join(format!("snapshot-{}.rdb", SNAPSHOTS.fetch_add(1, SeqCst)));
+        std::fs::copy(self.dir.join("dump.rdb"), &kept).expect("the snapshot copied");
+        RedisSnapshot(kept)
+    }
+
+    /// Kills it (SIGKILL) and starts it again on the same port from `snapshot`: what was
+    /// written after the snapshot is gone, as after a restart from Redis's own persistence or
+    /// a failover to a replica that missed those writes.
+    ///
+    /// # Panics
+    ///
+    /// If it does not come up within 10 s.
+    pub fn restart_from_snapshot(&mut self, snapshot: &RedisSnapshot) {
+        self.kill();
+        std::fs::copy(&snapshot.0, self.dir.join("dump.rdb")).expect("the snapshot restored");
+        self.start_again();
+    }
+
     /// Starts it again on the same port (empty), after [`kill`](Self::kill).
     ///
     /// # Panics
@@ -69,6 +121,11 @@ impl RedisServer {
     /// If it does not come up within 10 s.
     pub fn restart(&mut self) {
         self.kill();
+        let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
+        self.start_again();
+    }
+
+    fn start_again(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match self.spawn() {
@@ -85,7 +142,11 @@ impl RedisServer {
         let mut child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port"])
             .arg(self.port.to_string())
+            .arg("--dir")
+            .arg(&self.dir)
             .args([
+                "--dbfilename",
+                "dump.rdb",
                 "--save",
                 "",
                 "--appendonly",
@@ -126,8 +187,12 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Numbers the snapshots of every server of this process.
+static SNAPSHOTS: AtomicUsize = AtomicUsize::new(0);
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
