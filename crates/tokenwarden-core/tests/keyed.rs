@@ -604,3 +604,24 @@ fn a_change_to_one_key_reaches_a_threads_copy_of_it_past_its_other_keys() {
     });
     assert_eq!((issuer.calls(1), issuer.calls(2)), (2, 1));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_key_removed_while_its_fetch_runs_leaves_no_copy_of_that_fetch_to_serve() {
+    // One thread: the fetch and the look-up share its copies.
+    let issuer = Issuer::default();
+    let keyed = issuer.keyed(100, Duration::from_millis(100));
+    let getter = keyed.clone();
+    let get = tokio::spawn(async move { getter.get(&1).await });
+    sleep(Duration::from_millis(10)).await;
+    // Removed while its fetch runs: the fetch ends in the removed key's cache.
+    assert!(keyed.remove(&1));
+    let stale = get.await.unwrap().unwrap();
+    assert!(
+        keyed.cached(&1).is_none(),
+        "a copy of {} from the removed key's cache is served, which invalidate cannot reach",
+        secret(&stale)
+    );
+    let fresh = keyed.get(&1).await.unwrap();
+    assert_ne!(fresh.id(), stale.id());
+    assert!(keyed.invalidate(&1, fresh.id()), "the key's current token");
+}

@@ -500,6 +500,18 @@ where
         }
         // Read before the key's state word (see `Copy::seen`).
         let seen = self.inner.wheel.changes();
+        // Only a copy of the key's current cache: a fetch that ended in a cache removed
+        // meanwhile must not be served (nor could `invalidate` reach it). A removal after this
+        // look revokes that cache, which changes its state word after the copy reads it below,
+        // so the copy is not served either.
+        let current = self
+            .inner
+            .map
+            .peek(key)
+            .is_some_and(|now| std::ptr::eq(&*now, slot));
+        if !current {
+            return;
+        }
         let Some((state, check_at)) = slot.cache.inner().table_view(snapshot, REVALIDATE) else {
             return;
         };
