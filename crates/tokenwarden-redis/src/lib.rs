@@ -137,6 +137,8 @@ struct Inner {
     channel: String,
     listeners: Arc<Mutex<Vec<Notices>>>,
     listener: Mutex<Option<AbortHandle>>,
+    /// What went wrong reaching Redis, since it was last reached (see `TokenStore::trouble`).
+    trouble: Arc<Mutex<Option<String>>>,
     scripts: Scripts,
 }
 
@@ -240,6 +242,7 @@ impl RedisStoreBuilder {
                 prefix: self.prefix,
                 listeners: Arc::default(),
                 listener: Mutex::new(None),
+                trouble: Arc::default(),
                 scripts: Scripts::new(),
             }),
         })
@@ -252,8 +255,12 @@ fn describe(error: &redis::RedisError) -> String {
     error.to_string().chars().take(300).collect()
 }
 
-fn unavailable(error: redis::RedisError) -> StoreError {
-    StoreError::Unavailable(describe(&error))
+/// Remembers (or, with `None`, forgets) what went wrong reaching Redis.
+fn note_trouble(trouble: &Mutex<Option<String>>, what: Option<String>) {
+    let mut slot = trouble.lock().unwrap_or_else(PoisonError::into_inner);
+    if *slot != what {
+        *slot = what;
+    }
 }
 
 fn millis(t: SystemTime) -> u64 {
@@ -295,11 +302,40 @@ impl RedisStore {
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        match call(self.inner.conn.clone()).await {
+        let result = match call(self.inner.conn.clone()).await {
             Err(e) if e.is_connection_dropped() || e.is_connection_refusal() || e.is_io_error() => {
-                call(self.inner.conn.clone()).await.map_err(unavailable)
+                call(self.inner.conn.clone()).await
             }
-            result => result.map_err(unavailable),
+            result => result,
+        };
+        self.answered(result)
+    }
+
+    /// A call's result, remembering what went wrong reaching Redis (or that it was reached).
+    fn answered<T>(&self, result: redis::RedisResult<T>) -> Result<T, StoreError> {
+        match result {
+            Ok(value) => {
+                note_trouble(&self.inner.trouble, None);
+                Ok(value)
+            }
+            Err(error) => {
+                let text = describe(&error);
+                note_trouble(&self.inner.trouble, Some(text.clone()));
+                Err(StoreError::Unavailable(text))
+            }
+        }
+    }
+
+    /// The notice listener, started again if the runtime it ran on has ended.
+    fn keep_listening(&self) {
+        let listening = !self
+            .inner
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty();
+        if listening {
+            self.spawn_listener();
         }
     }
 
@@ -393,16 +429,22 @@ impl RedisStore {
         let client = self.inner.client.clone();
         let channel = self.inner.channel.clone();
         let listeners = Arc::clone(&self.inner.listeners);
+        let trouble = Arc::clone(&self.inner.trouble);
         *slot = Some(
             runtime
-                .spawn(listen(client, channel, listeners))
+                .spawn(listen(client, channel, listeners, trouble))
                 .abort_handle(),
         );
     }
 }
 
 /// Reads the notice channel for as long as anyone listens, reconnecting after trouble.
-async fn listen(client: Client, channel: String, listeners: Arc<Mutex<Vec<Notices>>>) {
+async fn listen(
+    client: Client,
+    channel: String,
+    listeners: Arc<Mutex<Vec<Notices>>>,
+    trouble: Arc<Mutex<Option<String>>>,
+) {
     let current = || {
         let mut listeners = listeners.lock().unwrap_or_else(PoisonError::into_inner);
         listeners.retain(|l| !l.is_closed());
@@ -419,6 +461,7 @@ async fn listen(client: Client, channel: String, listeners: Arc<Mutex<Vec<Notice
         match tokio::time::timeout(Duration::from_secs(2), connected).await {
             Ok(Ok(mut pubsub)) => {
                 pause = Duration::from_millis(50);
+                note_trouble(&trouble, None);
                 tracing::debug!("listening for shared token notices");
                 // Whatever was sent while not listening was missed: waiters look again.
                 for l in current() {
@@ -443,6 +486,7 @@ async fn listen(client: Client, channel: String, listeners: Arc<Mutex<Vec<Notice
             }
             Ok(Err(error)) => {
                 tracing::debug!(error = %describe(&error), "shared token notices: cannot connect yet");
+                note_trouble(&trouble, Some(describe(&error)));
             }
             Err(_) => tracing::debug!("shared token notices: connecting timed out"),
         }
@@ -484,6 +528,7 @@ impl TokenStore for RedisStore {
     }
 
     async fn load(&self, key: &StoreKey) -> Result<Option<SharedToken>, StoreError> {
+        self.keep_listening();
         let name = self.redis_key(key, "token");
         let (fence, blob, rejected): (Option<u64>, Option<Vec<u8>>, Option<String>) = self
             .again_once(|mut conn| {
@@ -515,19 +560,20 @@ impl TokenStore for RedisStore {
         owner: &str,
         ttl: Duration,
     ) -> Result<Option<u64>, StoreError> {
+        self.keep_listening();
         let mut conn = self.inner.conn.clone();
-        let fence: u64 = self
-            .inner
-            .scripts
-            .acquire
-            .key(self.redis_key(key, "lease"))
-            .key(self.redis_key(key, "fence"))
-            .key(self.redis_key(key, "token"))
-            .arg(owner)
-            .arg(ttl.as_millis().max(1) as u64)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+        let fence: u64 = self.answered(
+            self.inner
+                .scripts
+                .acquire
+                .key(self.redis_key(key, "lease"))
+                .key(self.redis_key(key, "fence"))
+                .key(self.redis_key(key, "token"))
+                .arg(owner)
+                .arg(ttl.as_millis().max(1) as u64)
+                .invoke_async(&mut conn)
+                .await,
+        )?;
         Ok((fence > 0).then_some(fence))
     }
 
@@ -545,22 +591,22 @@ impl TokenStore for RedisStore {
             .as_millis()
             .clamp(1, 400 * 24 * 3600 * 1000) as u64;
         let mut conn = self.inner.conn.clone();
-        let current: u64 = self
-            .inner
-            .scripts
-            .install
-            .key(self.redis_key(key, "token"))
-            .key(self.redis_key(key, "lease"))
-            .key(self.redis_key(key, "fence"))
-            .arg(token.fence)
-            .arg(blob)
-            .arg(ttl)
-            .arg(owner)
-            .arg(&self.inner.channel)
-            .arg(Self::message('i', key, token.fence))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+        let current: u64 = self.answered(
+            self.inner
+                .scripts
+                .install
+                .key(self.redis_key(key, "token"))
+                .key(self.redis_key(key, "lease"))
+                .key(self.redis_key(key, "fence"))
+                .arg(token.fence)
+                .arg(blob)
+                .arg(ttl)
+                .arg(owner)
+                .arg(&self.inner.channel)
+                .arg(Self::message('i', key, token.fence))
+                .invoke_async(&mut conn)
+                .await,
+        )?;
         Ok(if current == 0 {
             Install::Installed
         } else {
@@ -612,6 +658,14 @@ impl TokenStore for RedisStore {
             .unwrap_or_else(PoisonError::into_inner)
             .push(notices);
         self.spawn_listener();
+    }
+
+    fn trouble(&self) -> Option<String> {
+        self.inner
+            .trouble
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 

@@ -350,3 +350,89 @@ async fn odd_bytes_round_trip_and_a_huge_token_is_refused_not_stored() {
         " "
     );
 }
+
+/// A store that cannot be reached for a while, seen from one replica whose token is dropped
+/// again and again (each fetch asks the store): one WARN for the whole episode, naming why.
+#[test]
+fn a_store_that_refuses_connections_is_named_so_once_per_episode() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let logs = tokenwarden_test_support::LogCapture::start();
+    let mut redis = RedisServer::start();
+    redis.kill();
+    runtime.block_on(async {
+        let store = store(&redis);
+        let shared = SharedTokens::builder(store)
+            .with_store_timeout(Duration::from_millis(50))
+            .with_lease_ttl(Duration::from_millis(400))
+            .with_pause_after_trouble(Duration::from_millis(100))
+            .build();
+        let issuer = CountingIssuer::up();
+        let cache = TokenCache::builder(issuer.source())
+            .with_shared(&shared, "torus:merchant-42")
+            .build()
+            .unwrap();
+        // Let the notice listener try to connect first, as it does at once.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for _ in 0..8 {
+            cache.get().await.unwrap();
+            cache.revoke();
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        assert!(shared.stats().store_errors >= 4, "{:?}", shared.stats());
+    });
+    let text = logs.text();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("shared token store"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one WARN for the episode: {warnings:#?}");
+    assert!(
+        warnings[0].to_lowercase().contains("refused"),
+        "the WARN names the cause: {}",
+        warnings[0]
+    );
+}
+
+/// The notice listener of a store opened on a runtime that has ended starts again on the
+/// store's next use, on the runtime in use then.
+#[test]
+fn the_notice_listener_starts_again_after_its_runtime_ended() {
+    let redis = RedisServer::start();
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let issuer = CountingIssuer::up();
+    let (shared, cache) = first.block_on(async { replica(&store(&redis), &issuer) });
+    drop(first);
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    second.block_on(async {
+        // Its next use (a fetch through the store) brings the listener back...
+        let token = cache.get().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = shared.stats().notices;
+        // ...so a rejection at another replica reaches it.
+        let (other_shared, other) = replica(&store(&redis), &issuer);
+        let same = other.get().await.unwrap();
+        assert_eq!(secret(&same), secret(&token), "taken from the store");
+        assert!(other.invalidate(same.id()));
+        for _ in 0..40 {
+            if shared.stats().notices > before {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            shared.stats().notices > before,
+            "the first replica heard nothing: {:?}",
+            shared.stats()
+        );
+        drop(other_shared);
+    });
+}

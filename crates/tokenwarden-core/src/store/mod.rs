@@ -57,7 +57,7 @@ mod memory;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -267,6 +267,13 @@ pub trait TokenStore: Send + Sync + 'static {
     /// From now on, delivers every notice of every key (its own and other replicas') to
     /// `notices`. Called once per [`SharedTokens`] made on the store.
     fn listen(&self, notices: Notices);
+
+    /// What the store last saw go wrong reaching its server, if anything since it last
+    /// reached it (`"connection refused"`, `"authentication failed"`): named in the WARN that
+    /// a store call which timed out would otherwise only call slow. No secret in it.
+    fn trouble(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Where a store delivers notices: to the caches of one [`SharedTokens`].
@@ -384,6 +391,8 @@ pub(crate) struct Hub {
     links: Mutex<HashMap<StoreKey, Vec<Weak<Link>>>>,
     /// The store is skipped until then, after trouble.
     down_until: Mutex<Option<Instant>>,
+    /// In an episode of trouble (announced once, at WARN, until a call succeeds).
+    troubled: AtomicBool,
     counters: Counters,
 }
 
@@ -469,20 +478,35 @@ impl Hub {
             Ok(result) => result,
             Err(_) => Err(StoreError::Timeout(timeout)),
         };
-        if let Err(error) = &result {
-            bump(&self.counters.store_errors);
-            let mut down = self
-                .down_until
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if down.is_none() {
-                tracing::warn!(
-                    %error,
-                    pause_ms = self.settings.pause_after_trouble.as_millis() as u64,
-                    "the shared token store is in trouble; fetching without it for a while"
-                );
+        match &result {
+            Ok(_) => {
+                if self.troubled.load(Ordering::Relaxed)
+                    && self.troubled.swap(false, Ordering::Relaxed)
+                {
+                    tracing::info!("the shared token store answers again");
+                }
             }
-            *down = Some(Instant::now() + self.settings.pause_after_trouble);
+            Err(error) => {
+                bump(&self.counters.store_errors);
+                let mut down = self
+                    .down_until
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let pause_ms = self.settings.pause_after_trouble.as_millis() as u64;
+                // A timeout says only "slow": the store may know why (refused, a wrong password).
+                let cause = self.store.trouble().unwrap_or_default();
+                if self.troubled.swap(true, Ordering::Relaxed) {
+                    tracing::debug!(%error, cause, pause_ms, "the shared token store is still in trouble");
+                } else {
+                    tracing::warn!(
+                        %error,
+                        cause,
+                        pause_ms,
+                        "the shared token store is in trouble; fetching without it until it answers again"
+                    );
+                }
+                *down = Some(Instant::now() + self.settings.pause_after_trouble);
+            }
         }
         result
     }
@@ -616,6 +640,7 @@ impl SharedTokensBuilder {
             settings,
             links: Mutex::default(),
             down_until: Mutex::default(),
+            troubled: AtomicBool::new(false),
             counters: Counters::default(),
         });
         hub.store.listen(Notices(Arc::downgrade(&hub)));
