@@ -524,8 +524,8 @@ async fn s02_a_401_is_replayed_once_with_a_fresh_token_and_the_same_bytes() {
         .await;
 }
 
-// The replay's rejection marks the route for the cache's rejection interval (5 s); the clock is
-// held still, so every later request falls inside it however slow the machine.
+// The first rejection of a fresh token opens the cache's backoff window (125–250 ms); the clock
+// is held still, so every later request falls inside it however slow the machine.
 #[tokio::test(start_paused = true)]
 async fn s03_an_api_rejecting_every_token_gets_its_401_back_and_bounded_fetches() {
     let _clock = ClockHold::start();
@@ -534,7 +534,7 @@ async fn s03_an_api_rejecting_every_token_gets_its_401_back_and_bounded_fetches(
     Scenario::new(|_| expired("rejected"), requests)
         .expect(|run, r| {
             let mut expected = vec![r#"401 Replayed "rejected""#];
-            expected.extend([r#"401 NotReplayed(RouteRejects) "rejected""#; 5]);
+            expected.extend([r#"401 NotReplayed(StillRejected) "rejected""#; 5]);
             r.eq(run, "responses", run.responses(), expected);
             let tokens = [vec!["Bearer tok-1"], vec!["Bearer tok-2"; 6]].concat();
             r.eq(run, "tokens seen", run.tokens_seen(), tokens);

@@ -203,9 +203,10 @@ async fn a_route_that_always_answers_401_costs_a_handful_of_issuer_calls_through
             seen.bad_401, 1500,
             "{layer:?}: every /bad request got its 401"
         );
-        // The first token, one replacement when /bad first rejects it, one after the
-        // revocation; one more if /bad is tried again when its time is up.
-        assert!(calls <= 4, "{layer:?}: {calls} issuer calls");
+        // The first token; the bad route's: one replacement when it first rejects, one when
+        // it is tried again 5 s later; the revocation's: one, or two when it also catches the
+        // token being fetched.
+        assert!(calls <= 1 + 2 + 2, "{layer:?}: {calls} issuer calls");
         assert!(cache.status().held_off_rejections > 1000, "{layer:?}");
         assert!(seen.bad_held_off > 1000, "{layer:?}: {seen:?}");
     }
@@ -228,7 +229,7 @@ async fn a_route_that_always_answers_401_costs_a_handful_of_issuer_calls_per_key
         let calls = issuer.calls();
         println!("{layer:?}, one merchant of a keyed cache: {calls} issuer calls; {seen:?}");
         assert_eq!(seen.good_failures, 0, "{layer:?}");
-        assert!(calls <= 4, "{layer:?}: {calls} issuer calls");
+        assert!(calls <= 1 + 2 + 2, "{layer:?}: {calls} issuer calls");
     }
 }
 
@@ -254,8 +255,11 @@ async fn four_replicas(name: &str, store: impl Fn() -> SharedTokens) {
         println!("{layer:?}, 4 replicas on one {name}: {calls} issuer calls; {seen:?}");
         assert_eq!(seen.good_failures, 0, "{layer:?}");
         // Each replica learns the route on its own (a replacement each at most, shared), and
-        // one shared token after the revocation.
-        assert!(calls <= 6, "{layer:?}: {calls} issuer calls fleet-wide");
+        // one or two shared tokens after the revocation.
+        assert!(
+            calls <= 1 + 4 + 2,
+            "{layer:?}: {calls} issuer calls fleet-wide"
+        );
     }
 }
 
@@ -274,4 +278,78 @@ async fn four_replicas_on_one_redis_call_the_issuer_a_handful_of_times_fleet_wid
         SharedTokens::new(store)
     })
     .await;
+}
+
+/// One route only, one request every 100 ms: a revocation that also covers the next token
+/// issued (it spreads while a replacement is fetched), then a plain revocation much later.
+/// The first costs the replay's 401 and one or two more while the fresh-token backoff
+/// (125-250 ms) runs; the second costs none; never a route remembered as bad and callers
+/// locked out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_on_the_only_route_are_absorbed_even_when_a_replay_is_rejected() {
+    for layer in [Layer::Tower, Layer::Reqwest] {
+        let revoked = Arc::new(AtomicUsize::new(0));
+        let api = api(Arc::clone(&revoked)).await;
+        let issuer = CountingIssuer::up().with_lifetime(Duration::from_secs(3600));
+        let (clock, hand) = Clock::manual();
+        let cache = cache(&issuer, clock).build().unwrap();
+        let client = Client::new(layer, cache, Scope::origin(&api.origin()).unwrap());
+        let url = api.url("/charges");
+        let mut failures = [0usize; 2];
+        for tick in 0..400 {
+            if tick == 10 {
+                // This token and the next one.
+                revoked.store(issuer.calls() + 1, SeqCst);
+            }
+            if tick == 300 {
+                revoked.store(issuer.calls(), SeqCst);
+            }
+            let (status, _) = client.get(&url, None).await;
+            if status != StatusCode::OK {
+                failures[usize::from(tick >= 300)] += 1;
+            }
+            hand.advance(Duration::from_millis(100));
+        }
+        let calls = issuer.calls();
+        println!(
+            "{layer:?}: failed after the first revocation {}, after the second {}; {calls} issuer calls",
+            failures[0], failures[1]
+        );
+        assert!(
+            failures[0] <= 3 && failures[1] == 0,
+            "{layer:?}: {failures:?}"
+        );
+    }
+}
+
+/// A bad route per request (`/orders/{id}`, each id once), 10 a second for 10 minutes of the
+/// cache's time, beside a good route: the rate bound backs off while replacements keep not
+/// helping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distinct_bad_paths_cost_a_bounded_number_of_issuer_calls() {
+    let revoked = Arc::new(AtomicUsize::new(0));
+    let api = LoopbackApi::start(|request| {
+        if request.path.starts_with("/orders/") {
+            Answer::new(401, "")
+        } else {
+            Answer::new(200, "ok")
+        }
+    })
+    .await;
+    drop(revoked);
+    let issuer = CountingIssuer::up().with_lifetime(Duration::from_secs(7200));
+    let (clock, hand) = Clock::manual();
+    let cache = cache(&issuer, clock).build().unwrap();
+    let client = Client::new(Layer::Reqwest, cache, Scope::origin(&api.origin()).unwrap());
+    for i in 0..6000 {
+        if i % 10 == 0 {
+            let (status, _) = client.get(&api.url("/good"), None).await;
+            assert_eq!(status, StatusCode::OK);
+        }
+        client.get(&api.url(&format!("/orders/{i}")), None).await;
+        hand.advance(Duration::from_millis(100));
+    }
+    let calls = issuer.calls();
+    println!("10 minutes of distinct bad paths: {calls} issuer calls");
+    assert!(calls <= 15, "{calls} issuer calls");
 }

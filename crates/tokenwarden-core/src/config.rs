@@ -68,24 +68,27 @@ pub struct CacheConfig {
     /// rejects every token, each rejection arriving past that half refetches without hold-off
     /// (at most one fetch per half-life). Default 10 s.
     pub fresh_rejection_window: Duration,
-    /// The bound on rejections of a token that **works**. A token that an API accepted and that
-    /// is then rejected has usually expired, or been revoked: it is replaced and the request
+    /// The bound on what rejections cost the issuer. A token that an API accepted and that is
+    /// then rejected has usually expired, or been revoked: it is replaced and the request
     /// replayed. But a route that answers `401` for another reason (a permission one endpoint
-    /// lacks, a proxy in front of one service) rejects every token, while the other routes
+    /// lacks, a proxy in front of one service) rejects every token while the other routes
     /// accept them, and replacing the token for it would cost the issuer a fetch per request.
     /// Two rules bound it, per cache (per key of a keyed cache):
     ///
-    /// - **Routes.** A route (the HTTP layers pass the request's method and path) whose replay
-    ///   with a freshly fetched token was rejected too is remembered for this long, doubling
-    ///   each time it does so again (up to 64 times as long). While it is remembered, or while
-    ///   the token keeps being accepted elsewhere, its rejections reach the caller as they
-    ///   are and the token is kept.
-    /// - **Rate.** A working token is replaced on rejection at most twice in a row, then at
-    ///   most once per this interval; a rejection over the bound reaches the caller as it is.
-    ///   A replacement whose replay was accepted (it was about the token) is given back.
+    /// - **Routes.** A route (the HTTP layers pass the request's method and path, or what
+    ///   `with_route` makes of them) whose replay with a freshly fetched token was rejected
+    ///   too is remembered for this long, doubling each time it does so again (up to 64 times
+    ///   as long). While it is remembered, its rejections of a token that has worked reach the
+    ///   caller as they are and the token is kept.
+    /// - **Rate.** Tokens are replaced after rejections at most twice in a row, then at most
+    ///   once per this interval; a rejection over the bound reaches the caller as it is. A
+    ///   replacement whose replay was accepted (it was about the token) is given back; one
+    ///   whose replay was rejected too doubles the interval (up to 64 times) until a replay is
+    ///   accepted again, so requests that each hit a new bad route cost fewer and fewer
+    ///   fetches.
     ///
-    /// A real expiry, or a revocation of the token everywhere, is still absorbed by one
-    /// refresh and one replay. `Duration::ZERO` turns both rules off. Default 5 s.
+    /// A real expiry, or revocations of the token everywhere, however many, are still absorbed
+    /// by one refresh and one replay each. `Duration::ZERO` turns both rules off. Default 5 s.
     pub rejection_interval: Duration,
     /// How the advisory window before expiry is sized. Default [`RefreshWindow::Fraction`]
     /// (`refresh_ahead` + `refresh_jitter`).

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -22,15 +22,10 @@ struct Inner {
     headers: Box<[(HeaderName, HeaderValue)]>,
     /// The first this many headers carry the token; the rest are fixed.
     token_headers: usize,
-    /// [`EVER`]: an API accepted the token at least once; [`SINCE`]: it did since the cache
-    /// last cleared that bit (when it held a route's rejection off). Shared by every
-    /// per-thread copy of the snapshot, and written rarely: reading it costs no shared write.
-    accepted: Arc<AtomicU8>,
+    /// Whether an API accepted the token at least once. Shared by every per-thread copy of the
+    /// snapshot, and written once: reading it costs no shared write.
+    accepted: Arc<AtomicBool>,
 }
-
-/// Bits of [`Inner::accepted`].
-const EVER: u8 = 1;
-const SINCE: u8 = 2;
 
 impl Snapshot {
     pub(crate) fn new(
@@ -79,26 +74,15 @@ impl Snapshot {
     /// Cheap: after the first call it is one read of memory nobody writes.
     #[inline]
     pub fn mark_accepted(&self) {
-        if self.0.accepted.load(Ordering::Relaxed) != EVER | SINCE {
-            self.0.accepted.fetch_or(EVER | SINCE, Ordering::Relaxed);
+        if !self.0.accepted.load(Ordering::Relaxed) {
+            self.0.accepted.store(true, Ordering::Relaxed);
         }
     }
 
     /// Whether [`mark_accepted`](Self::mark_accepted) was called for this token.
     #[must_use]
     pub fn is_accepted(&self) -> bool {
-        self.0.accepted.load(Ordering::Relaxed) & EVER != 0
-    }
-
-    /// Whether an API accepted this token since [`clear_accepted_since`](Self::clear_accepted_since) was last called.
-    pub(crate) fn accepted_since(&self) -> bool {
-        self.0.accepted.load(Ordering::Relaxed) & SINCE != 0
-    }
-
-    /// From now on, [`accepted_since`](Self::accepted_since) says whether an API accepted the
-    /// token after this call.
-    pub(crate) fn clear_accepted_since(&self) {
-        self.0.accepted.fetch_and(!SINCE, Ordering::Relaxed);
+        self.0.accepted.load(Ordering::Relaxed)
     }
 
     /// The id of the token, to pass to [`TokenCache::invalidate`](crate::TokenCache::invalidate)

@@ -275,6 +275,7 @@ async fn a_token_that_worked_is_replaced_on_rejection_twice_in_a_row_then_once_p
     );
     assert_eq!(issuer.calls(), 3, "fetched on the next use");
     // Tokens rejected before any success still count as fresh rejections.
+    sleep(Duration::from_secs(10)).await;
     let first = cache.get().await.unwrap();
     assert!(cache.invalidate(first.id()));
     let second = cache.get().await.unwrap();
@@ -299,7 +300,7 @@ async fn revocations_whose_replays_are_accepted_are_all_absorbed() {
         );
         // The replay with the fresh token is accepted: the rejection was about the token.
         let fresh = cache.get().await.unwrap();
-        cache.replay_accepted(fresh.id());
+        cache.replay_accepted(fresh.id(), route);
         sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(issuer.calls(), 11);
@@ -334,25 +335,41 @@ async fn a_route_that_rejects_fresh_tokens_is_held_off_while_a_revocation_is_sti
     cache.reject_replay(fresh.id(), bad);
     assert_eq!(cache.status().routes_held_off, 1);
     assert_eq!(issuer.calls(), 2);
-    // 60 s of the bad route rejecting, 10 times a second, while the good route accepts.
-    for _ in 0..600 {
+    // 60 s of the bad route rejecting, 10 times a second, while the good route accepts, as
+    // the layers do it: a replacement is replayed on the bad route, and rejected again.
+    let mut replaced_at = Vec::new();
+    for tick in 0..600 {
         let token = cache.get().await.unwrap();
         token.mark_accepted();
-        let held = cache.reject(token.id(), bad);
-        assert_eq!(held, Invalidation::HeldOff(HeldOff::Route));
+        match cache.reject(token.id(), bad) {
+            Invalidation::HeldOff(HeldOff::Route) => {}
+            Invalidation::Discarded => {
+                replaced_at.push(tick / 10);
+                let fresh = cache.get().await.unwrap();
+                cache.reject_replay(fresh.id(), bad);
+            }
+            other => panic!("{other:?} at {tick}"),
+        }
         sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(issuer.calls(), 2, "the bad route cost no fetch");
+    // Tried again when its time is up: 5, 10, 20 s later (the time doubles).
+    assert_eq!(
+        replaced_at,
+        [5, 15, 35],
+        "seconds at which the bad route was tried again"
+    );
+    assert_eq!(
+        issuer.calls(),
+        5,
+        "the bad route cost four fetches in a minute"
+    );
     // A revocation: the good route rejects the token that worked. One refresh, at once.
     let token = cache.get().await.unwrap();
     assert_eq!(cache.reject(token.id(), good), Invalidation::Discarded);
     let after = cache.get().await.unwrap();
     assert_ne!(after.id(), token.id());
-    assert_eq!(issuer.calls(), 3);
-    // With nothing accepted since, the bad route's time runs out and it is tried again.
-    sleep(Duration::from_secs(330)).await;
-    let token = cache.get().await.unwrap();
-    assert_eq!(cache.reject(token.id(), bad), Invalidation::Discarded);
+    cache.replay_accepted(after.id(), good);
+    assert_eq!(issuer.calls(), 6);
 }
 
 // ---- 6. looking is not using -----------------------------------------------------------------

@@ -23,9 +23,10 @@ const SHORTEST: usize = 4;
 /// through one.
 const CUT_TAIL: usize = 4;
 
-/// The secrets one source sends, in every spelling it may come back in: as given, form-encoded
-/// and JSON-escaped (an issuer may echo the raw request body). Longest first, so that a
-/// secret holding another is redacted whole. `Debug` shows only how many there are.
+/// The secrets one source sends, in every spelling it may come back in: as given (found
+/// percent-encoded too, in any of its forms) and JSON-escaped (an issuer may echo the raw
+/// request body). Longest first, so that a secret holding another is redacted whole. `Debug`
+/// shows only how many there are.
 #[derive(Clone, Default)]
 pub(crate) struct Secrets(Arc<[Box<str>]>);
 
@@ -39,6 +40,7 @@ impl Secrets {
             if secret.chars().count() < SHORTEST {
                 continue;
             }
+            // The form-encoded spelling is for the tail of a text cut half way through it.
             let form: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
             let json = serde_json::to_string(secret).unwrap_or_default();
             let json = json
@@ -55,33 +57,37 @@ impl Secrets {
         Self(all.into())
     }
 
-    /// `text` with every secret replaced by `[redacted]` (borrowed when it held none).
+    /// `text` with every secret replaced by `[redacted]` (borrowed when it held none). A secret
+    /// is found however its bytes were percent-encoded (`%20` or `+` for a space, hex in
+    /// either case, any byte escaped or not), as issuers echo request bodies and URLs.
     pub(crate) fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let cut_tail = |rest: &str| {
             self.0
                 .iter()
                 .any(|s| rest.len() >= CUT_TAIL && s.starts_with(rest))
         };
-        let found = self.0.iter().any(|s| text.contains(&**s))
-            || (0..text.len())
-                .filter(|&i| text.is_char_boundary(i))
-                .any(|i| cut_tail(&text[i..]));
+        let secret_at = |rest: &str| {
+            self.0
+                .iter()
+                .find_map(|s| encoded_len(rest.as_bytes(), s.as_bytes()))
+        };
+        let found = (0..text.len())
+            .filter(|&i| text.is_char_boundary(i))
+            .any(|i| secret_at(&text[i..]).is_some() || cut_tail(&text[i..]));
         if !found {
             return Cow::Borrowed(text);
         }
         let mut out = String::with_capacity(text.len());
         let mut rest = text;
-        'text: while let Some(c) = rest.chars().next() {
+        while let Some(c) = rest.chars().next() {
             if cut_tail(rest) {
                 out.push_str(REDACTED);
                 break;
             }
-            for secret in self.0.iter() {
-                if rest.starts_with(&**secret) {
-                    out.push_str(REDACTED);
-                    rest = &rest[secret.len()..];
-                    continue 'text;
-                }
+            if let Some(len) = secret_at(rest) {
+                out.push_str(REDACTED);
+                rest = &rest[len..];
+                continue;
             }
             out.push(c);
             rest = &rest[c.len_utf8()..];
@@ -97,6 +103,28 @@ impl Secrets {
     }
 }
 
+/// How many bytes at the start of `text` spell `secret`, each of its bytes as it is or
+/// percent-encoded (`%2f` or `%2F`; `+` for a space), if they do.
+fn encoded_len(text: &[u8], secret: &[u8]) -> Option<usize> {
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let mut at = 0;
+    for &want in secret {
+        let got = *text.get(at)?;
+        if got == want || (got == b'+' && want == b' ') {
+            at += 1;
+        } else if got == b'%'
+            && let (Some(hi), Some(lo)) = (hex(*text.get(at + 1)?), hex(*text.get(at + 2)?))
+            && hi * 16 + lo == u32::from(want)
+        {
+            at += 3;
+        } else {
+            return None;
+        }
+    }
+    // A secret ends on a character boundary of `text` (its last byte was matched whole).
+    Some(at)
+}
+
 impl fmt::Debug for Secrets {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Secrets({})", self.0.len())
@@ -106,6 +134,24 @@ impl fmt::Debug for Secrets {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_percent_encoding_of_a_secret_is_taken_out() {
+        let secrets = Secrets::default().with(["correct horse/battery!"]);
+        for echoed in [
+            "correct%20horse%2Fbattery%21",
+            "correct%20horse%2fbattery!",
+            "correct+horse%2fbattery%21",
+            "correct%20horse/battery!",
+        ] {
+            let text = format!("unknown client secret {echoed} in request");
+            assert_eq!(
+                secrets.redact(&text),
+                "unknown client secret [redacted] in request",
+                "{echoed}"
+            );
+        }
+    }
 
     #[test]
     fn every_spelling_of_every_secret_goes() {

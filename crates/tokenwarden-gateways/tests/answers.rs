@@ -271,6 +271,28 @@ fn now() -> u64 {
         .as_secs()
 }
 
+/// A host whose clock runs ahead of the issuer's (here by an hour less ten seconds): the JWT's
+/// `exp` is past by this host's clock, while `expires_in` says an hour. The token is used for
+/// its life as the issuer counts it (`exp - iat`), not refused as already expired.
+#[tokio::test]
+async fn a_clock_ahead_of_the_issuers_does_not_make_a_jwt_expired_on_arrival() {
+    let now = now();
+    let (iat, exp) = (now - 3590, now - 10);
+    let token = jwt(&format!(r#"{{"iat":{iat},"exp":{exp}}}"#));
+    let body = format!(r#"{{"access_token":"{token}","expires_in":3600}}"#);
+    let mut server = Server::new_async().await;
+    let _endpoint = answering(&mut server, 200, &body).await;
+    let token = credentials(&server, "s3cr3t").fetch().await.unwrap();
+    assert_eq!(token.expiry(), Expiry::In(Duration::from_secs(3580)));
+    // And without `iat`, the stated `expires_in` is trusted over a past `exp`.
+    let token = jwt(&format!(r#"{{"exp":{exp}}}"#));
+    let body = format!(r#"{{"access_token":"{token}","expires_in":3600}}"#);
+    let mut server = Server::new_async().await;
+    let _endpoint = answering(&mut server, 200, &body).await;
+    let token = credentials(&server, "s3cr3t").fetch().await.unwrap();
+    assert_eq!(token.expiry(), Expiry::In(Duration::from_secs(3600)));
+}
+
 #[tokio::test]
 async fn the_earlier_of_expires_in_and_the_jwt_exp_is_the_expiry() {
     let iat = now();

@@ -295,7 +295,7 @@ impl Engine {
             Verdict::Accepted => {
                 record_acceptance(fresh, status);
                 if let Some(cache) = cache {
-                    cache.replay_accepted(fresh.id());
+                    cache.replay_accepted(fresh.id(), route);
                 }
             }
             _ => {}

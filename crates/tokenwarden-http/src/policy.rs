@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::header::WWW_AUTHENTICATE;
 use http::{HeaderMap, StatusCode};
-use tokenwarden_core::{Error, InsecureTransport, Scope, Snapshot, TokenId};
+use tokenwarden_core::{Error, InsecureTransport, Route, Scope, Snapshot, TokenId};
 
 /// The default cap on a request body kept for a replay: 64 KiB.
 ///
@@ -296,6 +296,7 @@ pub struct LayerPolicy {
     max_inspect_body: usize,
     inspect_timeout: Duration,
     allow_insecure_http: bool,
+    route: fn(&str, &str) -> Route,
 }
 
 /// How long a classifier that asks for a response's body waits for it by default: 1 s.
@@ -311,7 +312,41 @@ impl LayerPolicy {
             max_inspect_body: 8 * 1024,
             inspect_timeout: DEFAULT_INSPECT_TIMEOUT,
             allow_insecure_http: false,
+            route: Route::of,
         }
+    }
+
+    /// How requests are grouped into routes for the cache's memory of routes that answer `401`
+    /// for reasons other than the token (see
+    /// [`TokenCache::reject`](tokenwarden_core::TokenCache::reject)): a function of the
+    /// method and the path. Default [`Route::of`], the method and the literal path. Give one
+    /// that maps `/orders/123` to `/orders/{id}` when ids are in paths, so that one route
+    /// rejecting for another reason is remembered once, not once per id.
+    ///
+    /// ```
+    /// use tokenwarden_core::{Route, Scope};
+    /// use tokenwarden_http::LayerPolicy;
+    ///
+    /// fn by_template(method: &str, path: &str) -> Route {
+    ///     match path.strip_prefix("/orders/") {
+    ///         Some(_) => Route::of(method, "/orders/{id}"),
+    ///         None => Route::of(method, path),
+    ///     }
+    /// }
+    /// let policy = LayerPolicy::new(Scope::any_origin()).with_route(by_template);
+    /// assert_eq!(policy.route("GET", "/orders/7"), policy.route("GET", "/orders/8"));
+    /// ```
+    #[must_use]
+    pub fn with_route(mut self, route: fn(&str, &str) -> Route) -> Self {
+        self.route = route;
+        self
+    }
+
+    /// The route of a request with this method and path (see
+    /// [`with_route`](Self::with_route)).
+    #[must_use]
+    pub fn route(&self, method: &str, path: &str) -> Route {
+        (self.route)(method, path)
     }
 
     /// Decides which responses mean the token was rejected. Default: [`DefaultClassifier`].

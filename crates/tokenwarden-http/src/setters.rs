@@ -55,6 +55,15 @@ macro_rules! __layer_settings {
             self
         }
 
+        /// How requests are grouped into routes for the memory of routes that answer `401`
+        /// for other reasons than the token: see
+        /// [`LayerPolicy::with_route`](tokenwarden_http::LayerPolicy::with_route).
+        #[must_use]
+        pub fn with_route(mut self, route: fn(&str, &str) -> ::tokenwarden_core::Route) -> Self {
+            self.engine_mut().edit_policy(|p| p.with_route(route));
+            self
+        }
+
         /// How much of a response body a classifier that asks for it gets to see. Default
         /// 8 KiB.
         #[must_use]

@@ -6,7 +6,7 @@ use reqwest::{Request, Response, ResponseBuilderExt, Url};
 use reqwest_middleware::{Error, Middleware, Next, Result};
 use std::hash::Hash;
 
-use tokenwarden_core::{InsecureTransport, KeyedCache, Route, Scope, TokenCache};
+use tokenwarden_core::{InsecureTransport, KeyedCache, Scope, TokenCache};
 use tokenwarden_http::{
     Choice, ChooseCache, Engine, KeptBody, LayerPolicy, NotReplayed, Recovered, RequestBody,
     RequestView, ResponseBody, SkipToken, Verdict,
@@ -210,7 +210,7 @@ impl Middleware for TokenMiddleware {
         }
 
         let url = response.url().clone();
-        let route = Route::of(method.as_str(), url.path());
+        let route = self.engine.policy().route(method.as_str(), url.path());
         let response = http::Response::from(response);
         let again = kept.and_then(replayable);
         let (mut again, fresh, rejected, key) = match self

@@ -113,7 +113,7 @@ async fn a_401_is_replayed_with_the_identical_json_body() {
     assert_eq!(issuer.calls(), 2);
 }
 
-// The replay's rejection marks the route, so the others are passed on without a fetch.
+// The first rejection opens a backoff window (125–250 ms) inside which the others are held off.
 // Time stands still throughout, so every request falls inside it however slow the machine.
 #[tokio::test(start_paused = true)]
 async fn a_double_401_is_returned_and_fetches_stay_bounded() {
@@ -139,8 +139,11 @@ async fn a_double_401_is_returned_and_fetches_stay_bounded() {
                 "{replay:?}"
             );
         } else {
-            // the route rejected a fresh token too: its 401s are passed on, the token kept
-            assert_eq!(replay, Some(Replay::NotReplayed(NotReplayed::RouteRejects)));
+            // fresh tokens keep being rejected: the cache holds off replacing this one
+            assert_eq!(
+                replay,
+                Some(Replay::NotReplayed(NotReplayed::StillRejected))
+            );
         }
     }
     // 2 for the first request, 1 for each of the other 10

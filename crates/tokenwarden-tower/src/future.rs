@@ -194,7 +194,7 @@ where
                         body,
                         key,
                     } = *kept;
-                    let route = Route::of(head.method.as_str(), head.uri.path());
+                    let route = engine.policy().route(head.method.as_str(), head.uri.path());
                     let again = M::replay(body).map(|body| Request::from_parts(head, body));
                     let recover =
                         Box::new(engine.recover(token, response, verdict, again, key, route));
@@ -235,7 +235,8 @@ where
                     } = &mut **ready;
                     ready!(inner.poll_ready(cx)).map_err(Into::into)?;
                     let request = request.take().expect(DONE);
-                    let route = Route::of(request.method().as_str(), request.uri().path());
+                    let policy = this.shared.as_ref().expect(DONE).engine.policy();
+                    let route = policy.route(request.method().as_str(), request.uri().path());
                     let future = inner.call(request);
                     let (rejected, fresh, key) = (*rejected, fresh.clone(), key.take());
                     this.state.set(State::Replaying {

@@ -231,8 +231,8 @@ async fn a_rejected_replay_reaches_the_caller_without_a_loop() {
     assert_eq!(sandbox.seen("/always-401").len(), 2);
     assert_eq!(sandbox.fetches(), 2);
 
-    // A route that rejects every fresh token: 50 more requests, no more fetches, and each
-    // caller gets the API's 401, marked as the route's.
+    // An API that rejects every fresh token: 50 more requests, no more fetches, and each
+    // caller gets the API's 401.
     for _ in 0..50 {
         let r = svc
             .clone()
@@ -242,7 +242,7 @@ async fn a_rejected_replay_reaches_the_caller_without_a_loop() {
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(
             r.extensions().get::<Replay>(),
-            Some(&Replay::NotReplayed(NotReplayed::RouteRejects))
+            Some(&Replay::NotReplayed(NotReplayed::StillRejected))
         );
     }
     assert_eq!(sandbox.fetches(), 2, "fetches for 51 requests");

@@ -1233,25 +1233,26 @@ impl Inner {
             current.schedule.mandatory_at,
             current.held_off,
         );
+        // A route that rejected a fresh token too, rejecting a token that has worked: the
+        // rejection is the route's, not the token's. (One that never worked goes on to the
+        // rules for fresh tokens: the replay's rejection may have been the token's after all.)
         if let Some(route) = route
-            && !interval.is_zero()
-            && st.rejections.as_mut().is_some_and(|r| {
-                r.routes
-                    .holds_off(route, now, interval, snapshot.accepted_since())
-            })
+            && snapshot.is_accepted()
+            && st
+                .rejections
+                .as_ref()
+                .is_some_and(|r| r.routes.holds_off(route, now))
         {
-            snapshot.clear_accepted_since();
             return self.held_off(HeldOff::Route, id);
         }
         if snapshot.is_accepted() {
-            // A token that worked is rejected: it has expired or was revoked, unless it has
-            // been replaced on rejection too often.
-            let bound = &mut st.rejections.get_or_insert_with(Box::default).bound;
-            if !bound.allow(now, interval) {
-                if let Some(route) = route {
-                    self.remember_route(&mut st, route, now);
-                    snapshot.clear_accepted_since();
-                }
+            // A token that worked is rejected: it has expired or was revoked, unless tokens
+            // have been replaced after rejections too often. A remembered route tried again
+            // after its time is bounded by that time (doubling), not by the rate bound, which
+            // is kept for revocations.
+            let rejections = st.rejections.get_or_insert_with(Box::default);
+            let retried = route.is_some_and(|r| rejections.routes.expired(r, now));
+            if !retried && !rejections.bound.allow(now, interval) {
                 return self.held_off(HeldOff::Bound, id);
             }
             st.fresh_rejections = 0;
@@ -1278,6 +1279,14 @@ impl Inner {
                 current.held_off = true;
             }
             return self.held_off(HeldOff::FreshTokensRejected, id);
+        }
+        // A fresh token's replacement counts against the rate bound (an old one that never
+        // worked has simply reached its end: an API whose clock runs ahead).
+        if count >= 1 {
+            let bound = &mut st.rejections.get_or_insert_with(Box::default).bound;
+            if !bound.allow(now, interval) {
+                return self.held_off(HeldOff::Bound, id);
+            }
         }
         st.fresh_rejections = count;
         if count >= 1 {
@@ -1324,59 +1333,66 @@ impl Inner {
         Invalidation::HeldOff(why)
     }
 
-    fn remember_route(&self, st: &mut State, route: Route, now: Instant) {
+    /// Remembers `route` as one that rejected a fresh token; returns whether it was known.
+    fn remember_route(&self, st: &mut State, route: Route, now: Instant) -> bool {
         let interval = self.config.rejection_interval;
-        if interval.is_zero() {
-            return;
-        }
         let routes = &mut st.rejections.get_or_insert_with(Box::default).routes;
-        let known = routes.active(now);
-        routes.remember(route, now, interval);
-        if routes.active(now) > known {
+        let active = routes.active(now);
+        let known = routes.remember(route, now, interval);
+        if routes.active(now) > active {
             Counters::bump(&self.counters.routes_held_off);
             tracing::info!(
                 cache = %self.config.name,
                 route = ?route,
-                "a route rejects tokens other requests accept; its 401s are passed on for a while"
+                "a route rejected a freshly fetched token too; its 401s are passed on for a while"
             );
         }
+        known
     }
 
-    /// The replay of a rejected request, sent with the current token `fresh`, was accepted:
-    /// the rejection was about the token, and its replacement is given back to the bound.
-    pub(crate) fn replay_accepted(&self, fresh: TokenId) {
+    /// The replay of a request rejected on `route`, sent with the current token `fresh`, was
+    /// accepted: the rejection was about the token, its replacement is given back to the
+    /// bound, and the route is forgotten if it was remembered.
+    pub(crate) fn replay_accepted(&self, fresh: TokenId, route: Route) {
         let mut st = self.lock();
         let current = st
             .current
             .as_ref()
             .is_some_and(|c| c.snapshot.id() == fresh);
         if current && let Some(rejections) = st.rejections.as_mut() {
-            rejections.bound.refund(self.config.rejection_interval);
+            rejections.bound.helped(self.config.rejection_interval);
+            rejections.routes.forget(route);
         }
     }
 
     /// The replay of a request rejected on `route`, sent with the fresh token `fresh`, was
-    /// rejected too: the route is remembered (its `401`s are not about the token), and the
-    /// fresh token is kept.
+    /// rejected too: the route is remembered, the replacement counted as one that did not help
+    /// (the rate bound's interval doubles), and `fresh` is kept — as a fresh token rejected
+    /// once, so that more rejections of it before it works are held off with backoff.
     pub(crate) fn reject_replay(&self, fresh: TokenId, route: Route) {
+        let interval = self.config.rejection_interval;
         let mut st = self.lock();
-        let now = self.clock.now();
-        let current = st.current.as_ref().filter(|c| c.snapshot.id() == fresh);
-        if self.single_use.is_some() || current.is_none() {
+        let current = st
+            .current
+            .as_ref()
+            .is_some_and(|c| c.snapshot.id() == fresh);
+        if self.single_use.is_some() || !current || interval.is_zero() {
             drop(st);
             self.reject(fresh, Some(route));
             return;
         }
-        if let Some(current) = current {
-            current.snapshot.clear_accepted_since();
+        let now = self.clock.now();
+        // A route tried again after its time: its own time doubles, not the bound's.
+        if !self.remember_route(&mut st, route, now) {
+            st.rejections
+                .get_or_insert_with(Box::default)
+                .bound
+                .missed();
         }
-        self.remember_route(&mut st, route, now);
+        st.fresh_rejections = st.fresh_rejections.saturating_add(1);
+        st.quiet_until = Some(now + self.config.backoff(st.fresh_rejections));
         drop(st);
-        if self.config.rejection_interval.is_zero() {
-            self.reject(fresh, Some(route));
-        } else {
-            self.held_off(HeldOff::Route, fresh);
-        }
+        self.held_off(HeldOff::Route, fresh);
     }
 
     /// Another replica saw the token with fencing number `fence` rejected: drop it if it is

@@ -237,20 +237,22 @@ impl TokenCache {
     /// they replay the request. Which rejections are absorbed:
     ///
     /// - **A token that worked** ([`Snapshot::mark_accepted`]) and is now rejected has expired
-    ///   or was revoked: it is discarded ([`Invalidation::Discarded`]), at most twice in a
-    ///   row and then once per [`CacheConfig::rejection_interval`] (5 s by default); over that
-    ///   bound it is kept ([`HeldOff::Bound`]). A replacement whose replay was accepted
-    ///   ([`replay_accepted`](Self::replay_accepted)) is given back: revocations, however
-    ///   many, are absorbed.
+    ///   or was revoked: it is discarded ([`Invalidation::Discarded`]).
     /// - **A route** whose replay with a fresh token was rejected too
-    ///   ([`reject_replay`](Self::reject_replay)) is remembered for that interval, doubling
-    ///   while it keeps doing so, and for as long as the token keeps working on other routes:
-    ///   its rejections keep the token ([`HeldOff::Route`]). One route that answers `401` for
-    ///   another reason costs a handful of fetches, not one per request.
+    ///   ([`reject_replay`](Self::reject_replay)) is remembered for
+    ///   [`CacheConfig::rejection_interval`] (5 s by default), doubling while it keeps doing
+    ///   so: its rejections of a token that worked keep the token ([`HeldOff::Route`]). One
+    ///   route that answers `401` for another reason costs a handful of fetches, not one per
+    ///   request.
     /// - **Fresh tokens** rejected before any success (within
     ///   [`CacheConfig::fresh_rejection_window`] of their fetch): the second such rejection and
     ///   those after it are held off with exponential backoff ([`HeldOff::FreshTokensRejected`]),
     ///   so an API that rejects every token costs one fetch per backoff period.
+    /// - **The rate bound** over all of these: tokens are replaced after rejections at most
+    ///   twice in a row, then once per `rejection_interval`, doubling while replacements do not
+    ///   help ([`HeldOff::Bound`]). A replacement whose replay was accepted
+    ///   ([`replay_accepted`](Self::replay_accepted)) is given back: revocations, however
+    ///   many, are absorbed.
     ///
     /// A held-off rejection is counted ([`CacheStats::suppressed_invalidations`], the
     /// `tokenwarden_invalidations` metric, [`CacheStatus::held_off_rejections`]) and is not
@@ -283,16 +285,18 @@ impl TokenCache {
         self.inner.reject(id, Some(route))
     }
 
-    /// The replay of a rejected request, sent with the fresh token `fresh`, was accepted: the
-    /// rejection was about the token (an expiry, a revocation), so its replacement does not
-    /// count against the bound of [`CacheConfig::rejection_interval`]. The HTTP layers call it.
-    pub fn replay_accepted(&self, fresh: TokenId) {
-        self.inner.replay_accepted(fresh);
+    /// The replay of a request rejected on `route`, sent with the fresh token `fresh`, was
+    /// accepted: the rejection was about the token (an expiry, a revocation), so its
+    /// replacement does not count against the bound of [`CacheConfig::rejection_interval`],
+    /// and `route`, if remembered, is forgotten. The HTTP layers call it.
+    pub fn replay_accepted(&self, fresh: TokenId, route: Route) {
+        self.inner.replay_accepted(fresh, route);
     }
 
     /// The replay of a request rejected on `route`, sent with the fresh token `fresh`, was
     /// rejected too: the route is remembered as one whose rejections are not about the token
-    /// (see [`reject`](Self::reject)), and `fresh` is kept. With
+    /// (see [`reject`](Self::reject)), the replacement counts as one that did not help, and
+    /// `fresh` is kept, as a fresh token rejected once. With
     /// [`CacheConfig::rejection_interval`] zero, it is [`reject`](Self::reject)ed instead.
     pub fn reject_replay(&self, fresh: TokenId, route: Route) {
         self.inner.reject_replay(fresh, route);

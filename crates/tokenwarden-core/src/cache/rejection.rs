@@ -1,4 +1,4 @@
-//! What a rejection of a token that works costs: the route memory and the rate bound of
+//! What rejections cost the issuer: the route memory and the rate bound of
 //! [`CacheConfig::rejection_interval`](crate::CacheConfig::rejection_interval).
 //!
 //! A `401` for a token an API has accepted usually means the token expired or was revoked,
@@ -8,11 +8,17 @@
 //! per cache (so per key of a keyed cache) under the cache's state lock:
 //!
 //! - [`Routes`]: a route whose replay with a fresh token was rejected too is remembered for
-//!   the interval, doubling per repeat. While remembered — or, once that time is up, while the
-//!   token keeps being accepted on other routes — its rejections are passed on as they are.
-//! - [`Bound`]: a working token is replaced on rejection at most twice in a row, then once per
-//!   interval (a generic cell rate: a burst of two, one more per interval). A replacement
-//!   whose replay was accepted is given back: it was about the token.
+//!   the interval, doubling each time it does so again. While remembered, its rejections of a
+//!   token that has worked are passed on as they are (a token that never worked falls through
+//!   to the rules for fresh tokens: the replay's rejection may have been the token's after all).
+//! - [`Bound`]: every replacement after a rejection is counted: two in a row, then one per
+//!   interval. A replacement whose replay was accepted is given back (it was about the token:
+//!   revocations, however many, are absorbed); each one after the first whose replay was
+//!   rejected doubles the
+//!   interval (up to 64 times) until a replay is accepted again — unless its route was known
+//!   already (its own time doubles instead) — so requests that each hit a new bad route cost
+//!   fewer and fewer fetches, while one bad route tried again now and then does not make the
+//!   bound hold off revocations elsewhere.
 
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
@@ -70,11 +76,11 @@ pub enum HeldOff {
     /// ([`CacheConfig::fresh_rejection_window`](crate::CacheConfig::fresh_rejection_window)):
     /// the fault is probably the credentials' scope or permissions, or the requests.
     FreshTokensRejected,
-    /// This route rejected a freshly fetched token too, or rejects a token other routes
-    /// accept: its `401`s are not about the token.
+    /// This route rejected a freshly fetched token too: its `401`s of a token that has worked
+    /// are not about the token.
     Route,
-    /// A token that works was replaced on rejection too often
-    /// ([`CacheConfig::rejection_interval`](crate::CacheConfig::rejection_interval)).
+    /// Tokens were replaced after rejections as often as
+    /// [`CacheConfig::rejection_interval`](crate::CacheConfig::rejection_interval) allows.
     Bound,
 }
 
@@ -102,38 +108,30 @@ struct Mark {
 pub(crate) struct Routes(Vec<Mark>);
 
 impl Routes {
-    /// Whether `route` is remembered at `now`, or was and the token kept being accepted
-    /// elsewhere since (`accepted_since`): its rejection is passed on. Remembering it again
-    /// in the second case doubles its time.
-    pub(crate) fn holds_off(
-        &mut self,
-        route: Route,
-        now: Instant,
-        interval: Duration,
-        accepted_since: bool,
-    ) -> bool {
-        let Some(mark) = self.0.iter_mut().find(|m| m.route == route) else {
-            return false;
-        };
-        if now < mark.until {
-            return true;
-        }
-        if accepted_since {
-            mark.doublings = (mark.doublings + 1).min(MAX_DOUBLINGS);
-            mark.until = now + interval.saturating_mul(1 << mark.doublings);
-            return true;
-        }
-        false
+    /// Whether `route` is remembered at `now`.
+    pub(crate) fn holds_off(&self, route: Route, now: Instant) -> bool {
+        self.0.iter().any(|m| m.route == route && now < m.until)
     }
 
-    /// Remembers `route` (again: for twice as long as last time).
-    pub(crate) fn remember(&mut self, route: Route, now: Instant, interval: Duration) {
+    /// Whether `route` was remembered and its time is up at `now` (it is being tried again).
+    pub(crate) fn expired(&self, route: Route, now: Instant) -> bool {
+        self.0.iter().any(|m| m.route == route && now >= m.until)
+    }
+
+    /// Forgets `route` (a replay on it was accepted).
+    pub(crate) fn forget(&mut self, route: Route) {
+        self.0.retain(|m| m.route != route);
+    }
+
+    /// Remembers `route` (again: for twice as long as last time); returns whether it was
+    /// remembered already.
+    pub(crate) fn remember(&mut self, route: Route, now: Instant, interval: Duration) -> bool {
         if let Some(mark) = self.0.iter_mut().find(|m| m.route == route) {
             if now >= mark.until {
                 mark.doublings = (mark.doublings + 1).min(MAX_DOUBLINGS);
             }
             mark.until = now + interval.saturating_mul(1 << mark.doublings);
-            return;
+            return true;
         }
         if self.0.len() >= MAX_ROUTES
             && let Some(oldest) = (0..self.0.len()).min_by_key(|&i| self.0[i].until)
@@ -145,6 +143,7 @@ impl Routes {
             until: now + interval,
             doublings: 0,
         });
+        false
     }
 
     /// Routes remembered at `now`.
@@ -153,42 +152,59 @@ impl Routes {
     }
 }
 
-/// The rate bound on replacing a working token: a burst of [`BURST`], then one per interval.
-/// A replacement whose replay was accepted is given back: it proved the rejection was about
-/// the token, so revocations, however many, are always absorbed.
+/// The rate bound on replacements after rejections: a burst of [`BURST`], then one per
+/// interval, the interval doubling with each replacement that did not help.
 #[derive(Default)]
 pub(crate) struct Bound {
     /// When the bound is back to a full burst (the cell rate's "theoretical arrival time").
     full_at: Option<Instant>,
     /// Replacements counted and not given back.
     charged: u32,
+    /// Replacements in a row whose replay was rejected too: the interval doubles with each.
+    misses: u32,
 }
 
-/// Replacements of a working token allowed in a row.
+/// Replacements allowed in a row.
 const BURST: u32 = 2;
 
 impl Bound {
+    /// The interval now: `base`, doubled for each replacement in a row that did not help after
+    /// the first (one new bad route is the route memory's to handle; a second in a row is a
+    /// pattern).
+    fn interval(&self, base: Duration) -> Duration {
+        let doublings = self.misses.saturating_sub(1).min(MAX_DOUBLINGS);
+        base.saturating_mul(1 << doublings)
+    }
+
     /// Whether one more replacement is allowed at `now`; counts it if so.
-    pub(crate) fn allow(&mut self, now: Instant, interval: Duration) -> bool {
-        if interval.is_zero() {
+    pub(crate) fn allow(&mut self, now: Instant, base: Duration) -> bool {
+        if base.is_zero() {
             return true;
         }
+        // The burst is measured in base intervals; each replacement counts the current one.
         let full_at = self.full_at.map_or(now, |at| at.max(now));
-        if full_at > now + interval.saturating_mul(BURST - 1) {
+        if full_at > now + base.saturating_mul(BURST - 1) {
             return false;
         }
-        self.full_at = Some(full_at + interval);
+        self.full_at = Some(full_at + self.interval(base));
         self.charged += 1;
         true
     }
 
-    /// Gives one counted replacement back, if any is.
-    pub(crate) fn refund(&mut self, interval: Duration) {
+    /// A replacement's replay was accepted: it is given back, and the interval is the base
+    /// one again.
+    pub(crate) fn helped(&mut self, base: Duration) {
+        self.misses = 0;
         if self.charged == 0 {
             return;
         }
         self.charged -= 1;
-        self.full_at = self.full_at.and_then(|at| at.checked_sub(interval));
+        self.full_at = self.full_at.and_then(|at| at.checked_sub(base));
+    }
+
+    /// A replacement's replay was rejected too: the interval doubles.
+    pub(crate) fn missed(&mut self) {
+        self.misses = self.misses.saturating_add(1);
     }
 }
 
@@ -209,7 +225,7 @@ mod tests {
         assert!(bound.allow(at(5_000), every));
         assert!(!bound.allow(at(6_000), every));
         // A replacement that helped is given back.
-        bound.refund(every);
+        bound.helped(every);
         assert!(bound.allow(at(6_000), every));
         assert!(!bound.allow(at(6_001), every));
         // Idle long enough: a full burst again.
@@ -219,22 +235,40 @@ mod tests {
     }
 
     #[test]
-    fn a_route_is_remembered_for_doubling_times_and_while_the_token_works_elsewhere() {
+    fn replacements_that_do_not_help_double_the_interval_until_one_does() {
+        let start = Instant::now();
+        let every = Duration::from_secs(5);
+        let mut bound = Bound::default();
+        let at = |s| start + Duration::from_secs(s);
+        assert!(bound.allow(at(0), every) && bound.allow(at(0), every));
+        bound.missed();
+        bound.missed();
+        bound.missed();
+        // Full again at 10 s; one more once within a base interval of it, then every 20 s.
+        assert!(!bound.allow(at(4), every));
+        assert!(bound.allow(at(5), every));
+        assert!(!bound.allow(at(24), every));
+        assert!(bound.allow(at(25), every));
+        bound.helped(every);
+        assert_eq!(bound.interval(every), every);
+    }
+
+    #[test]
+    fn a_route_is_remembered_for_doubling_times() {
         let start = Instant::now();
         let every = Duration::from_secs(5);
         let at = |s| start + Duration::from_secs(s);
         let (bad, other) = (Route::of("GET", "/bad"), Route::of("GET", "/good"));
         let mut routes = Routes::default();
-        assert!(!routes.holds_off(bad, at(0), every, false));
+        assert!(!routes.holds_off(bad, at(0)));
         routes.remember(bad, at(0), every);
-        assert!(routes.holds_off(bad, at(4), every, false));
-        assert!(!routes.holds_off(other, at(4), every, true));
-        // Time up, and the token not accepted since: tried again.
-        assert!(!routes.holds_off(bad, at(5), every, false));
-        // Time up, but the token works elsewhere: held off for twice as long.
-        assert!(routes.holds_off(bad, at(5), every, true));
-        assert!(routes.holds_off(bad, at(14), every, false));
-        assert!(!routes.holds_off(bad, at(15), every, false));
+        assert!(routes.holds_off(bad, at(4)));
+        assert!(!routes.holds_off(other, at(4)));
+        assert!(!routes.holds_off(bad, at(5)));
+        // Rejected again once its time was up: twice as long.
+        routes.remember(bad, at(5), every);
+        assert!(routes.holds_off(bad, at(14)));
+        assert!(!routes.holds_off(bad, at(15)));
         assert_eq!(routes.active(at(14)), 1);
         for i in 0..40 {
             routes.remember(Route::new(i), at(20), every);
