@@ -625,3 +625,37 @@ async fn a_key_removed_while_its_fetch_runs_leaves_no_copy_of_that_fetch_to_serv
     assert_ne!(fresh.id(), stale.id());
     assert!(keyed.invalidate(&1, fresh.id()), "the key's current token");
 }
+
+#[tokio::test]
+async fn a_keyed_cache_holds_as_many_keys_as_its_capacity_without_evicting_one() {
+    // The map is split in shards; keys do not hash evenly into them, and a shard given only
+    // its even share evicts a key while the whole holds fewer than the capacity (a merchant's
+    // token fetched twice in a run of 200 merchants with capacity 200).
+    for capacity in [64u32, 200, 700, 3_000] {
+        {
+            let issuer = Issuer::default();
+            let keyed = issuer.keyed(capacity as usize, Duration::ZERO);
+            for _ in 0..2 {
+                for key in 0..capacity {
+                    keyed.get(&key).await.unwrap();
+                }
+            }
+            assert_eq!(keyed.len(), capacity as usize, "capacity {capacity}");
+            assert_eq!(
+                issuer.total(),
+                capacity as usize,
+                "capacity {capacity}: one fetch per key, none evicted and made again"
+            );
+            // Still bounded: at most 16% over the capacity, however many keys come.
+            for key in capacity..2 * capacity {
+                keyed.get(&key).await.unwrap();
+            }
+            let bound = capacity as usize * 116 / 100;
+            assert!(
+                keyed.len() <= bound,
+                "{} keys held, bound {bound}",
+                keyed.len()
+            );
+        }
+    }
+}
