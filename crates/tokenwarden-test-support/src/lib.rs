@@ -12,6 +12,8 @@
 //!   moment it is told to.
 //! - [`LoopbackResolver`]: a hyper-util resolver that sends every host name to `127.0.0.1`,
 //!   so that `evil.example` stands in for another host on this machine.
+//! - [`HoldingProxy`]: a TCP proxy that holds a client's bytes containing a marker for a while,
+//!   so that a request reaches its server after its sender gave up on it.
 //! - [`LogCapture`]: every tracing event, at every level, written to a buffer.
 //! - [`ClockHold`]: keeps a paused tokio clock still while a test waits on loopback I/O, so
 //!   that time moves only where the test advances it.
@@ -31,6 +33,7 @@
 mod api;
 #[cfg(feature = "gateways")]
 mod gateways;
+mod holding_proxy;
 mod issuer;
 #[cfg(feature = "reqwest")]
 mod middleware;
@@ -44,6 +47,7 @@ mod redis_server;
 pub use api::{Answer, CLIENT_HEADERS, Listener, LoopbackApi, Received, Route};
 #[cfg(feature = "gateways")]
 pub use gateways::gateway_error;
+pub use holding_proxy::HoldingProxy;
 pub use issuer::CountingIssuer;
 #[cfg(feature = "reqwest")]
 pub use middleware::{middleware_client, with_middleware};

@@ -24,11 +24,10 @@ use crate::{CacheConfig, FetchError, Token, TokenSource};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Fence(pub(crate) u64);
 
-/// A cache's place in the store: its key, its lease owner id, and the token it last took.
+/// A cache's place in the store: its key and the token it last took.
 pub(crate) struct Link {
     hub: Arc<Hub>,
     key: StoreKey,
-    owner: Box<str>,
     /// The highest fencing number handed to the cache (0: none yet). A fetch asks for a
     /// token newer than it.
     last: AtomicU64,
@@ -50,7 +49,6 @@ impl Link {
         let key = hub.store.key_for(identity);
         let link = Arc::new(Self {
             key: key.clone(),
-            owner: format!("{:032x}", fastrand::u128(..)).into_boxed_str(),
             last: AtomicU64::new(0),
             notify: Notify::new(),
             cache: OnceLock::new(),
@@ -190,20 +188,25 @@ impl SharedSource {
                 }
                 Ok(_) => {}
             }
+            // Owned by this request for it alone: nothing but this flight can renew or let
+            // go of what it takes.
+            let lease = Lease::new(&self.link);
             let acquired = hub
                 .call(
                     hub.store
-                        .acquire(&link.key, &link.owner, settings.lease_ttl),
+                        .acquire(&link.key, &lease.owner, settings.lease_ttl),
                 )
                 .await;
             match acquired {
                 Err(_) => {
-                    // It may have been taken all the same: let it go (if it is ours).
-                    drop(Lease::new(&self.link));
+                    // It may have been taken all the same, or be taken when the request
+                    // reaches the store late: `lease`, dropped armed, lets it go, sent even
+                    // though the store is now paused, and after the request on its connection.
+                    drop(lease);
                     return self.direct().await;
                 }
                 Ok(Some(fence)) => {
-                    let mut lease = Lease::new(&self.link);
+                    let mut lease = lease;
                     // A holder may have installed its token (and let go of the lease) between
                     // the load above and this lease: look once more before fetching.
                     let again = hub.call(hub.store.load(&link.key)).await;
@@ -216,7 +219,7 @@ impl SharedSource {
                     }
                     return self.fetch_holding(lease, fence, last).await;
                 }
-                Ok(None) => {}
+                Ok(None) => lease.disarm(),
             }
             let now = Instant::now();
             if now >= give_up_at {
@@ -293,7 +296,7 @@ impl SharedSource {
         let expires_at = sent + stated_lifetime(&link.config, token.expiry(), sent);
         let shared = SharedToken::new(fence, token.secret().clone(), sent, expires_at);
         match hub
-            .call(hub.store.install(&link.key, &link.owner, &shared))
+            .call(hub.store.install(&link.key, &lease.owner, &shared))
             .await
         {
             Ok(Install::Installed) => {
@@ -321,11 +324,15 @@ impl SharedSource {
     }
 }
 
-/// A lease this replica holds: let go of in the background if the fetch under it is
-/// cancelled (a fetch timeout, a revocation, a runtime shutting down) before it is installed
-/// or released.
+/// A lease this replica asked for, under an owner id of its own (one per acquire: a flight
+/// superseded and dropped late cannot let go of, or renew, the next flight's lease): let go
+/// of in the background if the fetch under it is cancelled (a fetch timeout, a revocation, a
+/// runtime shutting down) or its request went unanswered, before it is installed or released.
+/// Releases and renewals are sent even while the store is paused after trouble (the trouble
+/// may be this very request, reaching the store late).
 struct Lease {
     link: Arc<Link>,
+    owner: Arc<str>,
     armed: bool,
 }
 
@@ -333,8 +340,14 @@ impl Lease {
     fn new(link: &Arc<Link>) -> Self {
         Self {
             link: Arc::clone(link),
+            owner: format!("{:032x}", fastrand::u128(..)).into(),
             armed: true,
         }
+    }
+
+    /// Not taken: nothing to let go of.
+    fn disarm(mut self) {
+        self.armed = false;
     }
 
     /// Lets go of it now (it stays armed if the store does not answer).
@@ -342,7 +355,7 @@ impl Lease {
         let link = &self.link;
         if link
             .hub
-            .call(link.hub.store.release(&link.key, &link.owner))
+            .call_anyway(link.hub.store.release(&link.key, &self.owner))
             .await
             .is_ok()
         {
@@ -351,26 +364,33 @@ impl Lease {
     }
 
     /// Renews the lease every third of its TTL until the returned guard is dropped, so that
-    /// a slow issuer call is not taken for a dead holder.
+    /// a slow issuer call is not taken for a dead holder. A renewal that fails is tried again
+    /// on the next beat, until the lease is certainly lost: the store says it is another's,
+    /// or a whole TTL has passed since the last renewal it confirmed.
     fn renew_while_fetching(&self) -> Option<AbortOnDrop> {
         let runtime = Handle::try_current().ok()?;
         let link = Arc::clone(&self.link);
+        let owner = Arc::clone(&self.owner);
         let ttl = link.hub.settings.lease_ttl;
         let task = runtime.spawn(async move {
             // On a fixed beat (a slow answer does not push the next renewal back); the builder
             // checks that three store timeouts fit in a lease.
             let mut beat = tokio::time::interval(ttl / 3);
             beat.tick().await;
+            let mut held_until = Instant::now() + ttl;
             loop {
                 beat.tick().await;
+                let asked = Instant::now();
                 match link
                     .hub
-                    .call(link.hub.store.renew(&link.key, &link.owner, ttl))
+                    .call_anyway(link.hub.store.renew(&link.key, &owner, ttl))
                     .await
                 {
-                    Ok(true) => {}
-                    // Taken over (or the store is in trouble): the fence decides at install.
-                    Ok(false) | Err(_) => return,
+                    Ok(true) => held_until = asked + ttl,
+                    // Taken over, or run out: the fence decides at install.
+                    Ok(false) => return,
+                    Err(_) if Instant::now() >= held_until => return,
+                    Err(_) => {}
                 }
             }
         });
@@ -393,10 +413,11 @@ impl Drop for Lease {
         }
         if let Ok(runtime) = Handle::try_current() {
             let link = Arc::clone(&self.link);
+            let owner = Arc::clone(&self.owner);
             runtime.spawn(async move {
                 let _ = link
                     .hub
-                    .call(link.hub.store.release(&link.key, &link.owner))
+                    .call_anyway(link.hub.store.release(&link.key, &owner))
                     .await;
             });
         }

@@ -460,6 +460,25 @@ impl Hub {
         }
     }
 
+    /// One store call under the store timeout, even while the store is paused: for what must
+    /// reach it whatever happened (letting go of a lease, renewing one). Its trouble is
+    /// counted, and does not pause the store further.
+    async fn call_anyway<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let timeout = self.settings.store_timeout;
+        let result = match tokio::time::timeout(timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Timeout(timeout)),
+        };
+        if let Err(error) = &result {
+            bump(&self.counters.store_errors);
+            tracing::debug!(%error, "a lease's renewal or release did not reach the store");
+        }
+        result
+    }
+
     /// One store call, under the store timeout, unless the store is paused after trouble;
     /// trouble is logged, counted and remembered.
     async fn call<T>(
