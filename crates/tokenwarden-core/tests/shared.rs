@@ -336,6 +336,16 @@ impl TokenStore for Troubled {
             .compare_exchange(HANGS_AFTER_A_LEASE, HANGS, SeqCst, SeqCst);
         fence
     }
+    async fn take_over(
+        &self,
+        key: &StoreKey,
+        owner: &str,
+        ttl: Duration,
+        held_for: Duration,
+    ) -> Result<Option<u64>, StoreError> {
+        self.gate().await?;
+        self.store.take_over(key, owner, ttl, held_for).await
+    }
     async fn install(
         &self,
         key: &StoreKey,
@@ -557,4 +567,47 @@ async fn a_fetch_cancelled_under_a_lease_lets_the_lease_go_at_once() {
         "a takes b's token"
     );
     assert_eq!(a_calls.load(SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_holder_stuck_in_its_issuer_call_is_taken_over_once_for_the_fleet() {
+    let store = MemoryStore::new();
+    let hung = CountingIssuer::up()
+        .with_lifetime(LIFETIME)
+        .with_delay(Duration::from_secs(3600));
+    let holder = replica_with(&SharedTokens::new(store.clone()), &hung)
+        .build()
+        .unwrap();
+    let holding = tokio::spawn({
+        let holder = holder.clone();
+        async move { holder.get().await.map(|t| secret(&t)) }
+    });
+    sleep(Duration::from_millis(100)).await;
+    let issuer = CountingIssuer::up().with_lifetime(LIFETIME);
+    let hubs: Vec<SharedTokens> = (0..3).map(|_| SharedTokens::new(store.clone())).collect();
+    let waiting: Vec<_> = hubs
+        .iter()
+        .map(|shared| {
+            let cache = replica_with(shared, &issuer).build().unwrap();
+            tokio::spawn(async move { cache.get().await.map(|t| secret(&t)) })
+        })
+        .collect();
+    let started = Instant::now();
+    for task in waiting {
+        assert_eq!(task.await.unwrap().unwrap(), "tok-1");
+    }
+    // Half the fetch timeout (10 s) of waiting, then one take-over fetch for all three.
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(issuer.calls(), 1);
+    let take_overs: u64 = hubs.iter().map(|h| h.stats().take_overs).sum();
+    assert_eq!(take_overs, 1);
+    assert_eq!(
+        holding.await.unwrap().unwrap(),
+        "tok-1",
+        "the holder's callers too"
+    );
 }

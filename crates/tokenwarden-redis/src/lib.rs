@@ -7,17 +7,18 @@
 //! | Redis key | holds |
 //! |---|---|
 //! | `<prefix>{<name>}:token` | a hash: `fence`, the encrypted token `blob`, `rejected`; expires with the token |
-//! | `<prefix>{<name>}:lease` | the lease holder's owner id, with the lease TTL |
+//! | `<prefix>{<name>}:lease` | the lease holder's owner id (one per lease request), with the lease TTL |
+//! | `<prefix>{<name>}:lease-since` | when the lease was taken, by the server's clock (ms): renewals do not move it |
 //! | `<prefix>{<name>}:fence` | the highest fencing number given out; expires a day after the token |
 //!
 //! `<name>` is a keyed BLAKE3 hash of the credential identity (keyed by a subkey of the
 //! encryption key): it carries no secret, and without the key nobody can tell which identity
-//! it stands for. Every change is one Lua script: taking a lease (`SET NX PX` and the next
-//! fencing number), installing a token (only over a lower fencing number, letting go of the
-//! lease, publishing a notice), rejecting the token with a given fencing number, letting go of
-//! a lease. Notices go out on one channel, `<prefix>notices`, which each process reads on a
-//! connection of its own, reconnecting after trouble. The scripts are in `src/lua/`, each with
-//! its keys, arguments and reasons.
+//! it stands for. Every change is one Lua script: taking a lease (if it is free, or for a
+//! take-over if it has been held long enough) with the next fencing number, installing a token
+//! (only over a lower fencing number, letting go of the lease, publishing a notice), rejecting
+//! the token with a given fencing number, letting go of a lease. Notices go out on one channel,
+//! `<prefix>notices`, which each process reads on a connection of its own, reconnecting after
+//! trouble. The scripts are in `src/lua/`, each with its keys, arguments and reasons.
 //!
 //! **Fencing numbers only grow**, whatever Redis forgets or restores: a lease's number is the
 //! largest of the counter plus one, the server's clock in milliseconds, and the stored token's
@@ -339,6 +340,36 @@ impl RedisStore {
         }
     }
 
+    /// The acquire script: the lease if it is free, or (with `held_for`) held that long.
+    async fn take(
+        &self,
+        key: &StoreKey,
+        owner: &str,
+        ttl: Duration,
+        held_for: Option<Duration>,
+    ) -> Result<Option<u64>, StoreError> {
+        self.keep_listening();
+        let mut conn = self.inner.conn.clone();
+        let held_for = held_for.map_or_else(String::new, |held| {
+            held.as_millis().min(u128::from(u32::MAX)).to_string()
+        });
+        let fence: u64 = self.answered(
+            self.inner
+                .scripts
+                .acquire
+                .key(self.redis_key(key, "lease"))
+                .key(self.redis_key(key, "fence"))
+                .key(self.redis_key(key, "token"))
+                .key(self.redis_key(key, "lease-since"))
+                .arg(owner)
+                .arg(ttl.as_millis().clamp(1, u128::from(u32::MAX)) as u64)
+                .arg(held_for)
+                .invoke_async(&mut conn)
+                .await,
+        )?;
+        Ok((fence > 0).then_some(fence))
+    }
+
     fn redis_key(&self, key: &StoreKey, part: &str) -> String {
         format!("{}{{{}}}:{part}", self.inner.prefix, key.as_str())
     }
@@ -560,21 +591,17 @@ impl TokenStore for RedisStore {
         owner: &str,
         ttl: Duration,
     ) -> Result<Option<u64>, StoreError> {
-        self.keep_listening();
-        let mut conn = self.inner.conn.clone();
-        let fence: u64 = self.answered(
-            self.inner
-                .scripts
-                .acquire
-                .key(self.redis_key(key, "lease"))
-                .key(self.redis_key(key, "fence"))
-                .key(self.redis_key(key, "token"))
-                .arg(owner)
-                .arg(ttl.as_millis().max(1) as u64)
-                .invoke_async(&mut conn)
-                .await,
-        )?;
-        Ok((fence > 0).then_some(fence))
+        self.take(key, owner, ttl, None).await
+    }
+
+    async fn take_over(
+        &self,
+        key: &StoreKey,
+        owner: &str,
+        ttl: Duration,
+        held_for: Duration,
+    ) -> Result<Option<u64>, StoreError> {
+        self.take(key, owner, ttl, Some(held_for)).await
     }
 
     async fn install(
@@ -598,6 +625,7 @@ impl TokenStore for RedisStore {
                 .key(self.redis_key(key, "token"))
                 .key(self.redis_key(key, "lease"))
                 .key(self.redis_key(key, "fence"))
+                .key(self.redis_key(key, "lease-since"))
                 .arg(token.fence)
                 .arg(blob)
                 .arg(ttl)
@@ -629,9 +657,11 @@ impl TokenStore for RedisStore {
 
     async fn release(&self, key: &StoreKey, owner: &str) -> Result<(), StoreError> {
         let (lease, message) = (self.redis_key(key, "lease"), Self::message('l', key, 0));
+        let since = self.redis_key(key, "lease-since");
         let _: Value = self
             .again_once(|mut conn| {
                 let mut call = self.inner.scripts.release.key(&lease);
+                call.key(&since);
                 call.arg(owner).arg(&self.inner.channel).arg(&message);
                 async move { call.invoke_async(&mut conn).await }
             })

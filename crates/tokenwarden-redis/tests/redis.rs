@@ -451,3 +451,66 @@ async fn a_lease_request_that_reaches_redis_late_is_let_go_not_left_held() {
     let stats = shared_b.stats();
     assert_eq!((stats.leases, stats.waits), (1, 0), "{stats:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_lease_holder_costs_the_fleet_one_more_fetch_not_one_per_replica() {
+    let redis = RedisServer::start();
+    let store = store(&redis);
+    // Fetch timeout 3 s: a waiter waits up to 1.5 s for the holder.
+    let replica = |issuer: &CountingIssuer| {
+        let shared = SharedTokens::builder(store.clone())
+            .with_lease_ttl(Duration::from_millis(600))
+            .with_store_timeout(Duration::from_millis(150))
+            .with_poll_interval(Duration::from_millis(50))
+            .build();
+        let cache = TokenCache::builder(issuer.source())
+            .with_fetch_timeout(Duration::from_secs(3))
+            .with_shared(&shared, "torus:merchant-42")
+            .build()
+            .unwrap();
+        (shared, cache)
+    };
+    // Replica 0's issuer call hangs (its connection stuck); it holds the lease and renews it.
+    let hung = CountingIssuer::up()
+        .with_lifetime(LIFETIME)
+        .with_delay(Duration::from_secs(3600));
+    let (_shared0, holder) = replica(&hung);
+    let holding = tokio::spawn({
+        let holder = holder.clone();
+        async move { holder.get().await.map(|t| secret(&t)) }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(hung.calls(), 1);
+    // Three other replicas, whose issuer answers, want the token too.
+    let issuer = CountingIssuer::up().with_lifetime(LIFETIME);
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        others.push(replica(&issuer));
+    }
+    let waiting: Vec<_> = others
+        .iter()
+        .map(|(_, cache)| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get().await.map(|t| secret(&t)) })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for task in waiting {
+        got.push(task.await.unwrap().expect("a waiter got a token"));
+    }
+    let held = holding.await.unwrap();
+    println!(
+        "a hung holder and 3 waiting replicas: {} issuer calls besides the hung one; tokens {got:?}, the holder's callers got {held:?}",
+        issuer.calls()
+    );
+    assert_eq!(
+        issuer.calls(),
+        1,
+        "one replica took the lease over and fetched"
+    );
+    assert!(got.iter().all(|t| *t == got[0]), "shared: {got:?}");
+    assert_eq!(
+        held.expect("the holder's callers are served the token that replaced its fetch"),
+        got[0]
+    );
+}

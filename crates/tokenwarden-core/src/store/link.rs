@@ -175,7 +175,8 @@ impl SharedSource {
         // waits (the builder checks that this covers a takeover): the other half is for its
         // own fetch, should the store keep the lease from everyone.
         let patience = link.config.fetch_timeout / 2;
-        let give_up_at = Instant::now() + patience;
+        let mut give_up_at = Instant::now() + patience;
+        let mut took_over = false;
         loop {
             let notified = link.notify.notified();
             tokio::pin!(notified);
@@ -222,6 +223,42 @@ impl SharedSource {
                 Ok(None) => lease.disarm(),
             }
             let now = Instant::now();
+            if now >= give_up_at && !took_over {
+                // The holder has held the lease at least as long as this replica waited: stuck
+                // (its issuer call hangs while it renews). The first waiter to get here takes
+                // the lease over and fetches for every replica; the others, finding the lease
+                // just taken, wait on for its token, a while longer.
+                took_over = true;
+                let lease = Lease::new(&self.link);
+                match hub
+                    .call(hub.store.take_over(
+                        &link.key,
+                        &lease.owner,
+                        settings.lease_ttl,
+                        patience,
+                    ))
+                    .await
+                {
+                    Ok(Some(fence)) => {
+                        tracing::warn!(
+                            waited_ms = patience.as_millis() as u64,
+                            fence,
+                            "another replica held the lease without installing a token; taking it over"
+                        );
+                        bump(&hub.counters.take_overs);
+                        return self.fetch_holding(lease, fence, last).await;
+                    }
+                    Ok(None) => {
+                        lease.disarm();
+                        give_up_at = now + patience / 2;
+                        continue;
+                    }
+                    Err(_) => {
+                        drop(lease);
+                        return self.direct().await;
+                    }
+                }
+            }
             if now >= give_up_at {
                 tracing::warn!(
                     waited_ms = patience.as_millis() as u64,
@@ -245,27 +282,29 @@ impl SharedSource {
     /// An issuer call without the store, after waiting long for a holder: a token the holder
     /// installs meanwhile is taken if it comes first.
     async fn direct_or_installed(&self, last: u64) -> Result<Token, FetchError> {
+        // (No `tokio::select!`: this crate does not take Tokio's macros.)
+        match select(pin!(self.direct()), pin!(self.installed(last))).await {
+            Either::Left((fetched, _)) => fetched,
+            Either::Right((found, _)) => Ok(self.link.adopt(found)),
+        }
+    }
+
+    /// A usable token newer than fence `above`, once another replica installs one: looked
+    /// for on each notice of the key, and on the poll beat.
+    async fn installed(&self, above: u64) -> SharedToken {
         let link = &*self.link;
         let hub = &*link.hub;
-        let installed = async {
-            loop {
-                let notified = link.notify.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                let _ = tokio::time::timeout(hub.settings.poll_interval, notified).await;
-                if let Ok(Ok(Some(found))) =
-                    tokio::time::timeout(hub.settings.store_timeout, hub.store.load(&link.key))
-                        .await
-                    && link.usable(&found, last)
-                {
-                    return found;
-                }
+        loop {
+            let notified = link.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let _ = tokio::time::timeout(hub.settings.poll_interval, notified).await;
+            if let Ok(Ok(Some(found))) =
+                tokio::time::timeout(hub.settings.store_timeout, hub.store.load(&link.key)).await
+                && link.usable(&found, above)
+            {
+                return found;
             }
-        };
-        // (No `tokio::select!`: this crate does not take Tokio's macros.)
-        match select(pin!(self.direct()), pin!(installed)).await {
-            Either::Left((fetched, _)) => fetched,
-            Either::Right((found, _)) => Ok(link.adopt(found)),
         }
     }
 
@@ -284,7 +323,26 @@ impl SharedSource {
         bump(&hub.counters.issuer_fetches);
         let fetched = {
             let _renewing = lease.renew_while_fetching();
-            self.source.fetch().await
+            // A replica that took the lease over (this one's issuer call seemed stuck) may
+            // install first: its token, newer, serves this replica's callers too.
+            // Looked for once a take-over could have happened (a waiter waits half the fetch
+            // timeout first): a fetch that ends sooner costs the store nothing more.
+            let taken_over = async {
+                tokio::time::sleep(link.config.fetch_timeout / 2).await;
+                self.installed(fence).await
+            };
+            match select(pin!(self.source.fetch()), pin!(taken_over)).await {
+                Either::Left((fetched, _)) => fetched,
+                Either::Right((found, _)) => {
+                    lease.armed = false;
+                    tracing::info!(
+                        fence,
+                        newer = found.fence,
+                        "another replica took this fetch's lease over and shared a token; taking that one"
+                    );
+                    return Ok(link.adopt(found));
+                }
+            }
         };
         let token = match fetched {
             Ok(token) => token,

@@ -30,7 +30,8 @@ struct Shared {
 #[derive(Default)]
 struct Entry {
     token: Option<SharedToken>,
-    lease: Option<(Box<str>, Instant)>,
+    /// The holder, until when it holds, and since when.
+    lease: Option<(Box<str>, Instant, Instant)>,
     /// The highest fencing number given out or installed.
     fence: u64,
 }
@@ -84,8 +85,33 @@ impl fmt::Debug for MemoryStore {
     }
 }
 
+impl MemoryStore {
+    /// The lease for `owner` if it is free, or (with `held_for`) held at least that long.
+    #[allow(clippy::unnecessary_wraps)] // the store's signature
+    fn take(
+        &self,
+        key: &StoreKey,
+        owner: &str,
+        ttl: Duration,
+        held_for: Option<Duration>,
+    ) -> Result<Option<u64>, StoreError> {
+        let now = Instant::now();
+        Ok(self.with_entry(key, |e| {
+            if let Some((_, until, since)) = &e.lease
+                && now < *until
+                && held_for.is_none_or(|held| now.saturating_duration_since(*since) < held)
+            {
+                return None;
+            }
+            e.fence += 1;
+            e.lease = Some((owner.into(), now + ttl, now));
+            Some(e.fence)
+        }))
+    }
+}
+
 fn release_if(entry: &mut Entry, owner: &str) -> bool {
-    if entry.lease.as_ref().is_some_and(|(o, _)| &**o == owner) {
+    if entry.lease.as_ref().is_some_and(|(o, _, _)| &**o == owner) {
         entry.lease = None;
         true
     } else {
@@ -117,15 +143,17 @@ impl TokenStore for MemoryStore {
         owner: &str,
         ttl: Duration,
     ) -> Result<Option<u64>, StoreError> {
-        let now = Instant::now();
-        Ok(self.with_entry(key, |e| {
-            if e.lease.as_ref().is_some_and(|(_, until)| now < *until) {
-                return None;
-            }
-            e.fence += 1;
-            e.lease = Some((owner.into(), now + ttl));
-            Some(e.fence)
-        }))
+        self.take(key, owner, ttl, None)
+    }
+
+    async fn take_over(
+        &self,
+        key: &StoreKey,
+        owner: &str,
+        ttl: Duration,
+        held_for: Duration,
+    ) -> Result<Option<u64>, StoreError> {
+        self.take(key, owner, ttl, Some(held_for))
     }
 
     async fn install(
@@ -153,7 +181,7 @@ impl TokenStore for MemoryStore {
     async fn renew(&self, key: &StoreKey, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
         let now = Instant::now();
         Ok(self.with_entry(key, |e| match &mut e.lease {
-            Some((holder, until)) if &**holder == owner && now < *until => {
+            Some((holder, until, _)) if &**holder == owner && now < *until => {
                 *until = now + ttl;
                 true
             }

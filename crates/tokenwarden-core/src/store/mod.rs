@@ -8,7 +8,11 @@
 //! - **none is**: the cache takes the key's *lease* (set-if-absent, with an owner and a TTL,
 //!   renewed while it fetches) and fetches; replicas that find the lease taken wait on the
 //!   store — woken by a notice, with a bounded poll — and take the token the holder installs,
-//!   or take the lease over once a dead holder's runs out;
+//!   or take the lease over once a dead holder's runs out; a holder alive but stuck (its
+//!   issuer call hangs while it renews) is taken over by the first replica to wait half its
+//!   fetch timeout, which fetches under a fence of its own and installs for every replica,
+//!   the stuck holder's callers included — one extra issuer call for the fleet, not one per
+//!   replica;
 //! - every lease comes with a **fencing number**, and the store installs a token only if its
 //!   number is higher than the one it holds, in one atomic step: a replica whose lease ran out
 //!   mid-fetch can never put an older token over a newer one;
@@ -242,6 +246,20 @@ pub trait TokenStore: Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<Option<u64>, StoreError>;
 
+    /// Takes the key's lease for `owner` as [`acquire`](Self::acquire) does if it is free, or
+    /// from its holder if that holder took it at least `held_for` ago by the store's clock
+    /// (renewals do not count: a holder whose issuer call hangs keeps renewing), and returns
+    /// a new fencing number. A replica that waited its patience out for a holder calls it,
+    /// so that one replica fetches for the others, not each for itself; the hung holder's
+    /// token, should it come, is older and superseded at install.
+    async fn take_over(
+        &self,
+        key: &StoreKey,
+        owner: &str,
+        ttl: Duration,
+        held_for: Duration,
+    ) -> Result<Option<u64>, StoreError>;
+
     /// Installs `token` if its fencing number is higher than that of the token held, lets go
     /// of `owner`'s lease either way, and on install sends a [`NoticeKind::Installed`] notice.
     async fn install(
@@ -357,6 +375,9 @@ pub struct SharedStats {
     pub superseded: u64,
     /// Waits for another replica's fetch (each ends with a notice or a poll).
     pub waits: u64,
+    /// Leases taken over from a holder that kept one without installing a token for half a
+    /// fetch timeout (its issuer call stuck): this replica fetched for every replica instead.
+    pub take_overs: u64,
     /// Rejections sent to the other replicas.
     pub rejections_sent: u64,
     /// Notices received (this replica's own included).
@@ -374,6 +395,7 @@ struct Counters {
     installed: AtomicU64,
     superseded: AtomicU64,
     waits: AtomicU64,
+    take_overs: AtomicU64,
     rejections_sent: AtomicU64,
     notices: AtomicU64,
     store_errors: AtomicU64,
@@ -567,6 +589,7 @@ impl SharedTokens {
             installed: read(&c.installed),
             superseded: read(&c.superseded),
             waits: read(&c.waits),
+            take_overs: read(&c.take_overs),
             rejections_sent: read(&c.rejections_sent),
             notices: read(&c.notices),
             store_errors: read(&c.store_errors),

@@ -1,9 +1,9 @@
 -- Installs a token over a lower fence, lets the installer's lease go and tells every replica.
--- KEYS: token, lease, fence counter. ARGV: fence, blob, ttl (ms), owner, channel, message.
+-- KEYS: token, lease, fence counter, lease start. ARGV: fence, blob, ttl (ms), owner, channel, message.
 local f = tonumber(ARGV[1])
 local cur = tonumber(redis.call('HGET', KEYS[1], 'fence') or '0')
 if redis.call('GET', KEYS[2]) == ARGV[4] then
-  redis.call('DEL', KEYS[2])
+  redis.call('DEL', KEYS[2], KEYS[4])
 end
 if f <= cur then
   return cur

@@ -1,7 +1,7 @@
 -- Lets the lease go if its owner still holds it, and tells the waiting replicas.
--- KEYS: lease. ARGV: owner, channel, message.
+-- KEYS: lease, lease start. ARGV: owner, channel, message.
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1], KEYS[2])
   redis.call('PUBLISH', ARGV[2], ARGV[3])
   return 1
 end
