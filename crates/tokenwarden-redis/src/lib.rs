@@ -6,7 +6,7 @@
 //!
 //! | Redis key | holds |
 //! |---|---|
-//! | `<prefix>{<name>}:token` | a hash: `fence`, the encrypted token `blob`, `rejected`; expires with the token |
+//! | `<prefix>{<name>}:token` | a hash: `fence`, the encrypted token `blob`, `rejected`; expires with the token, and its TTL is the token's expiry for every reader |
 //! | `<prefix>{<name>}:lease` | the lease holder's owner id (one per lease request), with the lease TTL |
 //! | `<prefix>{<name>}:lease-since` | when the lease was taken, by the server's clock (ms): renewals do not move it |
 //! | `<prefix>{<name>}:fence` | the highest fencing number given out; expires a day after the token |
@@ -561,15 +561,20 @@ impl TokenStore for RedisStore {
     async fn load(&self, key: &StoreKey) -> Result<Option<SharedToken>, StoreError> {
         self.keep_listening();
         let name = self.redis_key(key, "token");
-        let (fence, blob, rejected): (Option<u64>, Option<Vec<u8>>, Option<String>) = self
+        type Fields = (Option<u64>, Option<Vec<u8>>, Option<String>);
+        let ((fence, blob, rejected), ttl_ms): (Fields, i64) = self
             .again_once(|mut conn| {
                 let name = name.clone();
                 async move {
-                    redis::cmd("HMGET")
-                        .arg(name)
+                    redis::pipe()
+                        .atomic()
+                        .cmd("HMGET")
+                        .arg(&name)
                         .arg("fence")
                         .arg("blob")
                         .arg("rejected")
+                        .cmd("PTTL")
+                        .arg(&name)
                         .query_async(&mut conn)
                         .await
                 }
@@ -578,10 +583,20 @@ impl TokenStore for RedisStore {
         let (Some(fence), Some(blob)) = (fence, blob) else {
             return Ok(None);
         };
-        let token = self.open_blob(key, fence, &blob)?;
-        if token.expires_at <= SystemTime::now() {
+        // Its expiry is Redis's: the key's remaining TTL, counted from this machine's now,
+        // whatever the clock of the replica that wrote it (or this one's) says.
+        let Ok(ttl_ms @ 1..) = u64::try_from(ttl_ms) else {
             return Ok(None);
-        }
+        };
+        let stamped = self.open_blob(key, fence, &blob)?;
+        let now = SystemTime::now();
+        let expires_at = now + Duration::from_millis(ttl_ms);
+        let token = SharedToken::new(
+            fence,
+            stamped.secret.clone(),
+            expires_at.checked_sub(stamped.lifetime()).unwrap_or(now),
+            expires_at,
+        );
         Ok(Some(token.with_rejected(rejected.as_deref() == Some("1"))))
     }
 
@@ -611,10 +626,11 @@ impl TokenStore for RedisStore {
         token: &SharedToken,
     ) -> Result<Install, StoreError> {
         let blob = self.seal(key, token)?;
+        // What is left of it by the writer's clock, and never more than its lifetime (a
+        // token cannot have been in use before it was issued).
         let ttl = token
-            .expires_at
-            .duration_since(SystemTime::now())
-            .unwrap_or_default()
+            .remaining()
+            .min(token.lifetime())
             .as_millis()
             .clamp(1, 400 * 24 * 3600 * 1000) as u64;
         let mut conn = self.inner.conn.clone();

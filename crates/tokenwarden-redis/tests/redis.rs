@@ -514,3 +514,45 @@ async fn a_hung_lease_holder_costs_the_fleet_one_more_fetch_not_one_per_replica(
         got[0]
     );
 }
+
+#[tokio::test]
+async fn a_shared_tokens_expiry_follows_redis_not_the_writers_clock() {
+    let redis = RedisServer::start();
+    let store = store(&redis);
+    let key = store.key_for("torus:merchant-42");
+    // A replica whose clock runs 30 s ahead stamps a 60 s token: issued 30 s from now (by
+    // this machine's clock), expiring 90 s from now.
+    let ahead = SystemTime::now() + Duration::from_secs(30);
+    let fence = store
+        .acquire(&key, "ahead", Duration::from_secs(3))
+        .await
+        .unwrap()
+        .unwrap();
+    let token = SharedToken::new(
+        fence,
+        Secret::new("skewed"),
+        ahead,
+        ahead + Duration::from_secs(60),
+    );
+    assert_eq!(
+        store.install(&key, "ahead", &token).await.unwrap(),
+        Install::Installed
+    );
+    // Redis keeps the token for its lifetime, and every reader counts its expiry from that.
+    let redis::Value::Int(ttl) = raw(
+        &redis,
+        redis::cmd("PTTL").arg(format!("tokenwarden:{{{}}}:token", key.as_str())),
+    )
+    .await
+    else {
+        panic!("PTTL answers a number");
+    };
+    assert!(ttl <= 60_000, "kept {ttl} ms");
+    let read = store.load(&key).await.unwrap().unwrap();
+    assert!(
+        read.remaining() <= Duration::from_secs(60) && read.remaining() > Duration::from_secs(55),
+        "read as valid for {:?}, not the writer's 90 s",
+        read.remaining()
+    );
+    assert_eq!(read.lifetime(), Duration::from_secs(60));
+}

@@ -103,8 +103,12 @@ impl fmt::Display for StoreKey {
     }
 }
 
-/// A token as a store holds it: the secret, when it was fetched and when it expires (wall
-/// clock, shared by every replica), its fencing number, and whether a replica saw it rejected.
+/// A token as a store holds it: the secret, when it was fetched and when it expires, its
+/// fencing number, and whether a replica saw it rejected.
+///
+/// Times are wall-clock times. The writer stamps them with its clock; a store that keeps its
+/// own expiry (Redis's TTL) hands a token out with `expires_at` counted from the reader's
+/// clock by what the store says is left, so replicas' clocks that disagree change nothing.
 ///
 /// `Debug` does not show the secret.
 #[derive(Clone)]
@@ -233,7 +237,9 @@ pub trait TokenStore: Send + Sync + 'static {
     /// no secret, and identities that differ must give keys that differ.
     fn key_for(&self, identity: &str) -> StoreKey;
 
-    /// The key's current token, if any (an expired one counts as none).
+    /// The key's current token, if any (an expired one counts as none). A store that keeps
+    /// the token's expiry itself returns `expires_at` as this machine's now plus what it says
+    /// is left, and `issued_at` that much before it as the token's lifetime.
     async fn load(&self, key: &StoreKey) -> Result<Option<SharedToken>, StoreError>;
 
     /// Takes the key's lease for `owner` for `ttl` if nobody holds it, and returns its fencing
