@@ -611,3 +611,55 @@ async fn a_holder_stuck_in_its_issuer_call_is_taken_over_once_for_the_fleet() {
         "the holder's callers too"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn revoke_at_one_replica_reaches_every_replica() {
+    let store = MemoryStore::new();
+    let issuer = CountingIssuer::up().with_lifetime(LIFETIME);
+    let fleet = replicas(&store, &issuer, 3);
+    for (_, cache) in &fleet {
+        assert_eq!(secret(&cache.get().await.unwrap()), "tok-1");
+    }
+    // Credentials rotated at replica 0: the others must not keep serving (or adopting) the
+    // token fetched with the old ones.
+    fleet[0].1.revoke();
+    sleep(Duration::from_millis(50)).await;
+    for (i, (_, cache)) in fleet.iter().enumerate() {
+        assert_eq!(
+            secret(&cache.get().await.unwrap()),
+            "tok-2",
+            "replica {i} after the revoke"
+        );
+    }
+    assert_eq!(
+        issuer.calls(),
+        2,
+        "one fetch for the fleet after the revoke"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejection_seen_while_the_store_was_down_is_sent_when_it_is_back() {
+    let cut_off = Troubled::default();
+    let issuer = CountingIssuer::up().with_lifetime(LIFETIME);
+    let shared_a = SharedTokens::new(cut_off.clone());
+    let a = replica_with(&shared_a, &issuer).build().unwrap();
+    let shared_b = SharedTokens::new(cut_off.store.clone());
+    let b = replica_with(&shared_b, &issuer).build().unwrap();
+    let token = a.get().await.unwrap();
+    assert_eq!(secret(&b.get().await.unwrap()), "tok-1");
+    // Replica a loses the store, then sees the token rejected: it cannot tell b.
+    cut_off.mode.store(FAILS, SeqCst);
+    a.invalidate(token.id());
+    sleep(Duration::from_millis(50)).await;
+    assert_eq!(secret(&b.get().await.unwrap()), "tok-1", "b has not heard");
+    // The store is back: the rejection goes out, and b drops the token.
+    cut_off.mode.store(WORKS, SeqCst);
+    sleep(Duration::from_secs(40)).await;
+    assert_ne!(
+        secret(&b.get().await.unwrap()),
+        "tok-1",
+        "b still serves the token a saw rejected"
+    );
+    assert!(shared_a.stats().rejections_sent >= 1);
+}

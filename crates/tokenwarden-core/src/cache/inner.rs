@@ -1432,6 +1432,14 @@ impl Inner {
         self.wake(&mut st);
     }
 
+    /// After [`revoke`](Self::revoke) by the application: every replica drops the key's
+    /// shared token.
+    pub(crate) fn share_revocation(&self) {
+        if let Some(link) = &self.store {
+            link.revoked();
+        }
+    }
+
     pub(crate) fn revoke(&self) {
         let mut st = self.lock();
         st.epoch += 1;

@@ -228,7 +228,8 @@ impl Drop for Evicted {
     fn drop(&mut self) {
         for slot in self.0.drain(..) {
             tracing::debug!(key = %slot.label(), "key evicted");
-            slot.cache.revoke();
+            // Forgotten here only: other replicas keep the key's shared token.
+            slot.cache.inner().revoke();
         }
     }
 }
@@ -729,7 +730,8 @@ where
     pub fn remove(&self, key: &K) -> bool {
         match self.inner.map.remove(key) {
             Some((_, slot)) => {
-                slot.cache.revoke();
+                // Forgotten here only: other replicas keep the key's shared token.
+                slot.cache.inner().revoke();
                 true
             }
             None => false,
@@ -816,7 +818,7 @@ where
                 !slot.pinned() && now.saturating_sub(slot.used_at.load(Ordering::Relaxed)) >= idle
             });
             if let Some((_, slot)) = removed {
-                slot.cache.revoke();
+                slot.cache.inner().revoke();
                 evicted += 1;
             }
         }

@@ -338,8 +338,13 @@ impl TokenCache {
 
     /// Drops the current token (and any pooled ones), and makes sure no fetch that was already
     /// under way when this was called installs its token: callers waiting for it start over.
+    ///
+    /// Built [`with_shared`](TokenCacheBuilder::with_shared), it also marks the key's shared
+    /// token rejected in the store, so every replica drops it and none takes it again (sent in
+    /// the background, and again once the store answers if it is in trouble).
     pub fn revoke(&self) {
         self.inner.revoke();
+        self.inner.share_revocation();
     }
 
     /// What the cache has done so far.

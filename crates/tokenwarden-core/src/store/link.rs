@@ -5,7 +5,7 @@ use std::fmt;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use futures_util::future::{Either, select};
 
@@ -15,7 +15,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{Hub, Install, Notice, NoticeKind, SharedToken, SharedTokens, StoreKey, bump};
+use super::{
+    Hub, Install, Notice, NoticeKind, SharedToken, SharedTokens, StoreError, StoreKey, bump,
+};
 use crate::cache::Inner;
 use crate::cache::fetch::{skew_margin, stated_lifetime};
 use crate::{CacheConfig, FetchError, Token, TokenSource};
@@ -72,16 +74,57 @@ impl Link {
         })
     }
 
-    /// The cache dropped a token after a rejection: tell every replica (in the background).
+    /// The cache dropped a token after a rejection: tell every replica (in the background,
+    /// and again once the store answers if it is in trouble now).
     pub(crate) fn rejected(self: &Arc<Self>, fence: u64) {
+        self.send_rejection(Some(fence));
+    }
+
+    /// The application revoked the cache's tokens: the key's shared token, whichever replica
+    /// fetched it, is marked rejected for every replica.
+    pub(crate) fn revoked(self: &Arc<Self>) {
+        self.send_rejection(None);
+    }
+
+    /// Marks `fence` (`None`: the key's current shared token) rejected in the store, in the
+    /// background; while the store is in trouble, tried again on a doubling beat from the
+    /// pause after trouble, for up to about ten minutes (a token rejected while Redis was down
+    /// would otherwise stay in the store for the other replicas to serve).
+    fn send_rejection(self: &Arc<Self>, fence: Option<u64>) {
         let Ok(runtime) = Handle::try_current() else {
             return;
         };
         let link = Arc::clone(self);
         runtime.spawn(async move {
-            if let Ok(true) = link.hub.call(link.hub.store.reject(&link.key, fence)).await {
-                bump(&link.hub.counters.rejections_sent);
-                tracing::debug!(key = %link.key, fence, "rejection shared with every replica");
+            let hub = &*link.hub;
+            let mut wait = hub.settings.pause_after_trouble.max(Duration::from_millis(100));
+            let give_up_at = Instant::now() + Duration::from_secs(600);
+            loop {
+                let sent = async {
+                    let fence = match fence {
+                        Some(fence) => fence,
+                        None => match hub.call(hub.store.load(&link.key)).await? {
+                            Some(found) if !found.rejected => found.fence,
+                            _ => return Ok((false, 0)),
+                        },
+                    };
+                    let marked = hub.call(hub.store.reject(&link.key, fence)).await?;
+                    Ok::<_, StoreError>((marked, fence))
+                }
+                .await;
+                match sent {
+                    Ok((true, fence)) => {
+                        bump(&hub.counters.rejections_sent);
+                        tracing::debug!(key = %link.key, fence, "rejection shared with every replica");
+                        return;
+                    }
+                    Ok(_) => return,
+                    Err(_) if Instant::now() + wait > give_up_at => return,
+                    Err(_) => {
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(30));
+                    }
+                }
             }
         });
     }
