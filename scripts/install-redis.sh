@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # Installs redis-server, which the shared-token tests (crates/tokenwarden-redis/tests,
-# tests/replicas.rs) and examples/replicas.rs start on a loopback port of their own. Does
-# nothing if a redis-server is already on PATH. Uses the system's package manager: apt-get
+# tests/replicas.rs) and examples/replicas.rs start on a loopback port of their own; the tests
+# run it themselves when redis-server is missing. Does nothing if a redis-server is already on
+# PATH. Uses the system's package manager: apt-get
 # (Debian, Ubuntu) or brew (macOS); elsewhere it says what to install.
 set -euo pipefail
+if command -v redis-server >/dev/null; then
+  redis-server --version
+  exit 0
+fi
+# One installer at a time (test processes may call this together).
+exec 9>"${TMPDIR:-/tmp}/tokenwarden-install-redis.lock"
+flock 9
 if command -v redis-server >/dev/null; then
   redis-server --version
   exit 0

@@ -1,9 +1,11 @@
-//! A real Redis server on a loopback port (the `redis` feature): `redis-server` from PATH.
+//! A real Redis server on a loopback port (the `redis` feature): `redis-server` from PATH,
+//! installed by the project's own script when it is missing.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
@@ -12,6 +14,45 @@ pub const HOW_TO_INSTALL_REDIS: &str = "the shared-token tests run a real redis-
      loopback: install it with `scripts/install-redis.sh` from the repository root (Debian or \
      Ubuntu: `sudo apt-get install redis-server`; macOS: `brew install redis`), or put a \
      `redis-server` (Redis 6.2+ or Valkey) on PATH";
+
+/// Puts `redis-server` on PATH if it is not there: once per process, with the project's own
+/// script (`scripts/install-redis.sh`, which takes a file lock, so several test processes may
+/// run it at once). Panics, saying how to install it, if that fails.
+fn ensure_installed() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let there = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if there {
+            return;
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/install-redis.sh");
+        eprintln!(
+            "redis-server is not on PATH: installing it with {}",
+            script.display()
+        );
+        let output = Command::new("bash")
+            .arg(&script)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "could not run {}: {e}; {HOW_TO_INSTALL_REDIS}",
+                    script.display()
+                )
+            });
+        assert!(
+            output.status.success(),
+            "installing redis-server failed ({}):\n{}{}\n{HOW_TO_INSTALL_REDIS}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+    });
+}
 
 /// `redis-server` on a loopback port of its own, with no automatic persistence; killed when
 /// dropped.
@@ -34,14 +75,16 @@ pub struct RedisServer {
 pub struct RedisSnapshot(PathBuf);
 
 impl RedisServer {
-    /// Starts a server on a free loopback port and waits until it answers `PING`.
+    /// Starts a server on a free loopback port and waits until it answers `PING`, installing
+    /// `redis-server` first (with `scripts/install-redis.sh`) if it is not on PATH.
     ///
     /// # Panics
     ///
-    /// If `redis-server` is not on PATH (the message says how to install it), or it does not
-    /// answer within 10 s.
+    /// If `redis-server` is missing and cannot be installed (the message says how to install
+    /// it), or it does not answer within 10 s.
     #[must_use]
     pub fn start() -> Self {
+        ensure_installed();
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_port();
