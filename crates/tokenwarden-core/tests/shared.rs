@@ -663,3 +663,8 @@ async fn a_rejection_seen_while_the_store_was_down_is_sent_when_it_is_back() {
     );
     assert!(shared_a.stats().rejections_sent >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_store_keeps_the_store_contract() {
+    tokenwarden_test_support::store_contract(MemoryStore::new()).await;
+}

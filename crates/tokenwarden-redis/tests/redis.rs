@@ -556,3 +556,9 @@ async fn a_shared_tokens_expiry_follows_redis_not_the_writers_clock() {
     );
     assert_eq!(read.lifetime(), Duration::from_secs(60));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_store_keeps_the_store_contract() {
+    let redis = RedisServer::start();
+    tokenwarden_test_support::store_contract(store(&redis)).await;
+}

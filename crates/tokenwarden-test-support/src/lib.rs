@@ -14,6 +14,8 @@
 //!   so that `evil.example` stands in for another host on this machine.
 //! - [`HoldingProxy`]: a TCP proxy that holds a client's bytes containing a marker for a while,
 //!   so that a request reaches its server after its sender gave up on it.
+//! - [`store_contract`]: the contract every token store keeps (lease, fences, install,
+//!   reject, release, take-over, expiry, notices), run against `MemoryStore` and the Redis store.
 //! - [`LogCapture`]: every tracing event, at every level, written to a buffer.
 //! - [`ClockHold`]: keeps a paused tokio clock still while a test waits on loopback I/O, so
 //!   that time moves only where the test advances it.
@@ -43,6 +45,7 @@ mod oauth2_server;
 mod recorded;
 #[cfg(feature = "redis")]
 mod redis_server;
+mod store_contract;
 
 pub use api::{Answer, CLIENT_HEADERS, Listener, LoopbackApi, Received, Route};
 #[cfg(feature = "gateways")]
@@ -57,6 +60,7 @@ pub use oauth2_server::{JwtApi, OAuth2Server};
 pub use recorded::recorded;
 #[cfg(feature = "redis")]
 pub use redis_server::{HOW_TO_INSTALL_REDIS, RedisServer, RedisSnapshot};
+pub use store_contract::store_contract;
 
 use std::collections::HashSet;
 use std::future::{Ready, ready};

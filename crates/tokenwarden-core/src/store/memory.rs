@@ -168,7 +168,16 @@ impl TokenStore for MemoryStore {
             if token.fence <= current {
                 return Install::Superseded { current };
             }
-            e.token = Some(token.clone().with_rejected(false));
+            // Valid for what is left of it, never more than its lifetime (as a store that
+            // keeps its own expiry hands it out).
+            let now = SystemTime::now();
+            let left = token.remaining().min(token.lifetime());
+            e.token = Some(SharedToken::new(
+                token.fence,
+                token.secret.clone(),
+                (now + left).checked_sub(token.lifetime()).unwrap_or(now),
+                now + left,
+            ));
             e.fence = e.fence.max(token.fence);
             Install::Installed
         });
