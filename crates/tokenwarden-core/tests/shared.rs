@@ -668,3 +668,75 @@ async fn a_rejection_seen_while_the_store_was_down_is_sent_when_it_is_back() {
 async fn the_memory_store_keeps_the_store_contract() {
     tokenwarden_test_support::store_contract(MemoryStore::new()).await;
 }
+
+#[test]
+fn a_superseded_flight_dropped_late_cannot_let_go_of_the_next_flights_lease() {
+    let store = MemoryStore::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    // The first issuer call never ends; the others take 300 ms.
+    let source = {
+        let calls = Arc::clone(&calls);
+        move || {
+            let n = calls.fetch_add(1, SeqCst) + 1;
+            async move {
+                if n == 1 {
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok::<_, FetchError>(Token::new(format!("tok-{n}")).with_expires_in(LIFETIME))
+            }
+        }
+    };
+    let replica = |source| {
+        let shared = SharedTokens::builder(store.clone())
+            .with_lease_ttl(Duration::from_millis(150))
+            .with_store_timeout(Duration::from_millis(40))
+            .with_poll_interval(Duration::from_millis(20))
+            .build();
+        let cache = TokenCache::builder(source)
+            .with_fetch_timeout(Duration::from_millis(700))
+            .with_shared(&shared, "merchant-42")
+            .build()
+            .unwrap();
+        (shared, cache)
+    };
+    let (_a_shared, a) = replica(source.clone());
+    // Replica a's first fetch starts on a runtime its caller then stops driving (the
+    // `block_on` model): it holds the lease, and its renewals stop with the runtime.
+    let idle = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let gave_up =
+        idle.block_on(async { tokio::time::timeout(Duration::from_millis(50), a.get()).await });
+    assert!(gave_up.is_err());
+    let busy = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // On another runtime, a's caller waits out the stranded fetch (superseding it), and a's
+    // next fetch takes the lease again once the first ran out.
+    let _ = busy.block_on(a.get());
+    let second = busy.spawn({
+        let a = a.clone();
+        async move { a.get().await.map(|t| secret(&t)) }
+    });
+    busy.block_on(async { sleep(Duration::from_millis(100)).await });
+    assert_eq!(calls.load(SeqCst), 2, "a's second fetch is under way");
+    // The idle runtime runs again: the superseded fetch is dropped there, and lets go of
+    // the lease it took (not the second fetch's).
+    idle.block_on(async { sleep(Duration::from_millis(20)).await });
+    // Replica b wants the token meanwhile: it waits for a's second fetch.
+    let (b_shared, b) = replica(source);
+    let b_token = busy.block_on(b.get()).map(|t| secret(&t)).unwrap();
+    let a_token = busy.block_on(second).unwrap().unwrap();
+    assert_eq!(
+        (a_token.as_str(), b_token.as_str()),
+        ("tok-2", "tok-2"),
+        "b took a's second token ({} issuer calls, b {:?})",
+        calls.load(SeqCst),
+        b_shared.stats()
+    );
+    assert_eq!(calls.load(SeqCst), 2);
+}
