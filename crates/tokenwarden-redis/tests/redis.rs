@@ -562,3 +562,33 @@ async fn the_redis_store_keeps_the_store_contract() {
     let redis = RedisServer::start();
     tokenwarden_test_support::store_contract(store(&redis)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_at_one_replica_reaches_every_replica_through_redis() {
+    let redis = RedisServer::start();
+    let issuer = CountingIssuer::up().with_lifetime(LIFETIME);
+    // Three processes' worth: each replica its own store, connections and listener.
+    let fleet: Vec<_> = (0..3).map(|_| replica(&store(&redis), &issuer)).collect();
+    for (_, cache) in &fleet {
+        assert_eq!(secret(&cache.get().await.unwrap()), "tok-1");
+    }
+    fleet[0].1.revoke();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    for (i, (_, cache)) in fleet.iter().enumerate().skip(1) {
+        while cache.cached().is_some_and(|t| secret(&t) == "tok-1") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "replica {i} still serves the revoked token"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    for (_, cache) in &fleet {
+        assert_eq!(secret(&cache.get().await.unwrap()), "tok-2");
+    }
+    assert_eq!(
+        issuer.calls(),
+        2,
+        "one fetch for the fleet after the revoke"
+    );
+}
