@@ -280,6 +280,8 @@ struct Troubled {
     store: MemoryStore,
     mode: Arc<AtomicU8>,
     renewals_lost: bool,
+    /// Renewals to fail (with an error) before they get through again.
+    renewals_failing: Arc<AtomicUsize>,
 }
 
 const WORKS: u8 = 0;
@@ -357,6 +359,13 @@ impl TokenStore for Troubled {
     }
     async fn renew(&self, key: &StoreKey, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
         self.gate().await?;
+        if self
+            .renewals_failing
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(StoreError::Unavailable("connection reset".into()));
+        }
         if self.renewals_lost {
             return Ok(false);
         }
@@ -739,4 +748,28 @@ fn a_superseded_flight_dropped_late_cannot_let_go_of_the_next_flights_lease() {
         b_shared.stats()
     );
     assert_eq!(calls.load(SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_renewal_that_fails_once_is_tried_again_and_the_lease_is_kept() {
+    let store = MemoryStore::new();
+    let flaky = Troubled {
+        store: store.clone(),
+        renewals_failing: Arc::new(AtomicUsize::new(1)),
+        ..Troubled::default()
+    };
+    // a's issuer takes 6 s; its lease (2 s) must be renewed twice or more meanwhile, and the
+    // first renewal fails.
+    let (_, a, a_calls) = slow_replica(flaky, Duration::from_secs(6), "from-a");
+    let (_, b, b_calls) = slow_replica(store.clone(), Duration::ZERO, "from-b");
+    let a_get = tokio::spawn(async move { a.get().await.map(|t| secret(&t)) });
+    sleep(Duration::from_millis(100)).await;
+    let b_get = tokio::spawn(async move { b.get().await.map(|t| secret(&t)) });
+    assert_eq!(
+        b_get.await.unwrap().unwrap(),
+        "from-a",
+        "b waited for a's fetch"
+    );
+    assert_eq!(a_get.await.unwrap().unwrap(), "from-a");
+    assert_eq!((a_calls.load(SeqCst), b_calls.load(SeqCst)), (1, 0));
 }
