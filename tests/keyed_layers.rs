@@ -336,3 +336,39 @@ async fn a_request_in_the_refresh_ahead_window_starts_the_refresh_through_either
     assert_eq!(&seen[2..4], ["Bearer m-0-1", "Bearer m-1-1"], "{seen:?}");
     assert_eq!(&seen[10..], ["Bearer m-0-2", "Bearer m-1-2"], "{seen:?}");
 }
+
+#[tokio::test]
+async fn a_token_key_of_the_wrong_type_is_named_so_through_either_layer() {
+    let calls = Arc::default();
+    let revoked = Arc::default();
+    let api = api(&revoked).await;
+    let keyed = merchants(&calls);
+    let scope = Scope::origin(&api.origin()).unwrap();
+    // The layer's keys are `String`; the request carries a `TokenKey(&str)`.
+    let tower = tokenwarden::tower::TokenLayer::keyed(keyed.clone(), scope.clone())
+        .cloning_bodies()
+        .layer(HyperClient::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
+    let mut request = Request::get(api.url("/orders")).body(Empty::new()).unwrap();
+    request.extensions_mut().insert(TokenKey("m-0"));
+    let tower_error = tower.oneshot(request).await.unwrap_err();
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(tokenwarden::reqwest::TokenMiddleware::keyed(keyed, scope))
+        .build();
+    let reqwest_error = client
+        .get(api.url("/orders"))
+        .with_extension(TokenKey("m-0"))
+        .send()
+        .await
+        .unwrap_err();
+    for error in [tower_error.to_string(), format!("{reqwest_error:#}")] {
+        assert!(
+            error.contains("TokenKey is of the wrong type: it holds a &str, the layer's keys are alloc::string::String"),
+            "{error}"
+        );
+    }
+    assert!(matches!(
+        tower_error.downcast_ref::<KeyError>(),
+        Some(KeyError::WrongType { found: "&str", .. })
+    ));
+    assert!(api.received().is_empty(), "nothing was sent");
+}

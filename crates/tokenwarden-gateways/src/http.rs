@@ -30,6 +30,13 @@ pub const DEFAULT_MAX_RESPONSE: usize = 64 * 1024;
 /// sender only has to hand it back. [`IssuerClient`] never follows one; a tower service is
 /// fine as long as no redirect follower (tower-http's `FollowRedirect`) wraps it; a plain
 /// `reqwest::Client` is not accepted, because its default policy follows them.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot send a gateway's token requests",
+    label = "not an HttpSend",
+    note = "use `tokenwarden_gateways::IssuerClient::new()?` (reqwest, redirects off), or wrap a tower \
+            service in `ServiceSender(service)`; a plain `reqwest::Client` is refused because it \
+            follows redirects with the credentials"
+)]
 #[async_trait]
 pub trait HttpSend: Send + Sync + 'static {
     /// Sends `request`; returns the response with its body read, or an error when the issuer

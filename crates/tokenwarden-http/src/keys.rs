@@ -68,6 +68,18 @@ pub enum KeyError {
          function that finds one); it was not sent"
     )]
     Missing,
+    /// The request has a [`TokenKey`] of another type than the layer's keys (a
+    /// `TokenKey(&str)` for a `KeyedCache<String>`): it counts as none.
+    #[error(
+        "the request's TokenKey is of the wrong type: it holds a {found}, the layer's keys are \
+         {expected} (put a TokenKey<{expected}> in its extensions); it was not sent"
+    )]
+    WrongType {
+        /// The layer's key type.
+        expected: &'static str,
+        /// The type the request's `TokenKey` holds.
+        found: &'static str,
+    },
     /// There is no cache for its key (unknown, or its settings cannot work).
     #[error("no token cache for the request's key; it was not sent")]
     Cache(#[source] tokenwarden_core::Error),
@@ -91,9 +103,60 @@ pub fn by_extension<K>(keyed: KeyedCache<K>) -> impl ChooseCache
 where
     K: Clone + Hash + Eq + Send + Sync + 'static,
 {
-    by_key(keyed, |request: &RequestView<'_>| {
-        request.extensions.get::<TokenKey<K>>().map(|k| k.0.clone())
-    })
+    ByExtension { keyed }
+}
+
+struct ByExtension<K: Send> {
+    keyed: KeyedCache<K>,
+}
+
+impl<K> fmt::Debug for ByExtension<K>
+where
+    K: Clone + Hash + Eq + Send,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ByExtension")
+            .field("keyed", &self.keyed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K> ChooseCache for ByExtension<K>
+where
+    K: Clone + Hash + Eq + Send + Sync + 'static,
+{
+    fn choose(&self, request: &RequestView<'_>) -> Result<(KeyHandle, Option<Snapshot>), KeyError> {
+        let Some(TokenKey(key)) = request.extensions.get::<TokenKey<K>>() else {
+            return Err(missing::<K>(request.extensions));
+        };
+        self.keyed.handle_with_token(key).map_err(KeyError::Cache)
+    }
+}
+
+/// No `TokenKey<K>`: [`KeyError::WrongType`] if the request has a `TokenKey` of a common key
+/// type other than `K` (looked for only on this failing path), else [`KeyError::Missing`].
+fn missing<K: 'static>(extensions: &Extensions) -> KeyError {
+    fn holds<T: Clone + Send + Sync + 'static>(extensions: &Extensions) -> Option<&'static str> {
+        extensions
+            .get::<TokenKey<T>>()
+            .map(|_| std::any::type_name::<T>())
+    }
+    let found = holds::<&'static str>(extensions)
+        .or_else(|| holds::<String>(extensions))
+        .or_else(|| holds::<std::sync::Arc<str>>(extensions))
+        .or_else(|| holds::<Box<str>>(extensions))
+        .or_else(|| holds::<u64>(extensions))
+        .or_else(|| holds::<u32>(extensions))
+        .or_else(|| holds::<usize>(extensions))
+        .or_else(|| holds::<i64>(extensions))
+        .or_else(|| holds::<i32>(extensions));
+    match found {
+        Some(found) => KeyError::WrongType {
+            expected: std::any::type_name::<K>(),
+            found,
+        },
+        None => KeyError::Missing,
+    }
 }
 
 /// Keys from a function of the request (a header, a path segment, an extension of your own).
