@@ -62,7 +62,40 @@ pub use tokenwarden_sandbox as sandbox;
 #[cfg(feature = "tower")]
 pub use tokenwarden_tower as tower;
 
-// The README's examples use every feature: they are tested with `--all-features`.
+// The examples of the README and of docs/ use every feature: they are tested with
+// `--all-features`.
 #[cfg(all(doctest, feature = "tower", feature = "reqwest", feature = "sandbox"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+#[cfg(all(
+    doctest,
+    feature = "tower",
+    feature = "reqwest",
+    feature = "sandbox",
+    feature = "redis",
+    feature = "metrics"
+))]
+mod docs {
+    macro_rules! pages {
+        ($($name:ident = $file:literal),* $(,)?) => {
+            $(#[doc = include_str!(concat!("../docs/", $file))] struct $name;)*
+        };
+    }
+    pages!(
+        Design = "design.md",
+        Cache = "cache.md",
+        Tower = "tower.md",
+        Reqwest = "reqwest.md",
+        Gateways = "gateways.md",
+        OAuth2 = "oauth2.md",
+        Keyed = "keyed.md",
+        Replicas = "replicas.md",
+        Sandbox = "sandbox.md",
+        Security = "security.md",
+        Guarantees = "guarantees.md",
+        Benchmarks = "benchmarks.md",
+        Metrics = "metrics.md",
+        Features = "features.md",
+    );
+}
