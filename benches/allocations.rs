@@ -22,7 +22,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use support::{BODY, Noop};
-use tokenwarden::core::Scope;
+use tokenwarden::Scope;
 use tokenwarden_reqwest::TokenMiddleware;
 use tokenwarden_tower::{RequestBody, TokenLayer};
 use tower::{Service, ServiceExt};

@@ -45,7 +45,7 @@ async fn setup() -> (
     let snapshot = cache.get().await.unwrap();
     let by_hand = snapshot.headers().next().unwrap().1.clone();
     let bare = ClientBuilder::new(reqwest::Client::new()).build();
-    let scope = tokenwarden::core::Scope::origin(&format!("http://{addr}")).unwrap();
+    let scope = tokenwarden::Scope::origin(&format!("http://{addr}")).unwrap();
     let with_middleware = ClientBuilder::new(reqwest::Client::new())
         .with(TokenMiddleware::new(cache, scope))
         .build();

@@ -53,7 +53,7 @@ async fn setup() -> (SocketAddr, HeaderValue, Bare, Layered, Cloning) {
     let client = Client::builder(TokioExecutor::new()).build_http();
     let layer = TokenLayer::new(
         cache,
-        tokenwarden::core::Scope::origin(&format!("http://{addr}")).unwrap(),
+        tokenwarden::Scope::origin(&format!("http://{addr}")).unwrap(),
     );
     let cloning = ServiceBuilder::new()
         .layer(layer.clone().cloning_bodies())

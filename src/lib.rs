@@ -41,10 +41,10 @@
 pub use tokenwarden_core as core;
 pub use tokenwarden_core::{
     CacheConfig, CacheState, CacheStats, CacheStatus, ConfigError, Error, Expiry, FetchError,
-    HeldOff, InsecureTransport, Invalidation, KeyHandle, KeyedCache, KeyedCacheBuilder,
-    KeyedSummary, MemoryStore, Origin, Presentation, Probe, RefreshBudget, RefreshWindow, Route,
-    Scope, Secret, SharedTokens, Snapshot, Token, TokenCache, TokenCacheBuilder, TokenCharset,
-    TokenId, TokenProblem, TokenSource, TokenStore,
+    HeldOff, Invalidation, KeyHandle, KeyedCache, KeyedCacheBuilder, KeyedSummary, MemoryStore,
+    Presentation, Probe, RefreshBudget, RefreshWindow, Route, Secret, SharedTokens, Snapshot,
+    Token, TokenCache, TokenCacheBuilder, TokenCharset, TokenId, TokenProblem, TokenSource,
+    TokenStore,
 };
 #[cfg(feature = "gateways")]
 pub use tokenwarden_gateways as gateways;
@@ -53,6 +53,8 @@ pub use tokenwarden_http::{
     Classifier, DefaultClassifier, KeyError, LayerPolicy, NotReplayed, Replay, SkipToken, TokenKey,
     Verdict,
 };
+pub use tokenwarden_origin as origin;
+pub use tokenwarden_origin::{InsecureTransport, Origin, Scope};
 #[cfg(feature = "redis")]
 pub use tokenwarden_redis as redis;
 #[cfg(feature = "reqwest")]

@@ -20,9 +20,10 @@ use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Value, json};
-use tokenwarden_core::{Clock, Error, ManualClock, Scope, TokenCache};
+use tokenwarden_core::{Clock, Error, ManualClock, TokenCache};
 use tokenwarden_gateways::oauth2::{self, ClientAuth, ClientCredentials};
 use tokenwarden_gateways::{GatewayError, IssuerClient};
+use tokenwarden_origin::Scope;
 use tokenwarden_test_support::{JwtApi, OAuth2Server, gateway_error, middleware_client, secret};
 use tower::{Layer as _, ServiceExt};
 

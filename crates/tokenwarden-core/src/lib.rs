@@ -37,7 +37,6 @@ mod cache;
 mod config;
 mod error;
 pub mod metrics;
-mod origin;
 mod presentation;
 mod secret;
 mod snapshot;
@@ -53,10 +52,6 @@ pub use cache::{
 };
 pub use config::{CacheConfig, RefreshWindow};
 pub use error::{ConfigError, Error};
-pub use origin::{
-    InsecureTransport, Origin, RedactedUri, Scope, check_transport, is_loopback, redact_url,
-    transport_allowed,
-};
 pub use presentation::{Presentation, TokenCharset, TokenProblem};
 pub use secret::Secret;
 pub use snapshot::Snapshot;

@@ -154,7 +154,7 @@ impl RedirectFollowed {
     pub fn new(status: http::StatusCode, last: &http::Uri) -> Self {
         Self {
             status,
-            to: tokenwarden_core::Origin::describe(last),
+            to: tokenwarden_origin::Origin::describe(last),
         }
     }
 }
@@ -296,7 +296,7 @@ impl HttpSend for IssuerClient {
             .map_err(reqwest::Error::without_url)?;
         let url = request.url().clone();
         let local_plain_text =
-            url.scheme() == "http" && url.host_str().is_some_and(tokenwarden_core::is_loopback);
+            url.scheme() == "http" && url.host_str().is_some_and(tokenwarden_origin::is_loopback);
         let client = if local_plain_text {
             &self.direct
         } else {

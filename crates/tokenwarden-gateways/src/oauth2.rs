@@ -185,7 +185,7 @@ impl ClientCredentials {
             if named.trim_end_matches('/') != issuer.trim_end_matches('/') {
                 return Err(GatewayError::IssuerMismatch {
                     gateway: GATEWAY,
-                    named: tokenwarden_core::redact_url(named),
+                    named: tokenwarden_origin::redact_url(named),
                 });
             }
             let endpoint = answer.string("/token_endpoint")?;

@@ -10,10 +10,8 @@ use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderName, HeaderValue, Request, StatusCode, Uri};
 use serde_json::Value;
-use tokenwarden_core::{
-    BoxError, ConfigError, Expiry, FetchError, Origin, Probe, RedactedUri, Token, redact_url,
-    transport_allowed,
-};
+use tokenwarden_core::{BoxError, ConfigError, Expiry, FetchError, Probe, Token};
+use tokenwarden_origin::{Origin, RedactedUri, redact_url, transport_allowed};
 
 /// How much of a recovery probe's answer is read: its status is all that counts.
 const PROBE_MAX_BODY: usize = 4096;

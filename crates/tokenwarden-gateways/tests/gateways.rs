@@ -12,13 +12,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use mockito::{Matcher, Mock, Server, ServerGuard};
-use tokenwarden_core::{Error, Expiry, Scope, Secret, TokenCache, TokenSource};
+use tokenwarden_core::{Error, Expiry, Secret, TokenCache, TokenSource};
 use tokenwarden_gateways::boipa::{self, Action, ActionRequest, BoipaConfig};
 use tokenwarden_gateways::generic::{ExpiryField, JsonSource};
 use tokenwarden_gateways::payments::{self, ClientAppSource, SessionTokenSource, SessionTokens};
 use tokenwarden_gateways::sipay::{self, SipayConfig, ThreeD};
 use tokenwarden_gateways::torus::{self, TorusConfig};
 use tokenwarden_gateways::{GatewayError, IssuerClient, ServiceSender};
+use tokenwarden_origin::Scope;
 use tokenwarden_test_support::{
     Recorder, Reply, chain, distinct_tokens, gateway_error, middleware_client, unused_addr,
 };

@@ -10,10 +10,8 @@ use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
 use http_body::Body;
 use tokenwarden_core::future::GetOwned;
-use tokenwarden_core::{
-    HeldOff, InsecureTransport, Invalidation, KeyHandle, Route, Scope, Snapshot, TokenCache,
-    TokenId,
-};
+use tokenwarden_core::{HeldOff, Invalidation, KeyHandle, Route, Snapshot, TokenCache, TokenId};
+use tokenwarden_origin::{InsecureTransport, Scope};
 use tokio::time::Sleep;
 
 use crate::body::{DRAIN_LIMIT, DRAIN_TIME, PrefixedBody, ResponseBody};
@@ -541,7 +539,8 @@ mod tests {
     use bytes::Bytes;
     use http::{HeaderMap, Response, StatusCode};
     use http_body_util::{BodyExt, Full};
-    use tokenwarden_core::{FetchError, Scope, Token, TokenCache};
+    use tokenwarden_core::{FetchError, Token, TokenCache};
+    use tokenwarden_origin::Scope;
 
     fn route() -> tokenwarden_core::Route {
         tokenwarden_core::Route::of("GET", "/")

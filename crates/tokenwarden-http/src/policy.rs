@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use http::header::WWW_AUTHENTICATE;
 use http::{HeaderMap, StatusCode};
-use tokenwarden_core::{Error, InsecureTransport, Route, Scope, Snapshot, TokenId};
+use tokenwarden_core::{Error, Route, Snapshot, TokenId};
+use tokenwarden_origin::{InsecureTransport, Scope};
 
 /// The default cap on a request body kept for a replay: 64 KiB.
 ///
@@ -278,7 +279,7 @@ impl<'a> Iterator for AuthParams<'a> {
 /// opt-in — for [`Scope::any_origin`].
 ///
 /// ```
-/// use tokenwarden_core::Scope;
+/// use tokenwarden_origin::Scope;
 /// use tokenwarden_http::LayerPolicy;
 ///
 /// let policy = LayerPolicy::new(Scope::origin("https://api.example.com")?)
@@ -324,7 +325,8 @@ impl LayerPolicy {
     /// rejecting for another reason is remembered once, not once per id.
     ///
     /// ```
-    /// use tokenwarden_core::{Route, Scope};
+    /// use tokenwarden_core::Route;
+    /// use tokenwarden_origin::Scope;
     /// use tokenwarden_http::LayerPolicy;
     ///
     /// fn by_template(method: &str, path: &str) -> Route {
@@ -497,7 +499,7 @@ impl fmt::Debug for LayerPolicy {
 mod tests {
     use super::*;
     use http::HeaderValue;
-    use tokenwarden_core::check_transport;
+    use tokenwarden_origin::check_transport;
 
     fn with_challenge(values: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -85,7 +85,7 @@ macro_rules! __layer_settings {
 
         /// Allow tokens on plain `http://` requests to in-scope hosts that are not loopback.
         /// Off by default: such requests fail with
-        /// [`InsecureTransport`](tokenwarden_core::InsecureTransport) before they are sent.
+        /// [`InsecureTransport`](tokenwarden_origin::InsecureTransport) before they are sent.
         /// Only for a network you trust end to end: anyone on the path reads the token.
         #[must_use]
         pub fn with_insecure_http(mut self, allow: bool) -> Self {
@@ -98,5 +98,6 @@ macro_rules! __layer_settings {
 
 #[doc(hidden)]
 pub mod __private {
-    pub use tokenwarden_core::{InsecureTransport, TokenCache};
+    pub use tokenwarden_core::TokenCache;
+    pub use tokenwarden_origin::InsecureTransport;
 }

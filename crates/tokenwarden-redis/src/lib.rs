@@ -33,7 +33,7 @@
 //! [`EncryptionKey`] you supply (every replica needs the same one), with a random nonce per
 //! write and the key's name and fencing number as associated data (a blob copied to another key
 //! or fence does not decrypt). Commands go through redis-rs's
-//! [`ConnectionManager`](redis::aio::ConnectionManager), which reconnects on its own; a call
+//! [`ConnectionManager`], which reconnects on its own; a call
 //! that fails or is slow makes the replica fetch on its own for a while (see
 //! [`tokenwarden_core::store`]).
 //!

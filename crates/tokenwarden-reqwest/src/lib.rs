@@ -22,12 +22,12 @@
 //!   ([`with_inspect_timeout`](TokenMiddleware::with_inspect_timeout), 1 s); the response keeps
 //!   its URL and everything else it had.
 //! - **Scope: fails closed.** A middleware is made for the origins it may send tokens to
-//!   ([`Scope`](tokenwarden_core::Scope)); requests anywhere else go through untouched. Every
-//!   origin is a named opt-in, [`Scope::any_origin`](tokenwarden_core::Scope::any_origin).
+//!   ([`Scope`](tokenwarden_origin::Scope)); requests anywhere else go through untouched. Every
+//!   origin is a named opt-in, [`Scope::any_origin`](tokenwarden_origin::Scope::any_origin).
 //! - **Opt-out** per request: `.with_extension(SkipToken)`.
 //! - **Transport.** In scope, tokens go on `https`, and on plain `http` only to loopback;
 //!   elsewhere the request fails, unsent, with
-//!   [`InsecureTransport`](tokenwarden_core::InsecureTransport) unless allowed.
+//!   [`InsecureTransport`](tokenwarden_origin::InsecureTransport) unless allowed.
 //! - **Redirects** (below): build the client with [`client_builder`]; a response that arrives
 //!   from outside the scope anyway is an error ([`LeftScope`]), never a silent success.
 //! - **TLS.** With feature `rustls` (on by default) reqwest speaks `https` out of the box. If
@@ -36,7 +36,7 @@
 //!   instead of as a connection error that retry middleware would retry.
 //!
 //! Errors are `reqwest_middleware::Error::Middleware` wrapping a
-//! [`tokenwarden_core::Error`], an [`InsecureTransport`](tokenwarden_core::InsecureTransport),
+//! [`tokenwarden_core::Error`], an [`InsecureTransport`](tokenwarden_origin::InsecureTransport),
 //! a [`LeftScope`] or a [`TlsMissing`] (downcast the `anyhow::Error`), or the client's own `reqwest::Error`s.
 //! Each keeps its causes as sources and prints each message once when the chain is walked.
 //!
@@ -52,7 +52,8 @@
 //! use reqwest_middleware::ClientBuilder;
 //! use reqwest_retry::{RetryTransientMiddleware, policies::ExponentialBackoff};
 //! use reqwest_tracing::TracingMiddleware;
-//! use tokenwarden_core::{FetchError, Scope, Token, TokenCache};
+//! use tokenwarden_core::{FetchError, Token, TokenCache};
+//! use tokenwarden_origin::Scope;
 //! use tokenwarden_reqwest::TokenMiddleware;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {

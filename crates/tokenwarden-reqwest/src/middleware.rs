@@ -6,11 +6,12 @@ use reqwest::{Request, Response, ResponseBuilderExt, Url};
 use reqwest_middleware::{Error, Middleware, Next, Result};
 use std::hash::Hash;
 
-use tokenwarden_core::{InsecureTransport, KeyedCache, Scope, TokenCache};
+use tokenwarden_core::{KeyedCache, TokenCache};
 use tokenwarden_http::{
     Choice, ChooseCache, Engine, KeptBody, LayerPolicy, NotReplayed, Recovered, RequestBody,
     RequestView, ResponseBody, SkipToken, Verdict,
 };
+use tokenwarden_origin::{InsecureTransport, Scope};
 
 use crate::redirect::LeftScope;
 
@@ -21,7 +22,8 @@ use crate::redirect::LeftScope;
 /// ```
 /// use std::time::Duration;
 /// use reqwest_middleware::ClientBuilder;
-/// use tokenwarden_core::{FetchError, Scope, Token, TokenCache};
+/// use tokenwarden_core::{FetchError, Token, TokenCache};
+/// use tokenwarden_origin::Scope;
 /// use tokenwarden_reqwest::TokenMiddleware;
 ///
 /// let cache = TokenCache::new(|| async {

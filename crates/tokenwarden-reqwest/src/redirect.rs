@@ -105,7 +105,7 @@ impl LeftScope {
     pub(crate) fn new(url: &Url, insecure: bool) -> Self {
         let to = url.as_str().parse::<http::Uri>().map_or_else(
             |_| "an unreadable URL".to_owned(),
-            |uri| tokenwarden_core::Origin::describe(&uri),
+            |uri| tokenwarden_origin::Origin::describe(&uri),
         );
         Self { to, insecure }
     }

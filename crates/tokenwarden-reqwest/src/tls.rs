@@ -25,7 +25,7 @@ pub(crate) fn check(url: &reqwest::Url, tls: bool) -> Result<(), TlsMissing> {
     Err(TlsMissing {
         origin: url.as_str().parse::<http::Uri>().map_or_else(
             |_| "an unreadable URL".to_owned(),
-            |uri| tokenwarden_core::Origin::describe(&uri),
+            |uri| tokenwarden_origin::Origin::describe(&uri),
         ),
     })
 }

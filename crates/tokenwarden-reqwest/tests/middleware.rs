@@ -9,7 +9,8 @@ use http::StatusCode;
 use http_body::Frame;
 use http_body_util::StreamBody;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
-use tokenwarden_core::{FetchError, InsecureTransport, Scope, Token, TokenCache};
+use tokenwarden_core::{FetchError, Token, TokenCache};
+use tokenwarden_origin::{InsecureTransport, Scope};
 use tokenwarden_reqwest::{NotReplayed, Replay, SkipToken, TokenMiddleware};
 use tokenwarden_test_support::{
     Answer, ClockHold, CountingIssuer, LoopbackApi, Received, every_kind_of_header,

@@ -364,8 +364,8 @@ impl Sandbox {
     /// # Errors
     ///
     /// None in practice: the origin is `http://127.0.0.1:<port>`.
-    pub fn scope(&self) -> Result<tokenwarden_core::Scope, tokenwarden_core::ConfigError> {
-        tokenwarden_core::Scope::origin(&self.url())
+    pub fn scope(&self) -> Result<tokenwarden_origin::Scope, tokenwarden_core::ConfigError> {
+        tokenwarden_origin::Scope::origin(&self.url())
     }
 
     /// The base URL a gateway's source takes, e.g. `http://127.0.0.1:<port>/sipay`.

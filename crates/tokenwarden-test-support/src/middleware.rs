@@ -1,7 +1,8 @@
 //! reqwest clients under the token middleware (the `reqwest` feature).
 
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
-use tokenwarden_core::{Scope, TokenCache};
+use tokenwarden_core::TokenCache;
+use tokenwarden_origin::Scope;
 use tokenwarden_reqwest::TokenMiddleware;
 
 /// `http` under a [`TokenMiddleware`] with `cache`, scoped to `origin`.

@@ -5,8 +5,9 @@ use std::marker::PhantomData;
 
 use std::hash::Hash;
 
-use tokenwarden_core::{KeyedCache, Scope, TokenCache};
+use tokenwarden_core::{KeyedCache, TokenCache};
 use tokenwarden_http::{ChooseCache, Engine, LayerPolicy, RequestView};
+use tokenwarden_origin::Scope;
 use tower::Layer;
 
 use crate::TokenService;
@@ -27,8 +28,8 @@ impl TokenLayer {
     /// A layer that takes its tokens from `cache` and puts them on requests to the origins of
     /// `scope` only — requests anywhere else (such as a redirect's target) go through
     /// untouched. There is no default: name the API's origin
-    /// ([`Scope::origin`](tokenwarden_core::Scope::origin)), or opt in to every origin with
-    /// [`Scope::any_origin`](tokenwarden_core::Scope::any_origin).
+    /// ([`Scope::origin`](tokenwarden_origin::Scope::origin)), or opt in to every origin with
+    /// [`Scope::any_origin`](tokenwarden_origin::Scope::any_origin).
     pub fn new(cache: TokenCache, scope: impl Into<Scope>) -> Self {
         Self {
             engine: Engine::new(cache, scope),
@@ -43,7 +44,8 @@ impl TokenLayer {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use tokenwarden_core::{FetchError, KeyedCache, Scope, Token, TokenCache};
+    /// use tokenwarden_core::{FetchError, KeyedCache, Token, TokenCache};
+    /// use tokenwarden_origin::Scope;
     /// use tokenwarden_http::TokenKey;
     /// use tokenwarden_tower::TokenLayer;
     ///

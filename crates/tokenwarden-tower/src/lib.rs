@@ -34,17 +34,17 @@
 //! - **Readiness.** The replay uses a clone of the inner service driven to ready, as tower's
 //!   retry does.
 //! - **Scope: fails closed.** A layer is made for the origins it may send tokens to
-//!   ([`Scope`](tokenwarden_core::Scope)); a request anywhere else, or with a relative URI,
+//!   ([`Scope`](tokenwarden_origin::Scope)); a request anywhere else, or with a relative URI,
 //!   goes through untouched. Every origin is a named opt-in,
-//!   [`Scope::any_origin`](tokenwarden_core::Scope::any_origin).
+//!   [`Scope::any_origin`](tokenwarden_origin::Scope::any_origin).
 //! - **Opt-out** per request with the [`SkipToken`] extension.
 //! - **Transport.** In scope, tokens go on `https` requests, and on plain `http` only to
 //!   loopback (no other scheme, `wss` included: an HTTP client would send it in clear text); elsewhere the request fails with
-//!   [`InsecureTransport`](tokenwarden_core::InsecureTransport), unsent, unless
+//!   [`InsecureTransport`](tokenwarden_origin::InsecureTransport), unsent, unless
 //!   [`with_insecure_http`](TokenLayer::with_insecure_http) allows it.
 //!
 //! Errors are [`tower::BoxError`]s: the inner service's, or a
-//! [`tokenwarden_core::Error`] / [`InsecureTransport`](tokenwarden_core::InsecureTransport)
+//! [`tokenwarden_core::Error`] / [`InsecureTransport`](tokenwarden_origin::InsecureTransport)
 //! to downcast to.
 //!
 //! # Redirects
@@ -65,7 +65,8 @@
 //! use bytes::Bytes;
 //! use http::{Request, Response, StatusCode};
 //! use http_body_util::Full;
-//! use tokenwarden_core::{FetchError, Scope, Token, TokenCache};
+//! use tokenwarden_core::{FetchError, Token, TokenCache};
+//! use tokenwarden_origin::Scope;
 //! use tokenwarden_tower::TokenLayer;
 //! use tower::{ServiceBuilder, ServiceExt};
 //!

@@ -8,8 +8,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use tokenwarden_core::{KeyHandle, Scope, Snapshot, TokenCache};
+use tokenwarden_core::{KeyHandle, Snapshot, TokenCache};
 use tokenwarden_http::{Choice, Engine, RequestView, SkipToken};
+use tokenwarden_origin::Scope;
 use tower::{BoxError, Service};
 
 use crate::body::{CloneBody, KeepBody, Tee};

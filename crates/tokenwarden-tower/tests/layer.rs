@@ -14,7 +14,8 @@ use hyper::body::Frame;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokenwarden_core::{FetchError, InsecureTransport, Presentation, Scope, Token, TokenCache};
+use tokenwarden_core::{FetchError, Presentation, Token, TokenCache};
+use tokenwarden_origin::{InsecureTransport, Scope};
 use tokenwarden_test_support::{
     Answer, ClockHold, CountingIssuer, LoopbackApi, Received, every_kind_of_header,
 };

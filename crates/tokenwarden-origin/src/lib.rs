@@ -1,5 +1,13 @@
 //! Where tokens may go: origins parsed and normalised once, scopes made of them, the
 //! plain-text rule, and URLs printed without their secrets.
+//!
+//! HTTP policy kept out of the token cache: the layers (through `tokenwarden-http`) decide
+//! with a [`Scope`] which requests get a token, and the gateways check their issuer URLs with
+//! the same plain-text rule ([`check_transport`]) and print them with [`redact_url`]. The
+//! `tokenwarden` facade re-exports [`Scope`], [`Origin`] and [`InsecureTransport`].
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -7,7 +15,7 @@ use std::sync::Arc;
 
 use http::Uri;
 
-use crate::ConfigError;
+use tokenwarden_core::ConfigError;
 
 /// An origin: scheme, host and port, normalised (scheme and host lower-case, the default
 /// port filled in, one trailing dot of the host dropped; a request to `host.` still does not
@@ -16,7 +24,7 @@ use crate::ConfigError;
 /// Parsed once, from `scheme://host[:port]`; anything else is an error, never a silent no-op:
 ///
 /// ```
-/// use tokenwarden_core::Origin;
+/// use tokenwarden_origin::Origin;
 ///
 /// let api = Origin::parse("https://API.example.com")?;
 /// assert_eq!(api, Origin::parse("https://api.example.com:443/")?);
@@ -175,7 +183,7 @@ impl Origin {
     /// query or credentials — or what the URI is instead.
     ///
     /// ```
-    /// use tokenwarden_core::Origin;
+    /// use tokenwarden_origin::Origin;
     ///
     /// let uri = "http://user:pw@evil.example:8080/steal?code=1".parse().unwrap();
     /// assert_eq!(Origin::describe(&uri), "http://evil.example:8080");
@@ -346,7 +354,7 @@ pub fn is_loopback(host: &str) -> bool {
 /// any origin at all.
 ///
 /// ```
-/// use tokenwarden_core::Scope;
+/// use tokenwarden_origin::Scope;
 ///
 /// let scope = Scope::origin("https://api.example.com")?
 ///     .with_origin("https://files.example.com:8443")?;
@@ -662,7 +670,7 @@ pub fn check_transport(uri: &Uri, allow_insecure: bool) -> Result<(), InsecureTr
 /// `[redacted]`, the fragment dropped. Text that does not look like a URL is redacted whole.
 ///
 /// ```
-/// use tokenwarden_core::redact_url;
+/// use tokenwarden_origin::redact_url;
 ///
 /// assert_eq!(
 ///     redact_url("https://user:pw@auth.example.com/token?api_key=k3y&grant=x#frag"),
