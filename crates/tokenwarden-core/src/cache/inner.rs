@@ -18,10 +18,11 @@ use tracing::Instrument;
 
 use super::clock::Clock;
 use super::fetch::{FetchReason, Fetched, Schedule, fetch_once};
-use super::keyed::KeyLabel;
+use super::label::KeyLabel;
+use super::padded::Padded;
 use super::rejection::{Bound, HeldOff, Invalidation, Rejections, Route};
 use super::status::{CacheState, CacheStatus};
-use super::wheel::Wheel;
+use super::wheel::{Driven, Wheel};
 use crate::metrics;
 use crate::stats::Counters;
 use crate::store::{Fence, Link};
@@ -73,12 +74,6 @@ pub(crate) struct Inner {
     /// Shares tokens with other replicas through a store, if built so.
     store: Option<Arc<Link>>,
 }
-
-/// Keeps each thread's slot on cache lines of its own: `ThreadLocal` stores the slots of
-/// consecutive threads side by side, and a write to one would otherwise slow the others.
-#[derive(Default)]
-#[repr(align(128))]
-pub(crate) struct Padded<T>(pub(crate) T);
 
 /// Per-thread copies of the current token, and every thread's hit counter (each written only
 /// by its own thread), for [`Inner::stats`].
@@ -1727,5 +1722,19 @@ impl Drop for Inner {
         if let Some(probe) = st.probe.take() {
             probe.task.abort();
         }
+    }
+}
+
+impl Driven for Inner {
+    fn wants_tick(&self, seq: u64) -> bool {
+        Inner::wants_tick(self, seq)
+    }
+
+    fn tick_due(self: Arc<Self>, wheel: &Arc<Wheel>, seq: u64) {
+        self.tick_from_wheel(wheel, seq);
+    }
+
+    fn driver_gone(&self) {
+        Inner::driver_gone(self);
     }
 }

@@ -13,7 +13,8 @@ use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, UnitWeighter};
 use thread_local::ThreadLocal;
 
-use super::inner::Padded;
+use super::label::KeyLabel;
+use super::padded::Padded;
 use super::status::{CacheState, CacheStatus};
 use super::wheel::Wheel;
 use super::{Clock, RefreshBudget, TokenCache, TokenCacheBuilder};
@@ -42,33 +43,6 @@ impl<K: Hash> Labeler<K> {
             Self::Fingerprint(hasher) => KeyLabel::Fingerprint(hasher.hash_one(key) as u32),
             Self::Custom(label) => KeyLabel::Named(Arc::new(label(key))),
         }
-    }
-}
-
-/// A key's display-safe label, as logs, spans and summaries show it. A fingerprint is kept as
-/// its number (no allocation per key) and written out when shown.
-#[derive(Clone, Default)]
-pub(crate) enum KeyLabel {
-    /// Not a keyed cache's entry: shown as `-`.
-    #[default]
-    Unkeyed,
-    Fingerprint(u32),
-    Named(Arc<String>),
-}
-
-impl fmt::Display for KeyLabel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Unkeyed => f.write_str("-"),
-            Self::Fingerprint(hash) => write!(f, "key-{hash:08x}"),
-            Self::Named(label) => f.write_str(label),
-        }
-    }
-}
-
-impl fmt::Debug for KeyLabel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.to_string(), f)
     }
 }
 

@@ -6,6 +6,8 @@ pub(crate) mod fetch;
 pub mod future;
 mod inner;
 mod keyed;
+mod label;
+mod padded;
 mod rejection;
 mod status;
 mod wheel;
@@ -155,7 +157,7 @@ impl TokenCache {
             single_use: None,
             clock: Clock::runtime(),
             thread_copies: true,
-            key_label: keyed::KeyLabel::Unkeyed,
+            key_label: label::KeyLabel::Unkeyed,
             wheel: None,
             shared: None,
         }
@@ -392,7 +394,7 @@ pub struct TokenCacheBuilder {
     single_use: Option<usize>,
     clock: Clock,
     thread_copies: bool,
-    key_label: keyed::KeyLabel,
+    key_label: label::KeyLabel,
     /// A keyed cache's driver for its keys.
     wheel: Option<Arc<wheel::Wheel>>,
     /// Tokens shared with other replicas, under this credential identity.
@@ -404,7 +406,7 @@ impl TokenCacheBuilder {
     /// bounded ones), and a label for its spans.
     pub(crate) fn for_key(
         mut self,
-        label: keyed::KeyLabel,
+        label: label::KeyLabel,
         own_copies: bool,
         wheel: &Arc<wheel::Wheel>,
     ) -> Self {

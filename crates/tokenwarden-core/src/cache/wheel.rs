@@ -12,13 +12,24 @@ use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use super::inner::{Inner, Padded};
+use super::padded::Padded;
+
+/// What the wheel drives: a key's cache, ticked when it comes due. The wheel knows nothing else
+/// of the cache.
+pub(crate) trait Driven: Send + Sync {
+    /// Whether request `seq` is still the cache's latest (older ones are ignored).
+    fn wants_tick(&self, seq: u64) -> bool;
+    /// The cache's time came (request `seq`): it refreshes, retires or asks again.
+    fn tick_due(self: Arc<Self>, wheel: &Arc<Wheel>, seq: u64);
+    /// The wheel's task ended (its runtime is gone): the cache drives itself again.
+    fn driver_gone(&self);
+}
 
 /// A key's cache asks to be ticked at `at`; `seq` tells its latest request from older ones.
 struct Due {
     at: Instant,
     seq: u64,
-    inner: Weak<Inner>,
+    inner: Weak<dyn Driven>,
 }
 
 impl PartialEq for Due {
@@ -113,7 +124,7 @@ impl Wheel {
     /// the queue (no runtime here).
     pub(crate) fn schedule(
         self: &Arc<Self>,
-        inner: Weak<Inner>,
+        inner: Weak<dyn Driven>,
         at: Instant,
         seq: u64,
     ) -> Option<AbortHandle> {
@@ -232,7 +243,7 @@ async fn serve(wheel: Weak<Wheel>, number: u64) {
         };
         for d in due {
             if let Some(inner) = d.inner.upgrade() {
-                inner.tick_from_wheel(&this, d.seq);
+                inner.tick_due(&this, d.seq);
             }
         }
         // Woken early when a key asks for a tick sooner than the earliest in the queue.
