@@ -46,18 +46,18 @@ enum Client {
 }
 
 impl Client {
-    /// The layer over its HTTP client, set up with `policy` (made for `scope`).
-    fn new(layer: Layer, cache: TokenCache, scope: Scope, policy: LayerPolicy) -> Self {
+    /// The layer over its HTTP client, set up with `policy`.
+    fn new(layer: Layer, cache: TokenCache, policy: LayerPolicy) -> Self {
         match layer {
             Layer::Tower => {
                 let http = HyperClient::builder(TokioExecutor::new()).build_http();
-                let layer = TokenLayer::new(cache, scope).with_policy(policy);
+                let layer = TokenLayer::new(cache, policy);
                 Client::Tower(Box::new(layer.layer(http)))
             }
             Layer::Reqwest => {
                 // No proxy from the environment: the requests must reach the loopback API.
                 let http = client_builder().no_proxy().build().unwrap();
-                let middleware = TokenMiddleware::new(cache, scope).with_policy(policy);
+                let middleware = TokenMiddleware::new(cache, policy);
                 let client = reqwest_middleware::ClientBuilder::new(http).with(middleware);
                 Client::Reqwest(client.build())
             }
@@ -296,7 +296,7 @@ impl Scenario {
         let cache = TokenCache::new(issuer.source());
         let scope = Scope::origin(&api.origin()).unwrap();
         let policy = (self.policy)(LayerPolicy::new(scope.clone()));
-        let client = Client::new(layer, cache, scope, policy);
+        let client = Client::new(layer, cache, policy);
         let (mut urls, mut got) = (Vec::new(), Vec::new());
         for request in &self.requests {
             let url = match request.to {

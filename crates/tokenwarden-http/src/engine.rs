@@ -11,7 +11,7 @@ use http::{HeaderMap, Response, StatusCode};
 use http_body::Body;
 use tokenwarden_core::future::GetOwned;
 use tokenwarden_core::{HeldOff, Invalidation, KeyHandle, Route, Snapshot, TokenCache, TokenId};
-use tokenwarden_origin::{InsecureTransport, Scope};
+use tokenwarden_origin::InsecureTransport;
 use tokio::time::Sleep;
 
 use crate::body::{DRAIN_LIMIT, DRAIN_TIME, PrefixedBody, ResponseBody};
@@ -65,19 +65,13 @@ enum Tokens {
 }
 
 impl Engine {
-    /// An engine putting `cache`'s tokens on requests to the origins of `scope`, with the
-    /// default [`LayerPolicy`].
-    pub fn new(cache: TokenCache, scope: impl Into<Scope>) -> Self {
-        Self::with_policy(cache, LayerPolicy::new(scope))
-    }
-
-    /// An engine with a whole policy.
-    #[must_use]
-    pub fn with_policy(cache: TokenCache, policy: LayerPolicy) -> Self {
+    /// An engine putting `cache`'s tokens on requests as `policy` says (a [`Scope`](tokenwarden_origin::Scope) alone is
+    /// a policy with the default rules).
+    pub fn new(cache: TokenCache, policy: impl Into<LayerPolicy>) -> Self {
         Self {
             settings: Arc::new(Settings {
                 tokens: Tokens::One(cache),
-                policy,
+                policy: policy.into(),
             }),
         }
     }
@@ -86,11 +80,11 @@ impl Engine {
     /// `keys` (see [`crate::by_extension`] and [`crate::by_key`]): a request without a key is
     /// refused before anything is sent ([`KeyError`]).
     #[must_use]
-    pub fn keyed(keys: impl ChooseCache, policy: LayerPolicy) -> Self {
+    pub fn keyed(keys: impl ChooseCache, policy: impl Into<LayerPolicy>) -> Self {
         Self {
             settings: Arc::new(Settings {
                 tokens: Tokens::Keyed(Arc::new(keys)),
-                policy,
+                policy: policy.into(),
             }),
         }
     }
@@ -564,7 +558,7 @@ mod tests {
     fn engine(edit: impl FnOnce(LayerPolicy) -> LayerPolicy) -> Engine {
         let cache = TokenCache::new(|| async { Ok::<_, FetchError>(Token::new("t0k3n")) });
         let policy = LayerPolicy::new(Scope::any_origin()).with_classifier(SaysExpired);
-        Engine::with_policy(cache, edit(policy))
+        Engine::new(cache, edit(policy))
     }
 
     fn answer(status: u16, body: &'static str) -> Response<Full<Bytes>> {

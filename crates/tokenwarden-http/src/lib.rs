@@ -27,10 +27,6 @@ mod keys;
 pub mod metrics;
 mod policy;
 mod request;
-mod setters;
-
-#[doc(hidden)]
-pub use setters::__private;
 
 pub use body::{DRAIN_LIMIT, DRAIN_TIME, ResponseBody};
 pub use engine::{Engine, Recover, Recovered};

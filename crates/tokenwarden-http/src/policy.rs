@@ -303,6 +303,21 @@ pub struct LayerPolicy {
 /// How long a classifier that asks for a response's body waits for it by default: 1 s.
 pub const DEFAULT_INSPECT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// A scope with the default rules: what a layer's constructor takes when only the scope is
+/// given (`TokenLayer::new(cache, scope)`).
+impl From<Scope> for LayerPolicy {
+    fn from(scope: Scope) -> Self {
+        Self::new(scope)
+    }
+}
+
+/// One origin with the default rules.
+impl From<tokenwarden_origin::Origin> for LayerPolicy {
+    fn from(origin: tokenwarden_origin::Origin) -> Self {
+        Self::new(origin)
+    }
+}
+
 impl LayerPolicy {
     /// A policy putting tokens on requests to the origins of `scope`, with the default rules.
     pub fn new(scope: impl Into<Scope>) -> Self {

@@ -456,15 +456,16 @@ async fn a_lease_request_that_reaches_redis_late_is_let_go_not_left_held() {
 async fn a_hung_lease_holder_costs_the_fleet_one_more_fetch_not_one_per_replica() {
     let redis = RedisServer::start();
     let store = store(&redis);
-    // Fetch timeout 3 s: a waiter waits up to 1.5 s for the holder.
+    // Fetch timeout 5 s: a waiter waits up to 2.5 s for the holder. The store timeout is the
+    // default (250 ms): a loaded machine must not turn a slow store call into a fetch.
     let replica = |issuer: &CountingIssuer| {
         let shared = SharedTokens::builder(store.clone())
-            .with_lease_ttl(Duration::from_millis(600))
-            .with_store_timeout(Duration::from_millis(150))
+            .with_lease_ttl(Duration::from_millis(900))
+            .with_store_timeout(Duration::from_millis(250))
             .with_poll_interval(Duration::from_millis(50))
             .build();
         let cache = TokenCache::builder(issuer.source())
-            .with_fetch_timeout(Duration::from_secs(3))
+            .with_fetch_timeout(Duration::from_secs(5))
             .with_shared(&shared, "torus:merchant-42")
             .build()
             .unwrap();

@@ -11,7 +11,7 @@
 //!   body can be inspected). A rejected replay reaches the caller: no loop.
 //! - **Bodies.** In-memory bodies are kept for a replay by reference count; a stream is
 //!   copied aside *as it is sent*, up to the replay cap
-//!   ([`with_max_replay_body`](TokenMiddleware::with_max_replay_body), 64 KiB by default), as
+//!   ([`with_max_replay_body`](tokenwarden_http::LayerPolicy::with_max_replay_body), 64 KiB by default), as
 //!   the tower layer does. A larger body is **still sent**, once — never refused before
 //!   sending; its rejection still invalidates the token so the next request succeeds, and the
 //!   caller gets the rejection with a
@@ -19,7 +19,7 @@
 //! - **Before anything is fetched**, a request carrying the caller's own credentials (every
 //!   header the token would go in) goes untouched: no token is fetched for it.
 //! - **Inspection** of a body a classifier asks for is bounded in bytes and in time
-//!   ([`with_inspect_timeout`](TokenMiddleware::with_inspect_timeout), 1 s); the response keeps
+//!   ([`with_inspect_timeout`](tokenwarden_http::LayerPolicy::with_inspect_timeout), 1 s); the response keeps
 //!   its URL and everything else it had.
 //! - **Scope: fails closed.** A middleware is made for the origins it may send tokens to
 //!   ([`Scope`](tokenwarden_origin::Scope)); requests anywhere else go through untouched. Every

@@ -11,7 +11,7 @@ use tokenwarden_http::{
     Choice, ChooseCache, Engine, KeptBody, LayerPolicy, NotReplayed, Recovered, RequestBody,
     RequestView, ResponseBody, SkipToken, Verdict,
 };
-use tokenwarden_origin::{InsecureTransport, Scope};
+use tokenwarden_origin::InsecureTransport;
 
 use crate::redirect::LeftScope;
 
@@ -43,11 +43,11 @@ pub struct TokenMiddleware {
 impl TokenMiddleware {
     /// A middleware that takes its tokens from `cache` and puts them on requests to the
     /// origins of `scope` only — requests anywhere else go through untouched. There is no
-    /// default: name the API's origin ([`Scope::origin`]), or opt in to every origin with
-    /// [`Scope::any_origin`].
-    pub fn new(cache: TokenCache, scope: impl Into<Scope>) -> Self {
+    /// default: name the API's origin ([`Scope::origin`](tokenwarden_origin::Scope::origin)), or opt in to every origin with
+    /// [`Scope::any_origin`](tokenwarden_origin::Scope::any_origin).
+    pub fn new(cache: TokenCache, policy: impl Into<LayerPolicy>) -> Self {
         Self {
-            engine: Engine::new(cache, scope),
+            engine: Engine::new(cache, policy),
         }
     }
 
@@ -56,26 +56,26 @@ impl TokenMiddleware {
     /// (`client.get(url).with_extension(TokenKey(merchant))`), and its token from that key's
     /// cache. A request in scope without a key fails with
     /// [`KeyError::Missing`](tokenwarden_http::KeyError) before anything is sent.
-    pub fn keyed<K>(keyed: KeyedCache<K>, scope: impl Into<Scope>) -> Self
+    pub fn keyed<K>(keyed: KeyedCache<K>, policy: impl Into<LayerPolicy>) -> Self
     where
         K: Clone + Hash + Eq + Send + Sync + 'static,
     {
-        Self::choosing(tokenwarden_http::by_extension(keyed), scope)
+        Self::choosing(tokenwarden_http::by_extension(keyed), policy)
     }
 
     /// A middleware over many caches whose keys come from `key`, a function of the request (a
     /// header, a path segment); `None` refuses the request, unsent.
-    pub fn keyed_by<K, F>(keyed: KeyedCache<K>, scope: impl Into<Scope>, key: F) -> Self
+    pub fn keyed_by<K, F>(keyed: KeyedCache<K>, policy: impl Into<LayerPolicy>, key: F) -> Self
     where
         K: Clone + Hash + Eq + Send + Sync + 'static,
         F: Fn(&RequestView<'_>) -> Option<K> + Send + Sync + 'static,
     {
-        Self::choosing(tokenwarden_http::by_key(keyed, key), scope)
+        Self::choosing(tokenwarden_http::by_key(keyed, key), policy)
     }
 
-    fn choosing(keys: impl ChooseCache, scope: impl Into<Scope>) -> Self {
+    fn choosing(keys: impl ChooseCache, policy: impl Into<LayerPolicy>) -> Self {
         Self {
-            engine: Engine::keyed(keys, LayerPolicy::new(scope)),
+            engine: Engine::keyed(keys, policy),
         }
     }
 
@@ -87,7 +87,24 @@ impl TokenMiddleware {
         &mut self.engine
     }
 
-    tokenwarden_http::__layer_settings!();
+    /// The cache tokens come from (`None` for a keyed middleware, whose requests' keys choose).
+    #[must_use]
+    pub fn cache(&self) -> Option<&TokenCache> {
+        self.engine().cache()
+    }
+
+    /// The policy: scope, classifier, body caps, inspection time, route names.
+    #[must_use]
+    pub fn policy(&self) -> &LayerPolicy {
+        self.engine().policy()
+    }
+
+    /// Replaces the whole policy, scope included (see [`LayerPolicy`] for every setting).
+    #[must_use]
+    pub fn with_policy(mut self, policy: LayerPolicy) -> Self {
+        self.engine_mut().edit_policy(|_| policy);
+        self
+    }
 
     /// The client followed a redirect below this middleware: fails if it ended outside the
     /// scope or on plain text, where the token headers must not have gone.

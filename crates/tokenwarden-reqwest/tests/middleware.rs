@@ -11,7 +11,7 @@ use http_body_util::StreamBody;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use tokenwarden_core::{FetchError, Token, TokenCache};
 use tokenwarden_origin::{InsecureTransport, Scope};
-use tokenwarden_reqwest::{NotReplayed, Replay, SkipToken, TokenMiddleware};
+use tokenwarden_reqwest::{LayerPolicy, NotReplayed, Replay, SkipToken, TokenMiddleware};
 use tokenwarden_test_support::{
     Answer, ClockHold, CountingIssuer, LoopbackApi, Received, every_kind_of_header,
     middleware_client,
@@ -217,9 +217,10 @@ async fn a_streaming_body_over_the_cap_is_sent_once_and_the_next_request_succeed
     let api = LoopbackApi::start(second_token_accepted).await;
     let issuer = issuer();
     let scope = Scope::origin(&api.origin()).unwrap();
-    let middleware = TokenMiddleware::new(TokenCache::new(issuer.source()), scope);
+    let policy = LayerPolicy::new(scope).with_max_replay_body(10);
+    let middleware = TokenMiddleware::new(TokenCache::new(issuer.source()), policy);
     let client = ClientBuilder::new(tokenwarden_reqwest::client_builder().build().unwrap())
-        .with(middleware.with_max_replay_body(10))
+        .with(middleware)
         .build();
     let response = client
         .post(api.url("/v1/upload"))

@@ -7,7 +7,6 @@ use std::hash::Hash;
 
 use tokenwarden_core::{KeyedCache, TokenCache};
 use tokenwarden_http::{ChooseCache, Engine, LayerPolicy, RequestView};
-use tokenwarden_origin::Scope;
 use tower::Layer;
 
 use crate::TokenService;
@@ -30,9 +29,9 @@ impl TokenLayer {
     /// untouched. There is no default: name the API's origin
     /// ([`Scope::origin`](tokenwarden_origin::Scope::origin)), or opt in to every origin with
     /// [`Scope::any_origin`](tokenwarden_origin::Scope::any_origin).
-    pub fn new(cache: TokenCache, scope: impl Into<Scope>) -> Self {
+    pub fn new(cache: TokenCache, policy: impl Into<LayerPolicy>) -> Self {
         Self {
-            engine: Engine::new(cache, scope),
+            engine: Engine::new(cache, policy),
             mode: PhantomData,
         }
     }
@@ -65,26 +64,26 @@ impl TokenLayer {
     /// # let _ = (layer, request);
     /// # Ok::<_, tokenwarden_core::ConfigError>(())
     /// ```
-    pub fn keyed<K>(keyed: KeyedCache<K>, scope: impl Into<Scope>) -> Self
+    pub fn keyed<K>(keyed: KeyedCache<K>, policy: impl Into<LayerPolicy>) -> Self
     where
         K: Clone + Hash + Eq + Send + Sync + 'static,
     {
-        Self::choosing(tokenwarden_http::by_extension(keyed), scope)
+        Self::choosing(tokenwarden_http::by_extension(keyed), policy)
     }
 
     /// A layer over many caches whose keys come from `key`, a function of the request (a
     /// header, a path segment); `None` refuses the request, unsent.
-    pub fn keyed_by<K, F>(keyed: KeyedCache<K>, scope: impl Into<Scope>, key: F) -> Self
+    pub fn keyed_by<K, F>(keyed: KeyedCache<K>, policy: impl Into<LayerPolicy>, key: F) -> Self
     where
         K: Clone + Hash + Eq + Send + Sync + 'static,
         F: Fn(&RequestView<'_>) -> Option<K> + Send + Sync + 'static,
     {
-        Self::choosing(tokenwarden_http::by_key(keyed, key), scope)
+        Self::choosing(tokenwarden_http::by_key(keyed, key), policy)
     }
 
-    fn choosing(keys: impl ChooseCache, scope: impl Into<Scope>) -> Self {
+    fn choosing(keys: impl ChooseCache, policy: impl Into<LayerPolicy>) -> Self {
         Self {
-            engine: Engine::keyed(keys, LayerPolicy::new(scope)),
+            engine: Engine::keyed(keys, policy),
             mode: PhantomData,
         }
     }
@@ -110,7 +109,24 @@ impl<M> TokenLayer<M> {
         &mut self.engine
     }
 
-    tokenwarden_http::__layer_settings!();
+    /// The cache tokens come from (`None` for a keyed layer, whose requests' keys choose).
+    #[must_use]
+    pub fn cache(&self) -> Option<&TokenCache> {
+        self.engine().cache()
+    }
+
+    /// The policy: scope, classifier, body caps, inspection time, route names.
+    #[must_use]
+    pub fn policy(&self) -> &LayerPolicy {
+        self.engine().policy()
+    }
+
+    /// Replaces the whole policy, scope included (see [`LayerPolicy`] for every setting).
+    #[must_use]
+    pub fn with_policy(mut self, policy: LayerPolicy) -> Self {
+        self.engine_mut().edit_policy(|_| policy);
+        self
+    }
 }
 
 impl<M> Clone for TokenLayer<M> {

@@ -15,7 +15,7 @@
 //!   rejected too, that response goes to the caller: no loop, and the cache's backoff keeps an
 //!   API that rejects every token from making it hammer the issuer.
 //! - **Bodies.** By default ([`Tee`]) the request body is copied aside *as it is sent*, up to
-//!   [`with_max_replay_body`](TokenLayer::with_max_replay_body) (64 KiB by default: typical API
+//!   [`with_max_replay_body`](tokenwarden_http::LayerPolicy::with_max_replay_body) (64 KiB by default: typical API
 //!   bodies fit, and a thousand requests in flight keep at most 64 MiB); the inner service
 //!   then takes [`RequestBody<B>`]. With [`cloning_bodies`](TokenLayer::cloning_bodies)
 //!   ([`CloneBody`]) a body that is cheap to clone (`Full<Bytes>`) is cloned instead, and the
@@ -27,7 +27,7 @@
 //! - **Before anything is fetched**, a request carrying the caller's own credentials goes
 //!   untouched: no token is fetched for it.
 //! - **Inspection** of a body a classifier asks for is bounded in bytes and in time
-//!   ([`with_inspect_timeout`](TokenLayer::with_inspect_timeout), 1 s); the rejected body of a
+//!   ([`with_inspect_timeout`](tokenwarden_http::LayerPolicy::with_inspect_timeout), 1 s); the rejected body of a
 //!   replayed request drains while the fresh token is fetched.
 //! - **Bounds.** [`ResponseFuture`](future::ResponseFuture) is `Send` exactly when the inner
 //!   service's future is; no `'static` or `Unpin` is asked of the service or its body.
@@ -41,7 +41,7 @@
 //! - **Transport.** In scope, tokens go on `https` requests, and on plain `http` only to
 //!   loopback (no other scheme, `wss` included: an HTTP client would send it in clear text); elsewhere the request fails with
 //!   [`InsecureTransport`](tokenwarden_origin::InsecureTransport), unsent, unless
-//!   [`with_insecure_http`](TokenLayer::with_insecure_http) allows it.
+//!   [`with_insecure_http`](tokenwarden_http::LayerPolicy::with_insecure_http) allows it.
 //!
 //! Errors are [`tower::BoxError`]s: the inner service's, or a
 //! [`tokenwarden_core::Error`] / [`InsecureTransport`](tokenwarden_origin::InsecureTransport)

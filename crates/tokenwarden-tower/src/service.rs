@@ -9,8 +9,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use tokenwarden_core::{KeyHandle, Snapshot, TokenCache};
-use tokenwarden_http::{Choice, Engine, RequestView, SkipToken};
-use tokenwarden_origin::Scope;
+use tokenwarden_http::{Choice, Engine, LayerPolicy, RequestView, SkipToken};
 use tower::{BoxError, Service};
 
 use crate::body::{CloneBody, KeepBody, Tee};
@@ -55,8 +54,8 @@ impl<S: Clone> Clone for Shared<S> {
 impl<S: Clone> TokenService<S> {
     /// Wraps `inner`, taking tokens from `cache` for requests to the origins of `scope` (see
     /// [`TokenLayer::new`](crate::TokenLayer::new)).
-    pub fn new(inner: S, cache: TokenCache, scope: impl Into<Scope>) -> Self {
-        Self::with_engine(inner, Engine::new(cache, scope))
+    pub fn new(inner: S, cache: TokenCache, policy: impl Into<LayerPolicy>) -> Self {
+        Self::with_engine(inner, Engine::new(cache, policy))
     }
 }
 
@@ -88,7 +87,24 @@ impl<S: Clone, M> TokenService<S, M> {
         &mut Arc::make_mut(&mut self.shared).engine
     }
 
-    tokenwarden_http::__layer_settings!();
+    /// The cache tokens come from (`None` for a keyed service, whose requests' keys choose).
+    #[must_use]
+    pub fn cache(&self) -> Option<&TokenCache> {
+        self.engine().cache()
+    }
+
+    /// The policy: scope, classifier, body caps, inspection time, route names.
+    #[must_use]
+    pub fn policy(&self) -> &LayerPolicy {
+        self.engine().policy()
+    }
+
+    /// Replaces the whole policy, scope included (see [`LayerPolicy`] for every setting).
+    #[must_use]
+    pub fn with_policy(mut self, policy: LayerPolicy) -> Self {
+        self.engine_mut().edit_policy(|_| policy);
+        self
+    }
 }
 
 impl<S, M> TokenService<S, M> {

@@ -19,7 +19,7 @@ use tokenwarden_origin::{InsecureTransport, Scope};
 use tokenwarden_test_support::{
     Answer, ClockHold, CountingIssuer, LoopbackApi, Received, every_kind_of_header,
 };
-use tokenwarden_tower::{Classifier, NotReplayed, Replay, SkipToken, Verdict};
+use tokenwarden_tower::{Classifier, LayerPolicy, NotReplayed, Replay, SkipToken, Verdict};
 use tokenwarden_tower::{RequestBody, TokenLayer};
 use tokio::time::Instant;
 use tower::{BoxError, Layer as _, Service, ServiceBuilder, ServiceExt};
@@ -82,6 +82,15 @@ impl Sandbox {
     /// A token layer with `cache`, scoped to the API's origin.
     fn token_layer(&self, cache: &TokenCache) -> TokenLayer {
         TokenLayer::new(cache.clone(), self.scope())
+    }
+
+    /// The layer with a policy of its own, made from the sandbox's scope.
+    fn token_layer_with(
+        &self,
+        cache: &TokenCache,
+        policy: impl FnOnce(LayerPolicy) -> LayerPolicy,
+    ) -> TokenLayer {
+        TokenLayer::new(cache.clone(), policy(LayerPolicy::new(self.scope())))
     }
 
     fn post(&self, path: &str, body: &'static str) -> Request<Body> {
@@ -302,8 +311,7 @@ async fn a_streaming_body_over_the_cap_is_sent_once_and_the_next_request_succeed
     let sandbox = Sandbox::start().await;
     let cache = TokenCache::new(sandbox.source());
     let svc = sandbox
-        .token_layer(&cache)
-        .with_max_replay_body(1024)
+        .token_layer_with(&cache, |p| p.with_max_replay_body(1024))
         .layer(client());
     svc.clone().oneshot(sandbox.get("/warm")).await.unwrap();
     sandbox.expire_all();
@@ -316,8 +324,7 @@ async fn a_streaming_body_over_the_cap_is_sent_once_and_the_next_request_succeed
         .body(stream)
         .unwrap();
     let streaming = sandbox
-        .token_layer(&cache)
-        .with_max_replay_body(1024)
+        .token_layer_with(&cache, |p| p.with_max_replay_body(1024))
         .layer(client());
     let response = streaming.oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
@@ -455,7 +462,10 @@ async fn plain_http_to_a_remote_host_is_refused_unless_allowed() {
     assert_eq!(seen.load(SeqCst), 0, "nothing was sent");
 
     let allowed = ServiceBuilder::new()
-        .layer(TokenLayer::new(cache.clone(), remote_scope()).with_insecure_http(true))
+        .layer(TokenLayer::new(
+            cache.clone(),
+            LayerPolicy::new(remote_scope()).with_insecure_http(true),
+        ))
         .service(inner.clone());
     assert!(allowed.oneshot(remote()).await.is_ok());
     let https = ServiceBuilder::new()
@@ -523,8 +533,7 @@ async fn a_custom_classifier_can_read_the_body() {
     let sandbox = Sandbox::start().await;
     let cache = TokenCache::new(sandbox.source());
     let svc = sandbox
-        .token_layer(&cache)
-        .with_classifier(SaysExpired)
+        .token_layer_with(&cache, |p| p.with_classifier(SaysExpired))
         .layer(client());
     svc.clone().oneshot(sandbox.get("/warm")).await.unwrap();
     sandbox.expire_all();
@@ -560,10 +569,11 @@ async fn an_inspected_body_that_is_not_a_rejection_reaches_the_caller_whole() {
     }
     let sandbox = Sandbox::start().await;
     let cache = TokenCache::new(sandbox.source());
-    let layer = sandbox
-        .token_layer(&cache)
-        .with_classifier(LooksAtEverything);
-    let svc = layer.with_max_inspect_body(2).layer(client());
+    let layer = sandbox.token_layer_with(&cache, |p| {
+        p.with_classifier(LooksAtEverything)
+            .with_max_inspect_body(2)
+    });
+    let svc = layer.layer(client());
     svc.clone().oneshot(sandbox.get("/warm")).await.unwrap();
     sandbox.expire_all();
     let response = svc.oneshot(sandbox.get("/x")).await.unwrap();
