@@ -339,9 +339,41 @@ impl HttpSend for IssuerClient {
 }
 
 /// [`HttpSend`] for a tower service taking `http::Request<Full<Bytes>>`, such as
-/// `hyper_util::client::legacy::Client<_, Full<Bytes>>`, which follows no redirect. Do not wrap
-/// the service in a redirect follower (tower-http's `FollowRedirect`): it would re-send the
-/// credentials to the redirect's target before the source could refuse the `3xx`.
+/// `hyper_util::client::legacy::Client<_, Full<Bytes>>`, which follows no redirect: for an
+/// application that has hyper and no reqwest. Do not wrap the service in a redirect follower
+/// (tower-http's `FollowRedirect`): it would re-send the credentials to the redirect's target
+/// before the source could refuse the `3xx`.
+///
+/// One hyper client can send both the token requests and the API calls. The layer keeps the
+/// client's body type only with `TokenLayer::cloning_bodies()` (a `Full` is cheap to clone);
+/// without it the layer sends `RequestBody<Full<Bytes>>`, which this client does not take (the
+/// compiler then says the `Service` bound is not met), and the API needs a client of its own,
+/// built for `RequestBody<Full<Bytes>>`.
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use hyper_util::client::legacy::Client;
+/// use hyper_util::rt::TokioExecutor;
+/// use tokenwarden_gateways::ServiceSender;
+/// use tokenwarden_gateways::sipay::{self, SipayConfig};
+/// use tokenwarden_origin::Scope;
+/// use tokenwarden_tower::TokenLayer;
+/// use tower::Layer;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // Plain http to loopback here; give the client an https connector (hyper-rustls) for a
+/// // real gateway.
+/// let http: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+/// let config = SipayConfig::new("http://127.0.0.1:8080", "app-id", "app-secret");
+/// let cache = sipay::cache(ServiceSender(http.clone()), config)?.build()?;
+/// let api = TokenLayer::new(cache, Scope::origin("http://127.0.0.1:8080")?)
+///     .cloning_bodies()
+///     .layer(http);
+/// # let _ = api;
+/// # Ok(())
+/// # }
+/// ```
 #[cfg(feature = "tower")]
 #[derive(Clone, Debug)]
 pub struct ServiceSender<S>(pub S);
