@@ -773,3 +773,59 @@ async fn a_renewal_that_fails_once_is_tried_again_and_the_lease_is_kept() {
     assert_eq!(a_get.await.unwrap().unwrap(), "from-a");
     assert_eq!((a_calls.load(SeqCst), b_calls.load(SeqCst)), (1, 0));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_that_took_a_slow_holder_over_takes_the_holders_token_when_it_comes_first() {
+    // Both replicas' issuer answers in 6 s; fetch timeout 10 s, so a waiter waits 5 s, takes
+    // the lease over and has 5 s left: its own call cannot finish in time, the holder's token
+    // (installed at 6 s) must serve it.
+    let store = MemoryStore::new();
+    let issuer = CountingIssuer::up()
+        .with_lifetime(LIFETIME)
+        .with_delay(Duration::from_secs(6));
+    let holder = replica_with(&SharedTokens::new(store.clone()), &issuer)
+        .build()
+        .unwrap();
+    let holding = tokio::spawn({
+        let holder = holder.clone();
+        async move { holder.get().await.map(|t| secret(&t)) }
+    });
+    sleep(Duration::from_millis(10)).await;
+    let taker_hub = SharedTokens::new(store.clone());
+    let taker = replica_with(&taker_hub, &issuer).build().unwrap();
+    let got = taker.get().await.map(|t| secret(&t));
+    assert_eq!(holding.await.unwrap().unwrap(), "tok-1");
+    assert_eq!(taker_hub.stats().take_overs, 1);
+    assert_eq!(got.unwrap(), "tok-1", "the taker served the holder's token");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revocation_sent_late_rejects_only_tokens_from_before_it() {
+    let cut_off = Troubled::default();
+    let issuer = CountingIssuer::up().with_lifetime(LIFETIME);
+    let shared_a = SharedTokens::new(cut_off.clone());
+    let a = replica_with(&shared_a, &issuer).build().unwrap();
+    let b = replica_with(&SharedTokens::new(cut_off.store.clone()), &issuer)
+        .build()
+        .unwrap();
+    assert_eq!(secret(&a.get().await.unwrap()), "tok-1");
+    assert_eq!(secret(&b.get().await.unwrap()), "tok-1");
+    // a revokes while cut off from the store; b then refreshes (tok-1 rejected at b by the
+    // API, say) and shares tok-2, fetched after the revocation.
+    cut_off.mode.store(FAILS, SeqCst);
+    a.revoke();
+    sleep(Duration::from_millis(50)).await;
+    b.invalidate(b.get().await.unwrap().id());
+    assert_eq!(secret(&b.get().await.unwrap()), "tok-2");
+    // a's revocation reaches the store later: tok-2 is not what it revoked.
+    cut_off.mode.store(WORKS, SeqCst);
+    sleep(Duration::from_secs(40)).await;
+    let key = cut_off.store.key_for("merchant-42");
+    let held = cut_off.store.load(&key).await.unwrap().unwrap();
+    assert_eq!(held.secret.expose(), "tok-2");
+    assert!(
+        !held.rejected,
+        "a late revocation rejected a token fetched after it"
+    );
+    assert_eq!(secret(&b.get().await.unwrap()), "tok-2");
+}

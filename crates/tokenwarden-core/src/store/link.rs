@@ -77,20 +77,20 @@ impl Link {
     /// The cache dropped a token after a rejection: tell every replica (in the background,
     /// and again once the store answers if it is in trouble now).
     pub(crate) fn rejected(self: &Arc<Self>, fence: u64) {
-        self.send_rejection(Some(fence));
+        self.send_rejection(Rejection::Fence(fence));
     }
 
     /// The application revoked the cache's tokens: the key's shared token, whichever replica
     /// fetched it, is marked rejected for every replica.
     pub(crate) fn revoked(self: &Arc<Self>) {
-        self.send_rejection(None);
+        self.send_rejection(Rejection::IssuedBefore(SystemTime::now()));
     }
 
-    /// Marks `fence` (`None`: the key's current shared token) rejected in the store, in the
-    /// background; while the store is in trouble, tried again on a doubling beat from the
-    /// pause after trouble, for up to about ten minutes (a token rejected while Redis was down
-    /// would otherwise stay in the store for the other replicas to serve).
-    fn send_rejection(self: &Arc<Self>, fence: Option<u64>) {
+    /// Marks a token rejected in the store, in the background; while the store is in trouble,
+    /// tried again on a doubling beat from the pause after trouble, for up to about ten
+    /// minutes (a token rejected while Redis was down would otherwise stay in the store for
+    /// the other replicas to serve).
+    fn send_rejection(self: &Arc<Self>, which: Rejection) {
         let Ok(runtime) = Handle::try_current() else {
             return;
         };
@@ -101,12 +101,18 @@ impl Link {
             let give_up_at = Instant::now() + Duration::from_secs(600);
             loop {
                 let sent = async {
-                    let fence = match fence {
-                        Some(fence) => fence,
-                        None => match hub.call(hub.store.load(&link.key)).await? {
-                            Some(found) if !found.rejected => found.fence,
-                            _ => return Ok((false, 0)),
-                        },
+                    let fence = match which {
+                        Rejection::Fence(fence) => fence,
+                        // A revocation sent late must not reject a token fetched after it
+                        // (its issue time is counted from the store's TTL, not a clock).
+                        Rejection::IssuedBefore(revoked_at) => {
+                            match hub.call(hub.store.load(&link.key)).await? {
+                                Some(found) if !found.rejected && found.issued_at < revoked_at => {
+                                    found.fence
+                                }
+                                _ => return Ok((false, 0)),
+                            }
+                        }
                     };
                     let marked = hub.call(hub.store.reject(&link.key, fence)).await?;
                     Ok::<_, StoreError>((marked, fence))
@@ -190,6 +196,15 @@ impl fmt::Debug for Link {
     }
 }
 
+/// What [`Link::send_rejection`] marks rejected.
+#[derive(Clone, Copy)]
+enum Rejection {
+    /// The token with this fencing number (seen rejected here).
+    Fence(u64),
+    /// The key's shared token if it was fetched before this moment (a revocation).
+    IssuedBefore(SystemTime),
+}
+
 /// The source a shared cache fetches from: the store first, the issuer under a lease.
 struct SharedSource {
     link: Arc<Link>,
@@ -261,7 +276,7 @@ impl SharedSource {
                         tracing::debug!(fence = found.fence, "token taken from the store");
                         return Ok(link.adopt(found));
                     }
-                    return self.fetch_holding(lease, fence, last).await;
+                    return self.fetch_holding(lease, fence, last, false).await;
                 }
                 Ok(None) => lease.disarm(),
             }
@@ -289,7 +304,7 @@ impl SharedSource {
                             "another replica held the lease without installing a token; taking it over"
                         );
                         bump(&hub.counters.take_overs);
-                        return self.fetch_holding(lease, fence, last).await;
+                        return self.fetch_holding(lease, fence, last, true).await;
                     }
                     Ok(None) => {
                         lease.disarm();
@@ -358,6 +373,7 @@ impl SharedSource {
         mut lease: Lease,
         fence: u64,
         last: u64,
+        took_over: bool,
     ) -> Result<Token, FetchError> {
         let link = &*self.link;
         let hub = &*link.hub;
@@ -366,22 +382,29 @@ impl SharedSource {
         bump(&hub.counters.issuer_fetches);
         let fetched = {
             let _renewing = lease.renew_while_fetching();
-            // A replica that took the lease over (this one's issuer call seemed stuck) may
-            // install first: its token, newer, serves this replica's callers too.
-            // Looked for once a take-over could have happened (a waiter waits half the fetch
-            // timeout first): a fetch that ends sooner costs the store nothing more.
-            let taken_over = async {
-                tokio::time::sleep(link.config.fetch_timeout / 2).await;
-                self.installed(fence).await
+            // Another replica may install a usable token first: one that took this lease over
+            // (this issuer call seemed stuck), or, after this replica took a lease over, the
+            // slow holder it took it from. That token serves this replica's callers too. A
+            // holder looks once a take-over could have happened (a waiter waits half the fetch
+            // timeout first), so a fetch that ends sooner costs the store nothing more; a
+            // replica that took over looks at once.
+            let look_from = if took_over {
+                Duration::ZERO
+            } else {
+                link.config.fetch_timeout / 2
             };
-            match select(pin!(self.source.fetch()), pin!(taken_over)).await {
+            let other = async {
+                tokio::time::sleep(look_from).await;
+                self.installed(last).await
+            };
+            match select(pin!(self.source.fetch()), pin!(other)).await {
                 Either::Left((fetched, _)) => fetched,
                 Either::Right((found, _)) => {
-                    lease.armed = false;
+                    // The lease stays armed: let go (a no-op if it was taken over).
                     tracing::info!(
                         fence,
-                        newer = found.fence,
-                        "another replica took this fetch's lease over and shared a token; taking that one"
+                        shared = found.fence,
+                        "another replica shared a token while this one was fetched; taking that one"
                     );
                     return Ok(link.adopt(found));
                 }
@@ -395,7 +418,32 @@ impl SharedSource {
             }
         };
         let expires_at = sent + stated_lifetime(&link.config, token.expiry(), sent);
+        if expires_at <= SystemTime::now() {
+            // Expired on arrival: not shared (it would replace a valid token in the store);
+            // the cache refuses it as a failed fetch.
+            lease.release().await;
+            return Ok(link.own(token, fence));
+        }
         let shared = SharedToken::new(fence, token.secret().clone(), sent, expires_at);
+        if hub.is_down() {
+            // The store was paused meanwhile (perhaps by another key's trouble): the issuer
+            // call already paid for still goes to every replica, in the background, and this
+            // request does not wait for the store again.
+            if let Ok(runtime) = Handle::try_current() {
+                let (task_link, owner) = (Arc::clone(&self.link), Arc::clone(&lease.owner));
+                lease.armed = false;
+                runtime.spawn(async move {
+                    let hub = &*task_link.hub;
+                    if let Ok(Install::Installed) = hub
+                        .call_anyway(hub.store.install(&task_link.key, &owner, &shared))
+                        .await
+                    {
+                        bump(&hub.counters.installed);
+                    }
+                });
+            }
+            return Ok(link.own(token, fence));
+        }
         match hub
             .call(hub.store.install(&link.key, &lease.owner, &shared))
             .await
