@@ -1,8 +1,11 @@
 //! Tokens shared by replicas through Redis (or Valkey): a [`TokenStore`] for
 //! [`SharedTokens`](tokenwarden_core::SharedTokens).
 //!
-//! Each cache key is a handful of Redis keys, all under one hash tag (so they live in one slot
-//! of a cluster):
+//! It speaks to one Redis server (a primary; failover to a replica is covered by the fencing
+//! numbers below). Redis Cluster is not supported yet: the client follows no `MOVED`, so
+//! against a cluster every call fails and each replica fetches on its own (safe, unshared).
+//! Each cache key is a handful of Redis keys, all under one hash tag, ready for a cluster's
+//! one-slot-per-script rule:
 //!
 //! | Redis key | holds |
 //! |---|---|
