@@ -77,7 +77,7 @@ impl Engine {
     }
 
     /// An engine taking each request's token from the cache of the request's key, chosen by
-    /// `keys` (see [`crate::by_extension`] and [`crate::by_key`]): a request without a key is
+    /// `keys` (see [`by_extension`](crate::adapter::by_extension) and [`by_key`](crate::adapter::by_key)): a request without a key is
     /// refused before anything is sent ([`KeyError`]).
     #[must_use]
     pub fn keyed(keys: impl ChooseCache, policy: impl Into<LayerPolicy>) -> Self {

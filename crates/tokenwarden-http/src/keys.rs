@@ -85,7 +85,7 @@ pub enum KeyError {
     Cache(#[source] tokenwarden_core::Error),
 }
 
-/// Chooses a request's cache: what a keyed [`Engine`](crate::Engine) asks per request. Made by
+/// Chooses a request's cache: what a keyed [`Engine`](crate::adapter::Engine) asks per request. Made by
 /// [`by_extension`] or [`by_key`].
 pub trait ChooseCache: fmt::Debug + Send + Sync + 'static {
     /// The cache of `request`'s key, with its token when one can be served now (see

@@ -7,9 +7,9 @@ use reqwest_middleware::{Error, Middleware, Next, Result};
 use std::hash::Hash;
 
 use tokenwarden_core::{KeyedCache, TokenCache};
+use tokenwarden_http::adapter::{Choice, ChooseCache, Engine, KeptBody, Recovered};
 use tokenwarden_http::{
-    Choice, ChooseCache, Engine, KeptBody, LayerPolicy, NotReplayed, Recovered, RequestBody,
-    RequestView, ResponseBody, SkipToken, Verdict,
+    LayerPolicy, NotReplayed, RequestBody, RequestView, ResponseBody, SkipToken, Verdict,
 };
 use tokenwarden_origin::InsecureTransport;
 
@@ -60,7 +60,7 @@ impl TokenMiddleware {
     where
         K: Clone + Hash + Eq + Send + Sync + 'static,
     {
-        Self::choosing(tokenwarden_http::by_extension(keyed), policy)
+        Self::choosing(tokenwarden_http::adapter::by_extension(keyed), policy)
     }
 
     /// A middleware over many caches whose keys come from `key`, a function of the request (a
@@ -70,7 +70,7 @@ impl TokenMiddleware {
         K: Clone + Hash + Eq + Send + Sync + 'static,
         F: Fn(&RequestView<'_>) -> Option<K> + Send + Sync + 'static,
     {
-        Self::choosing(tokenwarden_http::by_key(keyed, key), policy)
+        Self::choosing(tokenwarden_http::adapter::by_key(keyed, key), policy)
     }
 
     fn choosing(keys: impl ChooseCache, policy: impl Into<LayerPolicy>) -> Self {

@@ -4,7 +4,8 @@
 use bytes::Bytes;
 use http::Request;
 use http_body::Body;
-use tokenwarden_http::{KeptBody, NotReplayed, RequestBody};
+use tokenwarden_http::adapter::KeptBody;
+use tokenwarden_http::{NotReplayed, RequestBody};
 
 mod sealed {
     pub trait Sealed {}

@@ -12,7 +12,8 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tokenwarden_core::future::GetOwned;
 use tokenwarden_core::{KeyHandle, Route, Snapshot, TokenId};
-use tokenwarden_http::{Recover, Recovered, ResponseBody, Verdict};
+use tokenwarden_http::adapter::{Recover, Recovered};
+use tokenwarden_http::{ResponseBody, Verdict};
 use tower::{BoxError, Service};
 
 use crate::body::{KeepBody, Tee};

@@ -6,7 +6,8 @@ use std::marker::PhantomData;
 use std::hash::Hash;
 
 use tokenwarden_core::{KeyedCache, TokenCache};
-use tokenwarden_http::{ChooseCache, Engine, LayerPolicy, RequestView};
+use tokenwarden_http::adapter::{ChooseCache, Engine};
+use tokenwarden_http::{LayerPolicy, RequestView};
 use tower::Layer;
 
 use crate::TokenService;
@@ -68,7 +69,7 @@ impl TokenLayer {
     where
         K: Clone + Hash + Eq + Send + Sync + 'static,
     {
-        Self::choosing(tokenwarden_http::by_extension(keyed), policy)
+        Self::choosing(tokenwarden_http::adapter::by_extension(keyed), policy)
     }
 
     /// A layer over many caches whose keys come from `key`, a function of the request (a
@@ -78,7 +79,7 @@ impl TokenLayer {
         K: Clone + Hash + Eq + Send + Sync + 'static,
         F: Fn(&RequestView<'_>) -> Option<K> + Send + Sync + 'static,
     {
-        Self::choosing(tokenwarden_http::by_key(keyed, key), policy)
+        Self::choosing(tokenwarden_http::adapter::by_key(keyed, key), policy)
     }
 
     fn choosing(keys: impl ChooseCache, policy: impl Into<LayerPolicy>) -> Self {

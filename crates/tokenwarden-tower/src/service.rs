@@ -9,7 +9,8 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use tokenwarden_core::{KeyHandle, Snapshot, TokenCache};
-use tokenwarden_http::{Choice, Engine, LayerPolicy, RequestView, SkipToken};
+use tokenwarden_http::adapter::{Choice, Engine};
+use tokenwarden_http::{LayerPolicy, RequestView, SkipToken};
 use tower::{BoxError, Service};
 
 use crate::body::{CloneBody, KeepBody, Tee};
