@@ -357,8 +357,7 @@ impl SharedSource {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let _ = tokio::time::timeout(hub.settings.poll_interval, notified).await;
-            if let Ok(Ok(Some(found))) =
-                tokio::time::timeout(hub.settings.store_timeout, hub.store.load(&link.key)).await
+            if let Ok(Some(found)) = hub.timed(hub.store.load(&link.key)).await
                 && link.usable(&found, above)
             {
                 return found;

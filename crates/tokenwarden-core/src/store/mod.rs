@@ -495,16 +495,24 @@ impl Hub {
         &self,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let timeout = self.settings.store_timeout;
-        let result = match tokio::time::timeout(timeout, call).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Timeout(timeout)),
-        };
+        let result = self.timed(call).await;
         if let Err(error) = &result {
             bump(&self.counters.store_errors);
-            tracing::debug!(%error, "a lease's renewal or release did not reach the store");
+            tracing::debug!(%error, "a store call sent whatever the store's state failed");
         }
         result
+    }
+
+    /// `call` under the store timeout (a timeout is [`StoreError::Timeout`]).
+    async fn timed<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let timeout = self.settings.store_timeout;
+        match tokio::time::timeout(timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Timeout(timeout)),
+        }
     }
 
     /// One store call, under the store timeout, unless the store is paused after trouble;
@@ -520,11 +528,7 @@ impl Hub {
                 "left alone for a while after trouble".into(),
             ));
         }
-        let timeout = self.settings.store_timeout;
-        let result = match tokio::time::timeout(timeout, call).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Timeout(timeout)),
-        };
+        let result = self.timed(call).await;
         match &result {
             Ok(_) => {
                 if self.troubled.load(Ordering::Relaxed)
