@@ -591,15 +591,9 @@ impl TokenStore for RedisStore {
         let Ok(ttl_ms @ 1..) = u64::try_from(ttl_ms) else {
             return Ok(None);
         };
-        let stamped = self.open_blob(key, fence, &blob)?;
-        let now = SystemTime::now();
-        let expires_at = now + Duration::from_millis(ttl_ms);
-        let token = SharedToken::new(
-            fence,
-            stamped.secret.clone(),
-            expires_at.checked_sub(stamped.lifetime()).unwrap_or(now),
-            expires_at,
-        );
+        let token = self
+            .open_blob(key, fence, &blob)?
+            .expiring_in(Duration::from_millis(ttl_ms));
         Ok(Some(token.with_rejected(rejected.as_deref() == Some("1"))))
     }
 
@@ -629,11 +623,9 @@ impl TokenStore for RedisStore {
         token: &SharedToken,
     ) -> Result<Install, StoreError> {
         let blob = self.seal(key, token)?;
-        // What is left of it by the writer's clock, and never more than its lifetime (a
-        // token cannot have been in use before it was issued).
+        // Its time to live by the writer's clock: Redis's TTL is then every reader's expiry.
         let ttl = token
-            .remaining()
-            .min(token.lifetime())
+            .time_to_live()
             .as_millis()
             .clamp(1, 400 * 24 * 3600 * 1000) as u64;
         let mut conn = self.inner.conn.clone();

@@ -168,16 +168,13 @@ impl TokenStore for MemoryStore {
             if token.fence <= current {
                 return Install::Superseded { current };
             }
-            // Valid for what is left of it, never more than its lifetime (as a store that
-            // keeps its own expiry hands it out).
-            let now = SystemTime::now();
-            let left = token.remaining().min(token.lifetime());
-            e.token = Some(SharedToken::new(
-                token.fence,
-                token.secret.clone(),
-                (now + left).checked_sub(token.lifetime()).unwrap_or(now),
-                now + left,
-            ));
+            // Kept for its time to live, as a store that keeps its own expiry keeps it.
+            e.token = Some(
+                token
+                    .clone()
+                    .with_rejected(false)
+                    .expiring_in(token.time_to_live()),
+            );
             e.fence = e.fence.max(token.fence);
             Install::Installed
         });

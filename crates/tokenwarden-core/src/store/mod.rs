@@ -161,6 +161,26 @@ impl SharedToken {
             .duration_since(SystemTime::now())
             .unwrap_or_default()
     }
+
+    /// How long a store keeps it: what remains of it by this machine's clock, never more than
+    /// its lifetime (a token stamped by a clock ahead of this one has not been in use longer
+    /// than since it was issued).
+    #[must_use]
+    pub fn time_to_live(&self) -> Duration {
+        self.remaining().min(self.lifetime())
+    }
+
+    /// The same token stamped by this machine's clock: expiring `left` from now, issued its
+    /// lifetime before that. How a store that keeps a token's expiry itself (Redis's TTL)
+    /// hands it out, so that replicas' clocks that disagree change nothing.
+    #[must_use]
+    pub fn expiring_in(mut self, left: Duration) -> Self {
+        let now = SystemTime::now();
+        let lifetime = self.lifetime();
+        self.expires_at = now + left;
+        self.issued_at = self.expires_at.checked_sub(lifetime).unwrap_or(now);
+        self
+    }
 }
 
 impl fmt::Debug for SharedToken {
