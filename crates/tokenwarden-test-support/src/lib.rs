@@ -36,6 +36,8 @@ mod api;
 #[cfg(feature = "gateways")]
 mod gateways;
 mod holding_proxy;
+#[cfg(any(feature = "redis", feature = "oauth2-server"))]
+mod install;
 mod issuer;
 #[cfg(feature = "reqwest")]
 mod middleware;

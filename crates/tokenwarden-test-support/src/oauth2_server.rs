@@ -32,19 +32,10 @@ const HOW_TO_INSTALL: &str = "the OAuth 2.0 interop tests run oauth2-mock-server
 fn ensure_installed() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
-        let script = harness().join("../../scripts/install-oauth2-server.sh");
-        let output = Command::new("bash")
-            .arg(&script)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!("could not run {}: {e}; {HOW_TO_INSTALL}", script.display())
-            });
-        assert!(
-            output.status.success(),
-            "installing the OAuth 2.0 server failed ({}):\n{}{}\n{HOW_TO_INSTALL}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr),
+        crate::install::run_install_script(
+            "install-oauth2-server.sh",
+            "the OAuth 2.0 server",
+            HOW_TO_INSTALL,
         );
     });
 }

@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -30,26 +30,11 @@ fn ensure_installed() {
         if there {
             return;
         }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/install-redis.sh");
-        eprintln!(
-            "redis-server is not on PATH: installing it with {}",
-            script.display()
-        );
-        let output = Command::new("bash")
-            .arg(&script)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "could not run {}: {e}; {HOW_TO_INSTALL_REDIS}",
-                    script.display()
-                )
-            });
-        assert!(
-            output.status.success(),
-            "installing redis-server failed ({}):\n{}{}\n{HOW_TO_INSTALL_REDIS}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr),
+        eprintln!("redis-server is not on PATH: installing it with scripts/install-redis.sh");
+        crate::install::run_install_script(
+            "install-redis.sh",
+            "redis-server",
+            HOW_TO_INSTALL_REDIS,
         );
     });
 }
