@@ -31,7 +31,7 @@ async fn main() -> Result<(), tower::BoxError> {
     };
     let (cache, api) = match &sandbox {
         Some(sandbox) => (
-            sipay::cache(issuer_client, sandbox.sipay_config())?.build()?,
+            sipay::cache(issuer_client, sandbox.sipay_config()).build()?,
             sandbox.api_url(Gateway::Sipay, "payments"),
         ),
         None => {

@@ -49,7 +49,7 @@ fn keyed(sandbox: &Sandbox, gateway: Gateway, http: &IssuerClient) -> KeyedCache
         .with_factory(move |&merchant: &usize| {
             let m = credentials::merchant(merchant);
             match gateway {
-                Gateway::Torus => torus::cache(
+                Gateway::Torus => Ok(torus::cache(
                     http.clone(),
                     TorusConfig::new(
                         &base,
@@ -57,12 +57,12 @@ fn keyed(sandbox: &Sandbox, gateway: Gateway, http: &IssuerClient) -> KeyedCache
                         m.torus_api_key,
                         m.torus_api_secret,
                     ),
-                ),
-                Gateway::Sipay => sipay::cache(
+                )),
+                Gateway::Sipay => Ok(sipay::cache(
                     http.clone(),
                     SipayConfig::new(&base, m.sipay_app_id, m.sipay_app_secret),
-                ),
-                Gateway::Boipa => boipa::cache(
+                )),
+                Gateway::Boipa => Ok(boipa::cache(
                     http.clone(),
                     BoipaConfig::new(
                         &base,
@@ -72,7 +72,7 @@ fn keyed(sandbox: &Sandbox, gateway: Gateway, http: &IssuerClient) -> KeyedCache
                     ),
                     ActionRequest::new(Action::Purchase),
                     0,
-                ),
+                )),
                 Gateway::Payments => {
                     let source = SessionTokenSource::new(
                         http.clone(),

@@ -160,11 +160,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ))
     };
 
-    let sipay = short_lived(sipay::cache(reqwest.clone(), sandbox.sipay_config())?).build()?;
+    let sipay = short_lived(sipay::cache(reqwest.clone(), sandbox.sipay_config())).build()?;
     let torus = short_lived(torus::cache(
         hyper_issuer,
         sandbox.torus_config().with_token_lifetime(LIFETIME),
-    )?)
+    ))
     .build()?;
     let sessions = SessionTokens::new(
         reqwest.clone(),
@@ -183,7 +183,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         sandbox.boipa_config(),
         purchase,
         BOIPA_POOL,
-    )?
+    )
     .build()?;
 
     let lanes = Arc::new([

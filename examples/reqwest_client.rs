@@ -23,7 +23,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let (cache, api) = match &sandbox {
         Some(sandbox) => (
-            torus::cache(IssuerClient::new()?, sandbox.torus_config())?.build()?,
+            torus::cache(IssuerClient::new()?, sandbox.torus_config()).build()?,
             sandbox.api_url(Gateway::Torus, "orders"),
         ),
         None => {

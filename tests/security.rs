@@ -434,7 +434,11 @@ fn plain_http_issuers_off_loopback_are_refused_when_built() {
         );
     }
     let sipay = SipayConfig::new("http://sipay.example", "id", APP_SECRET);
-    assert!(sipay::cache(IssuerClient::new().unwrap(), sipay).is_err());
+    assert!(
+        sipay::cache(IssuerClient::new().unwrap(), sipay)
+            .build()
+            .is_err()
+    );
     // Loopback, https and the explicit opt-in are fine.
     for url in [
         "http://127.0.0.1:9/token",

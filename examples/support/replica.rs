@@ -90,7 +90,7 @@ pub async fn serve() -> Result<(), Box<dyn Error>> {
         m.torus_api_secret,
     )
     .with_token_lifetime(Duration::from_millis(var("TW_LIFETIME_MS")?.parse()?));
-    let cache = torus::cache(IssuerClient::new()?, config)?
+    let cache = torus::cache(IssuerClient::new()?, config)
         .with_shared(&shared, "torus:merchant-0")
         // Short demo tokens: a margin for clocks that disagree of half a second.
         .with_clock_skew(Duration::from_millis(500))

@@ -10,7 +10,6 @@
 //! A session token authorises the one action request it was asked for, so the cache runs in
 //! single-use mode ([`cache`]); the token goes in a `Token` header by default.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -22,7 +21,7 @@ use tokenwarden_core::{
 };
 
 use crate::wire::{Answer, Issuer, UrlText};
-use crate::{DEFAULT_MAX_RESPONSE, GatewayCode, GatewayError, HttpSend};
+use crate::{GatewayCode, GatewayConfig, GatewayError, HttpSend};
 
 const GATEWAY: &str = "BOIPA";
 
@@ -54,56 +53,45 @@ impl Action {
     }
 }
 
-/// The merchant's credentials and settings.
+/// The merchant's credentials, in a [`BoipaConfig`].
 #[derive(Clone, Debug)]
-pub struct BoipaConfig {
-    base_url: UrlText,
+pub struct Credentials {
     merchant_id: u64,
     password: Secret,
     allow_origin_url: UrlText,
     brand_id: Option<String>,
-    token_lifetime: Duration,
-    max_response: usize,
 }
+
+/// The merchant's credentials and settings ([`GatewayConfig`] has the settings every gateway
+/// shares).
+pub type BoipaConfig = GatewayConfig<Credentials>;
 
 impl BoipaConfig {
     /// Credentials for `base_url` (e.g. [`UAT_BASE_URL`]); `allow_origin_url` is the origin
-    /// the gateway's CORS headers will allow.
+    /// the gateway's CORS headers will allow. An unused session token is kept for 5 minutes
+    /// (the gateway states none): see [`with_token_lifetime`](GatewayConfig::with_token_lifetime).
     pub fn new(
         base_url: impl Into<String>,
         merchant_id: u64,
         password: impl Into<Secret>,
         allow_origin_url: impl Into<String>,
     ) -> Self {
-        Self {
-            base_url: UrlText(base_url.into()),
-            merchant_id,
-            password: password.into(),
-            allow_origin_url: UrlText(allow_origin_url.into()),
-            brand_id: None,
-            token_lifetime: Duration::from_secs(300),
-            max_response: DEFAULT_MAX_RESPONSE,
-        }
+        GatewayConfig::of(
+            base_url,
+            Duration::from_secs(300),
+            Credentials {
+                merchant_id,
+                password: password.into(),
+                allow_origin_url: UrlText(allow_origin_url.into()),
+                brand_id: None,
+            },
+        )
     }
 
     /// The merchant's brand.
     #[must_use]
     pub fn with_brand_id(mut self, brand_id: impl Into<String>) -> Self {
-        self.brand_id = Some(brand_id.into());
-        self
-    }
-
-    /// How long an unused session token is kept (the gateway states none). Default 5 minutes.
-    #[must_use]
-    pub fn with_token_lifetime(mut self, lifetime: Duration) -> Self {
-        self.token_lifetime = lifetime;
-        self
-    }
-
-    /// The largest token response read. Default 64 KiB.
-    #[must_use]
-    pub fn with_max_response(mut self, bytes: usize) -> Self {
-        self.max_response = bytes;
+        self.credentials.brand_id = Some(brand_id.into());
         self
     }
 }
@@ -185,15 +173,9 @@ impl BoipaSource {
         config: BoipaConfig,
         request: ActionRequest,
     ) -> Result<Self, ConfigError> {
-        let issuer = Issuer::new(
-            Arc::new(sender),
-            GATEWAY,
-            &config.base_url.0,
-            "/token",
-            "base_url",
-        )?
-        .with_max_response(config.max_response)
-        .with_secrets([config.password.expose()]);
+        let issuer = config
+            .issuer(sender, GATEWAY, "/token")?
+            .with_secrets([config.credentials.password.expose()]);
         Ok(Self {
             issuer,
             config,
@@ -207,13 +189,14 @@ impl BoipaSource {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis();
+        let credentials = &self.config.credentials;
         let mut form = form_urlencoded::Serializer::new(String::new());
-        form.append_pair("merchantId", &self.config.merchant_id.to_string())
-            .append_pair("password", self.config.password.expose())
+        form.append_pair("merchantId", &credentials.merchant_id.to_string())
+            .append_pair("password", credentials.password.expose())
             .append_pair("action", self.request.action.as_str())
             .append_pair("timestamp", &timestamp.to_string())
-            .append_pair("allowOriginUrl", &self.config.allow_origin_url.0);
-        if let Some(brand) = &self.config.brand_id {
+            .append_pair("allowOriginUrl", &credentials.allow_origin_url.0);
+        if let Some(brand) = &credentials.brand_id {
             form.append_pair("brandId", brand);
         }
         for (name, value) in &self.request.fields {
@@ -232,7 +215,7 @@ impl TokenSource for BoipaSource {
                 .issuer
                 .post(Some("application/x-www-form-urlencoded"), &[], form)
                 .await?;
-            Ok(parse(status, &body)?.with_expires_in(self.config.token_lifetime))
+            Ok(parse(status, &body)?.with_expires_in(self.config.token_lifetime()))
         }
         .await;
         self.issuer.fetched(fetched)
@@ -318,24 +301,20 @@ pub fn presentation() -> Presentation {
 
 /// A single-use cache for `request`, optionally with a pool of `pool` tokens fetched ahead (for
 /// actions without an amount, such as `TOKENIZE` or `VERIFY`).
-///
-/// # Errors
-///
-/// [`ConfigError`] for an invalid base URL.
+/// An invalid base URL is the [`ConfigError`] its `build()` returns.
 pub fn cache(
     sender: impl HttpSend,
     config: BoipaConfig,
     request: ActionRequest,
     pool: usize,
-) -> Result<TokenCacheBuilder, ConfigError> {
-    let lifetime = config.token_lifetime;
-    let source = BoipaSource::new(sender, config, request)?;
-    Ok(TokenCache::builder(source)
+) -> TokenCacheBuilder {
+    let lifetime = config.token_lifetime();
+    TokenCache::try_builder(BoipaSource::new(sender, config, request))
         .with_name(GATEWAY)
         .with_presentation(presentation())
         .with_default_lifetime(lifetime)
         .with_clock_skew(Duration::ZERO)
-        .with_pool(pool))
+        .with_pool(pool)
 }
 
 #[cfg(test)]

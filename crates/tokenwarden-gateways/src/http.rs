@@ -196,7 +196,7 @@ pub struct TooLarge {
 /// use tokenwarden_gateways::sipay::{self, SipayConfig};
 ///
 /// let config = SipayConfig::new(sipay::TEST_BASE_URL, "app-id", "app-secret");
-/// let cache = sipay::cache(IssuerClient::new()?, config)?.build()?;
+/// let cache = sipay::cache(IssuerClient::new()?, config).build()?;
 /// # let _ = cache;
 /// # Ok::<_, Box<dyn std::error::Error>>(())
 /// ```
@@ -366,7 +366,7 @@ impl HttpSend for IssuerClient {
 /// // real gateway.
 /// let http: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
 /// let config = SipayConfig::new("http://127.0.0.1:8080", "app-id", "app-secret");
-/// let cache = sipay::cache(ServiceSender(http.clone()), config)?.build()?;
+/// let cache = sipay::cache(ServiceSender(http.clone()), config).build()?;
 /// let api = TokenLayer::new(cache, Scope::origin("http://127.0.0.1:8080")?)
 ///     .cloning_bodies()
 ///     .layer(http);

@@ -34,7 +34,7 @@
 //! use tokenwarden_gateways::sipay::{self, SipayConfig};
 //!
 //! let config = SipayConfig::new(sipay::TEST_BASE_URL, "app-id", "app-secret");
-//! let cache = sipay::cache(IssuerClient::new()?, config)?.build()?;
+//! let cache = sipay::cache(IssuerClient::new()?, config).build()?;
 //! # let _ = cache;
 //! # }
 //! # Ok::<_, Box<dyn std::error::Error>>(())
@@ -58,6 +58,7 @@
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 
 pub mod boipa;
+mod config;
 mod error;
 pub mod generic;
 mod http;
@@ -68,6 +69,7 @@ pub mod sipay;
 pub mod torus;
 mod wire;
 
+pub use config::GatewayConfig;
 pub use error::{GatewayCode, GatewayError, TransportError};
 #[cfg(feature = "reqwest")]
 pub use http::IssuerClient;

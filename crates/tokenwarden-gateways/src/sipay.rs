@@ -8,7 +8,6 @@
 //! **local** time with no zone (Turkey, UTC+3 by default, configurable) — read as UTC it would
 //! keep a dead token for three extra hours. `is_3d` is exposed as [`ThreeD`] token metadata.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,8 +18,8 @@ use tokenwarden_core::{
     TokenSource,
 };
 
-use crate::wire::{Answer, Issuer, UrlText, jwt_expiry, local_time};
-use crate::{DEFAULT_MAX_RESPONSE, GatewayCode, GatewayError, HttpSend};
+use crate::wire::{Answer, Issuer, jwt_expiry, local_time};
+use crate::{GatewayCode, GatewayConfig, GatewayError, HttpSend};
 
 const GATEWAY: &str = "Sipay";
 
@@ -55,43 +54,40 @@ impl From<i64> for ThreeD {
     }
 }
 
-/// Credentials and settings.
+/// Sipay's credentials and its clock, in a [`SipayConfig`].
 #[derive(Clone, Debug)]
-pub struct SipayConfig {
-    base_url: UrlText,
+pub struct Credentials {
     app_id: String,
     app_secret: Secret,
     utc_offset: i32,
-    max_response: usize,
 }
 
+/// Credentials and settings ([`GatewayConfig`] has the settings every gateway shares).
+pub type SipayConfig = GatewayConfig<Credentials>;
+
 impl SipayConfig {
-    /// Credentials for `base_url` (e.g. [`TEST_BASE_URL`]).
+    /// Credentials for `base_url` (e.g. [`TEST_BASE_URL`]). Tokens carry their expiry; one
+    /// that does not is used for an hour.
     pub fn new(
         base_url: impl Into<String>,
         app_id: impl Into<String>,
         app_secret: impl Into<Secret>,
     ) -> Self {
-        Self {
-            base_url: UrlText(base_url.into()),
-            app_id: app_id.into(),
-            app_secret: app_secret.into(),
-            utc_offset: 3 * 3600,
-            max_response: DEFAULT_MAX_RESPONSE,
-        }
+        GatewayConfig::of(
+            base_url,
+            Duration::from_secs(3600),
+            Credentials {
+                app_id: app_id.into(),
+                app_secret: app_secret.into(),
+                utc_offset: 3 * 3600,
+            },
+        )
     }
 
     /// The gateway's UTC offset, in seconds east, for reading `expires_at`. Default UTC+3.
     #[must_use]
     pub fn with_utc_offset(mut self, seconds: i32) -> Self {
-        self.utc_offset = seconds;
-        self
-    }
-
-    /// The largest token response read. Default 64 KiB.
-    #[must_use]
-    pub fn with_max_response(mut self, bytes: usize) -> Self {
-        self.max_response = bytes;
+        self.credentials.utc_offset = seconds;
         self
     }
 }
@@ -110,15 +106,9 @@ impl SipaySource {
     ///
     /// [`ConfigError`] if the base URL is not an absolute URL.
     pub fn new(sender: impl HttpSend, config: SipayConfig) -> Result<Self, ConfigError> {
-        let issuer = Issuer::new(
-            Arc::new(sender),
-            GATEWAY,
-            &config.base_url.0,
-            "/api/token",
-            "base_url",
-        )?
-        .with_max_response(config.max_response)
-        .with_secrets([config.app_secret.expose()]);
+        let issuer = config
+            .issuer(sender, GATEWAY, "/api/token")?
+            .with_secrets([config.credentials.app_secret.expose()]);
         Ok(Self { issuer, config })
     }
 }
@@ -128,14 +118,14 @@ impl TokenSource for SipaySource {
     async fn fetch(&self) -> Result<Token, FetchError> {
         let fetched = async {
             let body = serde_json::json!({
-                "app_id": self.config.app_id,
-                "app_secret": self.config.app_secret.expose(),
+                "app_id": self.config.credentials.app_id,
+                "app_secret": self.config.credentials.app_secret.expose(),
             });
             let (status, body) = self
                 .issuer
                 .post(Some("application/json"), &[], Bytes::from(body.to_string()))
                 .await?;
-            parse(status, &body, self.config.utc_offset)
+            parse(status, &body, self.config.credentials.utc_offset)
         }
         .await;
         self.issuer.fetched(fetched)
@@ -214,16 +204,14 @@ pub fn presentation() -> Presentation {
     Presentation::bearer()
 }
 
-/// A shared cache of Sipay tokens.
-///
-/// # Errors
-///
-/// [`ConfigError`] for an invalid base URL.
-pub fn cache(sender: impl HttpSend, config: SipayConfig) -> Result<TokenCacheBuilder, ConfigError> {
-    Ok(TokenCache::builder(SipaySource::new(sender, config)?)
+/// A shared cache of Sipay tokens. An invalid base URL is the [`ConfigError`] its `build()`
+/// returns.
+pub fn cache(sender: impl HttpSend, config: SipayConfig) -> TokenCacheBuilder {
+    let lifetime = config.token_lifetime();
+    TokenCache::try_builder(SipaySource::new(sender, config))
         .with_name(GATEWAY)
         .with_presentation(presentation())
-        .with_default_lifetime(Duration::from_secs(3600)))
+        .with_default_lifetime(lifetime)
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@
 //! default), and a 401 from the API refreshes it earlier. A 401 or 403 from the issuer means
 //! the request token was rejected: terminal, not retried in a loop.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,56 +16,43 @@ use tokenwarden_core::{
     TokenSource,
 };
 
-use crate::wire::{Answer, Issuer, UrlText};
-use crate::{DEFAULT_MAX_RESPONSE, GatewayCode, GatewayError, HttpSend};
+use crate::wire::{Answer, Issuer};
+use crate::{GatewayCode, GatewayConfig, GatewayError, HttpSend};
 
 const GATEWAY: &str = "Torus";
 
 /// The production base URL.
 pub const BASE_URL: &str = "https://connects.torusdigital.com";
 
-/// Credentials and settings.
+/// Torus's credentials, in a [`TorusConfig`].
 #[derive(Clone, Debug)]
-pub struct TorusConfig {
-    base_url: UrlText,
+pub struct Credentials {
     request_token: Secret,
     api_key: Secret,
     api_secret: Secret,
-    token_lifetime: Duration,
-    max_response: usize,
 }
 
+/// Credentials and settings ([`GatewayConfig`] has the settings every gateway shares).
+pub type TorusConfig = GatewayConfig<Credentials>;
+
 impl TorusConfig {
-    /// Credentials for `base_url` (e.g. [`BASE_URL`]).
+    /// Credentials for `base_url` (e.g. [`BASE_URL`]). Tokens are used for 8 hours (the issuer
+    /// states no expiry): see [`with_token_lifetime`](GatewayConfig::with_token_lifetime).
     pub fn new(
         base_url: impl Into<String>,
         request_token: impl Into<Secret>,
         api_key: impl Into<Secret>,
         api_secret: impl Into<Secret>,
     ) -> Self {
-        Self {
-            base_url: UrlText(base_url.into()),
-            request_token: request_token.into(),
-            api_key: api_key.into(),
-            api_secret: api_secret.into(),
-            token_lifetime: Duration::from_secs(8 * 3600),
-            max_response: DEFAULT_MAX_RESPONSE,
-        }
-    }
-
-    /// How long an access token is used before it is renewed (the issuer states none).
-    /// Default 8 hours.
-    #[must_use]
-    pub fn with_token_lifetime(mut self, lifetime: Duration) -> Self {
-        self.token_lifetime = lifetime;
-        self
-    }
-
-    /// The largest token response read. Default 64 KiB.
-    #[must_use]
-    pub fn with_max_response(mut self, bytes: usize) -> Self {
-        self.max_response = bytes;
-        self
+        GatewayConfig::of(
+            base_url,
+            Duration::from_secs(8 * 3600),
+            Credentials {
+                request_token: request_token.into(),
+                api_key: api_key.into(),
+                api_secret: api_secret.into(),
+            },
+        )
     }
 }
 
@@ -87,8 +73,9 @@ impl TorusSource {
     /// [`ConfigError`] if the base URL is not an absolute URL, or the request token cannot be a
     /// header value.
     pub fn new(sender: impl HttpSend, config: TorusConfig) -> Result<Self, ConfigError> {
+        let credentials = &config.credentials;
         let mut request_token =
-            HeaderValue::from_str(config.request_token.expose()).map_err(|_| {
+            HeaderValue::from_str(credentials.request_token.expose()).map_err(|_| {
                 ConfigError::Invalid {
                     name: "request_token",
                     reason: "must be a valid header value",
@@ -96,19 +83,13 @@ impl TorusSource {
             })?;
         request_token.set_sensitive(true);
         let headers = [(HeaderName::from_static("token"), request_token)];
-        let issuer = Issuer::new(
-            Arc::new(sender),
-            GATEWAY,
-            &config.base_url.0,
-            "/api/v1/session/generate",
-            "base_url",
-        )?
-        .with_max_response(config.max_response)
-        .with_secrets([
-            config.request_token.expose(),
-            config.api_key.expose(),
-            config.api_secret.expose(),
-        ]);
+        let issuer = config
+            .issuer(sender, GATEWAY, "/api/v1/session/generate")?
+            .with_secrets([
+                credentials.request_token.expose(),
+                credentials.api_key.expose(),
+                credentials.api_secret.expose(),
+            ]);
         Ok(Self {
             issuer,
             config,
@@ -122,8 +103,8 @@ impl TokenSource for TorusSource {
     async fn fetch(&self) -> Result<Token, FetchError> {
         let fetched = async {
             let body = serde_json::json!({
-                "API_KEY": self.config.api_key.expose(),
-                "API_SECRET": self.config.api_secret.expose(),
+                "API_KEY": self.config.credentials.api_key.expose(),
+                "API_SECRET": self.config.credentials.api_secret.expose(),
             });
             let (status, body) = self
                 .issuer
@@ -133,7 +114,7 @@ impl TokenSource for TorusSource {
                     Bytes::from(body.to_string()),
                 )
                 .await?;
-            Ok(parse(status, &body)?.with_expires_in(self.config.token_lifetime))
+            Ok(parse(status, &body)?.with_expires_in(self.config.token_lifetime()))
         }
         .await;
         self.issuer.fetched(fetched)
@@ -178,17 +159,14 @@ pub fn presentation() -> Presentation {
     Presentation::header(HeaderName::from_static("token"))
 }
 
-/// A shared cache of Torus access tokens.
-///
-/// # Errors
-///
-/// [`ConfigError`] for an invalid base URL or request token.
-pub fn cache(sender: impl HttpSend, config: TorusConfig) -> Result<TokenCacheBuilder, ConfigError> {
-    let lifetime = config.token_lifetime;
-    Ok(TokenCache::builder(TorusSource::new(sender, config)?)
+/// A shared cache of Torus access tokens. An invalid base URL or request token is the
+/// [`ConfigError`] its `build()` returns.
+pub fn cache(sender: impl HttpSend, config: TorusConfig) -> TokenCacheBuilder {
+    let lifetime = config.token_lifetime();
+    TokenCache::try_builder(TorusSource::new(sender, config))
         .with_name(GATEWAY)
         .with_presentation(presentation())
-        .with_default_lifetime(lifetime))
+        .with_default_lifetime(lifetime)
 }
 
 #[cfg(test)]

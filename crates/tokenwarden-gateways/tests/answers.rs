@@ -474,7 +474,6 @@ async fn a_password_echoed_in_a_boipa_refusal_is_redacted() {
         ActionRequest::new(Action::Tokenize),
         0,
     )
-    .unwrap()
     .build()
     .unwrap();
     let error = cache.get().await.unwrap_err();
@@ -504,7 +503,6 @@ async fn an_app_secret_echoed_in_a_sipay_answer_is_redacted() {
             "app-s3cr3t-value",
         );
         let cache = sipay::cache(IssuerClient::new().unwrap(), config)
-            .unwrap()
             .build()
             .unwrap();
         let error = cache.get().await.unwrap_err();

@@ -174,7 +174,6 @@ async fn boipa_sends_every_form_field_with_a_fresh_timestamp_and_tokens_are_sing
         .with_amount("19.99", "EUR")
         .with_force_secure_payment(true);
     let cache = boipa::cache(IssuerClient::new().unwrap(), config, purchase, 0)
-        .unwrap()
         .build()
         .unwrap();
     let tokens = distinct_tokens(&cache, 5).await;
@@ -199,7 +198,6 @@ async fn boipa_refusals_and_bad_answers_reach_the_caller_typed() {
         ActionRequest::new(Action::Verify),
         0,
     )
-    .unwrap()
     .build()
     .unwrap();
     let error = cache.get().await.unwrap_err();
@@ -239,7 +237,6 @@ async fn boipa_end_to_end_each_request_its_own_token_and_a_401_replayed() {
         ActionRequest::new(Action::Purchase),
         0,
     )
-    .unwrap()
     .build()
     .unwrap();
     post_through_middleware(
@@ -269,7 +266,6 @@ async fn torus_sends_the_request_token_and_json_credentials() {
         .await;
     let config = TorusConfig::new(server.url(), "request-token-1", "key-1", "secret-1");
     let cache = torus::cache(IssuerClient::new().unwrap(), config)
-        .unwrap()
         .build()
         .unwrap();
     let snapshot = cache.get().await.unwrap();
@@ -297,7 +293,6 @@ async fn torus_a_rejected_request_token_is_terminal() {
         .await;
     let config = TorusConfig::new(server.url(), "expired-request-token", "k", "s");
     let cache = torus::cache(IssuerClient::new().unwrap(), config)
-        .unwrap()
         .build()
         .unwrap();
     for _ in 0..100 {
@@ -319,10 +314,7 @@ async fn torus_end_to_end_through_the_tower_layer_and_hyper() {
     let (rejected, accepted) = api(&mut server, "/orders", "token", "torus-1", "torus-2").await;
     // The issuer is called through hyper-util too: no reqwest anywhere on this path.
     let config = TorusConfig::new(server.url(), "rt", "k", "s");
-    let cache = torus::cache(hyper_sender(), config)
-        .unwrap()
-        .build()
-        .unwrap();
+    let cache = torus::cache(hyper_sender(), config).build().unwrap();
     let client = Client::builder(TokioExecutor::new()).build_http();
     let client = ServiceBuilder::new()
         .layer(tokenwarden_tower::TokenLayer::new(
@@ -455,7 +447,6 @@ async fn sipay_end_to_end_bearer_token_refreshed_after_a_401() {
         IssuerClient::new().unwrap(),
         SipayConfig::new(server.url(), "a", "s"),
     )
-    .unwrap()
     .build()
     .unwrap();
     post_through_middleware(
@@ -904,7 +895,6 @@ async fn a_busy_issuer_saying_retry_after_is_not_asked_again_before_then() {
         .await;
     let config = SipayConfig::new(format!("{}/sipay", server.url()), "app-id", "app-secret");
     let cache = sipay::cache(IssuerClient::new().unwrap(), config)
-        .unwrap()
         .build()
         .unwrap();
     let error = cache.get().await.unwrap_err();

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tokenwarden_core::{ConfigError, Error, Secret, TokenCache, TokenCacheBuilder};
+use tokenwarden_core::{Error, Secret, TokenCache, TokenCacheBuilder};
 use tokenwarden_gateways::boipa::{self, Action, ActionRequest};
 use tokenwarden_gateways::payments::SessionTokens;
 use tokenwarden_gateways::{GatewayError, IssuerClient, sipay, torus};
@@ -28,8 +28,8 @@ fn sessions(sandbox: &Sandbox, http: IssuerClient) -> SessionTokens {
 }
 
 /// The error of the first token request of a cache built from `builder`.
-async fn first_error(builder: Result<TokenCacheBuilder, ConfigError>) -> Error {
-    builder.unwrap().build().unwrap().get().await.unwrap_err()
+async fn first_error(builder: TokenCacheBuilder) -> Error {
+    builder.build().unwrap().get().await.unwrap_err()
 }
 
 /// Sends `n` requests to `gateway`'s API through a client with `cache`; returns the statuses.
@@ -56,14 +56,12 @@ async fn every_gateway_issues_tokens_its_api_accepts_and_forgets_on_demand() {
         (
             Gateway::Torus,
             torus::cache(http.clone(), sandbox.torus_config())
-                .unwrap()
                 .build()
                 .unwrap(),
         ),
         (
             Gateway::Sipay,
             sipay::cache(http.clone(), sandbox.sipay_config())
-                .unwrap()
                 .build()
                 .unwrap(),
         ),
@@ -103,7 +101,6 @@ async fn boipa_tokens_are_single_use() {
         ActionRequest::new(Action::Purchase),
         0,
     )
-    .unwrap()
     .build()
     .unwrap();
     assert_eq!(call(&sandbox, Gateway::Boipa, &cache, 4).await, [200; 4]);
@@ -127,7 +124,6 @@ async fn faults_come_back_as_typed_errors() {
     let sandbox = Sandbox::start().await.unwrap();
     let cache = |fetch_timeout| {
         sipay::cache(IssuerClient::new().unwrap(), sandbox.sipay_config())
-            .unwrap()
             .with_fetch_timeout(fetch_timeout)
             .with_backoff(Duration::from_millis(1), Duration::from_millis(2))
             .with_rejection_hold(Duration::from_millis(1))
@@ -238,11 +234,9 @@ async fn several_merchants_each_get_their_own_tokens_and_cannot_use_anothers() {
     for index in 0..3 {
         let m = credentials::merchant(index);
         let torus = torus::cache(http.clone(), sandbox.torus_config_for(index))
-            .unwrap()
             .build()
             .unwrap();
         let sipay = sipay::cache(http.clone(), sandbox.sipay_config_for(index))
-            .unwrap()
             .build()
             .unwrap();
         let boipa = boipa::cache(
@@ -251,7 +245,6 @@ async fn several_merchants_each_get_their_own_tokens_and_cannot_use_anothers() {
             ActionRequest::new(Action::Purchase),
             0,
         )
-        .unwrap()
         .build()
         .unwrap();
         let sessions = SessionTokens::new(
@@ -374,7 +367,6 @@ async fn a_hostile_boipa_timestamp_is_refused_the_documented_way() {
         ActionRequest::new(Action::Tokenize),
         0,
     )
-    .unwrap()
     .build()
     .unwrap();
     assert!(cache.get().await.is_ok());

@@ -150,8 +150,40 @@ impl TokenCache {
 
     /// Starts building a cache around `source`.
     pub fn builder(source: impl TokenSource) -> TokenCacheBuilder {
+        Self::builder_of(Arc::new(source), None)
+    }
+
+    /// Starts building a cache around a source that may not have been built: its
+    /// [`ConfigError`] is the one [`build`](TokenCacheBuilder::build) returns. For functions
+    /// that build a source and a cache's settings in one call, so that their caller writes
+    /// one `?`, after `build()`:
+    ///
+    /// ```
+    /// # use tokenwarden_core::{ConfigError, FetchError, Token, TokenCache};
+    /// # fn source(url: &str) -> Result<impl Fn() -> std::future::Ready<Result<Token, FetchError>> + Send + Sync + 'static, ConfigError> {
+    /// #     if url.starts_with("https://") { Ok(|| std::future::ready(Ok(Token::new("t")))) }
+    /// #     else { Err(ConfigError::Invalid { name: "url", reason: "must be https" }) }
+    /// # }
+    /// let error = TokenCache::try_builder(source("ftp://issuer.example"))
+    ///     .with_name("issuer")
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(error.to_string().contains("`url`"));
+    /// ```
+    pub fn try_builder(source: Result<impl TokenSource, ConfigError>) -> TokenCacheBuilder {
+        match source {
+            Ok(source) => Self::builder_of(Arc::new(source), None),
+            Err(error) => Self::builder_of(Arc::new(NotBuilt), Some(error)),
+        }
+    }
+
+    fn builder_of(
+        source: Arc<dyn TokenSource>,
+        not_built: Option<ConfigError>,
+    ) -> TokenCacheBuilder {
         TokenCacheBuilder {
-            source: Arc::new(source),
+            not_built,
+            source,
             presentation: Presentation::bearer(),
             config: CacheConfig::default(),
             single_use: None,
@@ -388,6 +420,8 @@ impl fmt::Debug for TokenCache {
 
 /// Builds a [`TokenCache`]; every setting has a default (see [`CacheConfig`]).
 pub struct TokenCacheBuilder {
+    /// Why the source could not be built ([`TokenCache::try_builder`]): `build()` says so.
+    not_built: Option<ConfigError>,
     source: Arc<dyn TokenSource>,
     presentation: Presentation,
     config: CacheConfig,
@@ -623,6 +657,9 @@ impl TokenCacheBuilder {
         mut self,
         last: &Mutex<Option<Arc<CacheConfig>>>,
     ) -> Result<TokenCache, ConfigError> {
+        if let Some(error) = self.not_built.take() {
+            return Err(error);
+        }
         self.config.validate()?;
         if let Some((shared, _)) = &self.shared {
             if self.single_use.is_some() {
@@ -707,6 +744,21 @@ impl fmt::Debug for TokenCacheBuilder {
             .field("config", &self.config)
             .field("single_use", &self.single_use)
             .field("clock", &self.clock)
+            .field("not_built", &self.not_built)
             .finish_non_exhaustive()
+    }
+}
+
+/// The source of a [`TokenCache::try_builder`] whose source could not be built: never asked,
+/// as `build()` returns the source's error first.
+#[derive(Debug)]
+struct NotBuilt;
+
+#[async_trait::async_trait]
+impl TokenSource for NotBuilt {
+    async fn fetch(&self) -> Result<crate::Token, crate::FetchError> {
+        Err(crate::FetchError::configuration(
+            "the token source could not be built",
+        ))
     }
 }
