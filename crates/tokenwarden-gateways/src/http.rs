@@ -247,42 +247,6 @@ impl IssuerClient {
     }
 }
 
-/// Whether the reqwest this crate is built with has a TLS backend — any, whichever crate's
-/// features turned it on (this crate's `rustls`, the application's `reqwest/native-tls`, …).
-///
-/// reqwest says so nowhere at run time, but its `ClientBuilder::tls_info` exists only with a
-/// TLS backend, and where a type has an inherent method of a name, a trait method of the same
-/// name is not chosen. So `tls_info` below is reqwest's own (returning a `ClientBuilder`) when
-/// it exists, else `NoTls`'s (returning `NoTlsBackend`): decided when this crate is compiled.
-/// The closure is never called.
-#[cfg(feature = "reqwest")]
-pub(crate) fn reqwest_has_tls() -> bool {
-    #[allow(dead_code)] // used only where reqwest has no TLS backend
-    struct NoTlsBackend;
-    #[allow(dead_code)]
-    trait NoTls {
-        fn tls_info(self, on: bool) -> NoTlsBackend;
-    }
-    impl NoTls for reqwest::ClientBuilder {
-        fn tls_info(self, _: bool) -> NoTlsBackend {
-            NoTlsBackend
-        }
-    }
-    trait Backend {
-        const TLS: bool;
-    }
-    impl Backend for reqwest::ClientBuilder {
-        const TLS: bool = true;
-    }
-    impl Backend for NoTlsBackend {
-        const TLS: bool = false;
-    }
-    fn answer<T: Backend>(_: fn(reqwest::ClientBuilder) -> T) -> bool {
-        T::TLS
-    }
-    answer(|builder: reqwest::ClientBuilder| builder.tls_info(false))
-}
-
 #[cfg(feature = "reqwest")]
 #[async_trait]
 impl HttpSend for IssuerClient {
@@ -334,7 +298,7 @@ impl HttpSend for IssuerClient {
     }
 
     fn speaks_https(&self) -> bool {
-        reqwest_has_tls()
+        tokenwarden_origin::reqwest_has_tls()
     }
 }
 

@@ -196,7 +196,7 @@ impl Middleware for TokenMiddleware {
             return next.run(request, extensions).await;
         }
         // Could never be sent: said plainly, before a token is fetched.
-        crate::tls::check(request.url(), crate::tls::reqwest_has_tls())
+        crate::tls::check(request.url(), tokenwarden_origin::reqwest_has_tls())
             .map_err(Error::middleware)?;
         // A keyed middleware: the request's key chooses the cache (no key: refused, unsent).
         let url = request.url();

@@ -30,42 +30,6 @@ pub(crate) fn check(url: &reqwest::Url, tls: bool) -> Result<(), TlsMissing> {
     })
 }
 
-/// Whether the reqwest this crate is built with has a TLS backend — any, whichever crate's
-/// features turned it on (this crate's `rustls`, the application's `reqwest/native-tls`, …).
-///
-/// reqwest says so nowhere at run time, but its `ClientBuilder::tls_info` exists only with a
-/// TLS backend, and where a type has an inherent method of a name, a trait method of the same
-/// name is not chosen. So `tls_info` below is reqwest's own (returning a `ClientBuilder`) when
-/// it exists, else `NoTls`'s (returning `NoTlsBackend`): decided when this crate is compiled.
-/// The closure is never called. (tokenwarden-gateways has the same check for its issuer
-/// client: neither crate depends on the other.)
-pub(crate) fn reqwest_has_tls() -> bool {
-    #[allow(dead_code)] // used only where reqwest has no TLS backend
-    struct NoTlsBackend;
-    #[allow(dead_code)]
-    trait NoTls {
-        fn tls_info(self, on: bool) -> NoTlsBackend;
-    }
-    impl NoTls for reqwest::ClientBuilder {
-        fn tls_info(self, _: bool) -> NoTlsBackend {
-            NoTlsBackend
-        }
-    }
-    trait Backend {
-        const TLS: bool;
-    }
-    impl Backend for reqwest::ClientBuilder {
-        const TLS: bool = true;
-    }
-    impl Backend for NoTlsBackend {
-        const TLS: bool = false;
-    }
-    fn answer<T: Backend>(_: fn(reqwest::ClientBuilder) -> T) -> bool {
-        T::TLS
-    }
-    answer(|builder: reqwest::ClientBuilder| builder.tls_info(false))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,7 +52,7 @@ mod tests {
     #[test]
     fn with_feature_rustls_reqwest_has_tls() {
         if cfg!(feature = "rustls") {
-            assert!(reqwest_has_tls());
+            assert!(tokenwarden_origin::reqwest_has_tls());
         }
     }
 }
