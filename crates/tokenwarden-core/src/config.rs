@@ -1,9 +1,9 @@
 //! Settings of a token cache.
 
 use std::borrow::Cow;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use crate::ConfigError;
+use crate::{ConfigError, Expiry};
 
 /// The timing rules of a [`TokenCache`](crate::TokenCache). Set them on
 /// [`TokenCacheBuilder`](crate::TokenCacheBuilder); read them with
@@ -172,6 +172,25 @@ impl Default for CacheConfig {
 pub(crate) const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl CacheConfig {
+    /// The lifetime a token's issuer stated, counted from `sent` (the wall-clock time its
+    /// fetch was sent): the default lifetime if it stated none, at most a year (a token said to
+    /// live longer is renewed after a year all the same, and the arithmetic on instants cannot
+    /// overflow).
+    pub(crate) fn stated_lifetime(&self, expiry: Expiry, sent: SystemTime) -> Duration {
+        match expiry {
+            Expiry::Unknown => self.default_lifetime,
+            Expiry::In(lifetime) => lifetime,
+            Expiry::At(at) => at.duration_since(sent).unwrap_or_default(),
+        }
+        .min(YEAR)
+    }
+
+    /// The margin for clocks that disagree, at most a quarter of the stated lifetime: a 5 s
+    /// margin must not leave a 6 s token one second of use.
+    pub(crate) fn skew_margin(&self, stated: Duration) -> Duration {
+        self.clock_skew.min(stated / 4)
+    }
+
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |name, reason| Err(ConfigError::Invalid { name, reason });
         // Every wait is added to an instant somewhere: a year is far beyond any useful

@@ -5,7 +5,6 @@ use std::time::Duration;
 use http::HeaderName;
 
 use crate::FetchError;
-use crate::presentation::TokenProblem;
 
 /// Why the cache could not hand out a token.
 ///
@@ -220,5 +219,43 @@ pub enum ConfigError {
     TemplateValue {
         /// The header the template is for.
         header: HeaderName,
+    },
+}
+
+/// What is wrong with a token: the kind of character and its byte position (after trimming),
+/// never the value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenProblem {
+    /// Nothing is left after trimming surrounding whitespace.
+    #[error("it is empty (or only whitespace)")]
+    Empty,
+    /// A control character (TAB, CR, LF, NUL, DEL, …) inside the token.
+    #[error("it has a control character at byte {at}")]
+    Control {
+        /// The byte position.
+        at: usize,
+    },
+    /// A space inside the token.
+    #[error("it has a space at byte {at}")]
+    Space {
+        /// The byte position.
+        at: usize,
+    },
+    /// A character outside ASCII (a no-break space, a zero-width space, any letter outside
+    /// ASCII).
+    #[error("it has a non-ASCII character (such as a no-break or zero-width space) at byte {at}")]
+    NonAscii {
+        /// The byte position.
+        at: usize,
+    },
+    /// A visible character outside the `b64token` alphabet a `Bearer` header requires.
+    #[error(
+        "it has a character outside the RFC 6750 bearer alphabet at byte {at} (if the API \
+         accepts such tokens, set the presentation's token charset to Visible)"
+    )]
+    NotB64Token {
+        /// The byte position.
+        at: usize,
     },
 }

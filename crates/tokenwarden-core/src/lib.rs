@@ -33,6 +33,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 
+mod budget;
 mod cache;
 mod config;
 mod error;
@@ -45,14 +46,14 @@ mod stats;
 pub mod store;
 mod token;
 
+pub use budget::RefreshBudget;
 pub use cache::{
     CacheState, CacheStatus, Clock, HeldOff, Invalidation, KeyHandle, KeyedCache,
-    KeyedCacheBuilder, KeyedSummary, ManualClock, RefreshBudget, Route, TokenCache,
-    TokenCacheBuilder, future,
+    KeyedCacheBuilder, KeyedSummary, ManualClock, Route, TokenCache, TokenCacheBuilder, future,
 };
 pub use config::{CacheConfig, RefreshWindow};
-pub use error::{ConfigError, Error};
-pub use presentation::{Presentation, TokenCharset, TokenProblem};
+pub use error::{ConfigError, Error, TokenProblem};
+pub use presentation::{Presentation, TokenCharset};
 pub use secret::Secret;
 pub use snapshot::Snapshot;
 pub use source::{BoxError, FetchError, Probe, TokenSource};

@@ -111,18 +111,10 @@ pub(crate) fn pool_size(cache: &Cow<'static, str>, size: usize) {
     metrics::gauge!(POOL_SIZE, "cache" => label(cache)).set(size as f64);
 }
 
-/// A keyed cache's keys by state, as a summary counted them.
-pub(crate) fn keys(cache: &Cow<'static, str>, summary: &crate::KeyedSummary) {
+/// A keyed cache's keys by state (`fresh`, `refreshing`, …), as a summary counted them.
+pub(crate) fn keys(cache: &Cow<'static, str>, states: [(&'static str, usize); 7]) {
     #[cfg(feature = "metrics")]
-    for (state, n) in [
-        ("fresh", summary.fresh),
-        ("refreshing", summary.refreshing),
-        ("backing_off", summary.backing_off),
-        ("rejected", summary.rejected),
-        ("misconfigured", summary.misconfigured),
-        ("grace", summary.grace),
-        ("empty", summary.empty),
-    ] {
+    for (state, n) in states {
         metrics::gauge!(KEYS, "cache" => label(cache), "state" => state).set(n as f64);
     }
 }

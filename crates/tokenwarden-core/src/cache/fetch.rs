@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::clock::Clock;
 use crate::config::RefreshWindow;
-use crate::{CacheConfig, Error, Expiry, Token, TokenSource};
+use crate::{CacheConfig, Error, Token, TokenSource};
 
 /// Why a fetch started; shown in logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,10 +40,6 @@ impl fmt::Display for FetchReason {
         })
     }
 }
-
-/// The longest lifetime taken from an issuer: a token said to live longer is renewed after a
-/// year all the same (and the arithmetic on instants cannot overflow).
-const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A token that arrived alive, with its lifetime after the skew margin.
 pub(crate) struct Fetched {
@@ -98,23 +94,6 @@ impl Schedule {
     }
 }
 
-/// The lifetime a token's issuer stated, counted from `sent` (the wall-clock time its fetch
-/// was sent): the default lifetime if it stated none, at most a year.
-pub(crate) fn stated_lifetime(cfg: &CacheConfig, expiry: Expiry, sent: SystemTime) -> Duration {
-    match expiry {
-        Expiry::Unknown => cfg.default_lifetime,
-        Expiry::In(lifetime) => lifetime,
-        Expiry::At(at) => at.duration_since(sent).unwrap_or_default(),
-    }
-    .min(MAX_LIFETIME)
-}
-
-/// The margin for clocks that disagree, at most a quarter of the stated lifetime: a 5 s
-/// margin must not leave a 6 s token one second of use.
-pub(crate) fn skew_margin(cfg: &CacheConfig, stated: Duration) -> Duration {
-    cfg.clock_skew.min(stated / 4)
-}
-
 /// Calls the source once. Expiry is counted from when the request was sent.
 pub(crate) async fn fetch_once(
     source: &dyn TokenSource,
@@ -143,8 +122,8 @@ pub(crate) async fn fetch_once(
         Ok(Err(_panic)) => Err(Error::SourcePanicked),
         Ok(Ok(result)) => result.map_err(Error::from),
     }?;
-    let stated = stated_lifetime(cfg, token.expiry(), wall);
-    let skew = skew_margin(cfg, stated);
+    let stated = cfg.stated_lifetime(token.expiry(), wall);
+    let skew = cfg.skew_margin(stated);
     let lifetime = stated.saturating_sub(skew);
     if lifetime.is_zero() || sent_at + lifetime <= clock.now() {
         return Err(Error::AlreadyExpired {

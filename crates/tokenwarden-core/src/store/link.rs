@@ -18,9 +18,16 @@ use tracing::Instrument;
 use super::{
     Hub, Install, Notice, NoticeKind, SharedToken, SharedTokens, StoreError, StoreKey, bump,
 };
-use crate::cache::Inner;
-use crate::cache::fetch::{skew_margin, stated_lifetime};
 use crate::{CacheConfig, FetchError, Token, TokenSource};
+
+/// What a cache hears from the store through its link (the cache implements it, so that the
+/// store needs nothing of the cache).
+pub(crate) trait Listener: Send + Sync {
+    /// Another replica installed the token numbered `fence`.
+    fn shared_installed(&self, fence: u64);
+    /// Another replica rejected the token numbered `fence`.
+    fn shared_rejected(&self, fence: u64);
+}
 
 /// The fencing number a token was shared under, kept in its metadata.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,7 +42,7 @@ pub(crate) struct Link {
     last: AtomicU64,
     /// Wakes this cache's fetch waiting for another replica's.
     notify: Notify,
-    cache: OnceLock<Weak<Inner>>,
+    cache: OnceLock<Weak<dyn Listener>>,
     /// The cache's settings: its default lifetime, skew margin and fetch timeout (a waiter
     /// waits at most half of it).
     config: Arc<CacheConfig>,
@@ -62,7 +69,7 @@ impl Link {
     }
 
     /// The cache it serves (set once, as the cache is made).
-    pub(crate) fn attach(&self, cache: Weak<Inner>) {
+    pub(crate) fn attach(&self, cache: Weak<dyn Listener>) {
         let _ = self.cache.set(cache);
     }
 
@@ -162,7 +169,7 @@ impl Link {
         let lifetime = found.lifetime();
         !found.rejected
             && found.fence > last
-            && remaining > (lifetime / 5).max(skew_margin(&self.config, lifetime) * 2)
+            && remaining > (lifetime / 5).max(self.config.skew_margin(lifetime) * 2)
     }
 
     /// A stored token, for the cache.
@@ -416,7 +423,7 @@ impl SharedSource {
                 return Err(error);
             }
         };
-        let expires_at = sent + stated_lifetime(&link.config, token.expiry(), sent);
+        let expires_at = sent + link.config.stated_lifetime(token.expiry(), sent);
         if expires_at <= SystemTime::now() {
             // Expired on arrival: not shared (it would replace a valid token in the store);
             // the cache refuses it as a failed fetch.

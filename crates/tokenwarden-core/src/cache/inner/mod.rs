@@ -59,7 +59,7 @@ use super::status::{CacheState, CacheStatus};
 use super::wheel::{Driven, Wheel};
 use crate::metrics;
 use crate::stats::Counters;
-use crate::store::{Fence, Link};
+use crate::store::{Fence, Link, Listener};
 use crate::{
     CacheConfig, CacheStats, Error, FetchError, Presentation, Snapshot, TokenId, TokenSource,
 };

@@ -204,43 +204,6 @@ impl Inner {
         self.held_off(HeldOff::Route, fresh);
     }
 
-    /// Another replica saw the token with fencing number `fence` rejected: drop it if it is
-    /// this cache's (no notice of its own: the rejection was not seen here), unless this cache
-    /// kept it on purpose, holding off invalidations while fresh tokens keep being rejected.
-    pub(crate) fn shared_rejected(&self, fence: u64) {
-        let mut st = self.lock();
-        if st
-            .current
-            .as_ref()
-            .is_some_and(|c| !c.held_off && fence_of(&c.snapshot) == Some(fence))
-        {
-            Counters::bump(&self.counters.invalidations);
-            metrics::invalidation(&self.config.name, "shared");
-            tracing::debug!(cache = %self.config.name, fence, "token rejected at another replica; dropped");
-            self.discard(&mut st, FetchReason::Invalidated);
-        }
-    }
-
-    /// A replica installed the token with fencing number `fence` in the store: unless this
-    /// cache holds it already, its advisory point is now, so that its next use (not an idle
-    /// cache) starts a refresh, which takes that token from the store.
-    pub(crate) fn shared_installed(&self, fence: u64) {
-        let mut st = self.lock();
-        let now = self.clock.now();
-        let Some(current) = st.current.as_mut() else {
-            return;
-        };
-        // Not for a token this cache holds, or one older than it (a notice that came late).
-        if fence_of(&current.snapshot) >= Some(fence) || current.schedule.advisory_at <= now {
-            return;
-        }
-        current.schedule.advisory_at = now;
-        current.advisory_published = true;
-        tracing::debug!(cache = %self.config.name, fence, "a newer token was shared; switching at the next use");
-        self.publish(&mut st);
-        self.wake(&mut st);
-    }
-
     /// After [`revoke`](Self::revoke) by the application: every replica drops the key's
     /// shared token.
     pub(crate) fn share_revocation(&self) {
@@ -272,5 +235,45 @@ impl Inner {
         }
         self.discard(&mut st, FetchReason::Revoked);
         tracing::info!(cache = %self.config.name, "tokens revoked");
+    }
+}
+
+/// What the store tells this cache about other replicas' tokens.
+impl Listener for Inner {
+    /// Another replica saw the token with fencing number `fence` rejected: drop it if it is
+    /// this cache's (no notice of its own: the rejection was not seen here), unless this cache
+    /// kept it on purpose, holding off invalidations while fresh tokens keep being rejected.
+    fn shared_rejected(&self, fence: u64) {
+        let mut st = self.lock();
+        if st
+            .current
+            .as_ref()
+            .is_some_and(|c| !c.held_off && fence_of(&c.snapshot) == Some(fence))
+        {
+            Counters::bump(&self.counters.invalidations);
+            metrics::invalidation(&self.config.name, "shared");
+            tracing::debug!(cache = %self.config.name, fence, "token rejected at another replica; dropped");
+            self.discard(&mut st, FetchReason::Invalidated);
+        }
+    }
+
+    /// A replica installed the token with fencing number `fence` in the store: unless this
+    /// cache holds it already, its advisory point is now, so that its next use (not an idle
+    /// cache) starts a refresh, which takes that token from the store.
+    fn shared_installed(&self, fence: u64) {
+        let mut st = self.lock();
+        let now = self.clock.now();
+        let Some(current) = st.current.as_mut() else {
+            return;
+        };
+        // Not for a token this cache holds, or one older than it (a notice that came late).
+        if fence_of(&current.snapshot) >= Some(fence) || current.schedule.advisory_at <= now {
+            return;
+        }
+        current.schedule.advisory_at = now;
+        current.advisory_published = true;
+        tracing::debug!(cache = %self.config.name, fence, "a newer token was shared; switching at the next use");
+        self.publish(&mut st);
+        self.wake(&mut st);
     }
 }

@@ -17,11 +17,21 @@ use super::label::KeyLabel;
 use super::padded::Padded;
 use super::status::{CacheState, CacheStatus};
 use super::wheel::Wheel;
-use super::{Clock, RefreshBudget, TokenCache, TokenCacheBuilder};
+use super::{Clock, TokenCache, TokenCacheBuilder};
+use crate::RefreshBudget;
 use crate::{CacheConfig, ConfigError, Error, Snapshot, TokenId, TokenSource};
 
 /// How long a thread serves a key's token from its own copy before it looks the key up again
 /// (which is how the keyed cache learns the key is in use).
+mod builder;
+mod copies;
+mod map;
+
+pub use builder::KeyedCacheBuilder;
+use copies::*;
+pub(crate) use map::Slot;
+use map::*;
+
 const REVALIDATE: Duration = Duration::from_secs(1);
 
 /// Makes the cache for a key met for the first time.
@@ -141,127 +151,6 @@ impl<K: Send> Drop for Keyed<K> {
     }
 }
 
-/// A key's cache, as the keyed cache holds it.
-pub(crate) struct Slot {
-    cache: TokenCache,
-    /// Registered ahead with no factory to make it again: never evicted.
-    kept: bool,
-    /// Seconds since the keyed cache was made, at the last look-up of the key.
-    used_at: AtomicU64,
-}
-
-impl Slot {
-    fn label(&self) -> &KeyLabel {
-        &self.cache.inner().key_label
-    }
-
-    fn pinned(self: &Arc<Self>) -> bool {
-        // The map holds one reference; any other is a handle in use (a request in flight).
-        self.kept || Arc::strong_count(self) > 1 || self.cache.inner().is_busy()
-    }
-}
-
-/// How the key map is laid out for `capacity` keys: its shard count and the total room of its
-/// shards. Each shard evicts on its own once it holds its share of the room, and keys do not
-/// hash evenly into shards: with shards given exactly `capacity / shards`, a map of 200
-/// merchants and capacity 200 (4 shards of 50) evicted merchants it had room for. So a shard
-/// is made to hold at least 1,024 keys (a map of fewer than 2,048 is one shard: exact), and
-/// each shard gets its share plus five standard deviations of the binomial spread of
-/// `capacity` keys over the shards: a shard overflows before the map holds `capacity` keys
-/// with odds under one in a million, and the map holds at most 16% more than `capacity`
-/// (10,000 keys in 8 shards: 11,336). One hot key's requests meet one shard's lock however
-/// many there are, so fewer shards cost a small map little.
-fn map_layout(capacity: usize) -> (usize, u64) {
-    const MIN_SHARD: usize = 1_024;
-    let parallelism = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    let mut shards = (parallelism * 4).next_power_of_two();
-    while shards > 1 && capacity / shards < MIN_SHARD {
-        shards /= 2;
-    }
-    if shards == 1 {
-        return (1, capacity as u64);
-    }
-    #[allow(clippy::cast_precision_loss)] // capacities are far below 2^52
-    let (n, s) = (capacity as f64, shards as f64);
-    let share = n / s;
-    let spread = (n * (1.0 / s) * (1.0 - 1.0 / s)).sqrt();
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // positive, small
-    let per_shard = (share + 5.0 * spread).ceil() as u64 + 1;
-    (shards, per_shard * shards as u64)
-}
-
-/// quick_cache's hooks: pinned keys are never evicted; evicted keys drop their tokens once the
-/// map's lock is released.
-#[derive(Clone)]
-struct Pins;
-
-/// The keys a map operation evicted: their tokens are dropped when this goes.
-struct Evicted(Vec<Arc<Slot>>);
-
-impl Drop for Evicted {
-    fn drop(&mut self) {
-        for slot in self.0.drain(..) {
-            tracing::debug!(key = %slot.label(), "key evicted");
-            // Forgotten here only: other replicas keep the key's shared token.
-            slot.cache.inner().revoke();
-        }
-    }
-}
-
-impl<K> Lifecycle<K, Arc<Slot>> for Pins {
-    type RequestState = Evicted;
-
-    fn is_pinned(&self, _key: &K, slot: &Arc<Slot>) -> bool {
-        slot.pinned()
-    }
-
-    fn begin_request(&self) -> Evicted {
-        Evicted(Vec::new())
-    }
-
-    fn on_evict(&self, state: &mut Evicted, _key: K, slot: Arc<Slot>) {
-        state.0.push(slot);
-    }
-}
-
-/// A thread's copies of the tokens of the keys it used recently.
-struct Table<K> {
-    entries: HashMap<K, Copy, DefaultHashBuilder>,
-}
-
-/// A thread's copy of a key's token, served while the key's cache's state word is `state` and
-/// the clock is before `check_at`.
-struct Copy {
-    cache: TokenCache,
-    snapshot: Snapshot,
-    state: u64,
-    check_at: u64,
-    /// The keyed cache's count of changes (any key's) when `state` was last found current:
-    /// while the count stays there, the key's cache is not read at all.
-    seen: u64,
-    /// The key's clock, kept here so that a cached get reads no line of the key's cache.
-    clock: Clock,
-}
-
-impl Copy {
-    /// The token, if this copy may still be served: before its check time and with the key's
-    /// cache unchanged since it was taken. `changes` is the keyed cache's count of changes,
-    /// read before the key's state word.
-    #[inline]
-    fn serve(&mut self, changes: u64) -> Option<Snapshot> {
-        if self.clock.ticks() >= self.check_at {
-            return None;
-        }
-        if changes != self.seen {
-            if !self.cache.inner().state_is(self.state) {
-                return None;
-            }
-            self.seen = changes;
-        }
-        Some(self.snapshot.clone())
-    }
-}
-
 /// A key's cache in use: while a handle is held, the key is not evicted. Layers hold one for
 /// each request. Cloning is a reference count.
 #[derive(Clone)]
@@ -287,148 +176,6 @@ impl fmt::Debug for KeyHandle {
             .field("key", self.0.label())
             .field("cache", &self.0.cache)
             .finish()
-    }
-}
-
-/// Builds a [`KeyedCache`].
-pub struct KeyedCacheBuilder<K> {
-    name: Cow<'static, str>,
-    capacity: usize,
-    idle: Duration,
-    thread_copies: usize,
-    own_copies: bool,
-    factory: Option<Factory<K>>,
-    label: Option<LabelFn<K>>,
-    budget: Option<RefreshBudget>,
-}
-
-impl<K> fmt::Debug for KeyedCacheBuilder<K> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyedCacheBuilder")
-            .field("name", &self.name)
-            .field("capacity", &self.capacity)
-            .field("idle", &self.idle)
-            .field("thread_copies", &self.thread_copies)
-            .field("factory", &self.factory.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<K> KeyedCacheBuilder<K>
-where
-    K: Clone + Hash + Eq + Send + Sync + 'static,
-{
-    /// A name for logs and metrics (the `cache` label of every key's metrics). Default
-    /// `"keyed"`.
-    #[must_use]
-    pub fn with_name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// This many keys are kept without evicting one; a large map (2,048 keys or more, split
-    /// in shards) may hold up to 16% more before it evicts (pinned keys aside). Default
-    /// 10,000.
-    #[must_use]
-    pub fn with_capacity(mut self, keys: usize) -> Self {
-        self.capacity = keys.max(1);
-        self
-    }
-
-    /// A key not looked up for this long is evicted (unless pinned) and its token dropped.
-    /// Default 30 min.
-    #[must_use]
-    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
-        self.idle = idle;
-        self
-    }
-
-    /// At most this many keys' tokens are copied per thread (the copies make a cached get
-    /// touch no memory another thread writes). Default 1,024.
-    #[must_use]
-    pub fn with_thread_copies(mut self, keys: usize) -> Self {
-        self.thread_copies = keys;
-        self
-    }
-
-    /// Gives each key's own cache per-thread copies too, so that a [`TokenCache`] taken from a
-    /// handle ([`KeyHandle::cache`]) and used on its own — in a layer built with
-    /// `TokenLayer::new`, say — is served without a lock, like any single cache. For a few
-    /// keys with long-lived handles (a registry of credentials): it costs about half a
-    /// kilobyte more per key, and a copy per key and thread that uses it, unbounded by
-    /// [`with_thread_copies`](Self::with_thread_copies). The keyed cache's own gets and the
-    /// keyed layers do not need it. Default off.
-    #[must_use]
-    pub fn with_copies_per_key(mut self) -> Self {
-        self.own_copies = true;
-        self
-    }
-
-    /// Makes the cache of a key met for the first time (called once per key, while other
-    /// callers of that key wait; it must not block). Its builder's name is replaced by the
-    /// keyed cache's, so that metrics carry no key.
-    #[must_use]
-    pub fn with_factory(
-        mut self,
-        factory: impl Fn(&K) -> Result<TokenCacheBuilder, ConfigError> + Send + Sync + 'static,
-    ) -> Self {
-        self.factory = Some(Arc::new(factory));
-        self
-    }
-
-    /// How keys are named in logs, spans and [`KeyedSummary`] — it must not reveal a secret.
-    /// Default: a fingerprint, `key-` and 8 hex digits of a hash keyed at random per process.
-    #[must_use]
-    pub fn with_key_label(mut self, label: impl Fn(&K) -> String + Send + Sync + 'static) -> Self {
-        self.label = Some(Arc::new(label));
-        self
-    }
-
-    /// Every key's fetches share `budget`: at most so many issuer calls per second across all
-    /// keys, the most urgent first, and an issuer's `Retry-After` holds them all (see
-    /// [`RefreshBudget`]).
-    #[must_use]
-    pub fn with_refresh_budget(mut self, budget: RefreshBudget) -> Self {
-        self.budget = Some(budget);
-        self
-    }
-
-    /// Builds the keyed cache (empty).
-    #[must_use]
-    pub fn build(self) -> KeyedCache<K> {
-        let label = self.label.map_or_else(
-            || Labeler::Fingerprint(std::hash::RandomState::new()),
-            Labeler::Custom,
-        );
-        let (shards, room) = map_layout(self.capacity);
-        let options = OptionsBuilder::new()
-            .shards(shards)
-            .estimated_items_capacity(self.capacity)
-            .weight_capacity(room)
-            .build()
-            .unwrap_or_else(|_| unreachable!("capacity and weight are set"));
-        KeyedCache {
-            inner: Arc::new(Keyed {
-                name: self.name,
-                map: Cache::with_options(
-                    options,
-                    UnitWeighter,
-                    DefaultHashBuilder::default(),
-                    Pins,
-                ),
-                factory: self.factory,
-                budget: self.budget,
-                last_config: Mutex::new(None),
-                label,
-                locals: ThreadLocal::new(),
-                thread_copies: self.thread_copies,
-                own_copies: self.own_copies,
-                wheel: Arc::default(),
-                idle: self.idle,
-                swept_at: AtomicU64::new(0),
-                epoch: std::time::Instant::now(),
-            }),
-        }
     }
 }
 
@@ -465,16 +212,7 @@ where
     /// Starts building a keyed cache.
     #[must_use]
     pub fn builder() -> KeyedCacheBuilder<K> {
-        KeyedCacheBuilder {
-            name: Cow::Borrowed("keyed"),
-            capacity: 10_000,
-            idle: Duration::from_secs(30 * 60),
-            thread_copies: 1024,
-            own_copies: false,
-            factory: None,
-            label: None,
-            budget: None,
-        }
+        KeyedCacheBuilder::new()
     }
 
     /// A valid token for `key`, fetching one if needed (see [`TokenCache::get`]).
@@ -770,7 +508,18 @@ where
         all.sort_by_key(|(_, s)| std::cmp::Reverse(severity(s)));
         all.truncate(worst);
         summary.worst = all;
-        crate::metrics::keys(&self.inner.name, &summary);
+        crate::metrics::keys(
+            &self.inner.name,
+            [
+                ("fresh", summary.fresh),
+                ("refreshing", summary.refreshing),
+                ("backing_off", summary.backing_off),
+                ("rejected", summary.rejected),
+                ("misconfigured", summary.misconfigured),
+                ("grace", summary.grace),
+                ("empty", summary.empty),
+            ],
+        );
         summary
     }
 
