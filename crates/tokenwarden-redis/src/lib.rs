@@ -64,66 +64,22 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use chacha20poly1305::aead::{Aead, AeadCore, OsRng, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{Client, Script, Value};
 use tokenwarden_core::Secret;
-use tokenwarden_core::store::{
-    Install, Notice, NoticeKind, Notices, SharedToken, StoreError, StoreKey, TokenStore,
-};
+use tokenwarden_core::store::{Install, Notices, SharedToken, StoreError, StoreKey, TokenStore};
 use tokio::runtime::Handle;
 use tokio::task::AbortHandle;
 
-/// The key tokens are encrypted with: 32 bytes, the same for every replica. `Debug` does not
-/// show it.
-#[derive(Clone)]
-pub struct EncryptionKey([u8; 32]);
+mod builder;
+mod key;
+mod notices;
 
-impl EncryptionKey {
-    /// A key from 32 bytes (random ones: from a secrets manager, or `openssl rand -hex 32`).
-    #[must_use]
-    pub fn new(bytes: [u8; 32]) -> Self {
-        Self(bytes)
-    }
-
-    /// A key from 64 hexadecimal digits.
-    ///
-    /// # Errors
-    ///
-    /// [`BadKey`] if it is not 64 hexadecimal digits (the message does not show it).
-    pub fn from_hex(hex: &str) -> Result<Self, BadKey> {
-        let hex = hex.trim().as_bytes();
-        if hex.len() != 64 {
-            return Err(BadKey);
-        }
-        let digit = |c: u8| (c as char).to_digit(16).ok_or(BadKey);
-        let mut bytes = [0u8; 32];
-        for (i, pair) in hex.chunks(2).enumerate() {
-            bytes[i] = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
-        }
-        Ok(Self(bytes))
-    }
-}
-
-impl fmt::Debug for EncryptionKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("EncryptionKey([redacted])")
-    }
-}
-
-/// An encryption key that is not 64 hexadecimal digits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BadKey;
-
-impl fmt::Display for BadKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the token store's encryption key must be 64 hexadecimal digits (32 bytes)")
-    }
-}
-
-impl std::error::Error for BadKey {}
+pub use builder::RedisStoreBuilder;
+pub use key::{BadKey, EncryptionKey};
+use notices::listen;
 
 /// A [`TokenStore`] on Redis or Valkey (6.2 or later). Cheap to clone; clones share the
 /// connection and the notice listener.
@@ -172,84 +128,6 @@ impl Scripts {
             renew: Script::new(include_str!("lua/renew.lua")),
             release: Script::new(include_str!("lua/release.lua")),
         }
-    }
-}
-
-/// Settings of a [`RedisStore`]. `Debug` does not show the URL (it may hold a password).
-pub struct RedisStoreBuilder {
-    url: String,
-    key: EncryptionKey,
-    prefix: String,
-    response_timeout: Duration,
-}
-
-impl fmt::Debug for RedisStoreBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisStoreBuilder")
-            .field("url", &"[redacted]")
-            .field("prefix", &self.prefix)
-            .field("response_timeout", &self.response_timeout)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RedisStoreBuilder {
-    /// Prefix of every Redis key and of the notice channel. Default `tokenwarden:`. Replicas
-    /// sharing tokens use the same one; other services on the same Redis another.
-    #[must_use]
-    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
-
-    /// The connection manager's own timeout for one answer (connecting included). Default
-    /// 1 s; a shared cache gives up sooner, after its store timeout.
-    #[must_use]
-    pub fn with_response_timeout(mut self, timeout: Duration) -> Self {
-        self.response_timeout = timeout;
-        self
-    }
-
-    /// The store. It connects on first use, and again after trouble, by itself: Redis need
-    /// not be up yet. Call it inside a Tokio runtime.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError::Unavailable`] if the URL cannot be parsed, or no Tokio runtime is
-    /// running (the message shows no password).
-    pub fn open(self) -> Result<RedisStore, StoreError> {
-        if Handle::try_current().is_err() {
-            return Err(StoreError::Unavailable(
-                "a RedisStore must be opened inside a Tokio runtime".into(),
-            ));
-        }
-        let client = Client::open(self.url.as_str()).map_err(|e| {
-            StoreError::Unavailable(format!("the Redis URL is not usable: {:?}", e.kind()))
-        })?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.response_timeout))
-            .set_response_timeout(Some(self.response_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| StoreError::Unavailable(describe(&e)))?;
-        let key = self.key.0;
-        let cipher_key = blake3::derive_key("tokenwarden 2026-12 shared token encryption", &key);
-        let names = blake3::derive_key("tokenwarden 2026-12 shared token key names", &key);
-        Ok(RedisStore {
-            inner: Arc::new(Inner {
-                client,
-                conn,
-                cipher: XChaCha20Poly1305::new(&cipher_key.into()),
-                names,
-                channel: format!("{}notices", self.prefix),
-                prefix: self.prefix,
-                listeners: Arc::default(),
-                listener: Mutex::new(None),
-                trouble: Arc::default(),
-                scripts: Scripts::new(),
-            }),
-        })
     }
 }
 
@@ -472,80 +350,6 @@ impl RedisStore {
     }
 }
 
-/// Reads the notice channel for as long as anyone listens, reconnecting after trouble.
-async fn listen(
-    client: Client,
-    channel: String,
-    listeners: Arc<Mutex<Vec<Notices>>>,
-    trouble: Arc<Mutex<Option<String>>>,
-) {
-    let current = || {
-        let mut listeners = listeners.lock().unwrap_or_else(PoisonError::into_inner);
-        listeners.retain(|l| !l.is_closed());
-        listeners.clone()
-    };
-    let mut pause = Duration::from_millis(50);
-    // Runs for as long as the store: it is aborted when the last clone is dropped.
-    loop {
-        let connected = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        match tokio::time::timeout(Duration::from_secs(2), connected).await {
-            Ok(Ok(mut pubsub)) => {
-                pause = Duration::from_millis(50);
-                note_trouble(&trouble, None);
-                tracing::debug!("listening for shared token notices");
-                // Whatever was sent while not listening was missed: waiters look again.
-                for l in current() {
-                    l.missed();
-                }
-                let mut messages = pubsub.on_message();
-                // A connection silent for a minute may be half open (a failover, a NAT):
-                // it is made again, and waiters look again, rather than trusted for ever.
-                while let Ok(Some(message)) =
-                    tokio::time::timeout(Duration::from_secs(60), messages.next()).await
-                {
-                    let Ok(text) = message.get_payload::<String>() else {
-                        continue;
-                    };
-                    if let Some(notice) = parse(&text) {
-                        for l in current() {
-                            l.deliver(&notice);
-                        }
-                    }
-                }
-                tracing::debug!("the shared token notice connection ended; reconnecting");
-            }
-            Ok(Err(error)) => {
-                tracing::debug!(error = %describe(&error), "shared token notices: cannot connect yet");
-                note_trouble(&trouble, Some(describe(&error)));
-            }
-            Err(_) => tracing::debug!("shared token notices: connecting timed out"),
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(1));
-    }
-}
-
-fn parse(text: &str) -> Option<Notice> {
-    let mut parts = text.splitn(3, ':');
-    let kind = match parts.next()? {
-        "i" => NoticeKind::Installed,
-        "r" => NoticeKind::Rejected,
-        "l" => NoticeKind::Released,
-        _ => return None,
-    };
-    let key = parts.next()?;
-    let fence = parts.next()?.parse().ok()?;
-    Some(Notice {
-        key: StoreKey::new(key),
-        fence,
-        kind,
-    })
-}
-
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
@@ -713,6 +517,8 @@ impl TokenStore for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::notices::parse;
+    use tokenwarden_core::store::NoticeKind;
 
     #[test]
     fn notices_parse_and_foreign_messages_are_ignored() {

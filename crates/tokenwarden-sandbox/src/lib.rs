@@ -30,6 +30,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 
+mod issuers;
 mod server;
 
 pub use server::{Fault, Gateway, GatewayStats, Sandbox, SandboxConfig, credentials};
