@@ -119,7 +119,7 @@ impl Presentation {
 
     /// Adds `Authorization: Bearer <token>`.
     #[must_use]
-    pub fn with_bearer(mut self) -> Self {
+    pub(crate) fn with_bearer(mut self) -> Self {
         Arc::make_mut(&mut self.0).templates.push(Template {
             name: AUTHORIZATION,
             prefix: "Bearer ".to_owned(),
@@ -229,15 +229,6 @@ impl Presentation {
             .templates
             .iter()
             .all(|t| headers.contains_key(&t.name))
-    }
-
-    /// The names of every header this presentation sets.
-    pub fn header_names(&self) -> impl Iterator<Item = &HeaderName> {
-        self.0
-            .templates
-            .iter()
-            .map(|t| &t.name)
-            .chain(self.0.fixed.iter().map(|(n, _)| n))
     }
 
     /// Builds the header values for one token: the token's headers first, then the fixed ones.

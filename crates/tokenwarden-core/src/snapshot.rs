@@ -81,7 +81,7 @@ impl Snapshot {
 
     /// Whether [`mark_accepted`](Self::mark_accepted) was called for this token.
     #[must_use]
-    pub fn is_accepted(&self) -> bool {
+    pub(crate) fn is_accepted(&self) -> bool {
         self.0.accepted.load(Ordering::Relaxed)
     }
 
@@ -115,13 +115,6 @@ impl Snapshot {
             }
         }
         token_applied
-    }
-
-    /// Inserts every header, replacing what the map had under those names.
-    pub fn apply_overwriting(&self, headers: &mut HeaderMap) {
-        for (name, value) in self.headers() {
-            headers.insert(name, value.clone());
-        }
     }
 }
 
@@ -171,8 +164,6 @@ mod tests {
         assert_eq!(own["merchant-account"], "1");
         assert_eq!(map["token"], "mine");
         assert_eq!(map["authorization"], "Bearer s3cr3t");
-        snapshot().apply_overwriting(&mut map);
-        assert_eq!(map["token"], "s3cr3t");
     }
 
     #[test]

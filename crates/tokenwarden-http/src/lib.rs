@@ -32,8 +32,7 @@ mod request;
 pub use body::ResponseBody;
 pub use keys::{KeyError, RequestView, TokenKey};
 pub use policy::{
-    Classifier, DEFAULT_INSPECT_TIMEOUT, DEFAULT_MAX_REPLAY_BODY, DefaultClassifier, LayerPolicy,
-    NotReplayed, Replay, SkipToken, Verdict, challenge_allows_refresh, challenge_errors,
+    Classifier, DefaultClassifier, LayerPolicy, NotReplayed, Replay, SkipToken, Verdict,
 };
 pub use request::RequestBody;
 

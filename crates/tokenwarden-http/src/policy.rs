@@ -15,7 +15,7 @@ use tokenwarden_origin::{InsecureTransport, Scope};
 /// Typical API bodies (payment, token and JSON RPC requests) are a few KiB, so they all fit,
 /// while a thousand requests in flight keep at most 64 MiB for replays. Larger or streaming
 /// bodies are still sent, once, and are not replayed.
-pub const DEFAULT_MAX_REPLAY_BODY: usize = 64 * 1024;
+pub(crate) const DEFAULT_MAX_REPLAY_BODY: usize = 64 * 1024;
 
 /// Put this in a request's extensions to send it without any token header.
 ///
@@ -209,7 +209,7 @@ impl Classifier for DefaultClassifier {
 /// valid" as the explanation: none at all, or none that names an error other than
 /// `invalid_token`.
 #[must_use]
-pub fn challenge_allows_refresh(headers: &HeaderMap) -> bool {
+pub(crate) fn challenge_allows_refresh(headers: &HeaderMap) -> bool {
     headers.get_all(WWW_AUTHENTICATE).iter().all(|value| {
         let Ok(text) = value.to_str() else {
             return true;
@@ -220,7 +220,7 @@ pub fn challenge_allows_refresh(headers: &HeaderMap) -> bool {
 
 /// The values of every `error` auth-param in a `WWW-Authenticate` header value
 /// (`Bearer realm="x", error="invalid_token", error_description="..."`), across challenges.
-pub fn challenge_errors(value: &str) -> impl Iterator<Item = &str> {
+pub(crate) fn challenge_errors(value: &str) -> impl Iterator<Item = &str> {
     AuthParams { rest: value }
         .filter_map(|(name, value)| name.eq_ignore_ascii_case("error").then_some(value))
 }
@@ -301,7 +301,7 @@ pub struct LayerPolicy {
 }
 
 /// How long a classifier that asks for a response's body waits for it by default: 1 s.
-pub const DEFAULT_INSPECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_INSPECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A scope with the default rules: what a layer's constructor takes when only the scope is
 /// given (`TokenLayer::new(cache, scope)`).
@@ -380,7 +380,7 @@ impl LayerPolicy {
     }
 
     /// The largest request body kept for a replay where keeping costs memory. Default
-    /// [`DEFAULT_MAX_REPLAY_BODY`] (64 KiB). Larger bodies are still sent, once.
+    /// 64 KiB. Larger bodies are still sent, once.
     #[must_use]
     pub fn with_max_replay_body(mut self, bytes: usize) -> Self {
         self.max_replay_body = bytes;
@@ -395,7 +395,7 @@ impl LayerPolicy {
     }
 
     /// How long the start of a response's body is waited for, when the classifier asks for
-    /// it. Default [`DEFAULT_INSPECT_TIMEOUT`] (1 s). When it runs out, the response goes to
+    /// it. Default 1 s. When it runs out, the response goes to
     /// the caller as it is — not a rejection — with the bytes read so far still in its body.
     #[must_use]
     pub fn with_inspect_timeout(mut self, timeout: Duration) -> Self {

@@ -192,7 +192,7 @@ impl Origin {
 
     /// The origin of an absolute URI; `None` for a relative one or another scheme.
     #[must_use]
-    pub fn from_uri(uri: &Uri) -> Option<Self> {
+    pub(crate) fn from_uri(uri: &Uri) -> Option<Self> {
         let scheme = Scheme::parse(uri.scheme_str()?)?;
         let host = normalise_host(uri.host()?)?;
         let port = uri.port_u16().unwrap_or(scheme.default_port());

@@ -362,17 +362,17 @@ impl fmt::Debug for Notices {
 /// How a replica shares tokens through a store: the store, and the waits around it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct SharedSettings {
+pub(crate) struct SharedSettings {
     /// How long a lease holds unless renewed (its holder renews it every third of this while
     /// it fetches): another replica takes over after it if the holder died. Default 3 s.
-    pub lease_ttl: Duration,
+    pub(crate) lease_ttl: Duration,
     /// How often a waiting replica looks at the store if no notice came. Default 250 ms.
-    pub poll_interval: Duration,
+    pub(crate) poll_interval: Duration,
     /// The longest a store call may take before the replica fetches on its own. Default 250 ms.
-    pub store_timeout: Duration,
+    pub(crate) store_timeout: Duration,
     /// After store trouble, how long the replica fetches on its own before trying the store
     /// again. Default 2 s.
-    pub pause_after_trouble: Duration,
+    pub(crate) pause_after_trouble: Duration,
 }
 
 impl Default for SharedSettings {
@@ -425,7 +425,7 @@ pub struct SharedTokens {
 }
 
 impl SharedTokens {
-    /// Shares through `store` with the default [`SharedSettings`].
+    /// Shares through `store` with the default settings (see [`builder`](Self::builder)).
     pub fn new(store: impl TokenStore) -> Self {
         Self::builder(store).build()
     }
@@ -460,7 +460,7 @@ impl SharedTokens {
 
     /// Its settings.
     #[must_use]
-    pub fn settings(&self) -> &SharedSettings {
+    pub(crate) fn settings(&self) -> &SharedSettings {
         &self.hub.settings
     }
 

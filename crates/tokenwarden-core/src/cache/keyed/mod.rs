@@ -162,12 +162,6 @@ impl KeyHandle {
     pub fn cache(&self) -> &TokenCache {
         &self.0.cache
     }
-
-    /// The key's display-safe label.
-    #[must_use]
-    pub fn label(&self) -> String {
-        self.0.label().to_string()
-    }
 }
 
 impl fmt::Debug for KeyHandle {
@@ -525,7 +519,7 @@ where
 
     /// Evicts the keys not looked up for the idle timeout (pinned keys aside) and drops their
     /// tokens; returns how many went. Runs by itself now and then as keys are looked up.
-    pub fn evict_idle(&self) -> usize {
+    pub(crate) fn evict_idle(&self) -> usize {
         let now = self.now_secs();
         let idle = self.inner.idle.as_secs();
         let stale: Vec<K> = self
