@@ -1,4 +1,7 @@
 //! [`Engine`]: the per-request algorithm, once, for every adapter.
+//!
+//! Some 680 lines, 150 of them unit tests and 100 docs: the request's path through a layer
+//! reads best in one place.
 
 use std::fmt;
 use std::future::Future;

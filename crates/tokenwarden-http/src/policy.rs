@@ -1,5 +1,7 @@
 //! What both HTTP layers decide the same way: which responses mean "this token was rejected",
 //! whether a request may carry a token at all, and how the outcome is marked on the response.
+//!
+//! Some 620 lines, 100 of them unit tests and 170 docs of settings a user reads.
 
 use std::fmt;
 use std::sync::Arc;

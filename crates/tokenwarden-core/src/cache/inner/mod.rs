@@ -1,6 +1,10 @@
 //! The cache's state machine. The hot path is [`Inner::cached`]; everything else runs under
 //! one mutex, rarely (once per token per thread, or per fetch).
 //!
+//! Some 620 lines: the state word's rules written out, below, and the transitions between
+//! states, which read best side by side; each mechanism they drive has a file of its own
+//! (`local`, `flight`, `recovery`, `driver`, `rejections`, `pool`).
+//!
 //! # The state word and the hot path
 //!
 //! [`Inner::state`] is `generation << 1 | USABLE`, and it is the only shared word the hot path
