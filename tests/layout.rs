@@ -99,7 +99,9 @@ fn reaches(graph: &BTreeMap<String, BTreeSet<String>>, from: &str, to: &str) -> 
 fn core_modules_import_each_other_in_one_direction() {
     let graph = core_imports();
     assert!(
-        graph.get("cache").is_some_and(|deps| deps.contains("store")),
+        graph
+            .get("cache")
+            .is_some_and(|deps| deps.contains("store")),
         "the check must see the cache's use of the store: {graph:?}"
     );
     let circles: Vec<_> = graph

@@ -1,6 +1,9 @@
-//! Wall-clock times in answers: a `YYYY-MM-DD HH:MM:SS` at a UTC offset (a 20-line
-//! conversion, H. Hinnant's `days_from_civil`, kept here rather than a date crate and its
-//! dependencies for one format), and `Retry-After`.
+//! Wall-clock times in answers: a `YYYY-MM-DD HH:MM:SS` at a UTC offset, and `Retry-After`.
+//!
+//! The date is converted by H. Hinnant's `days_from_civil`, 20 lines, rather than by a date
+//! crate: `time` would add five crates (`time`, `time-core`, `deranged`, `num-conv`,
+//! `powerfmt`) to every build of this crate for one format that Sipay alone uses. Its tests
+//! hold the conversion to `time`'s (a dev-dependency) from 1970 to 9999.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -82,6 +85,66 @@ mod tests {
         ] {
             assert!(local_time(bad, 0).is_none(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod against_a_date_crate {
+    use super::*;
+
+    /// `text` at `offset`, read by us and by `time`.
+    fn agree(day: time::Date, n: i64) {
+        let (hour, minute, second) = ((n % 24) as u8, (n * 7 % 60) as u8, (n * 13 % 60) as u8);
+        let offset = ((n % 27 - 13) * 3600 + n % 2 * 1800) as i32;
+        let text = format!(
+            "{:04}-{:02}-{:02} {hour:02}:{minute:02}:{second:02}",
+            day.year(),
+            u8::from(day.month()),
+            day.day()
+        );
+        let expected =
+            time::PrimitiveDateTime::new(day, time::Time::from_hms(hour, minute, second).unwrap())
+                .assume_offset(time::UtcOffset::from_whole_seconds(offset).unwrap())
+                .unix_timestamp();
+        let ours = local_time(&text, offset)
+            .map(|t| i64::try_from(t.duration_since(UNIX_EPOCH).unwrap().as_secs()).unwrap());
+        // Before the epoch (the first hours of 1970 at an offset east) is not a time ours can
+        // give: it says so.
+        assert_eq!(
+            ours,
+            (expected >= 0).then_some(expected),
+            "{text} at {offset}"
+        );
+    }
+
+    /// Every day of 1970 to 2100, and in every year to 9999 the days around its ends and
+    /// February's, at times and offsets that vary with the day.
+    #[test]
+    fn agrees_with_the_time_crate() {
+        use time::{Date, Month};
+        let mut day = Date::from_calendar_date(1970, Month::January, 1).unwrap();
+        let mut n = 0;
+        while day.year() <= 2100 {
+            agree(day, n);
+            n += 1;
+            day = day.next_day().unwrap();
+        }
+        for year in 1970..=9999 {
+            let last = Date::from_calendar_date(year, Month::December, 31).unwrap();
+            let march = Date::from_calendar_date(year, Month::March, 1).unwrap();
+            let ordinal = u16::try_from(year * 37 % 365 + 1).unwrap();
+            for day in [
+                Date::from_calendar_date(year, Month::January, 1).unwrap(),
+                march.previous_day().unwrap(),
+                march,
+                last,
+                Date::from_ordinal_date(year, ordinal).unwrap(),
+            ] {
+                agree(day, i64::from(year) + i64::from(day.ordinal()));
+                n += 1;
+            }
+        }
+        assert_eq!(n, 47_847 + 5 * 8_030);
     }
 }
 
