@@ -151,8 +151,7 @@ impl TokenCacheBuilder {
     }
 
     /// "Static stability": while the issuer is failing, keep serving the last token for up to
-    /// `grace` past its mandatory point — never past its stated expiry unless
-    /// [`with_grace_past_expiry`](Self::with_grace_past_expiry). Counted and logged.
+    /// `grace` past its mandatory point (see [`CacheConfig::grace`]).
     #[must_use]
     pub fn with_grace(mut self, grace: Duration) -> Self {
         self.config.grace = grace;
