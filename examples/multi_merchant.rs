@@ -7,11 +7,9 @@
 //! request names its merchant with a `TokenKey` extension, and the layer picks that merchant's
 //! token. A shared refresh budget caps each gateway's token calls per second.
 //!
-//! It checks what it prints and exits non-zero otherwise: every request answered 200 for the
-//! merchant it named (never another merchant's token), one token request per merchant and
-//! lifetime (BOIPA's tokens are single-use: one per request), a request without a merchant
-//! refused before anything is sent, and after a gateway forgets its tokens one refresh per
-//! merchant, with the rejected requests replayed.
+//! It checks what it prints — every request answered 200 for the merchant it named, a request
+//! without a merchant refused before anything is sent, and the token requests docs/keyed.md
+//! says to expect — and exits non-zero otherwise.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

@@ -9,9 +9,10 @@
 //! seen: the layers refresh and replay, and no caller sees the 401.
 //!
 //! It prints what the API accepted and refused, and how many tokens were requested: with
-//! the defaults a 6 s token is usable for 4.5 s and refreshed ahead of that, so about one
-//! token request per 3.3 seconds, plus one for the revocation. It exits non-zero if any
-//! request failed at a caller or more tokens were requested than that.
+//! the defaults a 6 s token keeps 4.5 s after the clock-skew margin and, in use, is refreshed
+//! ahead 3.15 to 3.6 s after its fetch (docs/guarantees.md), so one token request per 3.15 to
+//! 3.6 seconds, plus one for the revocation. It exits non-zero if any request failed at a
+//! caller or more tokens were requested than that.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};

@@ -5,12 +5,8 @@
 //! and the in-process sandbox, then starts `REPLICAS` copies of itself (default 4), each with
 //! a Torus token cache built `with_shared` a `RedisStore`, 50 tasks sending requests through
 //! the reqwest middleware. It prints each replica's requests and the tokens it used (as
-//! fingerprints), and the cluster's token requests as the sandbox counted them:
-//!
-//! 1. for as long as three 3-second tokens last: 3 token requests in all (each replica alone
-//!    would make 3);
-//! 2. the API rejects the token: one replica's request gets the 401 and is replayed, the
-//!    others are told, and send no request with the rejected token.
+//! fingerprints), and the cluster's token requests as the sandbox counted them. What it should
+//! print, and why, is in docs/replicas.md.
 //!
 //! It exits non-zero if a request failed, or the cluster fetched more tokens than it used.
 

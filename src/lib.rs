@@ -17,8 +17,8 @@
 //! Feature `metrics` records what the cache and the layers do through the `metrics` facade
 //! (names in [`core::metrics`] and [`http::metrics`]). Feature `rustls` (on by default) gives
 //! the reqwest clients tokenwarden builds (the gateways' `IssuerClient`, the middleware's
-//! `client_builder()`) TLS; without any TLS in reqwest, `https` issuer URLs are refused when a
-//! source is built, naming the feature.
+//! `client_builder()`) TLS; every feature, and what happens without TLS in reqwest:
+//! [docs/features.md](https://github.com/tokenwarden/tokenwarden/blob/main/docs/features.md).
 //!
 //! ```
 //! use std::time::Duration;

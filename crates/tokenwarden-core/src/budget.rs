@@ -14,16 +14,12 @@ use tokio::time::Instant;
 /// urgent first**: the fetch whose token reaches its mandatory point soonest (callers waiting
 /// with no token: now) goes before refreshes that can wait.
 ///
-/// - Calls are spaced evenly, `1/n` s apart (no burst): the issuer never sees more than `n`
-///   in any second.
-/// - An issuer's `Retry-After` (on a `429` or `503`) holds **every** call of the budget until
-///   then, not only the cache that got it.
-/// - A fetch waits its turn at most [`with_max_wait`](Self::with_max_wait) (30 s by default)
-///   on top of the cache's fetch timeout; callers waiting for it wait as long.
-///
-/// With refresh-ahead windows wider than the time the budget needs to refresh every key
-/// (keys ÷ n), no key is ever served past its expiry, whatever the burst of expiries: the
-/// most urgent refresh always goes first.
+/// Calls are spaced evenly, `1/n` s apart (no burst); an issuer's `Retry-After` (on a `429` or
+/// `503`) holds every call of the budget, not only the cache that got it; a fetch waits its
+/// turn at most [`with_max_wait`](Self::with_max_wait) on top of the cache's fetch timeout.
+/// What that guarantees, and a measurement:
+/// [docs/keyed.md](https://github.com/tokenwarden/tokenwarden/blob/main/docs/keyed.md)
+/// ("Refresh budget").
 ///
 /// ```
 /// use std::time::Duration;

@@ -7,7 +7,8 @@ use crate::{ConfigError, Expiry};
 
 /// The timing rules of a [`TokenCache`](crate::TokenCache). Set them on
 /// [`TokenCacheBuilder`](crate::TokenCacheBuilder); read them with
-/// [`TokenCache::config`](crate::TokenCache::config).
+/// [`TokenCache::config`](crate::TokenCache::config). What they mean for callers is written
+/// out in [docs/guarantees.md].
 ///
 /// How a token's life is divided, with `L` the lifetime after the clock-skew margin, counted
 /// from when its fetch was sent:
@@ -21,11 +22,10 @@ use crate::{ConfigError, Expiry};
 /// The advisory point lies before `L` by the [`RefreshWindow`]: by default
 /// `L × (refresh_ahead + refresh_jitter × random)`. The mandatory point lies
 /// `min(mandatory_margin, L / 10)` before `L`. The background refresh starts when the token is
-/// *used* inside the advisory window (once): an idle cache does not call the issuer.
+/// *used* inside the advisory window (once). With a [`grace`](Self::grace) set, a token may be
+/// served past its mandatory point while the issuer fails.
 ///
-/// With a [`grace`](Self::grace) set, a token past its mandatory point keeps being served for
-/// up to that long while the issuer is failing (never past its stated expiry, unless
-/// [`grace_past_expiry`](Self::grace_past_expiry)).
+/// [docs/guarantees.md]: https://github.com/tokenwarden/tokenwarden/blob/main/docs/guarantees.md
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct CacheConfig {
@@ -36,8 +36,8 @@ pub struct CacheConfig {
     /// The lifetime of a token whose issuer states none. Default 5 min.
     pub default_lifetime: Duration,
     /// A token is treated as expired this long before its stated expiry, for clocks that
-    /// disagree. Capped at a quarter of the stated lifetime, so a short token keeps most of its
-    /// life (a 6 s token: 4.5 s). Default 5 s.
+    /// disagree. Capped at a quarter of the stated lifetime, so that a short token keeps most
+    /// of its life. Default 5 s.
     pub clock_skew: Duration,
     /// Past this margin before expiry, callers wait for a fresh token instead of getting the
     /// current one. Capped at a tenth of the lifetime. Default 5 s.
@@ -58,43 +58,30 @@ pub struct CacheConfig {
     pub rejection_hold: Duration,
     /// A token rejected (invalidated) within this time of being fetched, and never accepted
     /// ([`Snapshot::mark_accepted`](crate::Snapshot::mark_accepted)), counts as a *fresh*
-    /// rejection; one that worked and is then rejected has simply expired. After
-    /// one, further invalidations of fresh tokens are held off with backoff
-    /// (the token is kept) so an API that rejects every token cannot make the cache hammer
-    /// the issuer (a route that answers 401 for another reason is bounded by
-    /// [`rejection_interval`](Self::rejection_interval)). Capped at half the
-    /// token's usable life, so a short token rejected near its end (an API whose clock runs
-    /// ahead) is simply refreshed — the price: with very short tokens and a slow API that
-    /// rejects every token, each rejection arriving past that half refetches without hold-off
-    /// (at most one fetch per half-life). Default 10 s.
+    /// rejection: after one, further invalidations of fresh tokens are held off with backoff
+    /// (the token is kept). Capped at half the token's usable life. The rule is written out in
+    /// [docs/guarantees.md] ("Invalidate if current"). The price of the cap: with very short
+    /// tokens and a slow API that rejects every token, each rejection arriving past that half
+    /// refetches without hold-off (at most one fetch per half-life). Default 10 s.
+    ///
+    /// [docs/guarantees.md]: https://github.com/tokenwarden/tokenwarden/blob/main/docs/guarantees.md
     pub fresh_rejection_window: Duration,
-    /// The bound on what rejections cost the issuer. A token that an API accepted and that is
-    /// then rejected has usually expired, or been revoked: it is replaced and the request
-    /// replayed. But a route that answers `401` for another reason (a permission one endpoint
-    /// lacks, a proxy in front of one service) rejects every token while the other routes
-    /// accept them, and replacing the token for it would cost the issuer a fetch per request.
-    /// Two rules bound it, per cache (per key of a keyed cache):
+    /// The bound on what rejections of a token that works cost the issuer: how long a route
+    /// whose replay with a fresh token was rejected too is remembered (the HTTP layers pass
+    /// the request's method and path, or what `with_route` makes of them), and the interval
+    /// of the rate bound on replacements, per cache (per key of a keyed cache). The two rules
+    /// are written out in [docs/guarantees.md] ("Rejections are bounded"); see also
+    /// [`TokenCache::reject`](crate::TokenCache::reject). `Duration::ZERO` turns both off.
+    /// Default 5 s.
     ///
-    /// - **Routes.** A route (the HTTP layers pass the request's method and path, or what
-    ///   `with_route` makes of them) whose replay with a freshly fetched token was rejected
-    ///   too is remembered for this long, doubling each time it does so again (up to 64 times
-    ///   as long). While it is remembered, its rejections of a token that has worked reach the
-    ///   caller as they are and the token is kept.
-    /// - **Rate.** Tokens are replaced after rejections at most twice in a row, then at most
-    ///   once per this interval; a rejection over the bound reaches the caller as it is. A
-    ///   replacement whose replay was accepted (it was about the token) is given back; one
-    ///   whose replay was rejected too doubles the interval (up to 64 times) until a replay is
-    ///   accepted again, so requests that each hit a new bad route cost fewer and fewer
-    ///   fetches.
-    ///
-    /// A real expiry, or revocations of the token everywhere, however many, are still absorbed
-    /// by one refresh and one replay each. `Duration::ZERO` turns both rules off. Default 5 s.
+    /// [docs/guarantees.md]: https://github.com/tokenwarden/tokenwarden/blob/main/docs/guarantees.md
     pub rejection_interval: Duration,
     /// How the advisory window before expiry is sized. Default [`RefreshWindow::Fraction`]
     /// (`refresh_ahead` + `refresh_jitter`).
     pub refresh_window: RefreshWindow,
     /// "Static stability": while the issuer is failing, keep serving the last token for up to
-    /// this long past its mandatory point (each such call is counted in
+    /// this long past its mandatory point, never past its stated expiry unless
+    /// [`grace_past_expiry`](Self::grace_past_expiry) (each such call is counted in
     /// [`CacheStats::grace_serves`](crate::CacheStats) and logged at WARN once per failed
     /// attempt). Default zero: off.
     pub grace: Duration,
@@ -106,17 +93,15 @@ pub struct CacheConfig {
     /// `backoff_base` so that a cache with nothing to serve retries sooner than one refreshing a
     /// token that still works. Default 100 ms.
     pub first_fetch_backoff: Duration,
-    /// While no usable token is held and the cache backs off after a transient failure that
-    /// carries a [`Probe`](crate::Probe) (the gateways attach one when the issuer could not be
-    /// reached, or a proxy answered `502`/`504`), a call to the cache runs the probe — a cheap
-    /// check that sends no credentials — if none ran in the last `recovery_probe` (jittered
-    /// between half and all of it). When the probe finds the issuer answering, the backoff ends
-    /// and a fetch starts after a random delay of up to `recovery_probe` (so that many
-    /// processes do not all ask at once). A probe gets `max(recovery_probe, 1 s)` to answer.
-    /// A failure of the fetch it started leaves the backoff to run its course before the next
-    /// probe, so a probe that is wrong costs at most one fetch per backoff period. Never used
-    /// against a `Retry-After`, rejected credentials or a fetch timeout. `Duration::ZERO` turns
-    /// probing off. Default 1 s.
+    /// The recovery beat: while no usable token is held, how often at most a call to the
+    /// cache runs the [`Probe`](crate::Probe) a transient failure carries (jittered between
+    /// half and all of it), and the longest random delay before the fetch that follows once
+    /// the probe finds the issuer answering; also the beat on which an issuer that failed
+    /// [`with_fast_retry`](crate::FetchError::with_fast_retry) is asked again. A probe gets
+    /// `max(recovery_probe, 1 s)` to answer. The rule is written out in [docs/guarantees.md]
+    /// ("Recovery after an outage"). `Duration::ZERO` turns probing off. Default 1 s.
+    ///
+    /// [docs/guarantees.md]: https://github.com/tokenwarden/tokenwarden/blob/main/docs/guarantees.md
     pub recovery_probe: Duration,
     /// A budget of issuer calls shared with other caches of the same issuer (see
     /// [`RefreshBudget`](crate::RefreshBudget)): every fetch waits its turn, most urgent first.

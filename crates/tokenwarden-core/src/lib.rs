@@ -1,5 +1,7 @@
 //! The core of tokenwarden: a token cache that fetches once, shares with every task, renews
-//! ahead of expiry and coalesces invalidations, with a hot path that costs a few nanoseconds.
+//! ahead of expiry and coalesces invalidations, with a hot path that takes no lock and writes
+//! nothing shared (measured in
+//! [docs/benchmarks.md](https://github.com/tokenwarden/tokenwarden/blob/main/docs/benchmarks.md)).
 //!
 //! This crate knows nothing of tower or reqwest: `tokenwarden-http` decides, per request,
 //! where a [`Snapshot`] goes and what a rejection means, and the layers in `tokenwarden-tower`

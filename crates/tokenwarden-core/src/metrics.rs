@@ -1,30 +1,10 @@
-//! The metrics a cache records through the [`metrics`](https://docs.rs/metrics) facade, with
-//! feature `metrics` (without it, nothing is recorded and nothing is compiled in). Install any
-//! exporter (Prometheus, OpenTelemetry, StatsD) as the `metrics` recorder to see them.
+//! The names of the metrics a cache records through the [`metrics`](https://docs.rs/metrics)
+//! facade, with feature `metrics` (without it, nothing is recorded and nothing is compiled
+//! in). Install any exporter (Prometheus, OpenTelemetry, StatsD) as the `metrics` recorder to
+//! see them. Their labels, and what each value counts, are in [docs/metrics.md]. The HTTP
+//! layers add `tokenwarden_replays_total` (see `tokenwarden-http`).
 //!
-//! Every metric has a `cache` label, the cache's name ([`TokenCacheBuilder::with_name`],
-//! `"token"` by default): one value per cache the program builds, so the labels stay bounded.
-//! No label ever holds a token, a credential or a key.
-//!
-//! | name | kind | labels | what |
-//! |---|---|---|---|
-//! | [`FETCHES`] | counter | `cache`, `outcome` | token fetches that ended, by outcome: `success`, `rejected` (the issuer refused the credentials), `configuration` (it refused the request as misconfigured), `transient` (a failure worth retrying), `timeout`, `unusable` (an expired or malformed token), `panicked`, `other` |
-//! | [`FETCH_DURATION`] | histogram (seconds) | `cache` | how long the token source took, success or not |
-//! | [`INVALIDATIONS`] | counter | `cache`, `result` | invalidations after a rejection: `discarded` (the token went), `stale` (it was already replaced), `held_off` (freshly fetched tokens keep being rejected: kept for now), `held_off_route` (the route answers 401 for other reasons), `held_off_bound` (a working token was replaced as often as `rejection_interval` allows) |
-//! | [`GRACE_SERVES`] | counter | `cache` | tokens served past their mandatory point while the issuer fails (see [`TokenCacheBuilder::with_grace`]) |
-//! | [`REVOCATIONS`] | counter | `cache` | calls to [`TokenCache::revoke`] |
-//! | [`POOL_SIZE`] | gauge | `cache` | single-use mode: tokens waiting in the pool (see [`TokenCacheBuilder::with_pool`]) |
-//! | [`KEYS`] | gauge | `cache`, `state` | a keyed cache's keys by state: `fresh`, `refreshing`, `backing_off`, `rejected`, `misconfigured`, `grace`, `empty` — set by [`KeyedCache::summary`] |
-//!
-//! A keyed cache's keys all record under the keyed cache's name: no metric has a per-key label.
-//!
-//! The HTTP layers add `tokenwarden_replays_total` (see `tokenwarden-http`).
-//!
-//! [`TokenCacheBuilder::with_name`]: crate::TokenCacheBuilder::with_name
-//! [`TokenCacheBuilder::with_grace`]: crate::TokenCacheBuilder::with_grace
-//! [`TokenCache::revoke`]: crate::TokenCache::revoke
-//! [`TokenCacheBuilder::with_pool`]: crate::TokenCacheBuilder::with_pool
-//! [`KeyedCache::summary`]: crate::KeyedCache::summary
+//! [docs/metrics.md]: https://github.com/tokenwarden/tokenwarden/blob/main/docs/metrics.md
 
 #![cfg_attr(not(feature = "metrics"), allow(unused_variables))]
 // The cache's name is passed as the `Cow` it is, so a `'static` name reaches the recorder

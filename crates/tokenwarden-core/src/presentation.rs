@@ -20,14 +20,10 @@ const PLACEHOLDER: &str = "{token}";
 ///
 /// # Which tokens are accepted
 ///
-/// Surrounding whitespace (space, TAB, CR, LF) is **trimmed** from every token a source
-/// returns, in every source alike: HTTP strips it from header values anyway, so the trimmed
-/// token is exactly what a server sees. What remains must be non-empty and made of visible
-/// ASCII characters; with a `Bearer` header it must also follow RFC 6750's `b64token`
-/// alphabet (letters, digits, `-._~+/`, then `=` padding) unless
-/// [`with_token_charset`](Self::with_token_charset) says otherwise. Anything else — a TAB or
-/// a space inside, a control character, a no-break or zero-width space — is refused with
-/// [`Error::MalformedToken`], which names the problem and its position, never the value.
+/// Every token a source returns is trimmed and checked before it is used; a token that fails
+/// the check is refused with [`Error::MalformedToken`]. The rule is written out in
+/// [docs/security.md](https://github.com/tokenwarden/tokenwarden/blob/main/docs/security.md) ("Token values");
+/// [`with_token_charset`](Self::with_token_charset) relaxes the alphabet of a `Bearer` token.
 ///
 /// ```
 /// use http::{HeaderName, HeaderValue};

@@ -66,10 +66,9 @@ impl Snapshot {
     }
 
     /// Records that an API accepted this token (a response that was not a rejection). The
-    /// HTTP layers call it; a direct user of the cache should too. It matters for
-    /// [`TokenCache::invalidate`](crate::TokenCache::invalidate): a token that worked and is
-    /// then rejected has simply expired and is replaced at once, while only tokens rejected
-    /// before any success count as *fresh* rejections, which are held off with backoff.
+    /// HTTP layers call it; a direct user of the cache should too. It decides what a later
+    /// [`TokenCache::invalidate`](crate::TokenCache::invalidate) of the token does: see
+    /// [docs/guarantees.md](https://github.com/tokenwarden/tokenwarden/blob/main/docs/guarantees.md) ("Invalidate if current").
     ///
     /// Cheap: after the first call it is one read of memory nobody writes.
     #[inline]

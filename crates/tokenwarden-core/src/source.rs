@@ -79,11 +79,9 @@ enum Kind {
 ///
 /// Attached to a transient [`FetchError`] with [`FetchError::with_probe`] — only where a
 /// probe can tell: the issuer could not be reached at all, not where it answered with an error
-/// (a bare request would reach it and prove nothing). While no usable token is held and the
-/// cache backs off, calls to it run the probe at most once per
-/// [`CacheConfig::recovery_probe`](crate::CacheConfig::recovery_probe); when it answers `true`
-/// the backoff ends and a fetch starts, so recovery after an outage does not wait out a long
-/// backoff. A `Retry-After` the issuer sent is never cut short.
+/// (a bare request would reach it and prove nothing). How often the cache runs it
+/// ([`CacheConfig::recovery_probe`](crate::CacheConfig::recovery_probe)) and what follows when
+/// it answers `true`: [docs/guarantees.md](https://github.com/tokenwarden/tokenwarden/blob/main/docs/guarantees.md) ("Recovery after an outage").
 ///
 /// ```
 /// use std::time::Duration;

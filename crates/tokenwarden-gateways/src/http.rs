@@ -13,8 +13,8 @@ pub const DEFAULT_MAX_RESPONSE: usize = 64 * 1024;
 ///
 /// A small trait on `http` types, so that a gateway's source works with the HTTP stack the
 /// application already has: [`IssuerClient`] (reqwest, feature `reqwest`), [`ServiceSender`]
-/// for any tower service such as hyper-util's client (feature `tower`), and closures. A
-/// hyper-only application does not pull in reqwest, and tests can answer with anything.
+/// for any tower service such as hyper-util's client (feature `tower`), and closures, so that
+/// tests can answer with anything.
 ///
 /// # What a sender is asked to send
 ///
@@ -187,9 +187,8 @@ pub struct TooLarge {
 /// loopback is refused when the source is built (see [`InsecureHttp`]).
 ///
 /// Feature `reqwest`. It speaks `https` with feature `rustls` (on by default), or with any
-/// TLS backend of reqwest another crate turned on (`reqwest/native-tls`, …). With none, an
-/// `https` issuer URL is refused when a source is built ([`ConfigError`](tokenwarden_core::ConfigError),
-/// naming the feature), never a fetch that fails for ever.
+/// TLS backend of reqwest another crate turned on (`reqwest/native-tls`, …); without one, see
+/// [docs/features.md](https://github.com/tokenwarden/tokenwarden/blob/main/docs/features.md).
 ///
 /// ```
 /// use tokenwarden_gateways::IssuerClient;

@@ -2,23 +2,13 @@
 //! own identity use.
 //!
 //! `POST {token_url}` with `grant_type=client_credentials` (and `scope`, `audience`,
-//! `resource` and any extra parameters) form-encoded; the client authenticates with HTTP Basic
-//! (`client_secret_basic`, the method every server must support: RFC 6749 §2.3.1, id and secret
-//! form-encoded first) or in the form (`client_secret_post`). The answer's `access_token` is
-//! the token; its expiry is the earlier of `expires_in` (any non-negative number, or a string
-//! of one) and the JWT's `exp` when the token is a JWT, else whichever of the two is there,
-//! else the cache's default lifetime. A `token_type` other than
-//! `Bearer` (any case) is refused, typed, unless accepted with
-//! [`with_token_type`](ClientCredentials::with_token_type) — then give the cache a
-//! presentation that sends it as that type wants.
+//! `resource` and any extra parameters) form-encoded, the client authenticating with HTTP
+//! Basic (`client_secret_basic`) or in the form (`client_secret_post`); the answer's
+//! `access_token` is the token. How its expiry is read, which `token_type`s are sent (see
+//! [`with_token_type`](ClientCredentials::with_token_type)), and what each error the endpoint
+//! states ([`GatewayError::OAuth`]) makes the cache do are written out in [docs/oauth2.md].
 //!
-//! Errors the endpoint states in the standard way (RFC 6749 §5.2) come back as
-//! [`GatewayError::OAuth`]: bad client credentials are rejected and remembered; a bad scope,
-//! resource (`invalid_target`, RFC 8707) or request, or a token type not accepted, is a
-//! configuration error ([`GatewayError::is_configuration`], reaching callers as
-//! [`Error::Configuration`](tokenwarden_core::Error::Configuration)); neither is retried in a
-//! loop. `temporarily_unavailable`, `server_error` and any `5xx` are asked again on the cache's
-//! short recovery beat while callers wait, and a `Retry-After` is honoured.
+//! [docs/oauth2.md]: https://github.com/tokenwarden/tokenwarden/blob/main/docs/oauth2.md
 //!
 //! ```
 //! use tokenwarden_gateways::oauth2::{self, ClientCredentials};

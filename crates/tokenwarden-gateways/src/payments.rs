@@ -11,9 +11,9 @@
 //!   the request — what the layers do.
 //! - Session tokens live about 15 minutes: the expiry is the JWT's `exp` after the environment
 //!   prefix (`sandbox_`) when readable, else 15 minutes.
-//! - [`SessionTokens`] keeps one cache per authentication token (a keyed cache); rotating one
-//!   keeps live clients working, revoking one expires every session token minted under it, and
-//!   none is used or minted afterwards.
+//! - [`SessionTokens`] keeps one cache per authentication token (a keyed cache), which can be
+//!   rotated and revoked. The delegation flow, end to end:
+//!   [docs/gateways.md](https://github.com/tokenwarden/tokenwarden/blob/main/docs/gateways.md).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;

@@ -1,12 +1,7 @@
 //! What the layers record through the [`metrics`](https://docs.rs/metrics) facade, with
-//! feature `metrics` (nothing without it). See also `tokenwarden_core::metrics`.
-//!
-//! | name | kind | labels | what |
-//! |---|---|---|---|
-//! | [`REPLAYS`] | counter | `cache`, `outcome` | requests whose token was rejected, by what the layer did: `replayed`, `body_too_large`, `body_not_replayable`, `no_fresh_token`, `still_rejected`, `route_rejects`, `held_off` |
-//!
-//! `cache` is the name of the cache the layer takes tokens from; no label holds a token,
-//! a credential or a key.
+//! feature `metrics` (nothing without it): [`REPLAYS`], by the [`outcome`] of each rejection.
+//! Its labels, and the cache's own metrics (`tokenwarden_core::metrics`):
+//! [docs/metrics.md](https://github.com/tokenwarden/tokenwarden/blob/main/docs/metrics.md).
 
 #![cfg_attr(not(feature = "metrics"), allow(unused_variables))]
 

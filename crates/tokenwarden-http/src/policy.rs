@@ -12,11 +12,9 @@ use http::{HeaderMap, StatusCode};
 use tokenwarden_core::{Error, Route, Snapshot, TokenId};
 use tokenwarden_origin::{InsecureTransport, Scope};
 
-/// The default cap on a request body kept for a replay: 64 KiB.
-///
-/// Typical API bodies (payment, token and JSON RPC requests) are a few KiB, so they all fit,
-/// while a thousand requests in flight keep at most 64 MiB for replays. Larger or streaming
-/// bodies are still sent, once, and are not replayed.
+/// The default cap on a request body kept for a replay: 64 KiB. Why that size, and what
+/// happens to a larger body:
+/// [docs/tower.md](https://github.com/tokenwarden/tokenwarden/blob/main/docs/tower.md).
 pub(crate) const DEFAULT_MAX_REPLAY_BODY: usize = 64 * 1024;
 
 /// Put this in a request's extensions to send it without any token header.

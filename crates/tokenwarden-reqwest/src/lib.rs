@@ -3,37 +3,22 @@
 //! still answers that the token was rejected, invalidates exactly that token, gets a fresh one
 //! and replays the request, once, without the caller noticing — the same rules as the tower
 //! layer, decided by the same engine (`tokenwarden-http`): this crate only adapts reqwest's
-//! request and response types to it.
+//! request and response types to it. The rules — which requests get a token and which go
+//! untouched, which responses count as rejections (the default rule, or a custom
+//! [`Classifier`]), what is replayed, how bodies are kept and inspected — are written out in
+//! [docs/tower.md]; what is particular to reqwest in [docs/reqwest.md]; where tokens may go
+//! (the [`Scope`](tokenwarden_origin::Scope), plain `http`, redirects, proxies) in
+//! [docs/security.md].
 //!
-//! - Every request gets the headers of one token snapshot; headers the caller set are kept.
-//! - **401 → refresh → replay once**, with the default or a custom
-//!   [`Classifier`] (`WWW-Authenticate` parsed; `403` opt-in; the
-//!   body can be inspected). A rejected replay reaches the caller: no loop.
 //! - **Bodies.** In-memory bodies are kept for a replay by reference count; a stream is
 //!   copied aside *as it is sent*, up to the replay cap
-//!   ([`with_max_replay_body`](tokenwarden_http::LayerPolicy::with_max_replay_body), 64 KiB by default), as
-//!   the tower layer does. A larger body is **still sent**, once — never refused before
-//!   sending; its rejection still invalidates the token so the next request succeeds, and the
-//!   caller gets the rejection with a
-//!   [`Replay::NotReplayed`](tokenwarden_http::Replay) response extension.
-//! - **Before anything is fetched**, a request carrying the caller's own credentials (every
-//!   header the token would go in) goes untouched: no token is fetched for it.
-//! - **Inspection** of a body a classifier asks for is bounded in bytes and in time
-//!   ([`with_inspect_timeout`](tokenwarden_http::LayerPolicy::with_inspect_timeout), 1 s); the response keeps
-//!   its URL and everything else it had.
-//! - **Scope: fails closed.** A middleware is made for the origins it may send tokens to
-//!   ([`Scope`](tokenwarden_origin::Scope)); requests anywhere else go through untouched. Every
-//!   origin is a named opt-in, [`Scope::any_origin`](tokenwarden_origin::Scope::any_origin).
+//!   ([`with_max_replay_body`](tokenwarden_http::LayerPolicy::with_max_replay_body)), as the
+//!   tower layer does.
 //! - **Opt-out** per request: `.with_extension(SkipToken)`.
-//! - **Transport.** In scope, tokens go on `https`, and on plain `http` only to loopback;
-//!   elsewhere the request fails, unsent, with
-//!   [`InsecureTransport`](tokenwarden_origin::InsecureTransport) unless allowed.
-//! - **Redirects** (below): build the client with [`client_builder`]; a response that arrives
-//!   from outside the scope anyway is an error ([`LeftScope`]), never a silent success.
-//! - **TLS.** With feature `rustls` (on by default) reqwest speaks `https` out of the box. If
-//!   reqwest has no TLS backend at all (this feature off and none turned on elsewhere), an
-//!   `https` request in scope fails with [`TlsMissing`], unsent and without fetching a token,
-//!   instead of as a connection error that retry middleware would retry.
+//! - A request in scope that may not carry a token (plain `http` off loopback) fails, unsent,
+//!   with [`InsecureTransport`](tokenwarden_origin::InsecureTransport) unless allowed.
+//! - **TLS.** Without any TLS backend in reqwest, an `https` request in scope fails with
+//!   [`TlsMissing`], unsent and without fetching a token (see [docs/features.md]).
 //!
 //! Errors are `reqwest_middleware::Error::Middleware` wrapping a
 //! [`tokenwarden_core::Error`], an [`InsecureTransport`](tokenwarden_origin::InsecureTransport),
@@ -74,22 +59,16 @@
 //!
 //! # Redirects
 //!
-//! reqwest follows redirects inside the client, *below* every middleware, so no middleware can
-//! take token headers off a hop; and reqwest's default policy strips `Authorization` and
-//! cookies on a cross-host hop but not custom headers (`Token`, `Merchant-Account`), and
-//! follows `https` → `http`. Therefore:
+//! reqwest follows redirects inside the client, below every middleware: build the client with
+//! [`client_builder`] (or set [`redirect_policy`] on your builder). Why, and what [`LeftScope`]
+//! catches when a client with reqwest's default policy is used anyway: [docs/security.md]
+//! ("Redirects, per client"); loopback requests and `HTTP_PROXY`: the same page ("Plain
+//! text").
 //!
-//! - Build the client with [`client_builder`] (or set [`redirect_policy`] on your builder):
-//!   it follows redirects within the origin a request went to and stops at any other, handing
-//!   you the `3xx` — nothing is sent to the other host. `redirect::Policy::none()` is safe too.
-//! - If you bring a client with reqwest's default policy anyway, a response whose *final* URL
-//!   is outside the scope (or plain text off loopback) fails with [`LeftScope`] instead of
-//!   passing as a success. By then the token headers may have reached that host: treat the
-//!   error as an incident, and fix the client. A chain that leaves and comes back ends in
-//!   scope and cannot be seen from a middleware: only the redirect policy prevents it.
-//!
-//! reqwest also sends plain-`http` requests, loopback included, through a proxy named by
-//! `HTTP_PROXY`/`ALL_PROXY`; where one is set, set `NO_PROXY=localhost,127.0.0.1,::1` too.
+//! [docs/tower.md]: https://github.com/tokenwarden/tokenwarden/blob/main/docs/tower.md
+//! [docs/reqwest.md]: https://github.com/tokenwarden/tokenwarden/blob/main/docs/reqwest.md
+//! [docs/security.md]: https://github.com/tokenwarden/tokenwarden/blob/main/docs/security.md
+//! [docs/features.md]: https://github.com/tokenwarden/tokenwarden/blob/main/docs/features.md
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]

@@ -1,10 +1,7 @@
 //! Redirects that keep tokens where they belong.
 //!
-//! reqwest follows redirects inside the client, below every middleware: a
-//! [`TokenMiddleware`](crate::TokenMiddleware) cannot take token headers off a hop it never
-//! sees. reqwest's own policy strips `Authorization` and cookies on a cross-host hop but not
-//! custom headers (`Token`, `Merchant-Account`), and it follows `https` → `http`. So the
-//! client itself must not follow a redirect that leaves the origin.
+//! reqwest follows redirects inside the client, below every middleware, so the client itself
+//! must not follow a redirect that leaves the origin (the rule: docs/security.md).
 
 use std::fmt;
 

@@ -14,8 +14,8 @@
 //!   so that `evil.example` stands in for another host on this machine.
 //! - [`HoldingProxy`]: a TCP proxy that holds a client's bytes containing a marker for a while,
 //!   so that a request reaches its server after its sender gave up on it.
-//! - [`store_contract`]: the contract every token store keeps (lease, fences, install,
-//!   reject, release, take-over, expiry, notices), run against `MemoryStore` and the Redis store.
+//! - [`store_contract`]: the contract every token store keeps, run against `MemoryStore` and
+//!   the Redis store.
 //! - [`LogCapture`]: every tracing event, at every level, written to a buffer.
 //! - [`ClockHold`]: keeps a paused tokio clock still while a test waits on loopback I/O, so
 //!   that time moves only where the test advances it.

@@ -4,42 +4,23 @@
 //!
 //! The decisions are the engine's (`tokenwarden-http`), shared with the reqwest middleware;
 //! this crate adapts tower's request, response and body types to it: [`TokenLayer`],
-//! [`TokenService`] and the [`future`] module, laid out as tower-http's layers are.
+//! [`TokenService`] and the [`future`] module, laid out as tower-http's layers are. The rules
+//! the layer keeps — which requests get a token and which go untouched, which responses count
+//! as rejections (the default rule, or a custom [`Classifier`]), what is replayed, how bodies
+//! are kept and inspected — are written out in [docs/tower.md]; where tokens may go (the
+//! [`Scope`](tokenwarden_origin::Scope), plain `http`, redirects) in [docs/security.md].
 //!
-//! - Every request gets the headers of one token snapshot (values prebuilt, marked sensitive);
-//!   headers the caller set are kept.
-//! - **401 → refresh → replay once.** By default a `401` counts unless its `WWW-Authenticate`
-//!   challenge names an error a fresh token cannot fix (`insufficient_scope`,
-//!   `invalid_request`); `403` only if enabled; a custom
-//!   [`Classifier`] can look at the body. If the replay is
-//!   rejected too, that response goes to the caller: no loop, and the cache's backoff keeps an
-//!   API that rejects every token from making it hammer the issuer.
 //! - **Bodies.** By default ([`Tee`]) the request body is copied aside *as it is sent*, up to
-//!   [`with_max_replay_body`](tokenwarden_http::LayerPolicy::with_max_replay_body) (64 KiB by default: typical API
-//!   bodies fit, and a thousand requests in flight keep at most 64 MiB); the inner service
-//!   then takes [`RequestBody<B>`]. With [`cloning_bodies`](TokenLayer::cloning_bodies)
+//!   [`with_max_replay_body`](tokenwarden_http::LayerPolicy::with_max_replay_body), and the
+//!   inner service takes [`RequestBody<B>`]. With [`cloning_bodies`](TokenLayer::cloning_bodies)
 //!   ([`CloneBody`]) a body that is cheap to clone (`Full<Bytes>`) is cloned instead, and the
-//!   inner service keeps the caller's body type. A body-less request keeps nothing. A larger
-//!   body, or one the server answered before reading to its end, is still sent once; its
-//!   rejection still invalidates the token so the next request succeeds, and the caller gets
-//!   the rejection with a [`Replay::NotReplayed`](tokenwarden_http::Replay) response
-//!   extension. Method, URI, headers, version and extensions are kept exactly on replay.
-//! - **Before anything is fetched**, a request carrying the caller's own credentials goes
-//!   untouched: no token is fetched for it.
-//! - **Inspection** of a body a classifier asks for is bounded in bytes and in time
-//!   ([`with_inspect_timeout`](tokenwarden_http::LayerPolicy::with_inspect_timeout), 1 s); the rejected body of a
-//!   replayed request drains while the fresh token is fetched.
-//! - **Bounds.** [`ResponseFuture`](future::ResponseFuture) is `Send` exactly when the inner
-//!   service's future is; no `'static` or `Unpin` is asked of the service or its body.
+//!   inner service keeps the caller's body type. A body-less request keeps nothing. Method,
+//!   URI, headers, version and extensions are kept exactly on replay. What happens to a body
+//!   over the cap: [docs/tower.md].
 //! - **Readiness.** The replay uses a clone of the inner service driven to ready, as tower's
 //!   retry does.
-//! - **Scope: fails closed.** A layer is made for the origins it may send tokens to
-//!   ([`Scope`](tokenwarden_origin::Scope)); a request anywhere else, or with a relative URI,
-//!   goes through untouched. Every origin is a named opt-in,
-//!   [`Scope::any_origin`](tokenwarden_origin::Scope::any_origin).
 //! - **Opt-out** per request with the [`SkipToken`] extension.
-//! - **Transport.** In scope, tokens go on `https` requests, and on plain `http` only to
-//!   loopback (no other scheme, `wss` included: an HTTP client would send it in clear text); elsewhere the request fails with
+//! - A request in scope that may not carry a token (plain `http` off loopback) fails with
 //!   [`InsecureTransport`](tokenwarden_origin::InsecureTransport), unsent, unless
 //!   [`with_insecure_http`](tokenwarden_http::LayerPolicy::with_insecure_http) allows it.
 //!
@@ -51,12 +32,10 @@
 //!
 //! hyper-util's client follows no redirect. If you add tower-http's `FollowRedirect`, put it
 //! **outside** this layer (`ServiceBuilder::new().layer(FollowRedirectLayer::new())
-//! .layer(token_layer)`): every hop then passes through the layer, which puts the token only
-//! on hops to the scope's origins — a redirect to another host, or from `https` to `http`,
-//! carries no `Authorization`, `Token`, `Merchant-Account` or any other presentation header.
-//! Never put a follower *inside* it: the follower would copy the token headers onto every hop
-//! (tower-http strips `Authorization` across hosts, not custom headers), and no layer outside
-//! can take them back.
+//! .layer(token_layer)`), never inside it; why: [docs/security.md] ("Redirects, per client").
+//!
+//! [docs/tower.md]: https://github.com/tokenwarden/tokenwarden/blob/main/docs/tower.md
+//! [docs/security.md]: https://github.com/tokenwarden/tokenwarden/blob/main/docs/security.md
 //!
 //! # Example
 //!

@@ -151,8 +151,7 @@ impl TokenCacheBuilder {
     }
 
     /// "Static stability": while the issuer is failing, keep serving the last token for up to
-    /// `grace` past its mandatory point — never past its stated expiry unless
-    /// [`with_grace_past_expiry`](Self::with_grace_past_expiry). Counted and logged.
+    /// `grace` past its mandatory point (see [`CacheConfig::grace`]).
     #[must_use]
     pub fn with_grace(mut self, grace: Duration) -> Self {
         self.config.grace = grace;
@@ -256,13 +255,12 @@ impl TokenCacheBuilder {
     /// using the same credentials, different for other credentials; it is not a secret, and
     /// stores derive key names from it).
     ///
-    /// The hot path is unchanged; a fetch asks the store first, takes a newer token from it or
-    /// fetches for every replica under a lease. See [`crate::store`] for the rules. Metadata a
-    /// source attaches to its tokens stays with the replica that fetched them: other replicas
-    /// get the token's value and expiry only.
+    /// A fetch asks the store first, and takes a newer token from it or fetches for every
+    /// replica under a lease (see [`crate::store`]). What that guarantees, and what stays with
+    /// the replica that fetched a token (a source's metadata):
+    /// [docs/replicas.md](https://github.com/tokenwarden/tokenwarden/blob/main/docs/replicas.md).
     ///
-    /// Not for [`single_use`](Self::single_use) caches ([`build`](Self::build) refuses it):
-    /// their tokens are never shared, so there is nothing to share.
+    /// Not for [`single_use`](Self::single_use) caches ([`build`](Self::build) refuses it).
     #[must_use]
     pub fn with_shared(mut self, shared: &SharedTokens, identity: impl Into<String>) -> Self {
         self.shared = Some((shared.clone(), identity.into().into_boxed_str()));

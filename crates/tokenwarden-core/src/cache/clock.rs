@@ -15,11 +15,13 @@ const COARSE_TICK: Duration = Duration::from_millis(5);
 ///
 /// - [`Clock::runtime`] (the default): decisions on the slow path read Tokio's clock (so
 ///   `tokio::time::pause` and `advance` move it in tests), and every `get` compares the
-///   token's deadline with the coarse monotonic clock (`CLOCK_MONOTONIC_COARSE`, a few
-///   nanoseconds to read, a few milliseconds of resolution). Expiry is therefore enforced by
-///   every call, whether or not any runtime is being driven.
+///   token's deadline, brought forward by a tick (5 ms at most), with the coarse monotonic
+///   clock (`CLOCK_MONOTONIC_COARSE`). What that guarantees is written out in
+///   [docs/guarantees.md] ("Never past the deadline").
 /// - [`Clock::manual`]: a clock that moves only when told to, for tests that must make time
 ///   pass without driving any runtime (a sync caller, an idle runtime).
+///
+/// [docs/guarantees.md]: https://github.com/tokenwarden/tokenwarden/blob/main/docs/guarantees.md
 #[derive(Clone)]
 pub struct Clock(Kind);
 

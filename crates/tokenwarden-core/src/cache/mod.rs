@@ -34,44 +34,34 @@ use crate::{
 
 /// One token cache, shared by every task and every clone.
 ///
-/// - **Hot path.** While a valid token is cached, [`get`](Self::get) reads one shared atomic
-///   word, a per-thread copy of the token's prebuilt headers and the coarse monotonic clock
-///   (see [`Clock`]): no lock, no allocation, no shared write, no `await` that can wait. Each
-///   call compares the clock with the token's deadline, so **a token past its mandatory point
-///   is never served**, whether or not any runtime is being driven.
-/// - **Single flight.** However many callers find the cache empty or expired, one fetch runs, in
-///   a task of its own (a cancelled caller does not cancel it), and every waiter gets its result,
-///   its error included.
-/// - **Refresh ahead.** The first use inside an advisory window before expiry starts one
-///   background fetch while callers keep getting the current token; only past a short
-///   mandatory margin do callers wait. An idle cache never calls the issuer. See
-///   [`CacheConfig`] for the arithmetic and [`RefreshWindow`] for the window's size.
+/// What it guarantees is written out in [docs/guarantees.md]; in short:
+///
+/// - **Hot path.** While a valid token is cached, [`get`](Self::get) takes no lock, allocates
+///   nothing and writes nothing shared, and never serves a token past its mandatory point
+///   (see [`Clock`]).
+/// - **Single flight.** One fetch for every caller that finds the cache empty or expired.
+/// - **Refresh ahead.** A use inside an advisory window before expiry starts one background
+///   fetch; callers wait only past the mandatory point. See [`CacheConfig`] for the arithmetic
+///   and [`RefreshWindow`] for the window's size.
 /// - **Invalidate if current.** [`invalidate`](Self::invalidate) drops a token only if it is
-///   still the current one, so a storm of 401s for one token causes one fetch. A token that
-///   was accepted ([`Snapshot::mark_accepted`]) and is then rejected has expired, and is
-///   replaced — within a bound, so that one route answering 401 for another reason cannot make
-///   the cache hammer the issuer ([`reject`](Self::reject) says which 401s are absorbed).
-/// - **Failures** are timed out, backed off exponentially with jitter (never more than one
-///   attempt in flight), rejections are remembered, and a valid token keeps being served while a
+///   still the current one; [`reject`](Self::reject) bounds what rejections cost the issuer.
+/// - **Failures** are timed out and backed off, and a valid token keeps being served while a
 ///   refresh fails. Errors are typed ([`Error`]) and never contain the secret.
 /// - **Single-use mode** ([`TokenCacheBuilder::single_use`]) hands every caller its own token,
-///   optionally from a pre-fetched pool, with at most
-///   [`max_concurrent_fetches`](CacheConfig::max_concurrent_fetches) issuer requests at once.
+///   optionally from a pre-fetched pool.
 /// - **Inspectable.** [`status`](Self::status) says what it is doing (for a health endpoint);
 ///   [`warm`](Self::warm) fetches before the first request and reports the outcome.
 ///
 /// # Runtime model
 ///
-/// - A fetch runs as a task on the runtime of the caller that started it. Callers on other
-///   runtimes wait for it, but never longer than the fetch timeout (plus 100 ms): if its
-///   runtime is not being driven, or shuts down, the fetch is given up and the next caller
-///   starts a new one on its own runtime. Nobody gets a spurious [`Error::Cancelled`].
+/// - A fetch runs as a task on the runtime of the caller that started it; how long callers on
+///   other runtimes wait for it, and what happens when its runtime stops:
+///   [docs/guarantees.md] ("Runtimes").
 /// - A small driver task (on the runtime of the last fetch) only nudges: it makes threads look
 ///   again when the advisory window opens and retires the token at its mandatory point, which
-///   is what `tokio::time::pause`d tests see. Expiry does not depend on it: every call checks
-///   the clock itself. The caches of a [`KeyedCache`]'s keys share one driver task (on the
-///   runtime where it was first needed, and again wherever a key is used after that runtime
-///   ended), which stops with the keyed cache.
+///   is what `tokio::time::pause`d tests see. The caches of a [`KeyedCache`]'s keys share one
+///   driver task (on the runtime where it was first needed, and again wherever a key is used
+///   after that runtime ended), which stops with the keyed cache.
 /// - Single-use pool refills run on the runtime of the caller that triggered them.
 /// - Outside any runtime, `get` fails with [`Error::NoRuntime`] (it cannot fetch or wait).
 ///
@@ -106,36 +96,24 @@ use crate::{
 ///
 /// # Performance
 ///
-/// `cargo bench --bench contention` (in the workspace root) on the project's 2-core machine:
-/// each operation obtains the token and its `Authorization` value; nanoseconds per operation
-/// per thread, the baselines holding the same token in an `Arc` (and checking no expiry), same
-/// run:
-///
-/// | threads | `TokenCache::get` | `RwLock` | `Mutex` | tokio `RwLock` | `ArcSwap::load` | `ArcSwap::load_full` | own `Arc` clone |
-/// |---|---|---|---|---|---|---|---|
-/// | 1 | 22.2 | 28.8 | 27.6 | 69.7 | 18.1 | 31.3 | 15.2 |
-/// | 2 | 22.9 | 236.9 | 203.5 | 362.5 | 18.0 | 118.6 | 16.1 |
-/// | 4 | 43.8 | 529.0 | 449.3 | 781.5 | 35.3 | 246.9 | 28.9 |
-///
-/// The cost stays flat as threads are added because the only shared memory the hot path
-/// touches is read, never written; each thread clones its own copy of the header values and
-/// reads the coarse clock (about 2.5 ns of the total) to check the token's deadline. The last
-/// column is the floor under any cache that hands out an owned token (a thread cloning and
-/// dropping an `Arc` it alone holds): `get` costs about 7 ns above it.
-/// The slow path (a new token, once per thread; a fetch; an invalidation) takes a mutex.
+/// [`get`](Self::get) reads one shared atomic word, the thread's own copy of the token's
+/// prebuilt headers and the coarse clock. The slow path (a new token, once per thread; a
+/// fetch; an invalidation) takes a mutex. Measured against `RwLock`, `Mutex`, tokio `RwLock`,
+/// `ArcSwap` and an owned-`Arc` floor with `cargo bench --bench contention`:
+/// [docs/benchmarks.md].
 ///
 /// # Limitations
 ///
-/// - It needs a Tokio runtime with time enabled; outside one, fetching returns
-///   [`Error::NoRuntime`].
-/// - The hot path's clock is coarse (`CLOCK_MONOTONIC_COARSE`, 1–4 ms): a token may be served
-///   up to one tick past its mandatory point, which lies seconds before its stated expiry.
-/// - Under `tokio::time::pause` the coarse clock does not move: there the driver task retires
-///   tokens, as on any driven runtime. A test that must make time pass without driving a
-///   runtime uses [`Clock::manual`].
+/// - It needs a Tokio runtime with time enabled.
+/// - The hot path's clock is coarse, and its deadline is brought forward by a tick: a token
+///   may stop being served a few milliseconds before its mandatory point, never after it.
+///   Under `tokio::time::pause` that clock does not move (see [`Clock`] for tests).
 /// - A token said to live longer than a year is renewed after a year.
-/// - Each thread that calls `get` keeps a private copy of the current token's headers (a few
-///   hundred bytes), rebuilt once per token.
+/// - Each thread that calls `get` keeps a private copy of the current token's headers,
+///   rebuilt once per token (its size is measured in [docs/benchmarks.md]).
+///
+/// [docs/guarantees.md]: https://github.com/tokenwarden/tokenwarden/blob/main/docs/guarantees.md
+/// [docs/benchmarks.md]: https://github.com/tokenwarden/tokenwarden/blob/main/docs/benchmarks.md
 #[derive(Clone)]
 pub struct TokenCache {
     inner: Arc<Inner>,
@@ -227,30 +205,26 @@ impl TokenCache {
     /// A request carrying token `id` was rejected (on `route`, if known): discards the token if
     /// it is still the current one and the rejection is probably about it, and says what it
     /// did. The HTTP layers call it with the request's [`Route`]; the answer decides whether
-    /// they replay the request. Which rejections are absorbed:
+    /// they replay the request:
     ///
     /// - **A token that worked** ([`Snapshot::mark_accepted`]) and is now rejected has expired
-    ///   or was revoked: it is discarded ([`Invalidation::Discarded`]).
-    /// - **A route** whose replay with a fresh token was rejected too
-    ///   ([`reject_replay`](Self::reject_replay)) is remembered for
-    ///   [`CacheConfig::rejection_interval`] (5 s by default), doubling while it keeps doing
-    ///   so: its rejections of a token that worked keep the token ([`HeldOff::Route`]). One
-    ///   route that answers `401` for another reason costs a handful of fetches, not one per
-    ///   request.
+    ///   or was revoked: it is discarded ([`Invalidation::Discarded`]), within the bound of
+    ///   [`CacheConfig::rejection_interval`]. A route whose replay with a fresh token was
+    ///   rejected too ([`reject_replay`](Self::reject_replay)) keeps the token
+    ///   ([`HeldOff::Route`]); a rejection over the rate bound keeps it too
+    ///   ([`HeldOff::Bound`]); a replacement whose replay was accepted
+    ///   ([`replay_accepted`](Self::replay_accepted)) is given back.
     /// - **Fresh tokens** rejected before any success (within
     ///   [`CacheConfig::fresh_rejection_window`] of their fetch): the second such rejection and
-    ///   those after it are held off with exponential backoff ([`HeldOff::FreshTokensRejected`]),
-    ///   so an API that rejects every token costs one fetch per backoff period.
-    /// - **The rate bound** over all of these: tokens are replaced after rejections at most
-    ///   twice in a row, then once per `rejection_interval`, doubling while replacements do not
-    ///   help ([`HeldOff::Bound`]). A replacement whose replay was accepted
-    ///   ([`replay_accepted`](Self::replay_accepted)) is given back: revocations, however
-    ///   many, are absorbed.
+    ///   those after it are held off with exponential backoff ([`HeldOff::FreshTokensRejected`]).
     ///
-    /// A held-off rejection is counted ([`CacheStats::suppressed_invalidations`], the
-    /// `tokenwarden_invalidations` metric, [`CacheStatus::held_off_rejections`]) and is not
-    /// sent to other replicas through a shared store. With
-    /// `rejection_interval` zero, every rejection of the current token discards it.
+    /// The rules and their timings are written out in [docs/guarantees.md] ("Rejections are
+    /// bounded"). A held-off rejection is counted ([`CacheStats::suppressed_invalidations`],
+    /// the `tokenwarden_token_invalidations_total` metric,
+    /// [`CacheStatus::held_off_rejections`]) and is not sent to other replicas through a shared
+    /// store. With `rejection_interval` zero, every rejection of the current token discards it.
+    ///
+    /// [docs/guarantees.md]: https://github.com/tokenwarden/tokenwarden/blob/main/docs/guarantees.md
     ///
     /// ```
     /// use std::time::Duration;

@@ -1,24 +1,14 @@
-//! What rejections cost the issuer: the route memory and the rate bound of
-//! [`CacheConfig::rejection_interval`](crate::CacheConfig::rejection_interval).
+//! What rejections cost the issuer: the route memory ([`Routes`]) and the rate bound
+//! ([`Bound`]) of [`CacheConfig::rejection_interval`](crate::CacheConfig::rejection_interval),
+//! kept per cache (so per key of a keyed cache) under the cache's state lock. The rules are
+//! written out in docs/guarantees.md ("Rejections are bounded"); how they are kept:
 //!
-//! A `401` for a token an API has accepted usually means the token expired or was revoked,
-//! and replacing it is right. A route that answers `401` for another reason rejects every
-//! token while the other routes accept them; replacing the token for it costs the issuer a
-//! fetch per request (and, through a shared store, every replica its token). Two rules, kept
-//! per cache (so per key of a keyed cache) under the cache's state lock:
-//!
-//! - [`Routes`]: a route whose replay with a fresh token was rejected too is remembered for
-//!   the interval, doubling each time it does so again. While remembered, its rejections of a
-//!   token that has worked are passed on as they are (a token that never worked falls through
-//!   to the rules for fresh tokens: the replay's rejection may have been the token's after all).
-//! - [`Bound`]: every replacement after a rejection is counted: two in a row, then one per
-//!   interval. A replacement whose replay was accepted is given back (it was about the token:
-//!   revocations, however many, are absorbed); each one after the first whose replay was
-//!   rejected doubles the
-//!   interval (up to 64 times) until a replay is accepted again — unless its route was known
-//!   already (its own time doubles instead) — so requests that each hit a new bad route cost
-//!   fewer and fewer fetches, while one bad route tried again now and then does not make the
-//!   bound hold off revocations elsewhere.
+//! - A remembered route's rejections of a token that never worked fall through to the rules
+//!   for fresh tokens: the replay's rejection may have been the token's after all.
+//! - A replacement whose replay was rejected doubles the bound's interval only from the second
+//!   one on, and not when its route was known already (that route's own time doubles
+//!   instead), so one bad route tried again now and then does not make the bound hold off
+//!   revocations elsewhere.
 
 use std::hash::{Hash, Hasher};
 use std::time::Duration;

@@ -1,29 +1,15 @@
 //! Tokens shared by several processes (replicas) through a store.
 //!
 //! A [`TokenCache`](crate::TokenCache) built [`with_shared`](crate::TokenCacheBuilder::with_shared)
-//! keeps serving its own copy of the token on the hot path (the store is never touched
-//! there); only when it would fetch does it ask the store first:
+//! keeps serving its own copy of the token on the hot path; only when it would fetch does it
+//! ask the store first, and either takes a newer token another replica installed or takes the
+//! key's lease and fetches for every replica. What sharing guarantees — leases and take-over,
+//! fencing numbers, notices of new and rejected tokens, expiry, and store trouble
+//! ([`with_store_timeout`](SharedTokensBuilder::with_store_timeout),
+//! [`with_pause_after_trouble`](SharedTokensBuilder::with_pause_after_trouble)) — is written
+//! out in [docs/replicas.md]; every store keeps the same contract, [`TokenStore`].
 //!
-//! - **a newer token is there** (another replica fetched it): that one is taken, no issuer call;
-//! - **none is**: the cache takes the key's *lease* (set-if-absent, with an owner and a TTL,
-//!   renewed while it fetches) and fetches; replicas that find the lease taken wait on the
-//!   store — woken by a notice, with a bounded poll — and take the token the holder installs,
-//!   or take the lease over once a dead holder's runs out; a holder alive but stuck (its
-//!   issuer call hangs while it renews) is taken over by the first replica to wait half its
-//!   fetch timeout, which fetches under a fence of its own and installs for every replica,
-//!   the stuck holder's callers included — one extra issuer call for the fleet, not one per
-//!   replica;
-//! - every lease comes with a **fencing number**, and the store installs a token only if its
-//!   number is higher than the one it holds, in one atomic step: a replica whose lease ran out
-//!   mid-fetch can never put an older token over a newer one;
-//! - a **rejection** (the API answered 401) marks that exact token (by its fencing number)
-//!   rejected for every replica, which drop it at once; a newly installed token makes the
-//!   others switch at their next use, without a 401 of their own;
-//! - **store trouble is not an outage**: a store call that fails or takes longer than
-//!   [`with_store_timeout`](SharedTokensBuilder::with_store_timeout) makes the replica fetch on its
-//!   own (as an unshared cache would, single flight and backoff included) and leave the store
-//!   alone for [`with_pause_after_trouble`](SharedTokensBuilder::with_pause_after_trouble); a store
-//!   error never reaches a request.
+//! [docs/replicas.md]: https://github.com/tokenwarden/tokenwarden/blob/main/docs/replicas.md
 //!
 //! [`MemoryStore`] shares tokens between the caches of one process (and lets tests run several
 //! "replicas" in one); the `tokenwarden-redis` crate shares them through Redis or Valkey, with
@@ -175,7 +161,7 @@ impl SharedToken {
 
     /// The same token stamped by this machine's clock: expiring `left` from now, issued its
     /// lifetime before that. How a store that keeps a token's expiry itself (Redis's TTL)
-    /// hands it out, so that replicas' clocks that disagree change nothing.
+    /// hands it out (see [`SharedToken`]).
     #[must_use]
     pub fn expiring_in(mut self, left: Duration) -> Self {
         let now = SystemTime::now();

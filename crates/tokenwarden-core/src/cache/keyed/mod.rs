@@ -62,31 +62,25 @@ impl<K: Hash> Labeler<K> {
 /// One token cache per key — a merchant, a tenant, a set of credentials — each with its own
 /// source, settings and presentation, made on first use by a factory or registered ahead.
 ///
-/// - **Bounded**: [`with_capacity`](KeyedCacheBuilder::with_capacity) keys (10,000 by
-///   default) are kept without evicting any; the map is split in shards for concurrency, each
-///   with room for uneven hashing, so it may hold up to 16% more before it evicts (a map
-///   of fewer than 2,048 keys is one shard, and exact). Beyond that, and for keys unused for
-///   [`with_idle_timeout`](KeyedCacheBuilder::with_idle_timeout) (30 min), the least useful
-///   are evicted (by quick_cache's S3-FIFO policy) and their tokens dropped. A key with a
-///   fetch under way or a request in flight (a [`KeyHandle`] held) is never evicted, nor is a
-///   key registered ahead when there is no factory to make it again.
-/// - **One fetch per key**: callers of one key share its token and its fetch, exactly as with
-///   a single [`TokenCache`]; keys do not wait for each other.
+/// What it guarantees is written out in [docs/keyed.md]; in short:
+///
+/// - **Bounded** by [`with_capacity`](KeyedCacheBuilder::with_capacity) and
+///   [`with_idle_timeout`](KeyedCacheBuilder::with_idle_timeout); a key in use (a
+///   [`KeyHandle`] held) is never evicted.
+/// - **One fetch per key**, exactly as with a single [`TokenCache`]; keys do not wait for
+///   each other.
 /// - **Rotation**: [`register`](Self::register) on a key that exists, or
-///   [`rotate`](Self::rotate), changes its credentials in place: handles and layers holding
-///   the key keep working, new fetches use the new credentials, and the current token is
-///   served until it is due for refresh (see [`TokenCache::rotate`]).
-/// - **Fast**: a thread keeps its own copies of the tokens of the keys it used recently — at
-///   most [`with_thread_copies`](KeyedCacheBuilder::with_thread_copies) (1,024) per thread, so
-///   memory is bounded by threads × that, not keys × threads. A cached get reads thread-private
-///   memory and one word the keys share, written only when some key's token changes; the
-///   key's own cache is read only after such a change.
+///   [`rotate`](Self::rotate), changes its credentials in place (see [`TokenCache::rotate`]).
+/// - **Fast**: a thread keeps its own copies of the tokens of the keys it used recently, at
+///   most [`with_thread_copies`](KeyedCacheBuilder::with_thread_copies) per thread; how a
+///   cached get works, and what it costs: [docs/benchmarks.md].
 /// - **Never another key's token**: a key that is unknown (not registered, and no factory) is
 ///   an error, [`Error::UnknownKey`], never a default.
+/// - Logs and spans name keys by a display-safe label (a fingerprint, or
+///   [`with_key_label`](KeyedCacheBuilder::with_key_label)); metrics never carry a key.
 ///
-/// Logs and spans name keys by a display-safe label: a fingerprint of the key by default
-/// (keys may hold secrets), or what [`with_key_label`](KeyedCacheBuilder::with_key_label)
-/// makes of it. Metrics carry the keyed cache's name only, never a key.
+/// [docs/keyed.md]: https://github.com/tokenwarden/tokenwarden/blob/main/docs/keyed.md
+/// [docs/benchmarks.md]: https://github.com/tokenwarden/tokenwarden/blob/main/docs/benchmarks.md
 ///
 /// ```
 /// use std::time::Duration;
