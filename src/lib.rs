@@ -40,11 +40,10 @@
 
 pub use tokenwarden_core as core;
 pub use tokenwarden_core::{
-    CacheConfig, CacheState, CacheStats, CacheStatus, ConfigError, Error, Expiry, FetchError,
-    HeldOff, Invalidation, KeyHandle, KeyedCache, KeyedCacheBuilder, KeyedSummary, MemoryStore,
-    Presentation, Probe, RefreshBudget, RefreshWindow, Route, Secret, SharedTokens, Snapshot,
-    Token, TokenCache, TokenCacheBuilder, TokenCharset, TokenId, TokenProblem, TokenSource,
-    TokenStore,
+    CacheState, CacheStats, CacheStatus, ConfigError, Error, Expiry, FetchError, HeldOff,
+    Invalidation, KeyHandle, KeyedCache, KeyedCacheBuilder, KeyedSummary, MemoryStore,
+    Presentation, Probe, RefreshBudget, Route, Secret, SharedTokens, Snapshot, Token, TokenCache,
+    TokenCacheBuilder, TokenCharset, TokenId, TokenProblem, TokenSource, TokenStore,
 };
 #[cfg(feature = "gateways")]
 pub use tokenwarden_gateways as gateways;

@@ -5,10 +5,9 @@ use std::time::{Duration, SystemTime};
 
 use crate::{ConfigError, Expiry};
 
-/// The timing rules of a [`TokenCache`](crate::TokenCache). Set them on
-/// [`TokenCacheBuilder`](crate::TokenCacheBuilder); read them with
-/// [`TokenCache::config`](crate::TokenCache::config). What they mean for callers is written
-/// out in [docs/guarantees.md].
+/// The timing rules of a [`TokenCache`](crate::TokenCache), set on
+/// [`TokenCacheBuilder`](crate::TokenCacheBuilder) (whose setters document them). What they
+/// mean for callers is written out in [docs/guarantees.md].
 ///
 /// How a token's life is divided, with `L` the lifetime after the clock-skew margin, counted
 /// from when its fetch was sent:
@@ -28,34 +27,34 @@ use crate::{ConfigError, Expiry};
 /// [docs/guarantees.md]: https://github.com/tokenwarden/tokenwarden/blob/main/docs/guarantees.md
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
-pub struct CacheConfig {
+pub(crate) struct CacheConfig {
     /// A name for logs and `Debug` (for example the gateway). Default `"token"`.
-    pub name: Cow<'static, str>,
+    pub(crate) name: Cow<'static, str>,
     /// How long one fetch may take. Default 10 s.
-    pub fetch_timeout: Duration,
+    pub(crate) fetch_timeout: Duration,
     /// The lifetime of a token whose issuer states none. Default 5 min.
-    pub default_lifetime: Duration,
+    pub(crate) default_lifetime: Duration,
     /// A token is treated as expired this long before its stated expiry, for clocks that
     /// disagree. Capped at a quarter of the stated lifetime, so that a short token keeps most
     /// of its life. Default 5 s.
-    pub clock_skew: Duration,
+    pub(crate) clock_skew: Duration,
     /// Past this margin before expiry, callers wait for a fresh token instead of getting the
     /// current one. Capped at a tenth of the lifetime. Default 5 s.
-    pub mandatory_margin: Duration,
+    pub(crate) mandatory_margin: Duration,
     /// The fraction of the lifetime, before expiry, at which a background refresh starts.
     /// Default 0.2.
-    pub refresh_ahead: f64,
+    pub(crate) refresh_ahead: f64,
     /// A random extra fraction of the lifetime added to `refresh_ahead`, so that many processes
     /// do not refresh at once. Default 0.1.
-    pub refresh_jitter: f64,
+    pub(crate) refresh_jitter: f64,
     /// The first delay after a failed fetch; it doubles with every failure in a row, with
     /// jitter. Default 250 ms.
-    pub backoff_base: Duration,
+    pub(crate) backoff_base: Duration,
     /// The longest delay between failed fetches. Default 30 s.
-    pub backoff_max: Duration,
+    pub(crate) backoff_max: Duration,
     /// How long a rejection of the credentials is remembered before the issuer is asked again.
     /// Default 5 s.
-    pub rejection_hold: Duration,
+    pub(crate) rejection_hold: Duration,
     /// A token rejected (invalidated) within this time of being fetched, and never accepted
     /// ([`Snapshot::mark_accepted`](crate::Snapshot::mark_accepted)), counts as a *fresh*
     /// rejection: after one, further invalidations of fresh tokens are held off with backoff
@@ -65,7 +64,7 @@ pub struct CacheConfig {
     /// refetches without hold-off (at most one fetch per half-life). Default 10 s.
     ///
     /// [docs/guarantees.md]: https://github.com/tokenwarden/tokenwarden/blob/main/docs/guarantees.md
-    pub fresh_rejection_window: Duration,
+    pub(crate) fresh_rejection_window: Duration,
     /// The bound on what rejections of a token that works cost the issuer: how long a route
     /// whose replay with a fresh token was rejected too is remembered (the HTTP layers pass
     /// the request's method and path, or what `with_route` makes of them), and the interval
@@ -75,24 +74,24 @@ pub struct CacheConfig {
     /// Default 5 s.
     ///
     /// [docs/guarantees.md]: https://github.com/tokenwarden/tokenwarden/blob/main/docs/guarantees.md
-    pub rejection_interval: Duration,
+    pub(crate) rejection_interval: Duration,
     /// How the advisory window before expiry is sized. Default [`RefreshWindow::Fraction`]
     /// (`refresh_ahead` + `refresh_jitter`).
-    pub refresh_window: RefreshWindow,
+    pub(crate) refresh_window: RefreshWindow,
     /// "Static stability": while the issuer is failing, keep serving the last token for up to
     /// this long past its mandatory point, never past its stated expiry unless
     /// [`grace_past_expiry`](Self::grace_past_expiry) (each such call is counted in
     /// [`CacheStats::grace_serves`](crate::CacheStats) and logged at WARN once per failed
     /// attempt). Default zero: off.
-    pub grace: Duration,
+    pub(crate) grace: Duration,
     /// Let [`grace`](Self::grace) run past the token's stated expiry (the API will probably
     /// reject it; some APIs honour tokens a little longer). Default `false`.
-    pub grace_past_expiry: bool,
+    pub(crate) grace_past_expiry: bool,
     /// The first delay after a failed fetch while **no** usable token is held (callers are
     /// waiting); it doubles like `backoff_base` and is capped by `backoff_max`. Shorter than
     /// `backoff_base` so that a cache with nothing to serve retries sooner than one refreshing a
     /// token that still works. Default 100 ms.
-    pub first_fetch_backoff: Duration,
+    pub(crate) first_fetch_backoff: Duration,
     /// The recovery beat: while no usable token is held, how often at most a call to the
     /// cache runs the [`Probe`](crate::Probe) a transient failure carries (jittered between
     /// half and all of it), and the longest random delay before the fetch that follows once
@@ -102,20 +101,20 @@ pub struct CacheConfig {
     /// ("Recovery after an outage"). `Duration::ZERO` turns probing off. Default 1 s.
     ///
     /// [docs/guarantees.md]: https://github.com/tokenwarden/tokenwarden/blob/main/docs/guarantees.md
-    pub recovery_probe: Duration,
+    pub(crate) recovery_probe: Duration,
     /// A budget of issuer calls shared with other caches of the same issuer (see
     /// [`RefreshBudget`](crate::RefreshBudget)): every fetch waits its turn, most urgent first.
     /// Default none.
-    pub budget: Option<crate::RefreshBudget>,
+    pub(crate) budget: Option<crate::RefreshBudget>,
     /// Single-use mode: the most issuer requests in flight at once, pool refills included
     /// (callers beyond it queue, for at most `fetch_timeout`). Default 4.
-    pub max_concurrent_fetches: usize,
+    pub(crate) max_concurrent_fetches: usize,
 }
 
 /// How far before expiry the background refresh window opens.
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[non_exhaustive]
-pub enum RefreshWindow {
+pub(crate) enum RefreshWindow {
     /// A fraction of the lifetime: `refresh_ahead` plus up to `refresh_jitter` at random.
     Fraction,
     /// A fixed time before expiry (capped at half the lifetime), plus up to a tenth of it at

@@ -53,7 +53,7 @@ pub use cache::{
     CacheState, CacheStatus, Clock, HeldOff, Invalidation, KeyHandle, KeyedCache,
     KeyedCacheBuilder, KeyedSummary, ManualClock, Route, TokenCache, TokenCacheBuilder, future,
 };
-pub use config::{CacheConfig, RefreshWindow};
+pub(crate) use config::{CacheConfig, RefreshWindow};
 pub use error::{ConfigError, Error, TokenProblem};
 pub use presentation::{Presentation, TokenCharset};
 pub use secret::Secret;

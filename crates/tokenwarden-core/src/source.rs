@@ -80,7 +80,7 @@ enum Kind {
 /// Attached to a transient [`FetchError`] with [`FetchError::with_probe`] — only where a
 /// probe can tell: the issuer could not be reached at all, not where it answered with an error
 /// (a bare request would reach it and prove nothing). How often the cache runs it
-/// ([`CacheConfig::recovery_probe`](crate::CacheConfig::recovery_probe)) and what follows when
+/// ([`with_recovery_probe`](crate::TokenCacheBuilder::with_recovery_probe)) and what follows when
 /// it answers `true`: [docs/guarantees.md](https://github.com/tokenwarden/tokenwarden/blob/main/docs/guarantees.md) ("Recovery after an outage").
 ///
 /// ```
@@ -140,7 +140,7 @@ impl FetchError {
 
     /// The issuer rejected the credentials (or the request token): retrying with the same
     /// credentials cannot succeed. The cache reports it and holds further attempts off for
-    /// a few seconds ([`CacheConfig::rejection_hold`](crate::CacheConfig)).
+    /// a few seconds ([`with_rejection_hold`](crate::TokenCacheBuilder::with_rejection_hold)).
     pub fn rejected(error: impl Into<BoxError>) -> Self {
         Self::of(Kind::Rejected, error.into())
     }
@@ -149,7 +149,7 @@ impl FetchError {
     /// a parameter it does not take (OAuth 2.0 `invalid_scope`, `invalid_target`,
     /// `invalid_request`, `unsupported_grant_type`) — not the credentials: retrying cannot
     /// succeed until the configuration is fixed. Held off like a rejection
-    /// ([`CacheConfig::rejection_hold`](crate::CacheConfig)), reported as
+    /// ([`with_rejection_hold`](crate::TokenCacheBuilder::with_rejection_hold)), reported as
     /// [`Error::Configuration`](crate::Error::Configuration).
     ///
     /// ```
@@ -171,7 +171,7 @@ impl FetchError {
 
     /// The issuer answered, with a failure of its own (a `5xx` without `Retry-After`): while
     /// callers wait for a token (none usable is held), the cache asks again on the short,
-    /// jittered recovery beat ([`CacheConfig::recovery_probe`](crate::CacheConfig), between
+    /// jittered recovery beat ([`with_recovery_probe`](crate::TokenCacheBuilder::with_recovery_probe), between
     /// half and all of it) instead of the exponential backoff, so that callers get a token
     /// within about a beat of the issuer being healthy again. One fetch at a time, as always;
     /// a [`retry_after`](Self::retry_after) still wins. Only for a transient error.
@@ -196,7 +196,7 @@ impl FetchError {
     }
 
     /// The issuer said when to ask again (`Retry-After` on a `429` or `503`): the cache does
-    /// not call it before then — at most [`CacheConfig::backoff_max`](crate::CacheConfig)
+    /// not call it before then — at most [`with_backoff`](crate::TokenCacheBuilder::with_backoff)
     /// later (30 s by default), so a hint of hours cannot lock the cache out for hours.
     ///
     /// ```

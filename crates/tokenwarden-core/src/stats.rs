@@ -21,23 +21,23 @@ pub struct CacheStats {
     pub coalesced_invalidations: u64,
     /// Rejections held off, the token kept: freshly fetched tokens kept being rejected, the
     /// route rejects fresh tokens too, or a working token was replaced too often
-    /// ([`CacheConfig::rejection_interval`](crate::CacheConfig::rejection_interval)).
+    /// ([`with_rejection_interval`](crate::TokenCacheBuilder::with_rejection_interval)).
     pub suppressed_invalidations: u64,
     /// Routes remembered as rejecting fresh tokens too (see
-    /// [`CacheConfig::rejection_interval`](crate::CacheConfig::rejection_interval)).
+    /// [`with_rejection_interval`](crate::TokenCacheBuilder::with_rejection_interval)).
     pub routes_held_off: u64,
     /// Background refreshes started ahead of expiry.
     pub refreshes_ahead: u64,
     /// Calls to [`TokenCache::revoke`](crate::TokenCache::revoke).
     pub revocations: u64,
     /// Calls served a token past its mandatory point, in the grace period
-    /// ([`CacheConfig::grace`](crate::CacheConfig::grace)), because the issuer was failing.
+    /// ([`with_grace`](crate::TokenCacheBuilder::with_grace)), because the issuer was failing.
     pub grace_serves: u64,
     /// Fetches given up on because they did not finish within the fetch timeout (their
     /// runtime is not being driven, or has gone); the next caller starts a new one.
     pub superseded_fetches: u64,
     /// Backoffs ended early because a recovery probe found the issuer answering again
-    /// ([`CacheConfig::recovery_probe`](crate::CacheConfig::recovery_probe)).
+    /// ([`with_recovery_probe`](crate::TokenCacheBuilder::with_recovery_probe)).
     pub recoveries: u64,
 }
 

@@ -40,7 +40,7 @@ impl fmt::Display for TokenId {
 #[non_exhaustive]
 pub enum Expiry {
     /// The issuer said nothing: the cache applies its default lifetime
-    /// ([`CacheConfig::default_lifetime`](crate::CacheConfig)), never "forever".
+    /// ([`with_default_lifetime`](crate::TokenCacheBuilder::with_default_lifetime)), never "forever".
     #[default]
     Unknown,
     /// Valid for this long, counted from the moment the fetch was sent.

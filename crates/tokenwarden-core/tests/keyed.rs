@@ -445,49 +445,6 @@ async fn an_issuers_retry_after_holds_every_key_of_its_budget() {
     assert!(calls[3].1 - calls[1].1 >= Duration::from_millis(1000));
 }
 
-#[tokio::test]
-async fn keys_with_the_same_settings_share_them_and_a_key_with_its_own_keeps_them() {
-    let issuer = Issuer::default();
-    let factory = issuer.clone();
-    let keyed = KeyedCache::builder()
-        .with_factory(move |key: &u32| {
-            let builder = factory.builder(*key, Duration::from_secs(600), Duration::ZERO);
-            Ok(if *key == 7 {
-                builder.with_fetch_timeout(Duration::from_secs(3))
-            } else {
-                builder
-            })
-        })
-        .build();
-    let config = |key: u32| {
-        let handle = keyed.handle(&key).unwrap();
-        let config: *const tokenwarden_core::CacheConfig = handle.cache().config();
-        config
-    };
-    let (a, b, own, c) = (config(1), config(2), config(7), config(3));
-    assert!(
-        std::ptr::eq(a, b),
-        "one copy of the settings for keys 1 and 2"
-    );
-    assert!(!std::ptr::eq(a, own), "key 7 has settings of its own");
-    assert_eq!(
-        keyed.handle(&7).unwrap().cache().config().fetch_timeout,
-        Duration::from_secs(3)
-    );
-    assert_eq!(
-        keyed.handle(&3).unwrap().cache().config().fetch_timeout,
-        keyed.handle(&1).unwrap().cache().config().fetch_timeout
-    );
-    let _ = c;
-    for key in [1, 2, 3, 7] {
-        assert_eq!(
-            secret(&keyed.get(&key).await.unwrap()),
-            format!("{key}-1"),
-            "each key still fetches with its own source"
-        );
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_thousand_keys_are_driven_by_one_task_and_still_retired_on_time() {
     let issuer = Issuer::default();

@@ -29,7 +29,7 @@ pub fn outcome(replay: &Replay) -> &'static str {
 pub(crate) fn replay(cache: &TokenCache, replay: &Replay) {
     #[cfg(feature = "metrics")]
     {
-        let name = metrics::SharedString::from(cache.config().name.clone());
+        let name = metrics::SharedString::from(cache.name().to_owned());
         metrics::counter!(REPLAYS, "cache" => name, "outcome" => outcome(replay)).increment(1);
     }
 }

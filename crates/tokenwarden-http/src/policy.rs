@@ -73,7 +73,7 @@ pub enum NotReplayed {
     #[error("this route rejects tokens that other requests accept")]
     RouteRejects,
     /// The token works on other requests and was replaced after rejections as often as
-    /// [`CacheConfig::rejection_interval`](tokenwarden_core::CacheConfig::rejection_interval)
+    /// [`with_rejection_interval`](tokenwarden_core::TokenCacheBuilder::with_rejection_interval)
     /// allows; it was kept, and this rejection passed on.
     #[error("the token was replaced after rejections as often as the rejection bound allows")]
     HeldOff,

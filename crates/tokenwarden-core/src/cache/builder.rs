@@ -46,7 +46,39 @@ impl TokenCache {
     }
 }
 
-/// Builds a [`TokenCache`]; every setting has a default (see [`CacheConfig`]).
+/// Builds a [`TokenCache`]; every setting has a default, given on its setter.
+///
+/// How a token's life is divided, with `L` the lifetime after the clock-skew margin, counted
+/// from when its fetch was sent:
+///
+/// ```text
+/// sent ──────────── advisory ────────── mandatory ── L ── stated expiry
+///      served        served, one         callers   skew
+///                    background refresh  wait
+/// ```
+///
+/// The advisory point lies before `L` by the refresh window (by default
+/// `L × (0.2 + 0.1 × random)`, see [`with_refresh_ahead`](Self::with_refresh_ahead)). The
+/// mandatory point lies `min(mandatory_margin, L / 10)` before `L`. The background refresh
+/// starts when the token is *used* inside the advisory window (once). With
+/// [`with_grace`](Self::with_grace), a token may be served past its mandatory point while the
+/// issuer fails. What these mean for callers: [docs/guarantees.md](https://github.com/tokenwarden/tokenwarden/blob/main/docs/guarantees.md).
+///
+/// ```
+/// use std::time::Duration;
+/// use tokenwarden_core::{FetchError, Presentation, Token, TokenCache};
+///
+/// let cache = TokenCache::builder(|| async {
+///     Ok::<_, FetchError>(Token::new("t0ken").with_expires_in(Duration::from_secs(900)))
+/// })
+/// .with_name("issuer")
+/// .with_presentation(Presentation::header(http::HeaderName::from_static("token")))
+/// .with_fetch_timeout(Duration::from_secs(5))
+/// .with_refresh_before(Duration::from_secs(120))
+/// .build()?;
+/// assert_eq!(cache.name(), "issuer");
+/// # Ok::<_, tokenwarden_core::ConfigError>(())
+/// ```
 pub struct TokenCacheBuilder {
     /// Why the source could not be built ([`TokenCache::try_builder`]): `build()` says so.
     not_built: Option<ConfigError>,
@@ -90,43 +122,47 @@ impl TokenCacheBuilder {
         self
     }
 
-    /// A name for logs and `Debug`.
+    /// A name for logs, spans, metrics and `Debug` (for example the gateway). Default `"token"`.
     #[must_use]
     pub fn with_name(mut self, name: impl Into<std::borrow::Cow<'static, str>>) -> Self {
         self.config.name = name.into();
         self
     }
 
-    /// How long one fetch may take.
+    /// How long one fetch may take; callers never wait longer. Default 10 s.
     #[must_use]
     pub fn with_fetch_timeout(mut self, timeout: Duration) -> Self {
         self.config.fetch_timeout = timeout;
         self
     }
 
-    /// The lifetime of tokens whose issuer states none.
+    /// The lifetime of a token whose issuer states none. Default 5 min.
     #[must_use]
     pub fn with_default_lifetime(mut self, lifetime: Duration) -> Self {
         self.config.default_lifetime = lifetime;
         self
     }
 
-    /// Treat tokens as expired this long before their stated expiry.
+    /// A token is treated as expired this long before its stated expiry, for clocks that
+    /// disagree. Capped at a quarter of the stated lifetime, so that a short token keeps most
+    /// of its life. Default 5 s.
     #[must_use]
     pub fn with_clock_skew(mut self, skew: Duration) -> Self {
         self.config.clock_skew = skew;
         self
     }
 
-    /// Past this margin before expiry, callers wait for a fresh token.
+    /// Past this margin before expiry, callers wait for a fresh token instead of getting the
+    /// current one. Capped at a tenth of the lifetime. Default 5 s.
     #[must_use]
     pub fn with_mandatory_margin(mut self, margin: Duration) -> Self {
         self.config.mandatory_margin = margin;
         self
     }
 
-    /// Start the background refresh this fraction of the lifetime before expiry, plus up to
-    /// `jitter` more, at random.
+    /// Start the background refresh `fraction` of the lifetime before expiry, plus up to
+    /// `jitter` more at random, so that many processes do not refresh at once. Default 0.2 and
+    /// 0.1.
     #[must_use]
     pub fn with_refresh_ahead(mut self, fraction: f64, jitter: f64) -> Self {
         self.config.refresh_ahead = fraction;
@@ -135,15 +171,17 @@ impl TokenCacheBuilder {
         self
     }
 
-    /// Start the background refresh this long before expiry (capped at half the lifetime;
-    /// [`RefreshWindow::Before`]).
+    /// Start the background refresh this long before expiry (capped at half the lifetime),
+    /// plus up to a tenth of it at random.
     #[must_use]
     pub fn with_refresh_before(mut self, window: Duration) -> Self {
         self.config.refresh_window = RefreshWindow::Before(window);
         self
     }
 
-    /// A refresh window that grows with the token's lifetime ([`RefreshWindow::Scaled`]).
+    /// A refresh window that grows with the lifetime: `min(lifetime / 2, 5 min + lifetime /
+    /// 10)`, plus up to a tenth of it at random — half the life of a 2-minute token, 11 minutes
+    /// of an hour-long one.
     #[must_use]
     pub fn with_scaled_refresh(mut self) -> Self {
         self.config.refresh_window = RefreshWindow::Scaled;
@@ -151,29 +189,41 @@ impl TokenCacheBuilder {
     }
 
     /// "Static stability": while the issuer is failing, keep serving the last token for up to
-    /// `grace` past its mandatory point (see [`CacheConfig::grace`]).
+    /// `grace` past its mandatory point, never past its stated expiry unless
+    /// [`with_grace_past_expiry`](Self::with_grace_past_expiry) (each such call is counted in
+    /// [`CacheStats::grace_serves`](crate::CacheStats) and logged at WARN once per failed
+    /// attempt). Default zero: off.
     #[must_use]
     pub fn with_grace(mut self, grace: Duration) -> Self {
         self.config.grace = grace;
         self
     }
 
-    /// Let the grace period run past the token's stated expiry.
+    /// Let the grace period run past the token's stated expiry (the API will probably reject
+    /// it; some APIs honour tokens a little longer). Default `false`.
     #[must_use]
     pub fn with_grace_past_expiry(mut self, allow: bool) -> Self {
         self.config.grace_past_expiry = allow;
         self
     }
 
-    /// The first delay after a failed fetch while no usable token is held. Default 100 ms.
+    /// The first delay after a failed fetch while **no** usable token is held (callers are
+    /// waiting); it doubles like the backoff and is capped by its maximum. Shorter than the
+    /// backoff's first delay so that a cache with nothing to serve retries sooner than one
+    /// refreshing a token that still works. Default 100 ms.
     #[must_use]
     pub fn with_first_fetch_backoff(mut self, base: Duration) -> Self {
         self.config.first_fetch_backoff = base;
         self
     }
 
-    /// How often a failed issuer is probed while callers wait for a first token
-    /// ([`CacheConfig::recovery_probe`]; `Duration::ZERO` turns it off). Default 1 s.
+    /// The recovery beat: while no usable token is held, how often at most a call to the
+    /// cache runs the [`Probe`](crate::Probe) a transient failure carries (jittered between
+    /// half and all of it), and the longest random delay before the fetch that follows once the
+    /// probe finds the issuer answering; also the beat on which an issuer that failed
+    /// [`with_fast_retry`](crate::FetchError::with_fast_retry) is asked again. A probe gets
+    /// `max(every, 1 s)` to answer. The rule: [docs/guarantees.md](https://github.com/tokenwarden/tokenwarden/blob/main/docs/guarantees.md) ("Recovery after an
+    /// outage"). `Duration::ZERO` turns probing off. Default 1 s.
     #[must_use]
     pub fn with_recovery_probe(mut self, every: Duration) -> Self {
         self.config.recovery_probe = every;
@@ -188,7 +238,8 @@ impl TokenCacheBuilder {
         self
     }
 
-    /// Single-use mode: the most issuer requests in flight at once. Default 4.
+    /// Single-use mode: the most issuer requests in flight at once, pool refills included
+    /// (callers beyond it queue, for at most the fetch timeout). Default 4.
     #[must_use]
     pub fn with_max_concurrent_fetches(mut self, n: usize) -> Self {
         self.config.max_concurrent_fetches = n;
@@ -202,8 +253,9 @@ impl TokenCacheBuilder {
         self
     }
 
-    /// The first and the longest delay between failed fetches (the first-fetch backoff is
-    /// kept at most `base`).
+    /// The first and the longest delay between failed fetches; the delay doubles with every
+    /// failure in a row, with jitter (the first-fetch backoff is kept at most `base`). Default
+    /// 250 ms and 30 s.
     #[must_use]
     pub fn with_backoff(mut self, base: Duration, max: Duration) -> Self {
         self.config.backoff_base = base;
@@ -212,22 +264,33 @@ impl TokenCacheBuilder {
         self
     }
 
-    /// How long a rejection of the credentials is remembered.
+    /// How long a rejection of the credentials is remembered before the issuer is asked again.
+    /// Default 5 s.
     #[must_use]
     pub fn with_rejection_hold(mut self, hold: Duration) -> Self {
         self.config.rejection_hold = hold;
         self
     }
 
-    /// The bound on rejections of a token that works (see
-    /// [`CacheConfig::rejection_interval`]); `Duration::ZERO` turns it off. Default 5 s.
+    /// The bound on what rejections of a token that works cost the issuer: how long a route
+    /// whose replay with a fresh token was rejected too is remembered (the HTTP layers pass the
+    /// request's method and path, or what `with_route` makes of them), and the interval of the
+    /// rate bound on replacements, per cache (per key of a keyed cache). The two rules:
+    /// [docs/guarantees.md](https://github.com/tokenwarden/tokenwarden/blob/main/docs/guarantees.md) ("Rejections are bounded"); see also
+    /// [`TokenCache::reject`]. `Duration::ZERO` turns both off. Default 5 s.
     #[must_use]
     pub fn with_rejection_interval(mut self, interval: Duration) -> Self {
         self.config.rejection_interval = interval;
         self
     }
 
-    /// Within how long of its fetch a token's rejection counts as a fresh rejection.
+    /// A token rejected (invalidated) within this time of being fetched, and never accepted
+    /// ([`Snapshot::mark_accepted`](crate::Snapshot::mark_accepted)), counts as a *fresh*
+    /// rejection: after one, further invalidations of fresh tokens are held off with backoff
+    /// (the token is kept). Capped at half the token's usable life. The rule:
+    /// [docs/guarantees.md](https://github.com/tokenwarden/tokenwarden/blob/main/docs/guarantees.md) ("Invalidate if current"). The price of the cap: with very
+    /// short tokens and a slow API that rejects every token, each rejection arriving past that
+    /// half refetches without hold-off (at most one fetch per half-life). Default 10 s.
     #[must_use]
     pub fn with_fresh_rejection_window(mut self, window: Duration) -> Self {
         self.config.fresh_rejection_window = window;

@@ -41,8 +41,8 @@ use crate::{
 ///   (see [`Clock`]).
 /// - **Single flight.** One fetch for every caller that finds the cache empty or expired.
 /// - **Refresh ahead.** A use inside an advisory window before expiry starts one background
-///   fetch; callers wait only past the mandatory point. See [`CacheConfig`] for the arithmetic
-///   and [`RefreshWindow`] for the window's size.
+///   fetch; callers wait only past the mandatory point. See [`TokenCacheBuilder`] for the
+///   arithmetic and the window's size.
 /// - **Invalidate if current.** [`invalidate`](Self::invalidate) drops a token only if it is
 ///   still the current one; [`reject`](Self::reject) bounds what rejections cost the issuer.
 /// - **Failures** are timed out and backed off, and a valid token keeps being served while a
@@ -209,13 +209,13 @@ impl TokenCache {
     ///
     /// - **A token that worked** ([`Snapshot::mark_accepted`]) and is now rejected has expired
     ///   or was revoked: it is discarded ([`Invalidation::Discarded`]), within the bound of
-    ///   [`CacheConfig::rejection_interval`]. A route whose replay with a fresh token was
+    ///   [`with_rejection_interval`](TokenCacheBuilder::with_rejection_interval). A route whose replay with a fresh token was
     ///   rejected too ([`reject_replay`](Self::reject_replay)) keeps the token
     ///   ([`HeldOff::Route`]); a rejection over the rate bound keeps it too
     ///   ([`HeldOff::Bound`]); a replacement whose replay was accepted
     ///   ([`replay_accepted`](Self::replay_accepted)) is given back.
     /// - **Fresh tokens** rejected before any success (within
-    ///   [`CacheConfig::fresh_rejection_window`] of their fetch): the second such rejection and
+    ///   [`with_fresh_rejection_window`](TokenCacheBuilder::with_fresh_rejection_window) of their fetch): the second such rejection and
     ///   those after it are held off with exponential backoff ([`HeldOff::FreshTokensRejected`]).
     ///
     /// The rules and their timings are written out in [docs/guarantees.md] ("Rejections are
@@ -254,7 +254,7 @@ impl TokenCache {
 
     /// The replay of a request rejected on `route`, sent with the fresh token `fresh`, was
     /// accepted: the rejection was about the token (an expiry, a revocation), so its
-    /// replacement does not count against the bound of [`CacheConfig::rejection_interval`],
+    /// replacement does not count against the bound of [`with_rejection_interval`](TokenCacheBuilder::with_rejection_interval),
     /// and `route`, if remembered, is forgotten. The HTTP layers call it.
     pub fn replay_accepted(&self, fresh: TokenId, route: Route) {
         self.inner.replay_accepted(fresh, route);
@@ -264,7 +264,7 @@ impl TokenCache {
     /// rejected too: the route is remembered as one whose rejections are not about the token
     /// (see [`reject`](Self::reject)), the replacement counts as one that did not help, and
     /// `fresh` is kept, as a fresh token rejected once. With
-    /// [`CacheConfig::rejection_interval`] zero, it is [`reject`](Self::reject)ed instead.
+    /// [`with_rejection_interval`](TokenCacheBuilder::with_rejection_interval) zero, it is [`reject`](Self::reject)ed instead.
     pub fn reject_replay(&self, fresh: TokenId, route: Route) {
         self.inner.reject_replay(fresh, route);
     }
@@ -321,9 +321,15 @@ impl TokenCache {
     }
 
     /// Its settings.
-    #[must_use]
-    pub fn config(&self) -> &CacheConfig {
+    pub(crate) fn config(&self) -> &CacheConfig {
         self.inner.config()
+    }
+
+    /// Its name, as set with [`with_name`](TokenCacheBuilder::with_name): the `cache` label of
+    /// its logs, spans and metrics.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.config().name
     }
 
     /// How its tokens are presented.

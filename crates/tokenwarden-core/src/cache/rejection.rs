@@ -1,5 +1,5 @@
 //! What rejections cost the issuer: the route memory ([`Routes`]) and the rate bound
-//! ([`Bound`]) of [`CacheConfig::rejection_interval`](crate::CacheConfig::rejection_interval),
+//! ([`Bound`]) of [`with_rejection_interval`](crate::TokenCacheBuilder::with_rejection_interval),
 //! kept per cache (so per key of a keyed cache) under the cache's state lock. The rules are
 //! written out in docs/guarantees.md ("Rejections are bounded"); how they are kept:
 //!
@@ -63,14 +63,14 @@ impl Invalidation {
 #[non_exhaustive]
 pub enum HeldOff {
     /// Freshly fetched tokens keep being rejected before any success
-    /// ([`CacheConfig::fresh_rejection_window`](crate::CacheConfig::fresh_rejection_window)):
+    /// ([`with_fresh_rejection_window`](crate::TokenCacheBuilder::with_fresh_rejection_window)):
     /// the fault is probably the credentials' scope or permissions, or the requests.
     FreshTokensRejected,
     /// This route rejected a freshly fetched token too: its `401`s of a token that has worked
     /// are not about the token.
     Route,
     /// Tokens were replaced after rejections as often as
-    /// [`CacheConfig::rejection_interval`](crate::CacheConfig::rejection_interval) allows.
+    /// [`with_rejection_interval`](crate::TokenCacheBuilder::with_rejection_interval) allows.
     Bound,
 }
 

@@ -631,4 +631,43 @@ mod tests {
         let own = keyed(true).handle(&1).unwrap();
         assert!(own.cache().inner().has_thread_copies());
     }
+
+    #[tokio::test]
+    async fn keys_with_the_same_settings_share_them_and_a_key_with_its_own_keeps_them() {
+        let keyed = KeyedCache::builder()
+            .with_factory(|key: &u32| {
+                let key = *key;
+                let builder = TokenCache::builder(move || async move {
+                    Ok::<_, FetchError>(
+                        Token::new(format!("{key}-1")).with_expires_in(Duration::from_secs(600)),
+                    )
+                });
+                Ok(if key == 7 {
+                    builder.with_fetch_timeout(Duration::from_secs(3))
+                } else {
+                    builder
+                })
+            })
+            .build();
+        let config =
+            |key: u32| -> *const CacheConfig { keyed.handle(&key).unwrap().cache().config() };
+        let (a, b, own, c) = (config(1), config(2), config(7), config(3));
+        assert!(
+            std::ptr::eq(a, b),
+            "one copy of the settings for keys 1 and 2"
+        );
+        let _ = c; // after key 7, key 3 makes a copy of its own: only the last settings are kept
+        assert!(!std::ptr::eq(a, own), "key 7 has settings of its own");
+        let timeout = |key: u32| keyed.handle(&key).unwrap().cache().config().fetch_timeout;
+        assert_eq!(timeout(7), Duration::from_secs(3));
+        assert_eq!(timeout(3), timeout(1));
+        for key in [1, 2, 3, 7] {
+            let snapshot = keyed.get(&key).await.unwrap();
+            assert_eq!(
+                snapshot.token().secret().expose(),
+                format!("{key}-1"),
+                "each key still fetches with its own source"
+            );
+        }
+    }
 }
