@@ -1,5 +1,6 @@
-//! The shape of the code, checked: no circle of imports among the core crate's modules, and no
-//! source file over 600 lines unless its opening comment says why.
+//! The shape of the code, checked: no circle of imports among the core crate's modules, the
+//! keyed cache built on the cache and not the other way, and no source file over 600 lines
+//! unless its opening comment says why.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -110,6 +111,29 @@ fn core_modules_import_each_other_in_one_direction() {
         .filter(|(module, dep)| reaches(&graph, dep, module))
         .collect();
     assert!(circles.is_empty(), "imports in a circle: {circles:?}");
+}
+
+#[test]
+fn nothing_in_the_cache_uses_the_keyed_cache_back() {
+    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/tokenwarden-core/src/cache");
+    let mut files = Vec::new();
+    rust_files(&cache, &mut files);
+    let users: Vec<_> = files
+        .iter()
+        .filter(|file| !file.starts_with(cache.join("keyed")))
+        .filter(|file| {
+            code(file)
+                .lines()
+                // The cache's module re-exports the keyed cache's types: a use of it, not by it.
+                .filter(|line| !line.trim_start().starts_with("pub use keyed::"))
+                .any(|line| line.contains("keyed::") || line.contains("KeyedCache"))
+        })
+        .collect();
+    assert!(files.len() > 20, "found {} files", files.len());
+    assert!(
+        users.is_empty(),
+        "the cache uses the keyed cache in {users:?}"
+    );
 }
 
 #[test]
