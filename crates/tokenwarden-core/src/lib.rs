@@ -10,7 +10,8 @@
 //! - [`TokenSource`]: fetches a fresh token (a struct or a closure).
 //! - [`Token`]: the secret value, its expiry, metadata; never printed.
 //! - [`Presentation`]: which headers carry the token, built once per token.
-//! - [`TokenCache`]: the shared cache. See its docs for every rule it keeps.
+//! - [`TokenCache`]: the shared cache; the rules it keeps are written out in
+//!   [docs/guarantees.md](https://github.com/tokenwarden/tokenwarden/blob/main/docs/guarantees.md).
 //!
 //! ```
 //! use std::time::Duration;
