@@ -53,6 +53,7 @@ mod config;
 mod error;
 pub mod generic;
 mod http;
+pub mod jose;
 pub mod oauth2;
 pub mod payments;
 mod redact;

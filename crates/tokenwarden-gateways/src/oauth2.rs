@@ -41,6 +41,8 @@ use tokenwarden_core::{
     TokenSource,
 };
 
+use crate::jose::SigningKey;
+use crate::redact::Secrets;
 use crate::wire::{Answer, Issuer, error_answer, with_expiry};
 use crate::{GatewayError, HttpSend};
 
@@ -66,6 +68,9 @@ pub struct ClientCredentials {
     client_id: String,
     client_secret: Secret,
     auth: ClientAuth,
+    /// `private_key_jwt`: the key and the audience of the client's assertions (instead of a
+    /// secret).
+    assertion: Option<(SigningKey, String)>,
     scopes: Vec<String>,
     audience: Option<String>,
     resources: Vec<String>,
@@ -80,6 +85,7 @@ impl fmt::Debug for ClientCredentials {
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret)
             .field("auth", &self.auth)
+            .field("assertion", &self.assertion)
             .field("scopes", &self.scopes)
             .field("audience", &self.audience)
             .field("resources", &self.resources)
@@ -116,12 +122,82 @@ impl ClientCredentials {
             client_id,
             client_secret,
             auth: ClientAuth::Basic,
+            assertion: None,
             scopes: Vec::new(),
             audience: None,
             resources: Vec::new(),
             params: Vec::new(),
             token_types: vec!["bearer".to_owned()],
         })
+    }
+
+    /// The client `client_id` authenticating with `private_key_jwt` (RFC 7523, OpenID Connect
+    /// Core §9): every token request carries a fresh assertion signed with `key` — `iss` and
+    /// `sub` the client id, `aud` the token endpoint (see
+    /// [`with_assertion_audience`](Self::with_assertion_audience)), a unique `jti`, `iat`, and
+    /// `exp` a minute later — instead of a secret. Register [`SigningKey::public_jwk`] with the
+    /// server.
+    ///
+    /// ```
+    /// use tokenwarden_gateways::jose::{Algorithm, SigningKey};
+    /// use tokenwarden_gateways::oauth2::ClientCredentials;
+    /// # fn sender() -> impl tokenwarden_gateways::HttpSend {
+    /// #     |_: http::Request<bytes::Bytes>, _: usize| async { Err::<http::Response<bytes::Bytes>, _>("offline".into()) }
+    /// # }
+    /// # let pem = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIBkKy7dkj1QXmJqsD8BPN2sHD3NXH9JXAbs6W6I0eRx3\n-----END PRIVATE KEY-----";
+    /// let key = SigningKey::from_pkcs8_pem(Algorithm::EdDsa, pem)?.with_key_id("k1");
+    /// let credentials = ClientCredentials::private_key_jwt(
+    ///     sender(),
+    ///     "https://auth.example.com/oauth/token",
+    ///     "payments-client",
+    ///     key,
+    /// )?;
+    /// # let _ = credentials;
+    /// # Ok::<_, tokenwarden_core::ConfigError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] for a URL that is not absolute https (plain http only to loopback).
+    pub fn private_key_jwt(
+        sender: impl HttpSend,
+        token_url: &str,
+        client_id: impl Into<String>,
+        key: SigningKey,
+    ) -> Result<Self, ConfigError> {
+        let mut credentials = Self::new(sender, token_url, client_id, Secret::new(String::new()))?;
+        credentials.assertion = Some((key, token_url.to_owned()));
+        Ok(credentials)
+    }
+
+    /// The `aud` of the client's assertions (with
+    /// [`private_key_jwt`](Self::private_key_jwt)). Default the token endpoint's URL, as RFC
+    /// 7523 says; FAPI 2.0 servers take the issuer's identifier, which
+    /// [`discover_private_key_jwt`](Self::discover_private_key_jwt) puts here.
+    #[must_use]
+    pub fn with_assertion_audience(mut self, audience: impl Into<String>) -> Self {
+        if let Some((_, aud)) = &mut self.assertion {
+            *aud = audience.into();
+        }
+        self
+    }
+
+    /// [`discover`](Self::discover) for a client authenticating with `private_key_jwt`: the
+    /// assertions' audience is the issuer's identifier.
+    ///
+    /// # Errors
+    ///
+    /// As [`discover`](Self::discover).
+    pub async fn discover_private_key_jwt<S: HttpSend + Clone>(
+        sender: S,
+        issuer: &str,
+        client_id: impl Into<String>,
+        key: SigningKey,
+    ) -> Result<Self, GatewayError> {
+        let endpoint = token_endpoint(sender.clone(), issuer).await?;
+        Ok(Self::private_key_jwt(sender, &endpoint, client_id, key)
+            .map_err(metadata_unusable)?
+            .with_assertion_audience(issuer))
     }
 
     /// Finds the token endpoint in the metadata of the authorization server `issuer` (RFC
@@ -141,51 +217,8 @@ impl ClientCredentials {
         client_id: impl Into<String>,
         client_secret: impl Into<Secret>,
     ) -> Result<Self, GatewayError> {
-        let config = |e: ConfigError| GatewayError::Malformed {
-            gateway: GATEWAY,
-            status: StatusCode::OK,
-            problem: format!("the issuer's metadata cannot be used: {e}"),
-        };
-        let mut last = None;
-        for path in [
-            "/.well-known/oauth-authorization-server",
-            "/.well-known/openid-configuration",
-        ] {
-            let metadata = Issuer::new(Arc::new(sender.clone()), GATEWAY, issuer, path, "issuer")
-                .map_err(config)?;
-            let (status, body) = match metadata.get().await {
-                Ok(answer) => answer,
-                Err(e) => {
-                    last = Some(e);
-                    continue;
-                }
-            };
-            if !status.is_success() {
-                last = Some(GatewayError::Status {
-                    gateway: GATEWAY,
-                    status,
-                    retry_after: None,
-                });
-                continue;
-            }
-            let answer = Answer::parse(GATEWAY, status, &body)?;
-            // RFC 8414 §3.3 (and OpenID Connect Discovery §4.3): the metadata must be for the
-            // issuer it was fetched from, or its token endpoint could be anyone's.
-            let named = answer.string("/issuer")?;
-            if named.trim_end_matches('/') != issuer.trim_end_matches('/') {
-                return Err(GatewayError::IssuerMismatch {
-                    gateway: GATEWAY,
-                    named: tokenwarden_origin::redact_url(named),
-                });
-            }
-            let endpoint = answer.string("/token_endpoint")?;
-            return Self::new(sender, endpoint, client_id, client_secret).map_err(config);
-        }
-        Err(last.unwrap_or(GatewayError::Status {
-            gateway: GATEWAY,
-            status: StatusCode::NOT_FOUND,
-            retry_after: None,
-        }))
+        let endpoint = token_endpoint(sender.clone(), issuer).await?;
+        Self::new(sender, &endpoint, client_id, client_secret).map_err(metadata_unusable)
     }
 
     /// How the client authenticates. Default [`ClientAuth::Basic`].
@@ -235,8 +268,11 @@ impl ClientCredentials {
         self
     }
 
-    /// The request's form body and headers.
-    fn request(&self) -> Result<(Secret, Vec<(HeaderName, HeaderValue)>), GatewayError> {
+    /// The request's form body and headers, and the client assertion it carries, if any.
+    #[allow(clippy::type_complexity)]
+    fn request(
+        &self,
+    ) -> Result<(Secret, Vec<(HeaderName, HeaderValue)>, Option<Secret>), GatewayError> {
         let mut form = form_urlencoded::Serializer::new(String::new());
         form.append_pair("grant_type", "client_credentials");
         if !self.scopes.is_empty() {
@@ -252,6 +288,16 @@ impl ClientCredentials {
             form.append_pair(name, value);
         }
         let mut headers = Vec::new();
+        if let Some((key, audience)) = &self.assertion {
+            form.append_pair("client_id", &self.client_id);
+            form.append_pair(
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            );
+            let assertion = client_assertion(key, &self.client_id, audience)?;
+            form.append_pair("client_assertion", assertion.expose());
+            return Ok((Secret::new(form.finish()), headers, Some(assertion)));
+        }
         match self.auth {
             ClientAuth::Post => {
                 form.append_pair("client_id", &self.client_id);
@@ -270,7 +316,7 @@ impl ClientCredentials {
                 headers.push((AUTHORIZATION, value));
             }
         }
-        Ok((Secret::new(form.finish()), headers))
+        Ok((Secret::new(form.finish()), headers, None))
     }
 
     /// Reads a token endpoint's answer.
@@ -317,14 +363,106 @@ impl ClientCredentials {
 impl TokenSource for ClientCredentials {
     async fn fetch(&self) -> Result<Token, FetchError> {
         let fetched = async {
-            let (form, headers) = self.request()?;
+            let (form, headers, assertion) = self.request()?;
             let body = Bytes::copy_from_slice(form.expose().as_bytes());
-            let (status, body) = self.issuer.post(Some(FORM), &headers, body).await?;
-            self.read(status, &body)
+            let answer = async {
+                let (status, body) = self.issuer.post(Some(FORM), &headers, body).await?;
+                self.read(status, &body)
+            }
+            .await;
+            // The assertion is a credential for its minute: no error repeats it.
+            answer.map_err(|error| match &assertion {
+                Some(assertion) => error.redacted(&Secrets::default().with([assertion.expose()])),
+                None => error,
+            })
         }
         .await;
         self.issuer.fetched(fetched)
     }
+}
+
+/// The token endpoint the metadata of the authorization server `issuer` names (RFC 8414's
+/// `/.well-known/oauth-authorization-server`, else OpenID Connect's
+/// `/.well-known/openid-configuration`), read under the same rules as token requests.
+async fn token_endpoint<S: HttpSend + Clone>(
+    sender: S,
+    issuer: &str,
+) -> Result<String, GatewayError> {
+    let mut last = None;
+    for path in [
+        "/.well-known/oauth-authorization-server",
+        "/.well-known/openid-configuration",
+    ] {
+        let metadata = Issuer::new(Arc::new(sender.clone()), GATEWAY, issuer, path, "issuer")
+            .map_err(metadata_unusable)?;
+        let (status, body) = match metadata.get().await {
+            Ok(answer) => answer,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
+        if !status.is_success() {
+            last = Some(GatewayError::Status {
+                gateway: GATEWAY,
+                status,
+                retry_after: None,
+            });
+            continue;
+        }
+        let answer = Answer::parse(GATEWAY, status, &body)?;
+        // RFC 8414 §3.3 (and OpenID Connect Discovery §4.3): the metadata must be for the
+        // issuer it was fetched from, or its token endpoint could be anyone's.
+        let named = answer.string("/issuer")?;
+        if named.trim_end_matches('/') != issuer.trim_end_matches('/') {
+            return Err(GatewayError::IssuerMismatch {
+                gateway: GATEWAY,
+                named: tokenwarden_origin::redact_url(named),
+            });
+        }
+        return Ok(answer.string("/token_endpoint")?.to_owned());
+    }
+    Err(last.unwrap_or(GatewayError::Status {
+        gateway: GATEWAY,
+        status: StatusCode::NOT_FOUND,
+        retry_after: None,
+    }))
+}
+
+fn metadata_unusable(e: ConfigError) -> GatewayError {
+    GatewayError::Malformed {
+        gateway: GATEWAY,
+        status: StatusCode::OK,
+        problem: format!("the issuer's metadata cannot be used: {e}"),
+    }
+}
+
+/// A `private_key_jwt` assertion (RFC 7523 §3): the client asserting itself to `audience`,
+/// for a minute, once (`jti`).
+fn client_assertion(
+    key: &SigningKey,
+    client_id: &str,
+    audience: &str,
+) -> Result<Secret, GatewayError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let claims = serde_json::json!({
+        "iss": client_id,
+        "sub": client_id,
+        "aud": audience,
+        "jti": crate::jose::unique_id(),
+        "iat": now,
+        "exp": now + 60,
+    });
+    key.sign(&serde_json::json!({"typ": "JWT"}), &claims)
+        .map(Secret::new)
+        .map_err(|e| GatewayError::Malformed {
+            gateway: GATEWAY,
+            status: StatusCode::OK,
+            problem: format!("the client assertion cannot be signed: {e}"),
+        })
 }
 
 /// `client_secret_basic`'s credentials (RFC 6749 §2.3.1): id and secret each form-encoded,

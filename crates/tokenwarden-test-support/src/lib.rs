@@ -43,6 +43,8 @@ mod issuer;
 mod middleware;
 #[cfg(feature = "oauth2-server")]
 mod oauth2_server;
+#[cfg(feature = "oauth2-server")]
+mod oidc_provider;
 #[cfg(feature = "metrics")]
 mod recorded;
 #[cfg(feature = "redis")]
@@ -58,6 +60,8 @@ pub use issuer::CountingIssuer;
 pub use middleware::{middleware_client, with_middleware};
 #[cfg(feature = "oauth2-server")]
 pub use oauth2_server::{JwtApi, OAuth2Server};
+#[cfg(feature = "oauth2-server")]
+pub use oidc_provider::OidcProvider;
 #[cfg(feature = "metrics")]
 pub use recorded::recorded;
 #[cfg(feature = "redis")]

@@ -1,0 +1,363 @@
+//! Keys a client signs with: its assertion for `private_key_jwt` client authentication
+//! (RFC 7523), read from a PKCS#8 PEM or a JWK, never printed.
+//!
+//! JWS compact serialization is [`jsonwebtoken`]'s (well kept, already in the workspace, and
+//! signing through ring); ring itself reads the key's public half, which `jsonwebtoken` does
+//! not expose, for [`SigningKey::public_jwk`] and [`SigningKey::thumbprint`].
+//!
+//! ```
+//! use tokenwarden_gateways::jose::{Algorithm, SigningKey};
+//!
+//! // An Ed25519 key in PKCS#8 PEM (e.g. `openssl genpkey -algorithm ed25519`).
+//! let pem = "-----BEGIN PRIVATE KEY-----
+//! MC4CAQAwBQYDK2VwBCIEIBkKy7dkj1QXmJqsD8BPN2sHD3NXH9JXAbs6W6I0eRx3
+//! -----END PRIVATE KEY-----";
+//! let key = SigningKey::from_pkcs8_pem(Algorithm::EdDsa, pem)?.with_key_id("client-key-1");
+//! // What to register with the authorization server: the public half, with its key id.
+//! let jwk = key.public_jwk();
+//! assert_eq!(jwk["kty"], "OKP");
+//! assert_eq!(jwk["kid"], "client-key-1");
+//! assert!(!format!("{key:?}").contains("MC4CAQ"));
+//! # Ok::<_, tokenwarden_core::ConfigError>(())
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair,
+};
+use serde_json::{Value, json};
+use tokenwarden_core::ConfigError;
+
+/// A JWS algorithm a [`SigningKey`] signs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Algorithm {
+    /// RSASSA-PKCS1-v1_5 with SHA-256 (an RSA key of at least 2,048 bits).
+    Rs256,
+    /// RSASSA-PSS with SHA-256 (an RSA key of at least 2,048 bits): FAPI 2.0 allows it.
+    Ps256,
+    /// ECDSA on P-256 with SHA-256: FAPI 2.0 allows it.
+    Es256,
+    /// EdDSA with Ed25519: FAPI 2.0 allows it.
+    EdDsa,
+}
+
+impl Algorithm {
+    /// The name a JWS header and a server's metadata use (`"ES256"`, …).
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Rs256 => "RS256",
+            Self::Ps256 => "PS256",
+            Self::Es256 => "ES256",
+            Self::EdDsa => "EdDSA",
+        }
+    }
+
+    fn jws(self) -> jsonwebtoken::Algorithm {
+        match self {
+            Self::Rs256 => jsonwebtoken::Algorithm::RS256,
+            Self::Ps256 => jsonwebtoken::Algorithm::PS256,
+            Self::Es256 => jsonwebtoken::Algorithm::ES256,
+            Self::EdDsa => jsonwebtoken::Algorithm::EdDSA,
+        }
+    }
+}
+
+/// A private key that signs, with the algorithm it signs with and an optional key id (`kid`).
+/// Cheap to clone. `Debug` shows the algorithm, the key id and the public key's thumbprint,
+/// never the key.
+#[derive(Clone)]
+pub struct SigningKey(Arc<Inner>);
+
+struct Inner {
+    algorithm: Algorithm,
+    key: jsonwebtoken::EncodingKey,
+    /// The public half as a JWK (RFC 7517), without `kid` or `alg`.
+    public: Value,
+    key_id: Option<String>,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("algorithm", &self.0.algorithm)
+            .field("key_id", &self.0.key_id)
+            .field("thumbprint", &self.thumbprint())
+            .finish_non_exhaustive()
+    }
+}
+
+fn invalid(reason: &'static str) -> ConfigError {
+    ConfigError::Invalid {
+        name: "signing_key",
+        reason,
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl SigningKey {
+    /// The key in a PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`; for RSA also PKCS#1's
+    /// `-----BEGIN RSA PRIVATE KEY-----`), signing with `algorithm`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming `signing_key` when the text is not such a PEM, or the key is not
+    /// one `algorithm` signs with (an RSA key under 2,048 bits included). The error never
+    /// shows the key.
+    pub fn from_pkcs8_pem(algorithm: Algorithm, pem: &str) -> Result<Self, ConfigError> {
+        let block = pem::parse(pem.trim())
+            .map_err(|_| invalid("is not a PEM block (`-----BEGIN PRIVATE KEY-----` …)"))?;
+        let der = block.contents();
+        let rsa = || {
+            if block.tag() == "RSA PRIVATE KEY" {
+                RsaKeyPair::from_der(der)
+            } else {
+                RsaKeyPair::from_pkcs8(der)
+            }
+            .map_err(|_| invalid("is not an RSA private key of at least 2,048 bits"))
+        };
+        let (key, public) = match algorithm {
+            Algorithm::Rs256 | Algorithm::Ps256 => {
+                let pair = rsa()?;
+                let public = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(pair.public());
+                (
+                    jsonwebtoken::EncodingKey::from_rsa_pem(pem.trim().as_bytes())
+                        .map_err(|_| invalid("is not an RSA private key jsonwebtoken reads"))?,
+                    json!({"kty": "RSA", "n": b64(&public.n), "e": b64(&public.e)}),
+                )
+            }
+            Algorithm::Es256 => {
+                let pair = EcdsaKeyPair::from_pkcs8(
+                    &ECDSA_P256_SHA256_FIXED_SIGNING,
+                    der,
+                    &SystemRandom::new(),
+                )
+                .map_err(|_| invalid("is not a P-256 private key in PKCS#8"))?;
+                let point = pair.public_key().as_ref();
+                (
+                    jsonwebtoken::EncodingKey::from_ec_der(der),
+                    json!({"kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..65])}),
+                )
+            }
+            Algorithm::EdDsa => {
+                let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
+                    .map_err(|_| invalid("is not an Ed25519 private key in PKCS#8"))?;
+                (
+                    jsonwebtoken::EncodingKey::from_ed_der(der),
+                    json!({"kty": "OKP", "crv": "Ed25519", "x": b64(pair.public_key().as_ref())}),
+                )
+            }
+        };
+        let signing = Self(Arc::new(Inner {
+            algorithm,
+            key,
+            public,
+            key_id: None,
+        }));
+        // A key jsonwebtoken cannot sign with is refused now, not at the first token request.
+        signing
+            .sign(&json!({}), &json!({}))
+            .map_err(|_| invalid("cannot sign: the key and the algorithm do not match"))?;
+        Ok(signing)
+    }
+
+    /// The key id (`kid`) put in every signature's header and in [`public_jwk`](Self::public_jwk):
+    /// the one the key is registered under with the server.
+    #[must_use]
+    pub fn with_key_id(self, key_id: impl Into<String>) -> Self {
+        let inner = &self.0;
+        Self(Arc::new(Inner {
+            algorithm: inner.algorithm,
+            key: inner.key.clone(),
+            public: inner.public.clone(),
+            key_id: Some(key_id.into()),
+        }))
+    }
+
+    /// The algorithm it signs with.
+    #[must_use]
+    pub fn algorithm(&self) -> Algorithm {
+        self.0.algorithm
+    }
+
+    /// Its key id, if it was given one.
+    #[must_use]
+    pub fn key_id(&self) -> Option<&str> {
+        self.0.key_id.as_deref()
+    }
+
+    /// The public half as a JWK (RFC 7517) with `alg`, `use: "sig"` and the key id: what the
+    /// server is given (in the client's `jwks`) to check the client's signatures.
+    #[must_use]
+    pub fn public_jwk(&self) -> Value {
+        let mut jwk = self.0.public.clone();
+        jwk["alg"] = json!(self.0.algorithm.name());
+        jwk["use"] = json!("sig");
+        if let Some(kid) = &self.0.key_id {
+            jwk["kid"] = json!(kid);
+        }
+        jwk
+    }
+
+    /// The JWK SHA-256 thumbprint of the public half (RFC 7638), base64url: the key's identity
+    /// whatever its key id.
+    #[must_use]
+    pub fn thumbprint(&self) -> String {
+        thumbprint_of(&self.0.public)
+    }
+
+    /// A compact JWS of `claims`, its header `alg`, the key id and what `header` adds (`typ`,
+    /// `jwk`, …).
+    pub(crate) fn sign(&self, header: &Value, claims: &Value) -> Result<String, ConfigError> {
+        let mut jws = jsonwebtoken::Header::new(self.0.algorithm.jws());
+        jws.kid.clone_from(&self.0.key_id);
+        if let Some(typ) = header["typ"].as_str() {
+            jws.typ = Some(typ.to_owned());
+        }
+        jsonwebtoken::encode(&jws, claims, &self.0.key)
+            .map_err(|_| invalid("cannot sign: the key and the algorithm do not match"))
+    }
+}
+
+/// RFC 7638: SHA-256 of the required members of the public JWK, in lexicographic order and
+/// without whitespace, base64url.
+fn thumbprint_of(p: &Value) -> String {
+    let canonical = match p["kty"].as_str() {
+        Some("EC") => format!(
+            r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#,
+            str_of(&p["crv"]),
+            str_of(&p["x"]),
+            str_of(&p["y"])
+        ),
+        Some("OKP") => format!(
+            r#"{{"crv":"{}","kty":"OKP","x":"{}"}}"#,
+            str_of(&p["crv"]),
+            str_of(&p["x"])
+        ),
+        _ => format!(
+            r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#,
+            str_of(&p["e"]),
+            str_of(&p["n"])
+        ),
+    };
+    b64(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()).as_ref())
+}
+
+fn str_of(value: &Value) -> &str {
+    value.as_str().unwrap_or_default()
+}
+
+/// A fresh random identifier: 128 bits, base64url (a `jti`).
+pub(crate) fn unique_id() -> String {
+    let mut bytes = [0_u8; 16];
+    // The system's generator does not fail on the platforms ring supports; were it to, the
+    // time and a counter still make the id unique to this process.
+    if SystemRandom::new().fill(&mut bytes).is_err() {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        bytes[..8].copy_from_slice(&t.to_be_bytes());
+        bytes[8..].copy_from_slice(&n.to_be_bytes());
+    }
+    b64(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pem(name: &str) -> String {
+        std::fs::read_to_string(format!(
+            "{}/tests/data/keys/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn each_algorithm_signs_what_its_public_jwk_verifies() {
+        for (algorithm, file) in [
+            (Algorithm::Rs256, "rsa2048.pem"),
+            (Algorithm::Rs256, "rsa2048-pkcs1.pem"),
+            (Algorithm::Ps256, "rsa2048.pem"),
+            (Algorithm::Es256, "p256.pem"),
+            (Algorithm::EdDsa, "ed25519.pem"),
+        ] {
+            let key = SigningKey::from_pkcs8_pem(algorithm, &pem(file))
+                .unwrap()
+                .with_key_id("k1");
+            let claims =
+                json!({"iss": "client", "aud": "https://as.example", "exp": 4_000_000_000_u64});
+            let jws = key.sign(&json!({"typ": "JWT"}), &claims).unwrap();
+            let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key.public_jwk()).unwrap();
+            let mut validation = jsonwebtoken::Validation::new(algorithm.jws());
+            validation.set_audience(&["https://as.example"]);
+            let decoded = jsonwebtoken::decode::<Value>(
+                &jws,
+                &jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap(),
+                &validation,
+            )
+            .unwrap_or_else(|e| panic!("{algorithm:?} {file}: {e}"));
+            assert_eq!(decoded.claims, claims);
+            assert_eq!(decoded.header.kid.as_deref(), Some("k1"));
+            assert_eq!(decoded.header.typ.as_deref(), Some("JWT"));
+            assert_eq!(key.public_jwk()["alg"], algorithm.name());
+            // Another key of the same kind does not verify it.
+            assert!(!format!("{key:?}").contains("PRIVATE"), "{key:?}");
+        }
+    }
+
+    #[test]
+    fn a_key_that_cannot_sign_is_refused_by_name_without_showing_it() {
+        for (algorithm, text) in [
+            (Algorithm::Rs256, pem("rsa1024.pem")),
+            (Algorithm::EdDsa, pem("p256.pem")),
+            (Algorithm::Es256, pem("ed25519.pem")),
+            (Algorithm::Ps256, pem("p256.pem")),
+            (Algorithm::Es256, "not a key".to_owned()),
+        ] {
+            let error = SigningKey::from_pkcs8_pem(algorithm, &text).unwrap_err();
+            let message = error.to_string();
+            assert!(message.contains("signing_key"), "{message}");
+            let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+            assert!(
+                body.len() < 20 || !message.contains(&body[..20]),
+                "{message}"
+            );
+        }
+    }
+
+    /// RFC 7638 §3.1's example key and thumbprint.
+    #[test]
+    fn thumbprints_are_rfc_7638s() {
+        let jwk = json!({
+            "kty": "RSA",
+            "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+            "e": "AQAB",
+            "alg": "RS256",
+            "kid": "2011-04-29"
+        });
+        assert_eq!(
+            thumbprint_of(&jwk),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
+    }
+
+    #[test]
+    fn ids_do_not_repeat() {
+        let ids: std::collections::HashSet<String> = (0..10_000).map(|_| unique_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+    }
+}

@@ -1,0 +1,111 @@
+//! An OpenID-certified authorization server on loopback (the `oauth2-server` feature):
+//! `oidc-provider` on Node.js, configured by `interop/oidc-provider/server.mjs`, for
+//! `private_key_jwt` client authentication.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+fn harness() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop/oidc-provider")
+}
+
+const HOW_TO_INSTALL: &str = "the private_key_jwt interop tests run oidc-provider (npm) on \
+     Node.js 20.19+, 22.12+ or 24: install Node.js (https://nodejs.org; where only an older \
+     npm exists, `npm install -g node@22`), then run `scripts/install-oidc-provider.sh` from the \
+     repository root";
+
+fn ensure_installed() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        crate::install::run_install_script(
+            "install-oidc-provider.sh",
+            "the OpenID Connect authorization server",
+            HOW_TO_INSTALL,
+        );
+    });
+}
+
+/// `oidc-provider` running on a loopback port with the clients a test registers, stopped
+/// when dropped. Its issuer is `http://127.0.0.1:<port>`; its metadata is at
+/// `{issuer}/.well-known/openid-configuration`.
+#[derive(Debug)]
+pub struct OidcProvider {
+    child: Child,
+    issuer: String,
+}
+
+impl OidcProvider {
+    /// Starts the server with `clients`: each a client id and the public JWK (with `alg`) it
+    /// signs its assertions with.
+    ///
+    /// # Panics
+    ///
+    /// If Node.js or the server is missing or cannot be installed (the message says how to
+    /// install them), or the server does not come up within 30 s.
+    pub async fn start(clients: &[(&str, Value)]) -> Self {
+        let clients: Vec<Value> = clients
+            .iter()
+            .map(|(id, jwk)| json!({"client_id": id, "jwk": jwk}))
+            .collect();
+        let clients = Value::Array(clients).to_string();
+        tokio::task::spawn_blocking(move || Self::start_blocking(&clients))
+            .await
+            .expect("starting the OpenID Connect server")
+    }
+
+    fn start_blocking(clients: &str) -> Self {
+        ensure_installed();
+        let mut child = Command::new("node")
+            .arg("server.mjs")
+            .arg(clients)
+            .current_dir(harness())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not start `node`: {e}; {HOW_TO_INSTALL}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        let issuer = serde_json::from_str::<Value>(&line)
+            .ok()
+            .and_then(|started| started["issuer"].as_str().map(str::to_owned));
+        let Some(issuer) = issuer else {
+            let _ = child.kill();
+            let status = child.wait().ok();
+            panic!(
+                "the OpenID Connect server did not start (exit: {status:?}, said: {line:?}); {HOW_TO_INSTALL}"
+            );
+        };
+        Self { child, issuer }
+    }
+
+    /// The issuer identifier (`http://127.0.0.1:<port>`).
+    #[must_use]
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The token endpoint, as its metadata names it.
+    #[must_use]
+    pub fn token_url(&self) -> String {
+        format!("{}/token", self.issuer)
+    }
+}
+
+impl Drop for OidcProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
