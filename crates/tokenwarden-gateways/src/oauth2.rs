@@ -116,13 +116,26 @@ impl ClientCredentials {
             client_secret.expose().to_owned(),
             basic_credentials(&client_id, &client_secret),
         ];
+        Self::with_credential(sender, token_url, client_id, client_secret, None, sent)
+    }
+
+    /// A source whose client authenticates with `client_secret` or, when given, `assertion`;
+    /// `sent` are the credentials as they go out, kept out of errors.
+    fn with_credential(
+        sender: impl HttpSend,
+        token_url: &str,
+        client_id: String,
+        client_secret: Secret,
+        assertion: Option<(SigningKey, String)>,
+        sent: impl IntoIterator<Item = String>,
+    ) -> Result<Self, ConfigError> {
         Ok(Self {
             issuer: Issuer::new(Arc::new(sender), GATEWAY, token_url, "", "token_url")?
                 .with_secrets(sent),
             client_id,
             client_secret,
             auth: ClientAuth::Basic,
-            assertion: None,
+            assertion,
             scopes: Vec::new(),
             audience: None,
             resources: Vec::new(),
@@ -165,9 +178,15 @@ impl ClientCredentials {
         client_id: impl Into<String>,
         key: SigningKey,
     ) -> Result<Self, ConfigError> {
-        let mut credentials = Self::new(sender, token_url, client_id, Secret::new(String::new()))?;
-        credentials.assertion = Some((key, token_url.to_owned()));
-        Ok(credentials)
+        // No secret: each assertion is kept out of errors as it is made.
+        Self::with_credential(
+            sender,
+            token_url,
+            client_id.into(),
+            Secret::new(String::new()),
+            Some((key, token_url.to_owned())),
+            [],
+        )
     }
 
     /// The `aud` of the client's assertions (with
@@ -221,7 +240,8 @@ impl ClientCredentials {
         Self::new(sender, &endpoint, client_id, client_secret).map_err(metadata_unusable)
     }
 
-    /// How the client authenticates. Default [`ClientAuth::Basic`].
+    /// How the client authenticates with its secret. Default [`ClientAuth::Basic`]. (A
+    /// [`private_key_jwt`](Self::private_key_jwt) client authenticates with its assertions.)
     #[must_use]
     pub fn with_client_auth(mut self, auth: ClientAuth) -> Self {
         self.auth = auth;
