@@ -71,6 +71,9 @@ pub struct ClientCredentials {
     /// `private_key_jwt`: the key and the audience of the client's assertions (instead of a
     /// secret).
     assertion: Option<(SigningKey, String)>,
+    /// `tls_client_auth` / `self_signed_tls_client_auth`: the sender's TLS client certificate
+    /// authenticates the client (instead of a secret).
+    by_certificate: bool,
     scopes: Vec<String>,
     audience: Option<String>,
     resources: Vec<String>,
@@ -86,6 +89,7 @@ impl fmt::Debug for ClientCredentials {
             .field("client_secret", &self.client_secret)
             .field("auth", &self.auth)
             .field("assertion", &self.assertion)
+            .field("by_certificate", &self.by_certificate)
             .field("scopes", &self.scopes)
             .field("audience", &self.audience)
             .field("resources", &self.resources)
@@ -136,6 +140,7 @@ impl ClientCredentials {
             client_secret,
             auth: ClientAuth::Basic,
             assertion,
+            by_certificate: false,
             scopes: Vec::new(),
             audience: None,
             resources: Vec::new(),
@@ -187,6 +192,42 @@ impl ClientCredentials {
             Some((key, token_url.to_owned())),
             [],
         )
+    }
+
+    /// The client `client_id` authenticating with the TLS client certificate its sender
+    /// presents (RFC 8705: `tls_client_auth`, or `self_signed_tls_client_auth` for a
+    /// certificate registered with the server): the token request carries the client id and
+    /// no secret. Give the sender the certificate and its key, e.g.
+    /// `IssuerClient::from_builder(reqwest::Client::builder().identity(identity))`. A server
+    /// that binds its tokens to the certificate (`cnf` with `x5t#S256`) accepts them only from
+    /// an API client presenting the same one: build the layer's client with the same identity.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] for a URL that is not absolute `https` (a certificate is presented only
+    /// in TLS).
+    pub fn tls_client_auth(
+        sender: impl HttpSend,
+        token_url: &str,
+        client_id: impl Into<String>,
+    ) -> Result<Self, ConfigError> {
+        if !token_url.to_ascii_lowercase().starts_with("https://") {
+            return Err(ConfigError::Invalid {
+                name: "token_url",
+                reason: "must be https for TLS client authentication: the certificate is \
+                         presented in the TLS handshake",
+            });
+        }
+        let mut credentials = Self::with_credential(
+            sender,
+            token_url,
+            client_id.into(),
+            Secret::new(String::new()),
+            None,
+            [],
+        )?;
+        credentials.by_certificate = true;
+        Ok(credentials)
     }
 
     /// The `aud` of the client's assertions (with
@@ -308,6 +349,10 @@ impl ClientCredentials {
             form.append_pair(name, value);
         }
         let mut headers = Vec::new();
+        if self.by_certificate {
+            form.append_pair("client_id", &self.client_id);
+            return Ok((Secret::new(form.finish()), headers, None));
+        }
         if let Some((key, audience)) = &self.assertion {
             form.append_pair("client_id", &self.client_id);
             form.append_pair(

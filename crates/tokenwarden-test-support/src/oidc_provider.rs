@@ -31,7 +31,8 @@ fn ensure_installed() {
 }
 
 /// `oidc-provider` running on a loopback port with the clients a test registers, stopped
-/// when dropped. Its issuer is `http://127.0.0.1:<port>`; its metadata is at
+/// when dropped. Its issuer is `http://127.0.0.1:<port>` (`https` with
+/// [`start_tls`](Self::start_tls)); its metadata is at
 /// `{issuer}/.well-known/openid-configuration`.
 #[derive(Debug)]
 pub struct OidcProvider {
@@ -52,17 +53,35 @@ impl OidcProvider {
             .iter()
             .map(|(id, jwk)| json!({"client_id": id, "jwk": jwk}))
             .collect();
-        let clients = Value::Array(clients).to_string();
-        tokio::task::spawn_blocking(move || Self::start_blocking(&clients))
+        Self::spawn(Value::Array(clients), None).await
+    }
+
+    /// Starts the server over https, with its own `key` and `cert` (PEM), asking every client
+    /// for a certificate: `clients` is the JSON list `server.mjs` takes (each with a
+    /// `client_id`, a `jwk` and an `auth` method such as `self_signed_tls_client_auth`).
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start).
+    pub async fn start_tls(clients: Value, key: &str, cert: &str) -> Self {
+        Self::spawn(clients, Some(json!({"key": key, "cert": cert}))).await
+    }
+
+    async fn spawn(clients: Value, tls: Option<Value>) -> Self {
+        let args: Vec<String> = std::iter::once(clients)
+            .chain(tls)
+            .map(|v| v.to_string())
+            .collect();
+        tokio::task::spawn_blocking(move || Self::start_blocking(&args))
             .await
             .expect("starting the OpenID Connect server")
     }
 
-    fn start_blocking(clients: &str) -> Self {
+    fn start_blocking(args: &[String]) -> Self {
         ensure_installed();
         let mut child = Command::new("node")
             .arg("server.mjs")
-            .arg(clients)
+            .args(args)
             .current_dir(harness())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -90,7 +109,7 @@ impl OidcProvider {
         Self { child, issuer }
     }
 
-    /// The issuer identifier (`http://127.0.0.1:<port>`).
+    /// The issuer identifier (`http://127.0.0.1:<port>`, or `https://`).
     #[must_use]
     pub fn issuer(&self) -> &str {
         &self.issuer
