@@ -1,5 +1,5 @@
 //! Keys a client signs with: its assertion for `private_key_jwt` client authentication
-//! (RFC 7523), read from a PKCS#8 PEM or a JWK, never printed.
+//! (RFC 7523), read from a PKCS#8 PEM (RSA also PKCS#1), never printed.
 //!
 //! JWS compact serialization is [`jsonwebtoken`]'s (well kept, already in the workspace, and
 //! signing through ring); ring itself reads the key's public half, which `jsonwebtoken` does
@@ -215,8 +215,7 @@ impl SigningKey {
         thumbprint_of(&self.0.public)
     }
 
-    /// A compact JWS of `claims`, its header `alg`, the key id and what `header` adds (`typ`,
-    /// `jwk`, …).
+    /// A compact JWS of `claims`, its header `alg`, the key id and `header`'s `typ`.
     pub(crate) fn sign(&self, header: &Value, claims: &Value) -> Result<String, ConfigError> {
         let mut jws = jsonwebtoken::Header::new(self.0.algorithm.jws());
         jws.kid.clone_from(&self.0.key_id);
@@ -256,22 +255,18 @@ fn str_of(value: &Value) -> &str {
     value.as_str().unwrap_or_default()
 }
 
-/// A fresh random identifier: 128 bits, base64url (a `jti`).
-pub(crate) fn unique_id() -> String {
+/// A fresh random identifier: 128 bits from the system's generator, base64url (a `jti`).
+///
+/// # Errors
+///
+/// When the system's generator fails (it does not, on the platforms ring supports): no
+/// identifier that merely looks random is made instead.
+pub(crate) fn unique_id() -> Result<String, ConfigError> {
     let mut bytes = [0_u8; 16];
-    // The system's generator does not fail on the platforms ring supports; were it to, the
-    // time and a counter still make the id unique to this process.
-    if SystemRandom::new().fill(&mut bytes).is_err() {
-        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as u64;
-        bytes[..8].copy_from_slice(&t.to_be_bytes());
-        bytes[8..].copy_from_slice(&n.to_be_bytes());
-    }
-    b64(&bytes)
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| invalid("cannot be used: the system's random generator failed"))?;
+    Ok(b64(&bytes))
 }
 
 #[cfg(test)]
@@ -314,8 +309,10 @@ mod tests {
             assert_eq!(decoded.header.kid.as_deref(), Some("k1"));
             assert_eq!(decoded.header.typ.as_deref(), Some("JWT"));
             assert_eq!(key.public_jwk()["alg"], algorithm.name());
-            // Another key of the same kind does not verify it.
-            assert!(!format!("{key:?}").contains("PRIVATE"), "{key:?}");
+            // Debug shows no part of the key.
+            let text = pem(file);
+            let body = text.lines().nth(1).unwrap();
+            assert!(!format!("{key:?}").contains(&body[..16]), "{key:?}");
         }
     }
 
@@ -357,7 +354,8 @@ mod tests {
 
     #[test]
     fn ids_do_not_repeat() {
-        let ids: std::collections::HashSet<String> = (0..10_000).map(|_| unique_id()).collect();
+        let ids: std::collections::HashSet<String> =
+            (0..10_000).map(|_| unique_id().unwrap()).collect();
         assert_eq!(ids.len(), 10_000);
     }
 }

@@ -88,7 +88,13 @@ impl fmt::Debug for ClientCredentials {
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret)
             .field("auth", &self.auth)
-            .field("assertion", &self.assertion)
+            .field(
+                "assertion",
+                &self
+                    .assertion
+                    .as_ref()
+                    .map(|(key, aud)| (key, tokenwarden_origin::redact_url(aud))),
+            )
             .field("by_certificate", &self.by_certificate)
             .field("scopes", &self.scopes)
             .field("audience", &self.audience)
@@ -152,8 +158,8 @@ impl ClientCredentials {
     /// The client `client_id` authenticating with `private_key_jwt` (RFC 7523, OpenID Connect
     /// Core §9): every token request carries a fresh assertion signed with `key` — `iss` and
     /// `sub` the client id, `aud` the token endpoint (see
-    /// [`with_assertion_audience`](Self::with_assertion_audience)), a unique `jti`, `iat`, and
-    /// `exp` a minute later — instead of a secret. Register [`SigningKey::public_jwk`] with the
+    /// [`with_assertion_audience`](Self::with_assertion_audience)), a unique `jti`, `iat` (five seconds
+    /// back, for a server clock a little behind), and `exp` a minute after it — instead of a secret. Register [`SigningKey::public_jwk`] with the
     /// server.
     ///
     /// ```
@@ -183,6 +189,7 @@ impl ClientCredentials {
         client_id: impl Into<String>,
         key: SigningKey,
     ) -> Result<Self, ConfigError> {
+        no_userinfo(token_url)?;
         // No secret: each assertion is kept out of errors as it is made.
         Self::with_credential(
             sender,
@@ -211,13 +218,18 @@ impl ClientCredentials {
         token_url: &str,
         client_id: impl Into<String>,
     ) -> Result<Self, ConfigError> {
-        if !token_url.to_ascii_lowercase().starts_with("https://") {
+        if !token_url
+            .trim()
+            .to_ascii_lowercase()
+            .starts_with("https://")
+        {
             return Err(ConfigError::Invalid {
                 name: "token_url",
                 reason: "must be https for TLS client authentication: the certificate is \
                          presented in the TLS handshake",
             });
         }
+        no_userinfo(token_url)?;
         let mut credentials = Self::with_credential(
             sender,
             token_url,
@@ -254,10 +266,12 @@ impl ClientCredentials {
         client_id: impl Into<String>,
         key: SigningKey,
     ) -> Result<Self, GatewayError> {
-        let endpoint = token_endpoint(sender.clone(), issuer).await?;
+        let (named, endpoint) = token_endpoint(sender.clone(), issuer).await?;
+        // The issuer as its metadata names it (a trailing slash included): the audience the
+        // server compares with.
         Ok(Self::private_key_jwt(sender, &endpoint, client_id, key)
             .map_err(metadata_unusable)?
-            .with_assertion_audience(issuer))
+            .with_assertion_audience(named))
     }
 
     /// Finds the token endpoint in the metadata of the authorization server `issuer` (RFC
@@ -277,7 +291,7 @@ impl ClientCredentials {
         client_id: impl Into<String>,
         client_secret: impl Into<Secret>,
     ) -> Result<Self, GatewayError> {
-        let endpoint = token_endpoint(sender.clone(), issuer).await?;
+        let (_, endpoint) = token_endpoint(sender.clone(), issuer).await?;
         Self::new(sender, &endpoint, client_id, client_secret).map_err(metadata_unusable)
     }
 
@@ -448,11 +462,12 @@ impl TokenSource for ClientCredentials {
 
 /// The token endpoint the metadata of the authorization server `issuer` names (RFC 8414's
 /// `/.well-known/oauth-authorization-server`, else OpenID Connect's
-/// `/.well-known/openid-configuration`), read under the same rules as token requests.
+/// `/.well-known/openid-configuration`), read under the same rules as token requests, with
+/// the issuer as the metadata writes it.
 async fn token_endpoint<S: HttpSend + Clone>(
     sender: S,
     issuer: &str,
-) -> Result<String, GatewayError> {
+) -> Result<(String, String), GatewayError> {
     let mut last = None;
     for path in [
         "/.well-known/oauth-authorization-server",
@@ -485,13 +500,35 @@ async fn token_endpoint<S: HttpSend + Clone>(
                 named: tokenwarden_origin::redact_url(named),
             });
         }
-        return Ok(answer.string("/token_endpoint")?.to_owned());
+        return Ok((
+            named.to_owned(),
+            answer.string("/token_endpoint")?.to_owned(),
+        ));
     }
     Err(last.unwrap_or(GatewayError::Status {
         gateway: GATEWAY,
         status: StatusCode::NOT_FOUND,
         retry_after: None,
     }))
+}
+
+/// A client that authenticates with a key or a certificate sends no password: a
+/// `user:password@` in its token URL (which would go as HTTP Basic besides) is refused.
+fn no_userinfo(token_url: &str) -> Result<(), ConfigError> {
+    let authority = token_url
+        .split_once("://")
+        .map_or(token_url, |(_, rest)| rest)
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default();
+    if authority.contains('@') {
+        return Err(ConfigError::Invalid {
+            name: "token_url",
+            reason: "has credentials (user:password@), but this client authenticates with its \
+                     key or certificate: two methods at once are refused by servers",
+        });
+    }
+    Ok(())
 }
 
 fn metadata_unusable(e: ConfigError) -> GatewayError {
@@ -509,17 +546,25 @@ fn client_assertion(
     client_id: &str,
     audience: &str,
 ) -> Result<Secret, GatewayError> {
-    let now = std::time::SystemTime::now()
+    // Issued five seconds back: a server whose clock is a little behind this one's (or that
+    // refuses an `iat` in its future) still takes it; valid for a minute from then.
+    let iat = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
-        .as_secs();
+        .as_secs()
+        .saturating_sub(5);
+    let jti = crate::jose::unique_id().map_err(|e| GatewayError::Malformed {
+        gateway: GATEWAY,
+        status: StatusCode::OK,
+        problem: format!("the client assertion cannot be made: {e}"),
+    })?;
     let claims = serde_json::json!({
         "iss": client_id,
         "sub": client_id,
         "aud": audience,
-        "jti": crate::jose::unique_id(),
-        "iat": now,
-        "exp": now + 60,
+        "jti": jti,
+        "iat": iat,
+        "exp": iat + 60,
     });
     key.sign(&serde_json::json!({"typ": "JWT"}), &claims)
         .map(Secret::new)

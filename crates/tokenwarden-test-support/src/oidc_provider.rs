@@ -85,7 +85,8 @@ impl OidcProvider {
             .current_dir(harness())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            // Its warnings and errors go to the test's output: a crash says why.
+            .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| panic!("could not start `node`: {e}; {HOW_TO_INSTALL}"));
         let stdout = child.stdout.take().expect("piped stdout");
