@@ -1,5 +1,5 @@
 //! Keys a client signs with: its assertion for `private_key_jwt` client authentication
-//! (RFC 7523), read from a PKCS#8 PEM (RSA also PKCS#1), never printed.
+//! (RFC 7523), read from a PKCS#8 PEM (RSA also PKCS#1) or a JWK, never printed.
 //!
 //! JWS compact serialization is [`jsonwebtoken`]'s (well kept, already in the workspace, and
 //! signing through ring); ring itself reads the key's public half, which `jsonwebtoken` does
@@ -135,35 +135,96 @@ impl SigningKey {
                     json!({"kty": "RSA", "n": b64(&public.n), "e": b64(&public.e)}),
                 )
             }
-            Algorithm::Es256 => {
-                let pair = EcdsaKeyPair::from_pkcs8(
-                    &ECDSA_P256_SHA256_FIXED_SIGNING,
-                    der,
-                    &SystemRandom::new(),
-                )
-                .map_err(|_| invalid("is not a P-256 private key in PKCS#8"))?;
-                let point = pair.public_key().as_ref();
-                (
-                    jsonwebtoken::EncodingKey::from_ec_der(der),
-                    json!({"kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..65])}),
-                )
+            Algorithm::Es256 | Algorithm::EdDsa => from_pkcs8_der(algorithm, der)?,
+        };
+        Self::checked(algorithm, key, public)
+    }
+
+    /// The private key in a JWK (RFC 7517): an EC P-256 key (`kty` `EC`, `crv` `P-256`, `d`,
+    /// `x`, `y`) signs with ES256, an Ed25519 key (`kty` `OKP`, `crv` `Ed25519`, `d`, `x`) with
+    /// EdDSA; its `kid`, if any, is the key id. RSA keys are read from PEM
+    /// ([`from_pkcs8_pem`](Self::from_pkcs8_pem)).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming `signing_key` when the text is not such a JWK, its `alg` is
+    /// another, or its public part (`x`, `y`) does not belong to its private part (`d`). The
+    /// error never shows the key.
+    pub fn from_jwk(jwk: &str) -> Result<Self, ConfigError> {
+        let jwk: Value =
+            serde_json::from_str(jwk).map_err(|_| invalid("is not a JWK (a JSON object)"))?;
+        let part = |name: &str| -> Result<Vec<u8>, ConfigError> {
+            let bytes = jwk[name]
+                .as_str()
+                .and_then(|text| URL_SAFE_NO_PAD.decode(text).ok())
+                .filter(|bytes| bytes.len() == 32);
+            bytes.ok_or(invalid(
+                "is a JWK without the 32-byte base64url `d`, `x` (and for P-256 `y`) its key needs",
+            ))
+        };
+        let (algorithm, der) = match (jwk["kty"].as_str(), jwk["crv"].as_str()) {
+            (Some("EC"), Some("P-256")) => {
+                // PKCS#8 (RFC 5208) around SEC 1's ECPrivateKey with its public key.
+                let mut der = vec![
+                    0x30, 0x81, 0x87, 0x02, 0x01, 0x00, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48,
+                    0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01,
+                    0x07, 0x04, 0x6d, 0x30, 0x6b, 0x02, 0x01, 0x01, 0x04, 0x20,
+                ];
+                der.extend(part("d")?);
+                der.extend([0xa1, 0x44, 0x03, 0x42, 0x00, 0x04]);
+                der.extend(part("x")?);
+                der.extend(part("y")?);
+                (Algorithm::Es256, der)
             }
-            Algorithm::EdDsa => {
-                let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
-                    .map_err(|_| invalid("is not an Ed25519 private key in PKCS#8"))?;
-                (
-                    jsonwebtoken::EncodingKey::from_ed_der(der),
-                    json!({"kty": "OKP", "crv": "Ed25519", "x": b64(pair.public_key().as_ref())}),
-                )
+            (Some("OKP"), Some("Ed25519")) => {
+                // PKCS#8 for Ed25519 (RFC 8410): the 32-byte seed.
+                let mut der = vec![
+                    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04,
+                    0x22, 0x04, 0x20,
+                ];
+                der.extend(part("d")?);
+                (Algorithm::EdDsa, der)
+            }
+            _ => {
+                return Err(invalid(
+                    "is a JWK of a kind not read here: an EC P-256 or an OKP Ed25519 key (RSA keys \
+                     are read from PEM)",
+                ));
             }
         };
+        if let Some(alg) = jwk["alg"].as_str()
+            && alg != algorithm.name()
+        {
+            return Err(invalid("is a JWK whose `alg` is not its key's algorithm"));
+        }
+        let (key, public) = from_pkcs8_der(algorithm, &der)?;
+        // ring checks a P-256 key's public point against its private key; an Ed25519 seed
+        // carries none, so its `x` is checked here.
+        if public["x"] != jwk["x"] {
+            return Err(invalid(
+                "is a JWK whose public part does not belong to its private part",
+            ));
+        }
+        let signing = Self::checked(algorithm, key, public)?;
+        Ok(match jwk["kid"].as_str() {
+            Some(kid) => signing.with_key_id(kid),
+            None => signing,
+        })
+    }
+
+    /// The key, refused now if jsonwebtoken cannot sign with it (not at the first token
+    /// request).
+    fn checked(
+        algorithm: Algorithm,
+        key: jsonwebtoken::EncodingKey,
+        public: Value,
+    ) -> Result<Self, ConfigError> {
         let signing = Self(Arc::new(Inner {
             algorithm,
             key,
             public,
             key_id: None,
         }));
-        // A key jsonwebtoken cannot sign with is refused now, not at the first token request.
         signing
             .sign(&json!({}), &json!({}))
             .map_err(|_| invalid("cannot sign: the key and the algorithm do not match"))?;
@@ -249,6 +310,30 @@ fn thumbprint_of(p: &Value) -> String {
         ),
     };
     b64(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()).as_ref())
+}
+
+/// An EC P-256 or Ed25519 key in PKCS#8 DER: the signing key and its public JWK.
+fn from_pkcs8_der(
+    algorithm: Algorithm,
+    der: &[u8],
+) -> Result<(jsonwebtoken::EncodingKey, Value), ConfigError> {
+    if algorithm == Algorithm::Es256 {
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der, &SystemRandom::new())
+                .map_err(|_| invalid("is not a P-256 private key in PKCS#8"))?;
+        let point = pair.public_key().as_ref();
+        Ok((
+            jsonwebtoken::EncodingKey::from_ec_der(der),
+            json!({"kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..65])}),
+        ))
+    } else {
+        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
+            .map_err(|_| invalid("is not an Ed25519 private key in PKCS#8"))?;
+        Ok((
+            jsonwebtoken::EncodingKey::from_ed_der(der),
+            json!({"kty": "OKP", "crv": "Ed25519", "x": b64(pair.public_key().as_ref())}),
+        ))
+    }
 }
 
 fn str_of(value: &Value) -> &str {
@@ -357,5 +442,85 @@ mod tests {
         let ids: std::collections::HashSet<String> =
             (0..10_000).map(|_| unique_id().unwrap()).collect();
         assert_eq!(ids.len(), 10_000);
+    }
+
+    /// RFC 8037 Appendix A: its Ed25519 key, public key and thumbprint.
+    #[test]
+    fn an_ed25519_jwk_is_read_as_rfc_8037_shows() {
+        let jwk = r#"{"kty":"OKP","crv":"Ed25519",
+            "d":"nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A",
+            "x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"rfc8037"}"#;
+        let key = SigningKey::from_jwk(jwk).unwrap();
+        assert_eq!(key.algorithm(), Algorithm::EdDsa);
+        assert_eq!(key.key_id(), Some("rfc8037"));
+        assert_eq!(
+            key.public_jwk()["x"],
+            "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
+        );
+        assert_eq!(
+            key.thumbprint(),
+            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+        );
+        assert!(!format!("{key:?}").contains("nWGxne"));
+    }
+
+    /// The JWK of each PEM test key reads as the same key, and signs what its public JWK
+    /// verifies.
+    #[test]
+    fn a_jwk_and_its_pem_are_the_same_key() {
+        let der = |file: &str| pem::parse(pem(file)).unwrap().contents().to_vec();
+        let p256 = der("p256.pem");
+        let ec = json!({"kty": "EC", "crv": "P-256", "d": b64(&p256[36..68]),
+                        "x": b64(&p256[74..106]), "y": b64(&p256[106..138])});
+        let ed = json!({"kty": "OKP", "crv": "Ed25519", "d": b64(&der("ed25519.pem")[16..48]),
+                        "x": SigningKey::from_pkcs8_pem(Algorithm::EdDsa, &pem("ed25519.pem")).unwrap().public_jwk()["x"]});
+        for (jwk, algorithm, file) in [
+            (ec, Algorithm::Es256, "p256.pem"),
+            (ed, Algorithm::EdDsa, "ed25519.pem"),
+        ] {
+            let from_jwk = SigningKey::from_jwk(&jwk.to_string()).unwrap();
+            let from_pem = SigningKey::from_pkcs8_pem(algorithm, &pem(file)).unwrap();
+            assert_eq!(from_jwk.public_jwk(), from_pem.public_jwk());
+            assert_eq!(from_jwk.thumbprint(), from_pem.thumbprint());
+            let jws = from_jwk.sign(&json!({}), &json!({"sub": "c"})).unwrap();
+            let public: jsonwebtoken::jwk::Jwk =
+                serde_json::from_value(from_pem.public_jwk()).unwrap();
+            let mut validation = jsonwebtoken::Validation::new(algorithm.jws());
+            validation.required_spec_claims.clear();
+            validation.validate_exp = false;
+            jsonwebtoken::decode::<Value>(
+                &jws,
+                &jsonwebtoken::DecodingKey::from_jwk(&public).unwrap(),
+                &validation,
+            )
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn a_jwk_that_does_not_hold_together_is_refused_without_showing_it() {
+        let d = "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A";
+        for jwk in [
+            // Another key's public part.
+            format!(
+                r#"{{"kty":"OKP","crv":"Ed25519","d":"{d}","x":"{}"}}"#,
+                b64(&[7; 32])
+            ),
+            // An `alg` that is not its key's.
+            format!(
+                r#"{{"kty":"OKP","crv":"Ed25519","d":"{d}","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","alg":"ES256"}}"#
+            ),
+            // RSA, a short `d`, not JSON.
+            r#"{"kty":"RSA","n":"AQAB","e":"AQAB","d":"AQAB"}"#.to_owned(),
+            format!(
+                r#"{{"kty":"OKP","crv":"Ed25519","d":"{}","x":"x"}}"#,
+                &d[..20]
+            ),
+            "not json".to_owned(),
+        ] {
+            let error = SigningKey::from_jwk(&jwk).unwrap_err().to_string();
+            assert!(error.contains("signing_key"), "{error}");
+            assert!(!error.contains(&d[..12]), "{error}");
+        }
     }
 }
