@@ -42,6 +42,8 @@ mod issuer;
 #[cfg(feature = "reqwest")]
 mod middleware;
 #[cfg(feature = "oauth2-server")]
+mod node_server;
+#[cfg(feature = "oauth2-server")]
 mod oauth2_server;
 #[cfg(feature = "oauth2-server")]
 mod oidc_provider;

@@ -2,23 +2,15 @@
 //! `oauth2-mock-server` on Node.js, configured by `interop/oauth2-server/server.mjs`.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
 use crate::{Answer, LoopbackApi};
-
-/// Where the server's files are, in this repository.
-fn harness() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop/oauth2-server")
-}
 
 /// How to get the server, for every message that says it is missing.
 const HOW_TO_INSTALL: &str = "the OAuth 2.0 interop tests run oauth2-mock-server (npm) on \
@@ -74,33 +66,12 @@ impl OAuth2Server {
 
     fn start_blocking() -> Self {
         ensure_installed();
-        let mut child = Command::new("node")
-            .arg("server.mjs")
-            .current_dir(harness())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("could not start `node`: {e}; {HOW_TO_INSTALL}"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
-        let Ok(started) = serde_json::from_str::<Value>(&line) else {
-            let _ = child.kill();
-            let status = child.wait().ok();
-            panic!(
-                "the OAuth 2.0 server did not start (exit: {status:?}, said: {line:?}); {HOW_TO_INSTALL}"
-            );
-        };
+        let (child, started) =
+            crate::node_server::start("oauth2-server", &[], "the OAuth 2.0 server", HOW_TO_INSTALL);
         let text = |key: &str| {
             started[key]
                 .as_str()
-                .unwrap_or_else(|| panic!("the server's start line lacks {key}: {line}"))
+                .unwrap_or_else(|| panic!("the server's start line lacks {key}: {started}"))
                 .trim_end_matches('/')
                 .to_owned()
         };

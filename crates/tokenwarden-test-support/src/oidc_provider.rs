@@ -2,17 +2,10 @@
 //! `oidc-provider` on Node.js, configured by `interop/oidc-provider/server.mjs`, for
 //! `private_key_jwt` client authentication.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use serde_json::{Value, json};
-
-fn harness() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop/oidc-provider")
-}
 
 const HOW_TO_INSTALL: &str = "the private_key_jwt interop tests run oidc-provider (npm) on \
      Node.js 20.19+, 22.12+ or 24: install Node.js (https://nodejs.org; where only an older \
@@ -79,34 +72,16 @@ impl OidcProvider {
 
     fn start_blocking(args: &[String]) -> Self {
         ensure_installed();
-        let mut child = Command::new("node")
-            .arg("server.mjs")
-            .args(args)
-            .current_dir(harness())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            // Its warnings and errors go to the test's output: a crash says why.
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("could not start `node`: {e}; {HOW_TO_INSTALL}"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
-        let issuer = serde_json::from_str::<Value>(&line)
-            .ok()
-            .and_then(|started| started["issuer"].as_str().map(str::to_owned));
-        let Some(issuer) = issuer else {
-            let _ = child.kill();
-            let status = child.wait().ok();
-            panic!(
-                "the OpenID Connect server did not start (exit: {status:?}, said: {line:?}); {HOW_TO_INSTALL}"
-            );
-        };
+        let (child, started) = crate::node_server::start(
+            "oidc-provider",
+            args,
+            "the OpenID Connect server",
+            HOW_TO_INSTALL,
+        );
+        let issuer = started["issuer"]
+            .as_str()
+            .unwrap_or_else(|| panic!("the server's start line lacks its issuer: {started}"))
+            .to_owned();
         Self { child, issuer }
     }
 
