@@ -226,7 +226,7 @@ impl SigningKey {
             key_id: None,
         }));
         signing
-            .sign(&json!({}), &json!({}))
+            .sign(None, &json!({}))
             .map_err(|_| invalid("cannot sign: the key and the algorithm do not match"))?;
         Ok(signing)
     }
@@ -276,13 +276,11 @@ impl SigningKey {
         thumbprint_of(&self.0.public)
     }
 
-    /// A compact JWS of `claims`, its header `alg`, the key id and `header`'s `typ`.
-    pub(crate) fn sign(&self, header: &Value, claims: &Value) -> Result<String, ConfigError> {
+    /// A compact JWS of `claims`, its header `alg`, the key id and `typ` (if any).
+    pub(crate) fn sign(&self, typ: Option<&str>, claims: &Value) -> Result<String, ConfigError> {
         let mut jws = jsonwebtoken::Header::new(self.0.algorithm.jws());
         jws.kid.clone_from(&self.0.key_id);
-        if let Some(typ) = header["typ"].as_str() {
-            jws.typ = Some(typ.to_owned());
-        }
+        jws.typ = typ.map(str::to_owned);
         jsonwebtoken::encode(&jws, claims, &self.0.key)
             .map_err(|_| invalid("cannot sign: the key and the algorithm do not match"))
     }
@@ -380,7 +378,7 @@ mod tests {
                 .with_key_id("k1");
             let claims =
                 json!({"iss": "client", "aud": "https://as.example", "exp": 4_000_000_000_u64});
-            let jws = key.sign(&json!({"typ": "JWT"}), &claims).unwrap();
+            let jws = key.sign(Some("JWT"), &claims).unwrap();
             let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key.public_jwk()).unwrap();
             let mut validation = jsonwebtoken::Validation::new(algorithm.jws());
             validation.set_audience(&["https://as.example"]);
@@ -482,7 +480,7 @@ mod tests {
             let from_pem = SigningKey::from_pkcs8_pem(algorithm, &pem(file)).unwrap();
             assert_eq!(from_jwk.public_jwk(), from_pem.public_jwk());
             assert_eq!(from_jwk.thumbprint(), from_pem.thumbprint());
-            let jws = from_jwk.sign(&json!({}), &json!({"sub": "c"})).unwrap();
+            let jws = from_jwk.sign(None, &json!({"sub": "c"})).unwrap();
             let public: jsonwebtoken::jwk::Jwk =
                 serde_json::from_value(from_pem.public_jwk()).unwrap();
             let mut validation = jsonwebtoken::Validation::new(algorithm.jws());

@@ -566,7 +566,7 @@ fn client_assertion(
         "iat": iat,
         "exp": iat + 60,
     });
-    key.sign(&serde_json::json!({"typ": "JWT"}), &claims)
+    key.sign(Some("JWT"), &claims)
         .map(Secret::new)
         .map_err(|e| GatewayError::Malformed {
             gateway: GATEWAY,
