@@ -117,17 +117,14 @@ impl SigningKey {
         let block = pem::parse(pem.trim())
             .map_err(|_| invalid("is not a PEM block (`-----BEGIN PRIVATE KEY-----` …)"))?;
         let der = block.contents();
-        let rsa = || {
-            if block.tag() == "RSA PRIVATE KEY" {
-                RsaKeyPair::from_der(der)
-            } else {
-                RsaKeyPair::from_pkcs8(der)
-            }
-            .map_err(|_| invalid("is not an RSA private key of at least 2,048 bits"))
-        };
         let (key, public) = match algorithm {
             Algorithm::Rs256 | Algorithm::Ps256 => {
-                let pair = rsa()?;
+                let pair = if block.tag() == "RSA PRIVATE KEY" {
+                    RsaKeyPair::from_der(der)
+                } else {
+                    RsaKeyPair::from_pkcs8(der)
+                }
+                .map_err(|_| invalid("is not an RSA private key of at least 2,048 bits"))?;
                 let public = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(pair.public());
                 (
                     jsonwebtoken::EncodingKey::from_rsa_pem(pem.trim().as_bytes())
