@@ -158,9 +158,9 @@ impl ClientCredentials {
     /// The client `client_id` authenticating with `private_key_jwt` (RFC 7523, OpenID Connect
     /// Core §9): every token request carries a fresh assertion signed with `key` — `iss` and
     /// `sub` the client id, `aud` the token endpoint (see
-    /// [`with_assertion_audience`](Self::with_assertion_audience)), a unique `jti`, `iat` (five seconds
-    /// back, for a server clock a little behind), and `exp` a minute after it — instead of a secret. Register [`SigningKey::public_jwk`] with the
-    /// server.
+    /// [`with_assertion_audience`](Self::with_assertion_audience)), a unique `jti`, `iat`
+    /// (five seconds back, for a server clock a little behind), and `exp` a minute after it —
+    /// instead of a secret. Register [`SigningKey::public_jwk`] with the server.
     ///
     /// ```
     /// use tokenwarden_gateways::jose::{Algorithm, SigningKey};
@@ -189,7 +189,6 @@ impl ClientCredentials {
         client_id: impl Into<String>,
         key: SigningKey,
     ) -> Result<Self, ConfigError> {
-        no_userinfo(token_url)?;
         // No secret: each assertion is kept out of errors as it is made.
         Self::with_credential(
             sender,
@@ -198,7 +197,8 @@ impl ClientCredentials {
             Secret::new(String::new()),
             Some((key, token_url.to_owned())),
             [],
-        )
+        )?
+        .without_url_credentials()
     }
 
     /// The client `client_id` authenticating with the TLS client certificate its sender
@@ -229,7 +229,6 @@ impl ClientCredentials {
                          presented in the TLS handshake",
             });
         }
-        no_userinfo(token_url)?;
         let mut credentials = Self::with_credential(
             sender,
             token_url,
@@ -237,9 +236,24 @@ impl ClientCredentials {
             Secret::new(String::new()),
             None,
             [],
-        )?;
+        )?
+        .without_url_credentials()?;
         credentials.by_certificate = true;
         Ok(credentials)
+    }
+
+    /// Refuses a token URL with `user:password@` (which the issuer would send as HTTP Basic)
+    /// for a client that authenticates with a key or a certificate: servers refuse two methods
+    /// at once.
+    fn without_url_credentials(self) -> Result<Self, ConfigError> {
+        if self.issuer.has_url_credentials() {
+            return Err(ConfigError::Invalid {
+                name: "token_url",
+                reason: "has credentials (user:password@), but this client authenticates with \
+                         its key or certificate: two methods at once are refused by servers",
+            });
+        }
+        Ok(self)
     }
 
     /// The `aud` of the client's assertions (with
@@ -510,25 +524,6 @@ async fn token_endpoint<S: HttpSend + Clone>(
         status: StatusCode::NOT_FOUND,
         retry_after: None,
     }))
-}
-
-/// A client that authenticates with a key or a certificate sends no password: a
-/// `user:password@` in its token URL (which would go as HTTP Basic besides) is refused.
-fn no_userinfo(token_url: &str) -> Result<(), ConfigError> {
-    let authority = token_url
-        .split_once("://")
-        .map_or(token_url, |(_, rest)| rest)
-        .split(['/', '?', '#'])
-        .next()
-        .unwrap_or_default();
-    if authority.contains('@') {
-        return Err(ConfigError::Invalid {
-            name: "token_url",
-            reason: "has credentials (user:password@), but this client authenticates with its \
-                     key or certificate: two methods at once are refused by servers",
-        });
-    }
-    Ok(())
 }
 
 fn metadata_unusable(e: ConfigError) -> GatewayError {

@@ -122,6 +122,11 @@ impl Issuer {
         error.redacted(&self.secrets)
     }
 
+    /// Whether the endpoint URL had `user:password@`, sent as HTTP Basic credentials.
+    pub(crate) fn has_url_credentials(&self) -> bool {
+        self.basic.is_some()
+    }
+
     pub(crate) fn with_gateway(mut self, gateway: &'static str) -> Self {
         self.gateway = gateway;
         self
