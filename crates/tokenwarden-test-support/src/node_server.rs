@@ -2,22 +2,43 @@
 //! `server.mjs` under `interop/<name>/` that prints one JSON line once listening and exits
 //! when its standard input closes.
 
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use serde_json::Value;
 
 /// Starts `node server.mjs <args>` in `interop/<harness>` and returns it with the JSON line it
-/// printed once listening. Its standard input stays open (closing it stops the server); its
-/// warnings and errors go to the test's output.
+/// printed once listening. Its npm packages are installed first, once per process, by the
+/// project's `scripts/<install>` (which takes a file lock: several test processes may run it at
+/// once). Its standard input stays open (closing it stops the server); its warnings and errors
+/// go to the test's output.
 ///
 /// # Panics
 ///
-/// If `node` cannot be started, or the server prints no JSON line within 30 s: the message
-/// says what it did say and `how_to` (how to install it), naming it `what`.
-pub(crate) fn start(harness: &str, args: &[String], what: &str, how_to: &str) -> (Child, Value) {
+/// If the install script fails, `node` cannot be started, or the server prints no JSON line
+/// within 30 s: the message says what it did say and `how_to` (how to install it), naming it
+/// `what`.
+pub(crate) fn start(
+    harness: &str,
+    install: &'static str,
+    args: &[String],
+    what: &str,
+    how_to: &str,
+) -> (Child, Value) {
+    static INSTALLED: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+    {
+        // Marked only once it succeeded: after a failed install, every test says why again.
+        let mut installed = INSTALLED.lock().unwrap_or_else(PoisonError::into_inner);
+        let installed = installed.get_or_insert_with(HashSet::new);
+        if !installed.contains(install) {
+            crate::install::run_install_script(install, what, how_to);
+            installed.insert(install);
+        }
+    }
     let directory = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../interop")
         .join(harness);

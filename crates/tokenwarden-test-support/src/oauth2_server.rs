@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::process::Child;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -17,20 +17,6 @@ const HOW_TO_INSTALL: &str = "the OAuth 2.0 interop tests run oauth2-mock-server
      Node.js 20.19+, 22.12+ or 24: install Node.js (https://nodejs.org; where only an older \
      npm exists, `npm install -g node@22`), then run `scripts/install-oauth2-server.sh` from the \
      repository root";
-
-/// Installs the server's npm packages at the version its `package-lock.json` pins, unless
-/// they are there already: once per process, with the project's own script (which takes a
-/// file lock, so several test processes may call it at once).
-fn ensure_installed() {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        crate::install::run_install_script(
-            "install-oauth2-server.sh",
-            "the OAuth 2.0 server",
-            HOW_TO_INSTALL,
-        );
-    });
-}
 
 /// `oauth2-mock-server` running on a loopback port, stopped when dropped.
 ///
@@ -65,9 +51,13 @@ impl OAuth2Server {
     }
 
     fn start_blocking() -> Self {
-        ensure_installed();
-        let (child, started) =
-            crate::node_server::start("oauth2-server", &[], "the OAuth 2.0 server", HOW_TO_INSTALL);
+        let (child, started) = crate::node_server::start(
+            "oauth2-server",
+            "install-oauth2-server.sh",
+            &[],
+            "the OAuth 2.0 server",
+            HOW_TO_INSTALL,
+        );
         let text = |key: &str| {
             started[key]
                 .as_str()

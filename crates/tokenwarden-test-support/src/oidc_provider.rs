@@ -3,7 +3,6 @@
 //! `private_key_jwt` client authentication.
 
 use std::process::Child;
-use std::sync::OnceLock;
 
 use serde_json::{Value, json};
 
@@ -11,17 +10,6 @@ const HOW_TO_INSTALL: &str = "the private_key_jwt interop tests run oidc-provide
      Node.js 20.19+, 22.12+ or 24: install Node.js (https://nodejs.org; where only an older \
      npm exists, `npm install -g node@22`), then run `scripts/install-oidc-provider.sh` from the \
      repository root";
-
-fn ensure_installed() {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        crate::install::run_install_script(
-            "install-oidc-provider.sh",
-            "the OpenID Connect authorization server",
-            HOW_TO_INSTALL,
-        );
-    });
-}
 
 /// `oidc-provider` running on a loopback port with the clients a test registers, stopped
 /// when dropped. Its issuer is `http://127.0.0.1:<port>` (`https` with
@@ -71,9 +59,9 @@ impl OidcProvider {
     }
 
     fn start_blocking(args: &[String]) -> Self {
-        ensure_installed();
         let (child, started) = crate::node_server::start(
             "oidc-provider",
+            "install-oidc-provider.sh",
             args,
             "the OpenID Connect server",
             HOW_TO_INSTALL,
