@@ -96,6 +96,12 @@ pub enum Error {
         /// The key's display-safe label.
         key: String,
     },
+    /// A DPoP proof for the request could not be made (RFC 9449): the request was not sent.
+    #[error("no DPoP proof could be made for the request: {reason}")]
+    DpopProof {
+        /// Why (never a key or a token).
+        reason: String,
+    },
     /// A keyed cache's factory (or a registration) gave settings that cannot work for this key.
     #[error("the token cache for {key} could not be made")]
     KeyConfig {
@@ -125,6 +131,7 @@ impl Error {
             | Error::SourcePanicked
             | Error::NoRuntime
             | Error::UnknownKey { .. }
+            | Error::DpopProof { .. }
             | Error::KeyConfig { .. } => false,
         }
     }

@@ -39,6 +39,7 @@
 mod budget;
 mod cache;
 mod config;
+pub mod dpop;
 mod error;
 pub mod metrics;
 mod presentation;
@@ -55,6 +56,7 @@ pub use cache::{
     KeyedCacheBuilder, KeyedSummary, ManualClock, Route, TokenCache, TokenCacheBuilder, future,
 };
 pub(crate) use config::{CacheConfig, RefreshWindow};
+pub use dpop::DpopProver;
 pub use error::{ConfigError, Error, TokenProblem};
 pub use presentation::{Presentation, TokenCharset};
 pub use secret::Secret;

@@ -6,6 +6,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use std::fmt;
 use std::sync::{Arc, LazyLock};
 
+use crate::dpop::{Bound, DpopProver};
 use crate::{ConfigError, Error, Secret, TokenProblem};
 
 const PLACEHOLDER: &str = "{token}";
@@ -52,6 +53,8 @@ struct Parts {
     templates: Vec<Template>,
     fixed: Vec<(HeaderName, HeaderValue)>,
     charset: Option<TokenCharset>,
+    /// The key DPoP-bound tokens are bound to.
+    prover: Option<Arc<dyn DpopProver>>,
 }
 
 impl fmt::Debug for Presentation {
@@ -66,6 +69,7 @@ impl fmt::Debug for Presentation {
                 &self.0.fixed.iter().map(|(n, _)| n).collect::<Vec<_>>(),
             )
             .field("token_charset", &self.token_charset())
+            .field("dpop", &self.0.prover)
             .finish()
     }
 }
@@ -75,7 +79,7 @@ impl fmt::Debug for Presentation {
 #[non_exhaustive]
 pub enum TokenCharset {
     /// RFC 6750's `b64token`: letters, digits, `-._~+/`, then any `=` padding. The default
-    /// when the presentation has a `Bearer` header.
+    /// when the presentation has a `Bearer` or `DPoP` header (RFC 9449 §7.1).
     B64Token,
     /// Any visible ASCII character (`!` to `~`). The default otherwise.
     Visible,
@@ -96,6 +100,7 @@ impl Presentation {
             templates: Vec::new(),
             fixed: Vec::new(),
             charset: None,
+            prover: None,
         }))
     }
 
@@ -105,6 +110,40 @@ impl Presentation {
         static BEARER: LazyLock<Presentation> =
             LazyLock::new(|| Presentation::empty().with_bearer());
         BEARER.clone()
+    }
+
+    /// `Authorization: DPoP <token>` and a fresh `DPoP` proof of `key` on every request
+    /// (RFC 9449): the tokens are bound to `key`, which the token source holds too
+    /// (`tokenwarden_gateways::oauth2::ClientCredentials::with_dpop` builds both). The HTTP
+    /// layers sign the proofs, remember each server's `DPoP-Nonce` and answer its
+    /// `use_dpop_nonce` challenge by sending the request again with the same token; see
+    /// [docs/oauth2.md](https://github.com/tokenwarden/tokenwarden/blob/main/docs/oauth2.md)
+    /// ("DPoP").
+    #[must_use]
+    pub fn dpop(key: Arc<dyn DpopProver>) -> Self {
+        let mut p = Self::empty();
+        let parts = Arc::make_mut(&mut p.0);
+        parts.templates.push(Template {
+            name: AUTHORIZATION,
+            prefix: "DPoP ".to_owned(),
+            suffix: String::new(),
+        });
+        parts.prover = Some(key);
+        p
+    }
+
+    /// The key tokens are bound to, for a [`dpop`](Self::dpop) presentation.
+    #[must_use]
+    pub fn dpop_key(&self) -> Option<&Arc<dyn DpopProver>> {
+        self.0.prover.as_ref()
+    }
+
+    /// What a snapshot of `secret` carries for its proofs: the key and the token's hash.
+    pub(crate) fn bound(&self, secret: &Secret) -> Option<Bound> {
+        self.0.prover.as_ref().map(|prover| Bound {
+            ath: prover.token_hash(secret.expose()).into_boxed_str(),
+            prover: Arc::clone(prover),
+        })
     }
 
     /// `<name>: <token>`, e.g. `Token: <token>`.
@@ -167,7 +206,7 @@ impl Presentation {
     }
 
     /// Which characters a token may have. Default: [`TokenCharset::B64Token`] if a header is
-    /// `Authorization: Bearer`, else [`TokenCharset::Visible`].
+    /// `Authorization: Bearer` or `Authorization: DPoP`, else [`TokenCharset::Visible`].
     #[must_use]
     pub fn with_token_charset(mut self, charset: TokenCharset) -> Self {
         Arc::make_mut(&mut self.0).charset = Some(charset);
@@ -179,8 +218,7 @@ impl Presentation {
     pub fn token_charset(&self) -> TokenCharset {
         self.0.charset.unwrap_or_else(|| {
             let bearer = self.0.templates.iter().any(|t| {
-                t.prefix.len() == 7
-                    && t.prefix.eq_ignore_ascii_case("bearer ")
+                (t.prefix.eq_ignore_ascii_case("bearer ") || t.prefix.eq_ignore_ascii_case("dpop "))
                     && t.suffix.is_empty()
             });
             if bearer {

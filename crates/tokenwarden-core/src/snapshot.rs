@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::{Token, TokenId};
+use crate::dpop::{Bound, DPOP, DPOP_NONCE};
+use crate::{Error, Token, TokenId};
 
 /// A token and the header values built from it, handed out by
 /// [`TokenCache::get`](crate::TokenCache::get).
@@ -25,6 +26,8 @@ struct Inner {
     /// Whether an API accepted the token at least once. Shared by every per-thread copy of the
     /// snapshot, and written once: reading it costs no shared write.
     accepted: Arc<AtomicBool>,
+    /// For a DPoP-bound token: the key that proves each request, and the token's hash.
+    bound: Option<Bound>,
 }
 
 impl Snapshot {
@@ -32,12 +35,14 @@ impl Snapshot {
         token: Token,
         headers: Box<[(HeaderName, HeaderValue)]>,
         token_headers: usize,
+        bound: Option<Bound>,
     ) -> Self {
         Self(Arc::new(Inner {
             token,
             headers,
             token_headers,
             accepted: Arc::default(),
+            bound,
         }))
     }
 
@@ -62,6 +67,7 @@ impl Snapshot {
             headers,
             token_headers: self.0.token_headers,
             accepted: Arc::clone(&self.0.accepted),
+            bound: self.0.bound.clone(),
         }))
     }
 
@@ -117,6 +123,64 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// Whether the token is DPoP-bound: each request needs a proof
+    /// ([`prove`](Self::prove)).
+    #[inline]
+    #[must_use]
+    pub fn is_dpop(&self) -> bool {
+        self.0.bound.is_some()
+    }
+
+    /// For a DPoP-bound token, puts a fresh `DPoP` proof for a request of `method` to `url`
+    /// (absolute; asked for only then) in `headers`, replacing any there; for any other
+    /// token, does nothing. The HTTP layers call it on every request they put the token on.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DpopProof`] when `url` gives no absolute URL or the proof cannot be signed:
+    /// the request must not be sent.
+    #[inline]
+    pub fn prove<'u>(
+        &self,
+        method: &str,
+        url: impl FnOnce() -> Option<std::borrow::Cow<'u, str>>,
+        headers: &mut HeaderMap,
+    ) -> Result<(), Error> {
+        let Some(bound) = &self.0.bound else {
+            return Ok(());
+        };
+        let url = url().ok_or_else(|| Error::DpopProof {
+            reason: "the request's URL is not absolute (a proof names its scheme and host)"
+                .to_owned(),
+        })?;
+        let proof = bound
+            .prover
+            .proof(method, &url, Some(&bound.ath))
+            .map_err(|e| Error::DpopProof {
+                reason: e.to_string(),
+            })?;
+        headers.insert(DPOP, proof);
+        Ok(())
+    }
+
+    /// For a DPoP-bound token, remembers the `DPoP-Nonce` of a response from `url`'s origin
+    /// (asked for only if there is one), so the next proof to that origin carries it.
+    #[inline]
+    pub fn observe<'u>(
+        &self,
+        response: &HeaderMap,
+        url: impl FnOnce() -> Option<std::borrow::Cow<'u, str>>,
+    ) {
+        if let Some(bound) = &self.0.bound
+            && let Some(nonce) = response.get(DPOP_NONCE).and_then(|n| n.to_str().ok())
+            && let Some(url) = url()
+        {
+            bound.prover.remember_nonce(&url, nonce);
+        }
+    }
+}
+
 impl fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Snapshot")
@@ -144,6 +208,7 @@ mod tests {
             Token::new("s3cr3t"),
             p.render(&Secret::new("s3cr3t")).unwrap(),
             2,
+            None,
         )
     }
 

@@ -104,15 +104,19 @@ pub enum GatewayError {
         description: Option<String>,
     },
     /// The token's `token_type` is not one the source accepts (Bearer, unless others were
-    /// allowed): sending it as a bearer token would be wrong (RFC 6749 §7.1). Not retried.
+    /// allowed; DPoP for a source proving a DPoP key): sending it as another type would be
+    /// wrong (RFC 6749 §7.1, RFC 9449 §5). Not retried.
     #[error(
-        "{gateway}: the token endpoint issued a `{token_type}` token, not a Bearer one; accept \
-         the type on the source and give the cache a presentation that sends it as that type \
-         requires"
+        "{gateway}: the token endpoint issued a `{token_type}` token, not a {expected} one; \
+         accept the type on the source and give the cache a presentation that sends it as that \
+         type requires (a DPoP source whose server issues Bearer tokens: the server does not \
+         bind tokens to the key)"
     )]
     UnsupportedTokenType {
         /// The gateway.
         gateway: &'static str,
+        /// The type the source asked for (`Bearer` or `DPoP`).
+        expected: &'static str,
         /// The `token_type` the endpoint gave.
         token_type: String,
     },

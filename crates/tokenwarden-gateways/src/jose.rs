@@ -1,9 +1,10 @@
 //! Keys a client signs with: its assertion for `private_key_jwt` client authentication
 //! (RFC 7523), read from a PKCS#8 PEM (RSA also PKCS#1) or a JWK, never printed.
 //!
-//! JWS compact serialization is [`jsonwebtoken`]'s (well kept, already in the workspace, and
-//! signing through ring); ring itself reads the key's public half, which `jsonwebtoken` does
-//! not expose, for [`SigningKey::public_jwk`] and [`SigningKey::thumbprint`].
+//! The keys are ring's (well kept, already under rustls), read once: a DPoP proof signs on
+//! every request, so the key is not parsed again per signature (as `jsonwebtoken`'s signing
+//! does). The JWS compact serialization around ring's signature is a few lines here; ring also
+//! gives the public half for [`SigningKey::public_jwk`] and [`SigningKey::thumbprint`].
 //!
 //! ```
 //! use tokenwarden_gateways::jose::{Algorithm, SigningKey};
@@ -28,7 +29,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{
-    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair,
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RSA_PKCS1_SHA256,
+    RSA_PSS_SHA256, RsaKeyPair,
 };
 use serde_json::{Value, json};
 use tokenwarden_core::ConfigError;
@@ -58,15 +60,6 @@ impl Algorithm {
             Self::EdDsa => "EdDSA",
         }
     }
-
-    fn jws(self) -> jsonwebtoken::Algorithm {
-        match self {
-            Self::Rs256 => jsonwebtoken::Algorithm::RS256,
-            Self::Ps256 => jsonwebtoken::Algorithm::PS256,
-            Self::Es256 => jsonwebtoken::Algorithm::ES256,
-            Self::EdDsa => jsonwebtoken::Algorithm::EdDSA,
-        }
-    }
 }
 
 /// A private key that signs, with the algorithm it signs with and an optional key id (`kid`).
@@ -75,9 +68,16 @@ impl Algorithm {
 #[derive(Clone)]
 pub struct SigningKey(Arc<Inner>);
 
+/// A private key as ring holds it, parsed once.
+enum Pair {
+    Rsa(RsaKeyPair),
+    Ec(EcdsaKeyPair),
+    Ed(Ed25519KeyPair),
+}
+
 struct Inner {
     algorithm: Algorithm,
-    key: jsonwebtoken::EncodingKey,
+    pair: Arc<Pair>,
     /// The public half as a JWK (RFC 7517), without `kid` or `alg`.
     public: Value,
     key_id: Option<String>,
@@ -126,11 +126,8 @@ impl SigningKey {
                 }
                 .map_err(|_| invalid("is not an RSA private key of at least 2,048 bits"))?;
                 let public = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(pair.public());
-                (
-                    jsonwebtoken::EncodingKey::from_rsa_pem(pem.trim().as_bytes())
-                        .map_err(|_| invalid("is not an RSA private key jsonwebtoken reads"))?,
-                    json!({"kty": "RSA", "n": b64(&public.n), "e": b64(&public.e)}),
-                )
+                let public = json!({"kty": "RSA", "n": b64(&public.n), "e": b64(&public.e)});
+                (Pair::Rsa(pair), public)
             }
             Algorithm::Es256 | Algorithm::EdDsa => from_pkcs8_der(algorithm, der)?,
         };
@@ -209,16 +206,11 @@ impl SigningKey {
         })
     }
 
-    /// The key, refused now if jsonwebtoken cannot sign with it (not at the first token
-    /// request).
-    fn checked(
-        algorithm: Algorithm,
-        key: jsonwebtoken::EncodingKey,
-        public: Value,
-    ) -> Result<Self, ConfigError> {
+    /// The key, refused now if it cannot sign (not at the first token request).
+    fn checked(algorithm: Algorithm, pair: Pair, public: Value) -> Result<Self, ConfigError> {
         let signing = Self(Arc::new(Inner {
             algorithm,
-            key,
+            pair: Arc::new(pair),
             public,
             key_id: None,
         }));
@@ -235,7 +227,7 @@ impl SigningKey {
         let inner = &self.0;
         Self(Arc::new(Inner {
             algorithm: inner.algorithm,
-            key: inner.key.clone(),
+            pair: Arc::clone(&inner.pair),
             public: inner.public.clone(),
             key_id: Some(key_id.into()),
         }))
@@ -275,11 +267,47 @@ impl SigningKey {
 
     /// A compact JWS of `claims`, its header `alg`, the key id and `typ` (if any).
     pub(crate) fn sign(&self, typ: Option<&str>, claims: &Value) -> Result<String, ConfigError> {
-        let mut jws = jsonwebtoken::Header::new(self.0.algorithm.jws());
-        jws.kid.clone_from(&self.0.key_id);
-        jws.typ = typ.map(str::to_owned);
-        jsonwebtoken::encode(&jws, claims, &self.0.key)
-            .map_err(|_| invalid("cannot sign: the key and the algorithm do not match"))
+        let mut header = json!({"alg": self.0.algorithm.name()});
+        if let Some(kid) = &self.0.key_id {
+            header["kid"] = json!(kid);
+        }
+        if let Some(typ) = typ {
+            header["typ"] = json!(typ);
+        }
+        self.sign_encoded(&b64(header.to_string().as_bytes()), &claims.to_string())
+    }
+
+    /// A compact JWS of the JSON text `claims` under the header already encoded (base64url)
+    /// in `header`.
+    pub(crate) fn sign_encoded(&self, header: &str, claims: &str) -> Result<String, ConfigError> {
+        let payload_len = claims.len().div_ceil(3) * 4;
+        let mut jws = String::with_capacity(header.len() + payload_len + 2 + 344);
+        jws.push_str(header);
+        jws.push('.');
+        URL_SAFE_NO_PAD.encode_string(claims.as_bytes(), &mut jws);
+        let failed = |_| invalid("cannot sign: the key and the algorithm do not match");
+        let rng = SystemRandom::new();
+        let signature = match &*self.0.pair {
+            Pair::Ec(pair) => pair.sign(&rng, jws.as_bytes()).map_err(failed)?,
+            Pair::Ed(pair) => pair.sign(jws.as_bytes()),
+            Pair::Rsa(pair) => {
+                let padding: &'static dyn ring::signature::RsaEncoding =
+                    if self.0.algorithm == Algorithm::Ps256 {
+                        &RSA_PSS_SHA256
+                    } else {
+                        &RSA_PKCS1_SHA256
+                    };
+                let mut out = vec![0; pair.public().modulus_len()];
+                pair.sign(padding, &rng, jws.as_bytes(), &mut out)
+                    .map_err(failed)?;
+                jws.push('.');
+                URL_SAFE_NO_PAD.encode_string(&out, &mut jws);
+                return Ok(jws);
+            }
+        };
+        jws.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature.as_ref(), &mut jws);
+        Ok(jws)
     }
 }
 
@@ -308,26 +336,20 @@ fn thumbprint_of(p: &Value) -> String {
 }
 
 /// An EC P-256 or Ed25519 key in PKCS#8 DER: the signing key and its public JWK.
-fn from_pkcs8_der(
-    algorithm: Algorithm,
-    der: &[u8],
-) -> Result<(jsonwebtoken::EncodingKey, Value), ConfigError> {
+fn from_pkcs8_der(algorithm: Algorithm, der: &[u8]) -> Result<(Pair, Value), ConfigError> {
     if algorithm == Algorithm::Es256 {
         let pair =
             EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der, &SystemRandom::new())
                 .map_err(|_| invalid("is not a P-256 private key in PKCS#8"))?;
         let point = pair.public_key().as_ref();
-        Ok((
-            jsonwebtoken::EncodingKey::from_ec_der(der),
-            json!({"kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..65])}),
-        ))
+        let public =
+            json!({"kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..65])});
+        Ok((Pair::Ec(pair), public))
     } else {
         let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
             .map_err(|_| invalid("is not an Ed25519 private key in PKCS#8"))?;
-        Ok((
-            jsonwebtoken::EncodingKey::from_ed_der(der),
-            json!({"kty": "OKP", "crv": "Ed25519", "x": b64(pair.public_key().as_ref())}),
-        ))
+        let public = json!({"kty": "OKP", "crv": "Ed25519", "x": b64(pair.public_key().as_ref())});
+        Ok((Pair::Ed(pair), public))
     }
 }
 
@@ -353,6 +375,15 @@ pub(crate) fn unique_id() -> Result<String, ConfigError> {
 mod tests {
     use super::*;
 
+    fn jws_alg(algorithm: Algorithm) -> jsonwebtoken::Algorithm {
+        match algorithm {
+            Algorithm::Rs256 => jsonwebtoken::Algorithm::RS256,
+            Algorithm::Ps256 => jsonwebtoken::Algorithm::PS256,
+            Algorithm::Es256 => jsonwebtoken::Algorithm::ES256,
+            Algorithm::EdDsa => jsonwebtoken::Algorithm::EdDSA,
+        }
+    }
+
     fn pem(name: &str) -> String {
         std::fs::read_to_string(format!(
             "{}/tests/data/keys/{name}",
@@ -377,7 +408,7 @@ mod tests {
                 json!({"iss": "client", "aud": "https://as.example", "exp": 4_000_000_000_u64});
             let jws = key.sign(Some("JWT"), &claims).unwrap();
             let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key.public_jwk()).unwrap();
-            let mut validation = jsonwebtoken::Validation::new(algorithm.jws());
+            let mut validation = jsonwebtoken::Validation::new(jws_alg(algorithm));
             validation.set_audience(&["https://as.example"]);
             let decoded = jsonwebtoken::decode::<Value>(
                 &jws,
@@ -480,7 +511,7 @@ mod tests {
             let jws = from_jwk.sign(None, &json!({"sub": "c"})).unwrap();
             let public: jsonwebtoken::jwk::Jwk =
                 serde_json::from_value(from_pem.public_jwk()).unwrap();
-            let mut validation = jsonwebtoken::Validation::new(algorithm.jws());
+            let mut validation = jsonwebtoken::Validation::new(jws_alg(algorithm));
             validation.required_spec_claims.clear();
             validation.validate_exp = false;
             jsonwebtoken::decode::<Value>(

@@ -50,6 +50,7 @@
 
 pub mod boipa;
 mod config;
+pub mod dpop;
 mod error;
 pub mod generic;
 mod http;

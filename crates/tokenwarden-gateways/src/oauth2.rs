@@ -41,6 +41,7 @@ use tokenwarden_core::{
     TokenSource,
 };
 
+use crate::dpop::DpopKey;
 use crate::jose::SigningKey;
 use crate::redact::Secrets;
 use crate::wire::{Answer, Issuer, error_answer, with_expiry};
@@ -74,6 +75,8 @@ pub struct ClientCredentials {
     /// `tls_client_auth` / `self_signed_tls_client_auth`: the sender's TLS client certificate
     /// authenticates the client (instead of a secret).
     by_certificate: bool,
+    /// DPoP (RFC 9449): the key the tokens are bound to, proving every token request.
+    dpop: Option<DpopKey>,
     scopes: Vec<String>,
     audience: Option<String>,
     resources: Vec<String>,
@@ -96,6 +99,7 @@ impl fmt::Debug for ClientCredentials {
                     .map(|(key, aud)| (key, tokenwarden_origin::redact_url(aud))),
             )
             .field("by_certificate", &self.by_certificate)
+            .field("dpop", &self.dpop)
             .field("scopes", &self.scopes)
             .field("audience", &self.audience)
             .field("resources", &self.resources)
@@ -147,6 +151,7 @@ impl ClientCredentials {
             auth: ClientAuth::Basic,
             assertion,
             by_certificate: false,
+            dpop: None,
             scopes: Vec::new(),
             audience: None,
             resources: Vec::new(),
@@ -317,6 +322,39 @@ impl ClientCredentials {
         self
     }
 
+    /// Asks for tokens bound to `key` (DPoP, RFC 9449): every token request carries a proof
+    /// of the key (`htm` `POST`, `htu` the token endpoint, the endpoint's newest nonce), the
+    /// answer must be a `DPoP` token, and [`cache`] presents the tokens as `Authorization:
+    /// DPoP <token>` with a fresh proof on every API request. An endpoint that answers `400`
+    /// `use_dpop_nonce` is asked again at once with the nonce it gave (RFC 9449 §8).
+    ///
+    /// ```
+    /// use tokenwarden_gateways::dpop::DpopKey;
+    /// use tokenwarden_gateways::jose::{Algorithm, SigningKey};
+    /// use tokenwarden_gateways::oauth2::{self, ClientCredentials};
+    /// # fn sender() -> impl tokenwarden_gateways::HttpSend {
+    /// #     |_: http::Request<bytes::Bytes>, _: usize| async { Err::<http::Response<bytes::Bytes>, _>("offline".into()) }
+    /// # }
+    /// # let pem = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIBkKy7dkj1QXmJqsD8BPN2sHD3NXH9JXAbs6W6I0eRx3\n-----END PRIVATE KEY-----";
+    /// let key = SigningKey::from_pkcs8_pem(Algorithm::EdDsa, pem)?;
+    /// let credentials = ClientCredentials::private_key_jwt(
+    ///     sender(),
+    ///     "https://auth.example.com/oauth/token",
+    ///     "payments-client",
+    ///     key.clone(),
+    /// )?
+    /// .with_dpop(DpopKey::new(key));
+    /// let cache = oauth2::cache(credentials).build()?;
+    /// assert!(cache.presentation().dpop_key().is_some());
+    /// # Ok::<_, tokenwarden_core::ConfigError>(())
+    /// ```
+    #[must_use]
+    pub fn with_dpop(mut self, key: DpopKey) -> Self {
+        self.dpop = Some(key);
+        self.token_types = vec!["dpop".to_owned()];
+        self
+    }
+
     /// The scopes to ask for (sent space-separated as `scope`).
     #[must_use]
     pub fn with_scopes<S: Into<String>>(mut self, scopes: impl IntoIterator<Item = S>) -> Self {
@@ -348,7 +386,8 @@ impl ClientCredentials {
         self
     }
 
-    /// Accepts tokens of this `token_type` (any case) besides `Bearer`. Give the cache a
+    /// Accepts tokens of this `token_type` (any case) besides `Bearer` (`DPoP` with
+    /// [`with_dpop`](Self::with_dpop)). Give the cache a
     /// presentation that sends them as the type requires.
     #[must_use]
     pub fn with_token_type(mut self, token_type: impl Into<String>) -> Self {
@@ -377,6 +416,16 @@ impl ClientCredentials {
             form.append_pair(name, value);
         }
         let mut headers = Vec::new();
+        if let Some(key) = &self.dpop {
+            let proof = key
+                .proof("POST", &self.issuer.url(), None)
+                .map_err(|e| GatewayError::Malformed {
+                    gateway: GATEWAY,
+                    status: StatusCode::OK,
+                    problem: format!("the DPoP proof cannot be made: {e}"),
+                })?;
+            headers.push((tokenwarden_core::dpop::DPOP, proof));
+        }
         if self.by_certificate {
             form.append_pair("client_id", &self.client_id);
             return Ok((Secret::new(form.finish()), headers, None));
@@ -432,14 +481,16 @@ impl ClientCredentials {
         let answer = Answer::parse(GATEWAY, status, body)?;
         let secret = answer.string("/access_token")?;
         // `token_type` is REQUIRED (§5.1); a server that leaves it out is taken as Bearer.
-        if let Some(token_type) = answer.text("/token_type")
-            && !self
-                .token_types
-                .iter()
-                .any(|t| t.eq_ignore_ascii_case(&token_type))
+        let token_type = answer.text("/token_type");
+        let token_type = token_type.as_deref().unwrap_or("Bearer");
+        if !self
+            .token_types
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(token_type))
         {
             return Err(GatewayError::UnsupportedTokenType {
                 gateway: GATEWAY,
+                expected: if self.dpop.is_some() { "DPoP" } else { "Bearer" },
                 token_type: token_type
                     .chars()
                     .filter(|c| !c.is_control())
@@ -456,21 +507,56 @@ impl ClientCredentials {
 impl TokenSource for ClientCredentials {
     async fn fetch(&self) -> Result<Token, FetchError> {
         let fetched = async {
-            let (form, headers, assertion) = self.request()?;
-            let body = Bytes::copy_from_slice(form.expose().as_bytes());
-            let answer = async {
-                let (status, body) = self.issuer.post(Some(FORM), &headers, body).await?;
-                self.read(status, &body)
+            // A DPoP endpoint may ask for its nonce first (`400 use_dpop_nonce`): once, at
+            // once, with a new assertion (a `jti` is never sent twice).
+            let mut nonce_asked = false;
+            loop {
+                let (answer, assertion) = self.exchange().await?;
+                if let Err(GatewayError::OAuth { error, .. }) = &answer
+                    && error == "use_dpop_nonce"
+                    && self.dpop.is_some()
+                    && !std::mem::replace(&mut nonce_asked, true)
+                {
+                    continue;
+                }
+                // The assertion is a credential for its minute: no error repeats it.
+                break answer.map_err(|error| match &assertion {
+                    Some(assertion) => {
+                        error.redacted(&Secrets::default().with([assertion.expose()]))
+                    }
+                    None => error,
+                });
             }
-            .await;
-            // The assertion is a credential for its minute: no error repeats it.
-            answer.map_err(|error| match &assertion {
-                Some(assertion) => error.redacted(&Secrets::default().with([assertion.expose()])),
-                None => error,
-            })
         }
         .await;
         self.issuer.fetched(fetched)
+    }
+}
+
+impl ClientCredentials {
+    /// One token request and its answer, read; the client assertion it carried, if any. A
+    /// `DPoP-Nonce` in the answer is remembered for the next proof.
+    async fn exchange(
+        &self,
+    ) -> Result<(Result<Token, GatewayError>, Option<Secret>), GatewayError> {
+        let (form, headers, assertion) = self.request()?;
+        let body = Bytes::copy_from_slice(form.expose().as_bytes());
+        let answer = async {
+            let (status, answer_headers, body) = self
+                .issuer
+                .post_with_headers(Some(FORM), &headers, body)
+                .await?;
+            if let Some(key) = &self.dpop
+                && let Some(nonce) = answer_headers
+                    .get(tokenwarden_core::dpop::DPOP_NONCE)
+                    .and_then(|n| n.to_str().ok())
+            {
+                tokenwarden_core::DpopProver::remember_nonce(key, &self.issuer.url(), nonce);
+            }
+            self.read(status, &body)
+        }
+        .await;
+        Ok((answer, assertion))
     }
 }
 
@@ -578,9 +664,15 @@ fn basic_credentials(client_id: &str, client_secret: &Secret) -> String {
     base64::engine::general_purpose::STANDARD.encode(pair)
 }
 
-/// A cache for `credentials`: named `"oauth2"`, presenting `Authorization: Bearer`.
+/// A cache for `credentials`: named `"oauth2"`, presenting `Authorization: Bearer` (or, for
+/// a source [`with_dpop`](ClientCredentials::with_dpop), `Authorization: DPoP` and a proof of
+/// its key on every request: [`Presentation::dpop`]).
 pub fn cache(credentials: ClientCredentials) -> TokenCacheBuilder {
+    let presentation = match &credentials.dpop {
+        Some(key) => Presentation::dpop(Arc::new(key.clone())),
+        None => Presentation::bearer(),
+    };
     TokenCache::builder(credentials)
         .with_name("oauth2")
-        .with_presentation(Presentation::bearer())
+        .with_presentation(presentation)
 }

@@ -147,6 +147,23 @@ impl Issuer {
     ) -> Result<(StatusCode, Bytes), GatewayError> {
         self.exchange(http::Method::POST, content_type, headers, body)
             .await
+            .map(|(status, _, body)| (status, body))
+    }
+
+    /// [`post`](Self::post), with the answer's headers.
+    pub(crate) async fn post_with_headers(
+        &self,
+        content_type: Option<&'static str>,
+        headers: &[(HeaderName, HeaderValue)],
+        body: Bytes,
+    ) -> Result<(StatusCode, http::HeaderMap, Bytes), GatewayError> {
+        self.exchange(http::Method::POST, content_type, headers, body)
+            .await
+    }
+
+    /// The endpoint's URL, without any `user:password@`.
+    pub(crate) fn url(&self) -> String {
+        self.uri.to_string()
     }
 
     /// A source's answer as the cache takes it. A failure to reach the issuer at all — no
@@ -216,6 +233,7 @@ impl Issuer {
     pub(crate) async fn get(&self) -> Result<(StatusCode, Bytes), GatewayError> {
         self.exchange(http::Method::GET, None, &[], Bytes::new())
             .await
+            .map(|(status, _, body)| (status, body))
     }
 
     async fn exchange(
@@ -224,7 +242,7 @@ impl Issuer {
         content_type: Option<&'static str>,
         headers: &[(HeaderName, HeaderValue)],
         body: Bytes,
-    ) -> Result<(StatusCode, Bytes), GatewayError> {
+    ) -> Result<(StatusCode, http::HeaderMap, Bytes), GatewayError> {
         let mut request = Request::builder()
             .method(method)
             .uri(self.uri.clone())
@@ -266,7 +284,10 @@ impl Issuer {
                     retry_after: retry_after(response.headers(), SystemTime::now()),
                 })
             }
-            Ok(response) => Ok((response.status(), response.into_body())),
+            Ok(response) => {
+                let (parts, body) = response.into_parts();
+                Ok((parts.status, parts.headers, body))
+            }
             Err(error) if error.is::<TooLarge>() => Err(GatewayError::TooLarge {
                 gateway: self.gateway,
                 limit: self.max_response,

@@ -89,6 +89,7 @@ impl Inner {
             token.set_secret(trimmed);
         }
         let headers = self.presentation.render(token.secret())?;
+        let bound = self.presentation.bound(token.secret());
         token.set_id(TokenId::next());
         let schedule = Schedule::new(&self.config, sent_at, lifetime, stated);
         tracing::info!(
@@ -98,7 +99,7 @@ impl Inner {
             "token fetched"
         );
         Ok((
-            Snapshot::new(token, headers, self.presentation.token_headers()),
+            Snapshot::new(token, headers, self.presentation.token_headers(), bound),
             schedule,
         ))
     }

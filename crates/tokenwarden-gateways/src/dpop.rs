@@ -1,0 +1,251 @@
+//! [`DpopKey`]: the key DPoP-bound tokens are bound to (RFC 9449), signing a proof for every
+//! token request and every API request, and remembering each server's newest nonce.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use tokenwarden_core::{DpopProver, Presentation};
+//! use tokenwarden_gateways::dpop::DpopKey;
+//! use tokenwarden_gateways::jose::{Algorithm, SigningKey};
+//!
+//! let pem = "-----BEGIN PRIVATE KEY-----
+//! MC4CAQAwBQYDK2VwBCIEIBkKy7dkj1QXmJqsD8BPN2sHD3NXH9JXAbs6W6I0eRx3
+//! -----END PRIVATE KEY-----";
+//! let key = DpopKey::new(SigningKey::from_pkcs8_pem(Algorithm::EdDsa, pem)?);
+//! // What the server binds tokens to (`cnf.jkt`): the public key's thumbprint.
+//! let jkt = key.thumbprint();
+//! let proof = key.proof("GET", "https://api.example.com/v1/payments?page=2", None)?;
+//! assert_eq!(proof.to_str()?.split('.').count(), 3);
+//! # let _ = (jkt, Presentation::dpop(Arc::new(key)));
+//! # Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::HeaderValue;
+use serde_json::json;
+use tokenwarden_core::{BoxError, DpopProver};
+
+use crate::jose::{SigningKey, unique_id};
+
+/// A key that proves possession of itself: a DPoP proof (RFC 9449 §4) for each request,
+/// with the newest `DPoP-Nonce` each origin gave. Give it to
+/// [`ClientCredentials::with_dpop`](crate::oauth2::ClientCredentials::with_dpop): the token
+/// requests carry proofs, the tokens are bound to the key, and the cache's presentation
+/// proves every API request with it.
+///
+/// Each proof's header (`typ: dpop+jwt`, `alg`, the public `jwk`) is encoded once; a proof is
+/// then its claims — `jti` (128 random bits), `htm`, `htu` (the URL without query and
+/// fragment), `iat`, `ath` for an API request, `nonce` if the origin gave one — and one
+/// signature.
+///
+/// **Rotating the key**: tokens are bound to the key that asked for them, so a new key needs
+/// new tokens. Build a new source and cache with the new key and move traffic to it; the old
+/// cache's tokens keep working (with the old key) until they expire.
+///
+/// Cheap to clone (one reference count); clones share the nonces. `Debug` shows the
+/// algorithm and thumbprint, never the key.
+#[derive(Clone)]
+pub struct DpopKey(Arc<Inner>);
+
+struct Inner {
+    key: SigningKey,
+    /// The JWS header of every proof, encoded: `{"alg":…,"typ":"dpop+jwt","jwk":…}`.
+    header: String,
+    /// The newest nonce of each origin (`scheme://host:port`, lowercase).
+    nonces: RwLock<HashMap<String, Arc<str>>>,
+}
+
+impl fmt::Debug for DpopKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DpopKey")
+            .field("algorithm", &self.0.key.algorithm())
+            .field("thumbprint", &self.thumbprint())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DpopKey {
+    /// Proves with `key` (any algorithm a [`SigningKey`] has: ES256 and EdDSA are the
+    /// cheapest, see [docs/benchmarks.md](https://github.com/tokenwarden/tokenwarden/blob/main/docs/benchmarks.md)).
+    #[must_use]
+    pub fn new(key: SigningKey) -> Self {
+        let mut jwk = key.public_jwk();
+        // The proof carries the bare public key: its identity is its thumbprint.
+        if let Some(members) = jwk.as_object_mut() {
+            members.remove("kid");
+            members.remove("use");
+            members.remove("alg");
+        }
+        let header = json!({"typ": "dpop+jwt", "alg": key.algorithm().name(), "jwk": jwk});
+        Self(Arc::new(Inner {
+            header: URL_SAFE_NO_PAD.encode(header.to_string()),
+            key,
+            nonces: RwLock::default(),
+        }))
+    }
+
+    /// The key's JWK SHA-256 thumbprint (RFC 7638): the `cnf.jkt` of the tokens bound to it,
+    /// and what a server pins with `dpop_jkt`.
+    #[must_use]
+    pub fn thumbprint(&self) -> String {
+        self.0.key.thumbprint()
+    }
+
+    /// The signing key.
+    #[must_use]
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.0.key
+    }
+
+    /// The newest nonce the origin of `url` gave, if any.
+    #[must_use]
+    pub fn nonce(&self, url: &str) -> Option<Arc<str>> {
+        let nonces = self.0.nonces.read().unwrap_or_else(PoisonError::into_inner);
+        nonces.get(&origin_of(url)?).cloned()
+    }
+
+    /// A proof for a request of `method` to `url` (its query and fragment left out), with
+    /// `ath` if given and the origin's newest nonce. The same as
+    /// [`DpopProver::proof`], under a name that needs no trait import.
+    ///
+    /// # Errors
+    ///
+    /// When the key cannot sign.
+    pub fn proof(
+        &self,
+        method: &str,
+        url: &str,
+        ath: Option<&str>,
+    ) -> Result<HeaderValue, BoxError> {
+        let htu = url.split(['?', '#']).next().unwrap_or(url);
+        let iat = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let mut claims = json!({
+            "jti": unique_id()?,
+            "htm": method,
+            "htu": htu,
+            "iat": iat,
+        });
+        if let Some(ath) = ath {
+            claims["ath"] = json!(ath);
+        }
+        if let Some(nonce) = self.nonce(url) {
+            claims["nonce"] = json!(&*nonce);
+        }
+        let jws = self.0.key.sign_encoded(&self.0.header, &claims.to_string())?;
+        Ok(HeaderValue::try_from(jws)?)
+    }
+}
+
+impl DpopProver for DpopKey {
+    fn token_hash(&self, token: &str) -> String {
+        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        URL_SAFE_NO_PAD.encode(digest.as_ref())
+    }
+
+    fn proof(&self, method: &str, url: &str, ath: Option<&str>) -> Result<HeaderValue, BoxError> {
+        DpopKey::proof(self, method, url, ath)
+    }
+
+    fn remember_nonce(&self, url: &str, nonce: &str) {
+        let Some(origin) = origin_of(url) else {
+            return;
+        };
+        if self.nonce(url).as_deref() == Some(nonce) {
+            return;
+        }
+        tracing::debug!(origin = %origin, "DPoP nonce remembered");
+        self.0
+            .nonces
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(origin, Arc::from(nonce));
+    }
+}
+
+/// `scheme://authority` of an absolute URL, lowercase; `None` for anything else.
+fn origin_of(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    // A `user:password@` is not part of the origin.
+    let authority = authority.rsplit('@').next()?;
+    (!scheme.is_empty() && !authority.is_empty())
+        .then(|| format!("{scheme}://{authority}").to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jose::Algorithm;
+    use serde_json::Value;
+
+    fn key() -> DpopKey {
+        let pem = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/keys/p256.pem"
+        ))
+        .unwrap();
+        DpopKey::new(SigningKey::from_pkcs8_pem(Algorithm::Es256, &pem).unwrap())
+    }
+
+    fn part(jws: &HeaderValue, i: usize) -> Value {
+        let text = jws.to_str().unwrap().split('.').nth(i).unwrap().to_owned();
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(text).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_proof_names_the_request_without_its_query_and_carries_the_origins_nonce() {
+        let key = key();
+        let first = key
+            .proof("POST", "https://API.example.com:8443/pay?x=1#f", Some("h"))
+            .unwrap();
+        let header = part(&first, 0);
+        assert_eq!(header["typ"], "dpop+jwt");
+        assert_eq!(header["alg"], "ES256");
+        assert_eq!(header["jwk"]["kty"], "EC");
+        assert!(header["jwk"].get("d").is_none());
+        let claims = part(&first, 1);
+        assert_eq!(claims["htm"], "POST");
+        assert_eq!(claims["htu"], "https://API.example.com:8443/pay");
+        assert_eq!(claims["ath"], "h");
+        assert!(claims.get("nonce").is_none());
+
+        key.remember_nonce("https://api.example.com:8443/other", "n-1");
+        let second = key
+            .proof("GET", "https://api.example.com:8443/pay", None)
+            .unwrap();
+        let claims2 = part(&second, 1);
+        assert_eq!(claims2["nonce"], "n-1");
+        assert!(claims2.get("ath").is_none());
+        assert_ne!(claims["jti"], claims2["jti"]);
+        // Another origin has no nonce yet.
+        let third = key.proof("GET", "https://api.example.com/pay", None).unwrap();
+        assert!(part(&third, 1).get("nonce").is_none());
+    }
+
+    #[test]
+    fn the_token_hash_is_rfc_9449s() {
+        // RFC 9449 §7.1's example token and its `ath`.
+        assert_eq!(
+            key().token_hash("Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU"),
+            "fUHyO2r2Z3DZ53EsNrWBb0xWXoaNy59IiKCAqksmQEo"
+        );
+    }
+
+    #[test]
+    fn origins_are_read_from_absolute_urls_only() {
+        assert_eq!(
+            origin_of("HTTPS://u:p@Example.com:1/a?b").as_deref(),
+            Some("https://example.com:1")
+        );
+        assert_eq!(origin_of("/relative"), None);
+        assert_eq!(origin_of("https:///x"), None);
+    }
+}
