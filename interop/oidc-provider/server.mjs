@@ -5,16 +5,26 @@
 // private_key_jwt client authentication (RFC 7523: the assertion's signature against the
 // client's registered JWKS, `iss` = `sub` = the client id, `aud`, `exp`, and a `jti` never
 // seen before), self_signed_tls_client_auth (RFC 8705: the TLS client certificate against the
-// one the client registered) with certificate-bound access tokens, and token introspection.
-// This file registers the clients a test names, and serves https when given a certificate.
+// one the client registered) with certificate-bound access tokens, DPoP (RFC 9449: the proof's
+// signature, htm, htu, iat, jti and server nonces) with DPoP-bound access tokens, and token
+// introspection. This file registers the clients a test names, and serves https when given a
+// certificate.
 //
-// Usage: node server.mjs '<clients JSON>' ['<TLS JSON>'], where the clients are a list of
+// Usage: node server.mjs '<clients JSON>' ['<TLS JSON>' | null] ['<options JSON>'], where the
+// clients are a list of
 //   {"client_id": "...", "jwk": {public JWK with "alg", and "x5c" for a certificate},
-//    "auth": "private_key_jwt" (the default) | "self_signed_tls_client_auth"}
-// and the TLS JSON is {"key": "<PEM>", "cert": "<PEM>"}: the server's own key and certificate.
+//    "auth": "private_key_jwt" (the default) | "self_signed_tls_client_auth",
+//    "dpop_bound_access_tokens": true (only with DPoP on: a token request without a proof fails)}
+// the TLS JSON is {"key": "<PEM>", "cert": "<PEM>"}: the server's own key and certificate (null
+// or absent: plain http), and the options JSON is
+//   {"dpop": false (the default) | true, "require_nonce": false (the default) | true,
+//    "ttl": <lifetime of client_credentials tokens in seconds, 300 by default>}
+// With "dpop", a token request carrying a DPoP proof gets a DPoP-bound token (token_type DPoP,
+// cnf.jkt in introspection); with "require_nonce" too, every proof must carry a nonce the
+// server handed out in a DPoP-Nonce header (it asks with a use_dpop_nonce error).
 // Prints one JSON line once listening: {"issuer": "..."}. Exits when its standard input
 // closes, so it never outlives the test that started it.
-import { X509Certificate } from 'node:crypto';
+import { randomBytes, X509Certificate } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
 import Provider from 'oidc-provider';
@@ -24,6 +34,7 @@ const clients = JSON.parse(process.argv[2] ?? '[]').map((c) => {
   return {
     client_id: c.client_id,
     token_endpoint_auth_method: auth,
+    ...(c.dpop_bound_access_tokens ? { dpop_bound_access_tokens: true } : {}),
     ...(auth === 'private_key_jwt' ? { token_endpoint_auth_signing_alg: c.jwk.alg } : {}),
     ...(auth === 'self_signed_tls_client_auth'
       ? { tls_client_certificate_bound_access_tokens: true }
@@ -35,6 +46,9 @@ const clients = JSON.parse(process.argv[2] ?? '[]').map((c) => {
   };
 });
 const tls = process.argv[3] ? JSON.parse(process.argv[3]) : null;
+const options = JSON.parse(process.argv[4] ?? '{}') ?? {};
+const dpop = Boolean(options.dpop);
+const requireNonce = dpop && Boolean(options.require_nonce);
 
 const server = tls
   ? https.createServer({ key: tls.key, cert: tls.cert, requestCert: true, rejectUnauthorized: false })
@@ -48,6 +62,11 @@ server.listen(0, '127.0.0.1', () => {
       clientCredentials: { enabled: true },
       devInteractions: { enabled: false },
       introspection: { enabled: true },
+      dPoP: {
+        enabled: dpop,
+        // Nonces are derived from this secret and the time (a new one each minute).
+        ...(requireNonce ? { nonceSecret: randomBytes(32), requireNonce: () => true } : {}),
+      },
       mTLS: {
         enabled: Boolean(tls),
         certificateBoundAccessTokens: true,
@@ -63,8 +82,9 @@ server.listen(0, '127.0.0.1', () => {
     clientAuthMethods: tls ? ['private_key_jwt', 'self_signed_tls_client_auth'] : ['private_key_jwt'],
     enabledJWA: {
       clientAuthSigningAlgValues: ['RS256', 'PS256', 'ES256', 'EdDSA'],
+      dPoPSigningAlgValues: ['RS256', 'PS256', 'ES256', 'EdDSA'],
     },
-    ttl: { ClientCredentials: 300 },
+    ttl: { ClientCredentials: options.ttl ?? 300 },
   });
   provider.on('server_error', (_ctx, error) => console.error('server_error', error));
   server.on('request', provider.callback());

@@ -218,8 +218,17 @@ impl Engine {
     /// Step 3: what a first answer says about the token it carried. On
     /// [`Verdict::Accepted`] the token is marked as having worked, and the response goes to
     /// the caller; anything else goes to [`recover`](Self::recover).
+    ///
+    /// For a DPoP-bound token, a `401` asking for a nonce is [`Verdict::UseNonce`], whatever
+    /// the classifier would say.
     #[inline]
     pub fn screen(&self, token: &Snapshot, status: StatusCode, headers: &HeaderMap) -> Verdict {
+        if status == StatusCode::UNAUTHORIZED
+            && token.is_dpop()
+            && tokenwarden_core::dpop::asks_for_nonce(headers)
+        {
+            return Verdict::UseNonce;
+        }
         let verdict = self.settings.policy.classifier().classify(status, headers);
         if verdict == Verdict::Accepted {
             record_acceptance(token, status);
@@ -249,6 +258,7 @@ impl Engine {
         let body = Some(Box::pin(PrefixedBody::new(body)));
         let phase = match verdict {
             Verdict::InspectBody => Phase::Inspect,
+            Verdict::UseNonce if token.is_dpop() => Phase::Nonce,
             Verdict::Rejected => Phase::Decide { rejected: true },
             // Not a rejection after all: handed on as it is.
             _ => Phase::Decide { rejected: false },
@@ -271,6 +281,10 @@ impl Engine {
     /// fresh token rejected too on the same `route` is not sent again: the route is
     /// remembered as one that answers `401` for other reasons
     /// ([`TokenCache::reject_replay`]), and the fresh token is kept.
+    ///
+    /// A replay with a DPoP nonce (`fresh` is then the token `rejected` names) is
+    /// [`Replay::WithNonce`]: if its answer rejects the token, the token is rejected as a
+    /// first answer's would be ([`TokenCache::reject`]), so the next request gets a fresh one.
     pub fn replayed(
         &self,
         key: Option<&KeyHandle>,
@@ -281,6 +295,22 @@ impl Engine {
         route: Route,
     ) -> Replay {
         let cache = self.cache_for(key);
+        if fresh.id() == rejected {
+            match self.settings.policy.classifier().classify(status, headers) {
+                Verdict::Rejected => {
+                    if let Some(cache) = cache {
+                        let _ = cache.reject(rejected, route);
+                    }
+                }
+                Verdict::Accepted => record_acceptance(fresh, status),
+                _ => {}
+            }
+            let replay = Replay::WithNonce { token: rejected };
+            if let Some(cache) = cache {
+                crate::metrics::replay(cache, &replay);
+            }
+            return replay;
+        }
         match self.settings.policy.classifier().classify(status, headers) {
             Verdict::Rejected => {
                 if let Some(cache) = cache {
@@ -320,8 +350,9 @@ pub enum Recovered<B: Body, K> {
     /// Hand this response to the caller. If its token was rejected, it carries a
     /// [`Replay::NotReplayed`] extension.
     Respond(Response<ResponseBody<B>>),
-    /// Send the request again: `kept` with `fresh`'s headers put on, once; then mark the
-    /// answer with [`Engine::replayed`].
+    /// Send the request again: `kept` with `fresh`'s headers (and, for a DPoP-bound token, a
+    /// fresh proof: [`Snapshot::prove`]) put on, once; then mark the answer with
+    /// [`Engine::replayed`]. For a DPoP nonce, `fresh` is the token `rejected` names.
     Replay {
         /// What the adapter kept of the request.
         kept: K,
@@ -345,6 +376,8 @@ enum Phase {
     },
     /// Waiting for the fresh token, draining the rejected body meanwhile.
     Replace,
+    /// A DPoP server asked for its nonce: the same token goes again.
+    Nonce,
     Done,
 }
 
@@ -483,6 +516,22 @@ where
                         }
                         Err(reason) => return Poll::Ready(this.respond(Some(reason))),
                     }
+                }
+                Phase::Nonce => {
+                    return Poll::Ready(match this.kept.take().expect("kept until decided") {
+                        Ok(kept) => {
+                            this.phase = Phase::Done;
+                            tracing::debug!(token = %this.token.id(), "DPoP nonce asked for; replaying with it");
+                            Recovered::Replay {
+                                kept,
+                                fresh: this.token.clone(),
+                                rejected: this.token.id(),
+                                key: this.key.take(),
+                            }
+                        }
+                        // The token is kept; the proof of the next request carries the nonce.
+                        Err(reason) => this.respond(Some(reason)),
+                    });
                 }
                 Phase::Replace => {
                     let fetch = this.fetch.as_mut().expect("set when replacing");

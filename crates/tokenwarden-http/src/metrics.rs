@@ -17,6 +17,7 @@ pub const REPLAYS: &str = "tokenwarden_replays_total";
 pub fn outcome(replay: &Replay) -> &'static str {
     match replay {
         Replay::Replayed { .. } => "replayed",
+        Replay::WithNonce { .. } => "dpop_nonce",
         Replay::NotReplayed(NotReplayed::BodyTooLarge) => "body_too_large",
         Replay::NotReplayed(NotReplayed::BodyNotReplayable) => "body_not_replayable",
         Replay::NotReplayed(NotReplayed::NoFreshToken(_)) => "no_fresh_token",

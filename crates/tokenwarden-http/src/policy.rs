@@ -37,6 +37,12 @@ pub enum Replay {
         /// The token the first attempt carried.
         rejected: TokenId,
     },
+    /// A DPoP server asked for its nonce (`use_dpop_nonce`): the request was sent again with
+    /// the same token, kept, and a proof carrying the nonce; the response is the replay's.
+    WithNonce {
+        /// The token both attempts carried.
+        token: TokenId,
+    },
     /// The response is the rejection itself: the request was not sent again. Unless the
     /// reason says the token was kept ([`NotReplayed::StillRejected`],
     /// [`NotReplayed::RouteRejects`], [`NotReplayed::HeldOff`]), the token it carried was
@@ -126,6 +132,11 @@ pub enum Verdict {
     /// Undecided from status and headers: call [`Classifier::classify_body`] with the start of
     /// the body.
     InspectBody,
+    /// A DPoP server wants a proof with its new nonce (`401` with `WWW-Authenticate: DPoP
+    /// error="use_dpop_nonce"`, RFC 9449 §9): send the request again with the **same** token
+    /// and a fresh proof. [`Engine::screen`](crate::adapter::Engine::screen) decides it for
+    /// a DPoP-bound token before any classifier; a classifier does not return it.
+    UseNonce,
 }
 
 /// Decides which responses mean the token was rejected.

@@ -147,6 +147,18 @@ impl TokenMiddleware {
     }
 }
 
+/// Puts a fresh DPoP proof on the request, for a DPoP-bound token (nothing otherwise).
+fn prove(token: &tokenwarden_core::Snapshot, request: &mut Request) -> Result<()> {
+    if token.is_dpop() {
+        let url = request.url().as_str().to_owned();
+        let method = request.method().clone();
+        token
+            .prove(method.as_str(), || Some(url.into()), request.headers_mut())
+            .map_err(Error::middleware)?;
+    }
+    Ok(())
+}
+
 /// A copy of a request, and the stream body copied aside for it if it had one.
 type Kept = (Request, Option<KeptBody>);
 
@@ -219,8 +231,10 @@ impl Middleware for TokenMiddleware {
         // Cheap for the standard methods (no allocation); read only after a rejection.
         let method = request.method().clone();
         token.apply_to(request.headers_mut());
+        prove(&token, &mut request)?;
         let response = next.clone().run(request, extensions).await?;
         self.check_final(&response)?;
+        token.observe(response.headers(), || Some(response.url().as_str().into()));
         let verdict = self
             .engine
             .screen(&token, response.status(), response.headers());
@@ -246,8 +260,10 @@ impl Middleware for TokenMiddleware {
             } => (kept, fresh, rejected, key),
         };
         fresh.apply_to(again.headers_mut());
+        prove(&fresh, &mut again)?;
         let mut response = next.run(again, extensions).await?;
         self.check_final(&response)?;
+        fresh.observe(response.headers(), || Some(response.url().as_str().into()));
         let marker = self.engine.replayed(
             key.as_ref(),
             rejected,

@@ -77,7 +77,7 @@ impl fmt::Display for Received {
 #[derive(Clone, Debug)]
 pub struct Answer {
     status: u16,
-    headers: Vec<(&'static str, &'static str)>,
+    headers: Vec<(&'static str, String)>,
     chunks: Vec<Bytes>,
     gap: Duration,
 }
@@ -97,6 +97,13 @@ impl Answer {
     /// Adds a header.
     #[must_use]
     pub fn with_header(mut self, name: &'static str, value: &'static str) -> Self {
+        self.headers.push((name, value.to_owned()));
+        self
+    }
+
+    /// Adds a header whose value is made per request.
+    #[must_use]
+    pub fn with_header_owned(mut self, name: &'static str, value: String) -> Self {
         self.headers.push((name, value));
         self
     }

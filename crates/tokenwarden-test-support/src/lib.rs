@@ -26,13 +26,16 @@
 //! - With the `reqwest` feature, `middleware_client` and `with_middleware`: reqwest clients
 //!   under the token middleware. With the `gateways` feature, `gateway_error`: the gateway
 //!   error inside a cache's error. With the `oauth2-server` feature, `OAuth2Server`: a real
-//!   OAuth 2.0 server (oauth2-mock-server on Node.js) on loopback, and `JwtApi`: an API that
-//!   verifies its tokens by signature and expiry.
+//!   OAuth 2.0 server (oauth2-mock-server on Node.js) on loopback, `JwtApi`: an API that
+//!   verifies its tokens by signature and expiry, and `DpopApi`: an API that verifies the DPoP
+//!   proof (RFC 9449) of every request and asks for nonces.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 
 mod api;
+#[cfg(feature = "oauth2-server")]
+mod dpop_api;
 #[cfg(feature = "gateways")]
 mod gateways;
 mod holding_proxy;
@@ -54,6 +57,8 @@ mod redis_server;
 mod store_contract;
 
 pub use api::{Answer, CLIENT_HEADERS, Listener, LoopbackApi, Received, Route};
+#[cfg(feature = "oauth2-server")]
+pub use dpop_api::{DpopApi, DpopExpected, DpopRefusal, DpopVerified, jwk_thumbprint, verify_dpop};
 #[cfg(feature = "gateways")]
 pub use gateways::gateway_error;
 pub use holding_proxy::HoldingProxy;

@@ -17,7 +17,7 @@ use tokenwarden_http::{ResponseBody, Verdict};
 use tower::{BoxError, Service};
 
 use crate::body::{KeepBody, Tee};
-use crate::service::{Shared, prepare};
+use crate::service::{Shared, absolute, prepare};
 
 /// What a request keeps for a replay: the token it carried, its head as the caller made it,
 /// and its body as `M` keeps it.
@@ -45,6 +45,9 @@ pub(crate) struct ReadyToReplay<S, Sent> {
     fresh: Snapshot,
     key: Option<KeyHandle>,
 }
+
+/// A DPoP-bound replay's URL, kept to read a nonce from its answer.
+type ProvedUri = Option<Box<http::Uri>>;
 
 pin_project! {
     /// Resolves to the response of the request, or of its replay.
@@ -100,6 +103,7 @@ pin_project! {
             fresh: Snapshot,
             key: Option<KeyHandle>,
             route: Route,
+            uri: ProvedUri,
         },
         Failed {
             error: Option<BoxError>,
@@ -185,6 +189,8 @@ where
                         return Poll::Ready(Ok(response.map(ResponseBody::new)));
                     };
                     let engine = &shared.engine;
+                    kept.token
+                        .observe(response.headers(), || absolute(&kept.head.uri));
                     let verdict = engine.screen(&kept.token, response.status(), response.headers());
                     if verdict == Verdict::Accepted {
                         return Poll::Ready(Ok(response.map(ResponseBody::new)));
@@ -211,6 +217,14 @@ where
                             key,
                         } => {
                             fresh.apply_to(request.headers_mut());
+                            let (parts, body) = request.into_parts();
+                            let mut parts = parts;
+                            fresh.prove(
+                                parts.method.as_str(),
+                                || absolute(&parts.uri),
+                                &mut parts.headers,
+                            )?;
+                            let request = Request::from_parts(parts, body);
                             let shared = this.shared.as_ref().expect(DONE);
                             // tower's contract: a service is driven to ready before every call, the
                             // replay's too; a clone of the service as it was wrapped sends it.
@@ -238,6 +252,7 @@ where
                     let request = request.take().expect(DONE);
                     let policy = this.shared.as_ref().expect(DONE).engine.policy();
                     let route = policy.route(request.method().as_str(), request.uri().path());
+                    let uri = fresh.is_dpop().then(|| Box::new(request.uri().clone()));
                     let future = inner.call(request);
                     let (rejected, fresh, key) = (*rejected, fresh.clone(), key.take());
                     this.state.set(State::Replaying {
@@ -246,6 +261,7 @@ where
                         fresh,
                         key,
                         route,
+                        uri,
                     });
                 }
                 StateProj::Replaying {
@@ -254,8 +270,12 @@ where
                     fresh,
                     key,
                     route,
+                    uri,
                 } => {
                     let mut response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    if let Some(uri) = uri {
+                        fresh.observe(response.headers(), || absolute(uri));
+                    }
                     let shared = this.shared.as_ref().expect(DONE);
                     let marker = shared.engine.replayed(
                         key.as_ref(),
@@ -279,7 +299,7 @@ where
                     let shared = this.shared.as_ref().expect(DONE);
                     let request = request.take().expect(DONE);
                     let (request, kept) =
-                        prepare::<M, ReqBody>(request, token, key.take(), &shared.engine);
+                        prepare::<M, ReqBody>(request, token, key.take(), &shared.engine)?;
                     let future = inner.take().expect(DONE).call(request);
                     this.state.set(State::First {
                         future,

@@ -206,11 +206,13 @@ where
         match token {
             // The common case: the token is at hand, so the service driven to ready is called
             // now and the future only waits for its response.
-            Some(token) => {
-                let (request, kept) = prepare::<M, ReqBody>(request, token, key, engine);
-                let future = self.inner.call(request);
-                ResponseFuture::first(future, kept, Arc::clone(&self.shared))
-            }
+            Some(token) => match prepare::<M, ReqBody>(request, token, key, engine) {
+                Ok((request, kept)) => {
+                    let future = self.inner.call(request);
+                    ResponseFuture::first(future, kept, Arc::clone(&self.shared))
+                }
+                Err(error) => ResponseFuture::failed(error.into()),
+            },
             // The service driven to ready goes into the future, which waits for a token first;
             // the clone left behind serves the next call.
             None => {
@@ -223,15 +225,21 @@ where
     }
 }
 
-/// Puts the token on the request and keeps what a replay would need: the head as the caller
-/// made it (before the token went on) and the body as `M` keeps it.
+/// Puts the token (and for a DPoP-bound token, its proof) on the request and keeps what a
+/// replay would need: the head as the caller made it (before the token went on) and the body
+/// as `M` keeps it.
+///
+/// # Errors
+///
+/// When a DPoP proof cannot be made: nothing is sent.
 #[inline]
+#[allow(clippy::type_complexity)]
 pub(crate) fn prepare<M, ReqBody>(
     request: Request<ReqBody>,
     token: Snapshot,
     key: Option<KeyHandle>,
     engine: &Engine,
-) -> (Request<M::Sent>, Box<Kept<ReqBody, M>>)
+) -> Result<(Request<M::Sent>, Box<Kept<ReqBody, M>>), tokenwarden_core::Error>
 where
     M: KeepBody<ReqBody>,
 {
@@ -240,9 +248,14 @@ where
     // caller's own, whose header map has room to grow.
     let head = parts.clone();
     token.apply_to(&mut parts.headers);
+    token.prove(
+        parts.method.as_str(),
+        || absolute(&parts.uri),
+        &mut parts.headers,
+    )?;
     let request = Request::from_parts(parts, body);
     let (request, body) = M::keep(request, engine.policy().max_replay_body());
-    (
+    Ok((
         request,
         Box::new(Kept {
             token,
@@ -250,5 +263,10 @@ where
             body,
             key,
         }),
-    )
+    ))
+}
+
+/// The request's absolute URL, for a DPoP proof (`None` for a URI without scheme and host).
+pub(crate) fn absolute(uri: &http::Uri) -> Option<std::borrow::Cow<'static, str>> {
+    (uri.scheme().is_some() && uri.authority().is_some()).then(|| uri.to_string().into())
 }
