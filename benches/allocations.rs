@@ -7,7 +7,8 @@
 //!
 //! A request through a layer must keep what a replay needs — the request head as the caller
 //! made it (and, for the reqwest middleware, `Request::try_clone`) — and nothing more: a
-//! body-less request keeps no body.
+//! body-less request keeps no body. The rows "DPoP" are the same layers with a token bound to
+//! an ES256 key: a fresh proof per request (its claims, its signature, the header value).
 
 mod support;
 
@@ -154,6 +155,17 @@ fn main() {
             layered,
         )
         .await;
+        let dpop = support::dpop_cache(tokenwarden_gateways::jose::Algorithm::Es256);
+        let dpop_layer = TokenLayer::new(dpop.clone(), scope.clone());
+        let teeing_dpop: Client<HttpConnector, RequestBody<Full<Bytes>>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        tower_row(
+            "hyper-util + TokenLayer, DPoP ES256",
+            addr,
+            None,
+            tower::Layer::layer(&dpop_layer, teeing_dpop),
+        )
+        .await;
         let cloning = tower::Layer::layer(&layer.clone().cloning_bodies(), bare);
         tower_row(
             "hyper-util + TokenLayer (cloning_bodies)",
@@ -180,9 +192,13 @@ fn main() {
             noop,
         )
         .await;
-        let middleware = ClientBuilder::new(http)
-            .with(TokenMiddleware::new(cache, scope))
+        let middleware = ClientBuilder::new(http.clone())
+            .with(TokenMiddleware::new(cache, scope.clone()))
             .build();
         reqwest_row("reqwest + TokenMiddleware", addr, None, middleware).await;
+        let middleware = ClientBuilder::new(http)
+            .with(TokenMiddleware::new(dpop, scope))
+            .build();
+        reqwest_row("reqwest + TokenMiddleware, DPoP ES256", addr, None, middleware).await;
     });
 }

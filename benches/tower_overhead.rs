@@ -7,7 +7,10 @@
 //! Two layered clients: the default, which copies bodies aside as they are sent (the client takes
 //! `RequestBody<Full<Bytes>>`), and `cloning_bodies()`, whose client keeps `Full<Bytes>`.
 //!
-//! `TOWER_OVERHEAD_COUNT=<layer|cloning|head|by_hand>:<requests>` (`head`: by hand, plus the copy
+//! Two more layered clients whose tokens are DPoP-bound (RFC 9449), one proving with ES256 and
+//! one with EdDSA: each request carries a fresh signed proof, the cost of a bound token.
+//!
+//! `TOWER_OVERHEAD_COUNT=<layer|cloning|dpop_es256|dpop_eddsa|head|by_hand>:<requests>` (`head`: by hand, plus the copy
 //! of the request head any replay needs) instead sends that many sequential requests
 //! through one variant on one thread and exits, for counting instructions with
 //! `valgrind --tool=callgrind` (deterministic, unlike wall time on a shared machine).
@@ -27,6 +30,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use support::{BODY, concurrently, interleaved, report};
 use tokenwarden_tower::{CloneBody, RequestBody, TokenLayer, TokenService};
+use tokenwarden_gateways::jose::Algorithm;
 use tower::{ServiceBuilder, ServiceExt};
 
 type Bare = Client<HttpConnector, Full<Bytes>>;
@@ -42,6 +46,19 @@ fn request(addr: SocketAddr, header: Option<&HeaderValue>) -> Request<Full<Bytes
         request.headers_mut().insert(AUTHORIZATION, header.clone());
     }
     request
+}
+
+/// A layered client whose tokens are DPoP-bound, proving with `algorithm`.
+async fn dpop_layered(addr: SocketAddr, algorithm: Algorithm) -> Layered {
+    let cache = support::dpop_cache(algorithm);
+    cache.get().await.unwrap();
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    ServiceBuilder::new()
+        .layer(TokenLayer::new(
+            cache,
+            tokenwarden::Scope::origin(&format!("http://{addr}")).unwrap(),
+        ))
+        .service(client)
 }
 
 async fn setup() -> (SocketAddr, HeaderValue, Bare, Layered, Cloning) {
@@ -92,8 +109,13 @@ async fn by_hand(bare: &Bare, addr: SocketAddr, header: &HeaderValue) {
 fn count_only(variant: &str, n: usize) {
     support::runtime(None).block_on(async {
         let (addr, header, bare, layered, cloned) = setup().await;
+        let layered = match variant {
+            "dpop_es256" => dpop_layered(addr, Algorithm::Es256).await,
+            "dpop_eddsa" => dpop_layered(addr, Algorithm::EdDsa).await,
+            _ => layered,
+        };
         for _ in 0..n {
-            if variant == "layer" {
+            if variant == "layer" || variant.starts_with("dpop") {
                 drop(layered.clone().oneshot(request(addr, None)).await.unwrap());
             } else if variant == "cloning" {
                 drop(cloned.clone().oneshot(request(addr, None)).await.unwrap());
@@ -122,10 +144,14 @@ fn bench(c: &mut Criterion) {
     }
     let runtime = support::runtime(Some(2));
     let (addr, header, bare, layered, cloned) = runtime.block_on(setup());
+    let es256 = runtime.block_on(dpop_layered(addr, Algorithm::Es256));
+    let eddsa = runtime.block_on(dpop_layered(addr, Algorithm::EdDsa));
     runtime.block_on(async {
         by_hand(&bare, addr, &header).await;
         through_layer(&layered, addr).await;
         cloning(&cloned, addr).await;
+        through_layer(&es256, addr).await;
+        through_layer(&eddsa, addr).await;
     });
 
     let mut group = c.benchmark_group("tower_overhead");
@@ -141,6 +167,12 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("with_token_layer_cloning_bodies", |b| {
         b.to_async(&runtime).iter(|| cloning(&cloned, addr))
+    });
+    group.bench_function("with_token_layer_dpop_es256", |b| {
+        b.to_async(&runtime).iter(|| through_layer(&es256, addr))
+    });
+    group.bench_function("with_token_layer_dpop_eddsa", |b| {
+        b.to_async(&runtime).iter(|| through_layer(&eddsa, addr))
     });
     group.finish();
 
@@ -165,6 +197,18 @@ fn bench(c: &mut Criterion) {
         rounds,
         ratio,
     );
+    for (name, dpop) in [("ES256", &es256), ("EdDSA", &eddsa)] {
+        let ratio = runtime.block_on(interleaved(
+            rounds / 2,
+            || through_layer(dpop, addr),
+            || through_layer(&layered, addr),
+        ));
+        report(
+            &format!("tower_overhead/interleaved: layer with DPoP {name} / layer with bearer"),
+            rounds / 2,
+            ratio,
+        );
+    }
 }
 
 criterion_group!(benches, bench);

@@ -56,6 +56,30 @@ pub fn cache() -> TokenCache {
     })
 }
 
+/// A cache of the same token bound to a DPoP key (ES256 or EdDSA, from the test keys): every
+/// request through a layer gets a fresh proof.
+pub fn dpop_cache(algorithm: tokenwarden_gateways::jose::Algorithm) -> TokenCache {
+    use tokenwarden_gateways::jose::{Algorithm, SigningKey};
+    let file = if algorithm == Algorithm::Es256 { "p256.pem" } else { "ed25519.pem" };
+    let pem = std::fs::read_to_string(format!(
+        "{}/crates/tokenwarden-gateways/tests/data/keys/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let key = tokenwarden_gateways::dpop::DpopKey::new(
+        SigningKey::from_pkcs8_pem(algorithm, &pem).unwrap(),
+    );
+    TokenCache::builder(|| async {
+        Ok::<_, FetchError>(
+            Token::new("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJiZW5jaCJ9.c2lnbmF0dXJl")
+                .with_expires_in(Duration::from_secs(86_400)),
+        )
+    })
+    .with_presentation(tokenwarden::Presentation::dpop(std::sync::Arc::new(key)))
+    .build()
+    .unwrap()
+}
+
 /// The median and quartiles, over `rounds` rounds, of (time of `a`) / (time of `b`), the two
 /// run back to back in alternating order so that the machine's noise falls on both alike.
 pub async fn interleaved<A, B, FA, FB>(rounds: usize, mut a: FA, mut b: FB) -> [f64; 3]

@@ -48,11 +48,22 @@ impl OidcProvider {
         Self::spawn(clients, Some(json!({"key": key, "cert": cert}))).await
     }
 
+    /// Starts the server over http with `clients` (the JSON list `server.mjs` takes) and
+    /// `options` (`{"dpop": true, "require_nonce": true, "ttl": 6}`: see `server.mjs`).
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start).
+    pub async fn start_with(clients: Value, options: Value) -> Self {
+        Self::spawn_args(vec![clients, Value::Null, options]).await
+    }
+
     async fn spawn(clients: Value, tls: Option<Value>) -> Self {
-        let args: Vec<String> = std::iter::once(clients)
-            .chain(tls)
-            .map(|v| v.to_string())
-            .collect();
+        Self::spawn_args(std::iter::once(clients).chain(tls).collect()).await
+    }
+
+    async fn spawn_args(args: Vec<Value>) -> Self {
+        let args: Vec<String> = args.iter().map(Value::to_string).collect();
         tokio::task::spawn_blocking(move || Self::start_blocking(&args))
             .await
             .expect("starting the OpenID Connect server")
