@@ -152,3 +152,59 @@ fn the_layer_counts_replays_by_outcome() {
     );
     assert!(!text.contains("tok-"), "{text}");
 }
+
+#[test]
+fn a_dpop_nonce_replay_is_counted_apart_from_token_replays() {
+    let pem = std::fs::read_to_string(format!(
+        "{}/crates/tokenwarden-gateways/tests/data/keys/p256.pem",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let key = tokenwarden::gateways::dpop::DpopKey::new(
+        tokenwarden::gateways::jose::SigningKey::from_pkcs8_pem(
+            tokenwarden::gateways::jose::Algorithm::Es256,
+            &pem,
+        )
+        .unwrap(),
+    );
+    let recorder = DebuggingRecorder::new();
+    metrics::with_local_recorder(&recorder, || {
+        paused_runtime().block_on(async {
+            let api = tokenwarden_test_support::DpopApi::start(key.thumbprint()).await;
+            let cache = TokenCache::builder(|| async {
+                Ok::<_, FetchError>(
+                    Token::new("dpop-1").with_expires_in(Duration::from_secs(600)),
+                )
+            })
+            .with_name("bank")
+            .with_presentation(tokenwarden::Presentation::dpop(Arc::new(key.clone())))
+            .build()
+            .unwrap();
+            let client =
+                tokenwarden::tower::TokenLayer::new(cache, Scope::origin(&api.origin()).unwrap())
+                    .cloning_bodies()
+                    .layer(Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
+            // The first request is asked for the nonce; after a rotation, one more.
+            for rotate in [false, false, true] {
+                if rotate {
+                    api.rotate_nonce();
+                }
+                let request = Request::get(api.url("/pay")).body(Empty::new()).unwrap();
+                let response = client.clone().oneshot(request).await.unwrap();
+                assert_eq!(response.status(), 200, "{:?}", api.refusals());
+                let _ = response.into_body().collect().await;
+            }
+        });
+    });
+    let all = recorded(&recorder);
+    let text = format!("{all:?}");
+    let replays =
+        |outcome: &str| value(&all, &format!("{REPLAYS}{{cache=bank,outcome={outcome}}}"));
+    assert_eq!(replays("dpop_nonce"), Some(2.0), "{text}");
+    assert_eq!(replays("replayed"), None, "{text}");
+    assert_eq!(
+        value(&all, "tokenwarden_token_fetches_total{cache=bank,outcome=success}"),
+        Some(1.0),
+        "{text}"
+    );
+}
