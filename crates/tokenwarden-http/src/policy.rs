@@ -45,8 +45,9 @@ pub enum Replay {
     },
     /// The response is the rejection itself: the request was not sent again. Unless the
     /// reason says the token was kept ([`NotReplayed::StillRejected`],
-    /// [`NotReplayed::RouteRejects`], [`NotReplayed::HeldOff`]), the token it carried was
-    /// still invalidated, so the next request gets a fresh one.
+    /// [`NotReplayed::RouteRejects`], [`NotReplayed::HeldOff`]) or the answer asked for a
+    /// DPoP nonce ([`Verdict::UseNonce`]: the token is kept, the nonce remembered), the token
+    /// it carried was still invalidated, so the next request gets a fresh one.
     NotReplayed(NotReplayed),
 }
 
