@@ -21,16 +21,18 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::io::Write as _;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::HeaderValue;
+use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::json;
 use tokenwarden_core::{BoxError, DpopProver};
 
-use crate::jose::{SigningKey, unique_id};
+use crate::jose::SigningKey;
 
 /// A key that proves possession of itself: a DPoP proof (RFC 9449 §4) for each request,
 /// with the newest `DPoP-Nonce` each origin gave. Give it to
@@ -105,8 +107,13 @@ impl DpopKey {
     /// The newest nonce the origin of `url` gave, if any.
     #[must_use]
     pub fn nonce(&self, url: &str) -> Option<Arc<str>> {
+        let origin = origin_of(url)?;
         let nonces = self.0.nonces.read().unwrap_or_else(PoisonError::into_inner);
-        nonces.get(&origin_of(url)?).cloned()
+        if origin.bytes().any(|b| b.is_ascii_uppercase()) {
+            nonces.get(&origin.to_ascii_lowercase()).cloned()
+        } else {
+            nonces.get(origin).cloned()
+        }
     }
 
     /// A proof for a request of `method` to `url` (its query and fragment left out), with
@@ -115,7 +122,8 @@ impl DpopKey {
     ///
     /// # Errors
     ///
-    /// When the key cannot sign.
+    /// When the key cannot sign, or the system's random generator fails (no `jti` that merely
+    /// looks random is made instead).
     pub fn proof(
         &self,
         method: &str,
@@ -127,19 +135,38 @@ impl DpopKey {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        let mut claims = json!({
-            "jti": unique_id()?,
-            "htm": method,
-            "htu": htu,
-            "iat": iat,
-        });
+        let mut random = [0_u8; 16];
+        SystemRandom::new()
+            .fill(&mut random)
+            .map_err(|_| "the system's random generator failed")?;
+        let mut jti = [0_u8; 22];
+        URL_SAFE_NO_PAD
+            .encode_slice(random, &mut jti)
+            .map_err(|_| "a jti does not fit")?;
+        let nonce = self.nonce(url);
+        // The claims written straight into one buffer: the strings escaped as JSON.
+        let mut claims = Vec::with_capacity(
+            96 + htu.len() + method.len() + ath.map_or(0, str::len)
+                + nonce.as_deref().map_or(0, str::len),
+        );
+        claims.extend_from_slice(b"{\"jti\":\"");
+        claims.extend_from_slice(&jti);
+        claims.extend_from_slice(b"\",\"htm\":");
+        serde_json::to_writer(&mut claims, method)?;
+        claims.extend_from_slice(b",\"htu\":");
+        serde_json::to_writer(&mut claims, htu)?;
+        claims.extend_from_slice(b",\"iat\":");
+        write!(claims, "{iat}")?;
         if let Some(ath) = ath {
-            claims["ath"] = json!(ath);
+            claims.extend_from_slice(b",\"ath\":");
+            serde_json::to_writer(&mut claims, ath)?;
         }
-        if let Some(nonce) = self.nonce(url) {
-            claims["nonce"] = json!(&*nonce);
+        if let Some(nonce) = nonce {
+            claims.extend_from_slice(b",\"nonce\":");
+            serde_json::to_writer(&mut claims, &*nonce)?;
         }
-        let jws = self.0.key.sign_encoded(&self.0.header, &claims.to_string())?;
+        claims.push(b'}');
+        let jws = self.0.key.sign_encoded(&self.0.header, &claims)?;
         Ok(HeaderValue::try_from(jws)?)
     }
 }
@@ -155,12 +182,13 @@ impl DpopProver for DpopKey {
     }
 
     fn remember_nonce(&self, url: &str, nonce: &str) {
-        let Some(origin) = origin_of(url) else {
-            return;
-        };
         if self.nonce(url).as_deref() == Some(nonce) {
             return;
         }
+        let Some(origin) = origin_of(url) else {
+            return;
+        };
+        let origin = origin.to_ascii_lowercase();
         tracing::debug!(origin = %origin, "DPoP nonce remembered");
         self.0
             .nonces
@@ -170,14 +198,13 @@ impl DpopProver for DpopKey {
     }
 }
 
-/// `scheme://authority` of an absolute URL, lowercase; `None` for anything else.
-fn origin_of(url: &str) -> Option<String> {
+/// `scheme://authority` of an absolute URL (as written: compare it lowercase); `None` for
+/// anything else, or a URL with `user:password@` (no origin is remembered for it).
+fn origin_of(url: &str) -> Option<&str> {
     let (scheme, rest) = url.split_once("://")?;
     let authority = rest.split(['/', '?', '#']).next()?;
-    // A `user:password@` is not part of the origin.
-    let authority = authority.rsplit('@').next()?;
-    (!scheme.is_empty() && !authority.is_empty())
-        .then(|| format!("{scheme}://{authority}").to_ascii_lowercase())
+    (!scheme.is_empty() && !authority.is_empty() && !authority.contains('@'))
+        .then(|| &url[..scheme.len() + 3 + authority.len()])
 }
 
 #[cfg(test)]
@@ -242,9 +269,10 @@ mod tests {
     #[test]
     fn origins_are_read_from_absolute_urls_only() {
         assert_eq!(
-            origin_of("HTTPS://u:p@Example.com:1/a?b").as_deref(),
-            Some("https://example.com:1")
+            origin_of("HTTPS://Example.com:1/a?b"),
+            Some("HTTPS://Example.com:1")
         );
+        assert_eq!(origin_of("https://u:p@example.com/a"), None);
         assert_eq!(origin_of("/relative"), None);
         assert_eq!(origin_of("https:///x"), None);
     }
