@@ -199,6 +199,12 @@ fn main() {
         let middleware = ClientBuilder::new(http)
             .with(TokenMiddleware::new(dpop, scope))
             .build();
-        reqwest_row("reqwest + TokenMiddleware, DPoP ES256", addr, None, middleware).await;
+        reqwest_row(
+            "reqwest + TokenMiddleware, DPoP ES256",
+            addr,
+            None,
+            middleware,
+        )
+        .await;
     });
 }

@@ -5,7 +5,10 @@
 //!
 //! `cargo bench --bench reqwest_overhead`
 //!
-//! `REQWEST_OVERHEAD_COUNT=<middleware|noop|copy|by_hand>:<requests>` (`noop`: a middleware
+//! The middleware over a cache of DPoP-bound tokens (ES256, EdDSA) is measured beside it: a
+//! fresh signed proof per request.
+//!
+//! `REQWEST_OVERHEAD_COUNT=<middleware|dpop_es256|dpop_eddsa|noop|copy|by_hand>:<requests>` (`noop`: a middleware
 //! that does nothing, with the header set by hand: reqwest-middleware's own cost; `copy`: one
 //! that only keeps `Request::try_clone`, what any replay needs) instead sends that many sequential
 //! requests through one variant on one thread and exits, for `valgrind --tool=callgrind`.
@@ -20,6 +23,7 @@ use http::HeaderValue;
 use http::header::AUTHORIZATION;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use support::{BODY, Noop, concurrently, interleaved, report};
+use tokenwarden_gateways::jose::Algorithm;
 use tokenwarden_reqwest::TokenMiddleware;
 
 async fn send(client: ClientWithMiddleware, addr: SocketAddr, header: Option<HeaderValue>) {
@@ -52,6 +56,19 @@ async fn setup() -> (
     (addr, by_hand, bare, with_middleware)
 }
 
+/// The middleware over a cache of tokens bound to a DPoP key proving with `algorithm`.
+async fn dpop_middleware(
+    addr: SocketAddr,
+    algorithm: tokenwarden_gateways::jose::Algorithm,
+) -> ClientWithMiddleware {
+    let cache = support::dpop_cache(algorithm);
+    cache.get().await.unwrap();
+    let scope = tokenwarden::Scope::origin(&format!("http://{addr}")).unwrap();
+    ClientBuilder::new(reqwest::Client::new())
+        .with(TokenMiddleware::new(cache, scope))
+        .build()
+}
+
 async fn batch(client: &ClientWithMiddleware, addr: SocketAddr, header: Option<&HeaderValue>) {
     let (client, header) = (client.clone(), header.cloned());
     concurrently(move || send(client.clone(), addr, header.clone())).await;
@@ -79,6 +96,11 @@ impl reqwest_middleware::Middleware for KeepsCopy {
 fn count_only(variant: &str, n: usize) {
     support::runtime(None).block_on(async {
         let (addr, header, bare, with_middleware) = setup().await;
+        let with_middleware = match variant {
+            "dpop_es256" => dpop_middleware(addr, Algorithm::Es256).await,
+            "dpop_eddsa" => dpop_middleware(addr, Algorithm::EdDsa).await,
+            _ => with_middleware,
+        };
         let noop = ClientBuilder::new(reqwest::Client::new())
             .with(Noop)
             .build();
@@ -86,7 +108,7 @@ fn count_only(variant: &str, n: usize) {
             .with(KeepsCopy)
             .build();
         for _ in 0..n {
-            if variant == "middleware" {
+            if variant == "middleware" || variant.starts_with("dpop") {
                 send(with_middleware.clone(), addr, None).await;
             } else if variant == "noop" {
                 send(noop.clone(), addr, Some(header.clone())).await;
@@ -105,9 +127,13 @@ fn bench(c: &mut Criterion) {
     }
     let runtime = support::runtime(Some(2));
     let (addr, header, bare, with_middleware) = runtime.block_on(setup());
+    let es256 = runtime.block_on(dpop_middleware(addr, Algorithm::Es256));
+    let eddsa = runtime.block_on(dpop_middleware(addr, Algorithm::EdDsa));
     runtime.block_on(async {
         batch(&bare, addr, Some(&header)).await;
         batch(&with_middleware, addr, None).await;
+        batch(&es256, addr, None).await;
+        batch(&eddsa, addr, None).await;
     });
 
     let mut group = c.benchmark_group("reqwest_overhead");
@@ -123,6 +149,12 @@ fn bench(c: &mut Criterion) {
         b.to_async(&runtime)
             .iter(|| batch(&with_middleware, addr, None))
     });
+    group.bench_function("with_token_middleware_dpop_es256", |b| {
+        b.to_async(&runtime).iter(|| batch(&es256, addr, None))
+    });
+    group.bench_function("with_token_middleware_dpop_eddsa", |b| {
+        b.to_async(&runtime).iter(|| batch(&eddsa, addr, None))
+    });
     group.finish();
 
     let rounds = 600;
@@ -136,6 +168,18 @@ fn bench(c: &mut Criterion) {
         rounds,
         ratio,
     );
+    for (name, dpop) in [("ES256", &es256), ("EdDSA", &eddsa)] {
+        let ratio = runtime.block_on(interleaved(
+            rounds / 2,
+            || batch(dpop, addr, None),
+            || batch(&with_middleware, addr, None),
+        ));
+        report(
+            &format!("reqwest_overhead/interleaved: middleware with DPoP {name} / with bearer"),
+            rounds / 2,
+            ratio,
+        );
+    }
 }
 
 criterion_group!(benches, bench);

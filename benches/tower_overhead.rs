@@ -29,8 +29,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use support::{BODY, concurrently, interleaved, report};
-use tokenwarden_tower::{CloneBody, RequestBody, TokenLayer, TokenService};
 use tokenwarden_gateways::jose::Algorithm;
+use tokenwarden_tower::{CloneBody, RequestBody, TokenLayer, TokenService};
 use tower::{ServiceBuilder, ServiceExt};
 
 type Bare = Client<HttpConnector, Full<Bytes>>;

@@ -41,7 +41,8 @@ fn keys() -> (SigningKey, DpopKey) {
     let client = SigningKey::from_pkcs8_pem(Algorithm::Es256, &pem("p256.pem"))
         .unwrap()
         .with_key_id("client-key");
-    let dpop = DpopKey::new(SigningKey::from_pkcs8_pem(Algorithm::EdDsa, &pem("ed25519.pem")).unwrap());
+    let dpop =
+        DpopKey::new(SigningKey::from_pkcs8_pem(Algorithm::EdDsa, &pem("ed25519.pem")).unwrap());
     (client, dpop)
 }
 
@@ -68,7 +69,10 @@ fn source(server: &OidcProvider, client: &SigningKey, dpop: &DpopKey) -> ClientC
 /// The form parameters of the client's authentication, with an assertion made here (not by
 /// the code under test).
 fn assertion_form(server: &OidcProvider) -> Vec<(&'static str, String)> {
-    let iat = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let iat = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
     header.kid = Some("client-key".to_owned());
     let claims = json!({
@@ -106,7 +110,10 @@ async fn introspect(server: &OidcProvider, token: &str) -> Value {
 fn rand_id() -> u64 {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, SeqCst) as u64;
-    n ^ SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+    n ^ SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
 }
 
 type Hyper = tokenwarden_tower::TokenService<
@@ -135,23 +142,35 @@ async fn via_reqwest(
     url: &str,
 ) -> (StatusCode, Option<Replay>) {
     let response = client.get(url).send().await.unwrap();
-    (response.status(), response.extensions().get::<Replay>().cloned())
+    (
+        response.status(),
+        response.extensions().get::<Replay>().cloned(),
+    )
 }
 
 #[tokio::test]
 async fn a_bound_token_is_used_through_both_layers_and_nonces_are_answered_without_a_new_token() {
     let (client, dpop) = keys();
     let server = server(&client, 300).await;
-    let cache = oauth2::cache(source(&server, &client, &dpop)).build().unwrap();
+    let cache = oauth2::cache(source(&server, &client, &dpop))
+        .build()
+        .unwrap();
 
     // The server asks for its nonce first; the source answers with it, once.
     let token = cache.get().await.unwrap();
     assert_eq!(cache.stats().fetches, 1);
-    assert!(dpop.nonce(&server.token_url()).is_some(), "the server's nonce is remembered");
+    assert!(
+        dpop.nonce(&server.token_url()).is_some(),
+        "the server's nonce is remembered"
+    );
     let introspection = introspect(&server, token.token().secret().expose()).await;
     assert_eq!(introspection["active"], true, "{introspection}");
     assert_eq!(introspection["token_type"], "DPoP", "{introspection}");
-    assert_eq!(introspection["cnf"]["jkt"], dpop.thumbprint().as_str(), "{introspection}");
+    assert_eq!(
+        introspection["cnf"]["jkt"],
+        dpop.thumbprint().as_str(),
+        "{introspection}"
+    );
 
     let api = DpopApi::start(dpop.thumbprint()).await;
     let hyper = hyper(&cache, &api);
@@ -171,7 +190,13 @@ async fn a_bound_token_is_used_through_both_layers_and_nonces_are_answered_witho
     // seeing the 401.
     api.rotate_nonce();
     let (status, marker) = via_reqwest(&reqwest, &url).await;
-    assert_eq!((status, marker), (StatusCode::OK, Some(Replay::WithNonce { token: token.id() })));
+    assert_eq!(
+        (status, marker),
+        (
+            StatusCode::OK,
+            Some(Replay::WithNonce { token: token.id() })
+        )
+    );
     for _ in 0..3 {
         assert_eq!(via_hyper(&hyper, &url).await, (StatusCode::OK, None));
         assert_eq!(via_reqwest(&reqwest, &url).await, (StatusCode::OK, None));
@@ -189,7 +214,9 @@ async fn a_bound_token_is_used_through_both_layers_and_nonces_are_answered_witho
 async fn a_proof_of_another_key_is_refused_and_the_token_is_not_refetched_for_it() {
     let (client, dpop) = keys();
     let server = server(&client, 300).await;
-    let cache = oauth2::cache(source(&server, &client, &dpop)).build().unwrap();
+    let cache = oauth2::cache(source(&server, &client, &dpop))
+        .build()
+        .unwrap();
     // The API expects the token to be bound to another key (the client's assertion key).
     let other = DpopKey::new(client.clone());
     let api = DpopApi::start(other.thumbprint()).await;
@@ -204,7 +231,10 @@ async fn a_proof_of_another_key_is_refused_and_the_token_is_not_refetched_for_it
     assert!(challenge.contains("invalid_dpop_proof"), "{challenge}");
     assert_eq!(api.refused(), 2);
     let refusals = api.refusals();
-    assert!(refusals.iter().all(|r| r.contains("is not the token's")), "{refusals:?}");
+    assert!(
+        refusals.iter().all(|r| r.contains("is not the token's")),
+        "{refusals:?}"
+    );
     assert_eq!(cache.stats().fetches, 1);
 }
 
@@ -246,7 +276,10 @@ async fn a_proof_for_another_url_is_refused_by_the_server_as_invalid_dpop_proof(
         panic!("{error:?}");
     };
     assert_eq!(code, "invalid_dpop_proof");
-    assert!(description.as_deref().unwrap_or("").contains("htu"), "{description:?}");
+    assert!(
+        description.as_deref().unwrap_or("").contains("htu"),
+        "{description:?}"
+    );
     assert!(error.to_string().contains("invalid_dpop_proof"), "{error}");
 }
 
@@ -259,7 +292,9 @@ async fn a_server_that_issues_bearer_tokens_to_a_dpop_client_is_refused_by_name(
         json!({}),
     )
     .await;
-    let cache = oauth2::cache(source(&server, &client, &dpop)).build().unwrap();
+    let cache = oauth2::cache(source(&server, &client, &dpop))
+        .build()
+        .unwrap();
     let error = cache.get().await.unwrap_err();
     let GatewayError::UnsupportedTokenType {
         token_type,
@@ -276,7 +311,9 @@ async fn a_server_that_issues_bearer_tokens_to_a_dpop_client_is_refused_by_name(
 async fn twenty_seconds_through_both_layers_with_six_second_dpop_tokens_and_a_nonce_rotation() {
     let (client, dpop) = keys();
     let server = server(&client, 6).await;
-    let cache = oauth2::cache(source(&server, &client, &dpop)).build().unwrap();
+    let cache = oauth2::cache(source(&server, &client, &dpop))
+        .build()
+        .unwrap();
     let api = DpopApi::start(dpop.thumbprint()).await;
     let hyper = hyper(&cache, &api);
     let reqwest = middleware_client(cache.clone(), &api.origin());
@@ -347,11 +384,18 @@ async fn twenty_seconds_through_both_layers_with_six_second_dpop_tokens_and_a_no
     assert_eq!(api.refused(), 0, "{:?}", api.refusals());
     // As for bearer tokens: a token every ~3.3 s (refreshed ahead in its usable 4.5 s).
     assert!((5..=9).contains(&fetches), "{fetches} tokens fetched");
-    assert!(api.nonce_challenges() >= 2, "the first nonce and the rotation");
+    assert!(
+        api.nonce_challenges() >= 2,
+        "the first nonce and the rotation"
+    );
     // Every token the API took was bound to the key, as the server says.
     assert_eq!(checked.len(), api.tokens().len());
     for (_, introspection) in &checked {
         assert_eq!(introspection["active"], true, "{introspection}");
-        assert_eq!(introspection["cnf"]["jkt"], dpop.thumbprint().as_str(), "{introspection}");
+        assert_eq!(
+            introspection["cnf"]["jkt"],
+            dpop.thumbprint().as_str(),
+            "{introspection}"
+        );
     }
 }

@@ -12,7 +12,9 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokenwarden::{FetchError, LayerPolicy, NotReplayed, Presentation, Replay, Scope, Token, TokenCache};
+use tokenwarden::{
+    FetchError, LayerPolicy, NotReplayed, Presentation, Replay, Scope, Token, TokenCache,
+};
 use tokenwarden_gateways::dpop::DpopKey;
 use tokenwarden_gateways::jose::{Algorithm, SigningKey};
 use tokenwarden_test_support::DpopApi;
@@ -58,7 +60,10 @@ async fn a_body_that_cannot_be_sent_twice_gets_the_challenge_and_the_next_reques
     let reqwest = reqwest_middleware::ClientBuilder::new(
         tokenwarden::reqwest::client_builder().build().unwrap(),
     )
-    .with(tokenwarden::reqwest::TokenMiddleware::new(cache.clone(), policy))
+    .with(tokenwarden::reqwest::TokenMiddleware::new(
+        cache.clone(),
+        policy,
+    ))
     .build();
     let url = api.url("/v1/payments");
     let post = || {
@@ -77,11 +82,21 @@ async fn a_body_that_cannot_be_sent_twice_gets_the_challenge_and_the_next_reques
     let _ = response.into_body().collect().await;
     // The challenge's nonce was remembered: the next request (through the other layer, which
     // shares the key) carries it, and is taken at once.
-    let response = reqwest.post(&url).body("{\"amount\":2}").send().await.unwrap();
+    let response = reqwest
+        .post(&url)
+        .body("{\"amount\":2}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK, "{:?}", api.refusals());
     assert_eq!(response.extensions().get::<Replay>(), None);
     api.rotate_nonce();
-    let response = reqwest.post(&url).body("{\"amount\":3}").send().await.unwrap();
+    let response = reqwest
+        .post(&url)
+        .body("{\"amount\":3}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     let response = hyper.clone().oneshot(post()).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK, "{:?}", api.refusals());
@@ -100,9 +115,17 @@ async fn a_request_outside_the_scope_carries_no_token_and_fetches_none() {
     let (cache, fetches) = cache(&key);
     let reqwest = tokenwarden_test_support::middleware_client(cache, &api.origin());
     // The API's other port is another origin: the request goes untouched, and is refused.
-    let response = reqwest.get(api.other_url("/v1/payments")).send().await.unwrap();
+    let response = reqwest
+        .get(api.other_url("/v1/payments"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(api.refusals().len(), 1);
-    assert!(api.refusals()[0].contains("no Authorization"), "{:?}", api.refusals());
+    assert!(
+        api.refusals()[0].contains("no Authorization"),
+        "{:?}",
+        api.refusals()
+    );
     assert_eq!(fetches.load(SeqCst), 0);
 }

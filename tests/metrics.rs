@@ -172,9 +172,7 @@ fn a_dpop_nonce_replay_is_counted_apart_from_token_replays() {
         paused_runtime().block_on(async {
             let api = tokenwarden_test_support::DpopApi::start(key.thumbprint()).await;
             let cache = TokenCache::builder(|| async {
-                Ok::<_, FetchError>(
-                    Token::new("dpop-1").with_expires_in(Duration::from_secs(600)),
-                )
+                Ok::<_, FetchError>(Token::new("dpop-1").with_expires_in(Duration::from_secs(600)))
             })
             .with_name("bank")
             .with_presentation(tokenwarden::Presentation::dpop(Arc::new(key.clone())))
@@ -203,7 +201,10 @@ fn a_dpop_nonce_replay_is_counted_apart_from_token_replays() {
     assert_eq!(replays("dpop_nonce"), Some(2.0), "{text}");
     assert_eq!(replays("replayed"), None, "{text}");
     assert_eq!(
-        value(&all, "tokenwarden_token_fetches_total{cache=bank,outcome=success}"),
+        value(
+            &all,
+            "tokenwarden_token_fetches_total{cache=bank,outcome=success}"
+        ),
         Some(1.0),
         "{text}"
     );

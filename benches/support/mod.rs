@@ -60,7 +60,11 @@ pub fn cache() -> TokenCache {
 /// request through a layer gets a fresh proof.
 pub fn dpop_cache(algorithm: tokenwarden_gateways::jose::Algorithm) -> TokenCache {
     use tokenwarden_gateways::jose::{Algorithm, SigningKey};
-    let file = if algorithm == Algorithm::Es256 { "p256.pem" } else { "ed25519.pem" };
+    let file = if algorithm == Algorithm::Es256 {
+        "p256.pem"
+    } else {
+        "ed25519.pem"
+    };
     let pem = std::fs::read_to_string(format!(
         "{}/crates/tokenwarden-gateways/tests/data/keys/{file}",
         env!("CARGO_MANIFEST_DIR")

@@ -6,7 +6,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue};
 
 use crate::BoxError;
 
@@ -53,61 +53,5 @@ impl fmt::Debug for Bound {
         f.debug_struct("Bound")
             .field("prover", &self.prover)
             .finish_non_exhaustive()
-    }
-}
-
-/// Whether `headers` challenge for a fresh nonce: `WWW-Authenticate: DPoP
-/// error="use_dpop_nonce"` (RFC 9449 §9), alone or beside other challenges.
-#[must_use]
-pub fn asks_for_nonce(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(http::header::WWW_AUTHENTICATE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',').any(|param| {
-                let param = param.trim();
-                // `DPoP error="use_dpop_nonce"`: the scheme may start the parameter.
-                let param = param.rsplit(' ').next().unwrap_or(param);
-                param
-                    .split_once('=')
-                    .is_some_and(|(name, value)| {
-                        name.trim().eq_ignore_ascii_case("error")
-                            && value.trim().trim_matches('"') == "use_dpop_nonce"
-                    })
-            })
-        })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_nonce_challenge_is_recognised_alone_or_beside_others() {
-        let mut headers = HeaderMap::new();
-        assert!(!asks_for_nonce(&headers));
-        headers.insert(
-            http::header::WWW_AUTHENTICATE,
-            HeaderValue::from_static(r#"Bearer realm="api", error="invalid_token""#),
-        );
-        assert!(!asks_for_nonce(&headers));
-        headers.append(
-            http::header::WWW_AUTHENTICATE,
-            HeaderValue::from_static(r#"dpop algs="ES256", error=use_dpop_nonce"#),
-        );
-        assert!(asks_for_nonce(&headers));
-        let mut one = HeaderMap::new();
-        one.insert(
-            http::header::WWW_AUTHENTICATE,
-            HeaderValue::from_static(r#"Bearer realm="api", DPoP error="use_dpop_nonce""#),
-        );
-        assert!(asks_for_nonce(&one));
-        let mut other = HeaderMap::new();
-        other.insert(
-            http::header::WWW_AUTHENTICATE,
-            HeaderValue::from_static(r#"DPoP error="invalid_token""#),
-        );
-        assert!(!asks_for_nonce(&other));
     }
 }

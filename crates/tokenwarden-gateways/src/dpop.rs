@@ -146,7 +146,9 @@ impl DpopKey {
         let nonce = self.nonce(url);
         // The claims written straight into one buffer: the strings escaped as JSON.
         let mut claims = Vec::with_capacity(
-            96 + htu.len() + method.len() + ath.map_or(0, str::len)
+            96 + htu.len()
+                + method.len()
+                + ath.map_or(0, str::len)
                 + nonce.as_deref().map_or(0, str::len),
         );
         claims.extend_from_slice(b"{\"jti\":\"");
@@ -253,7 +255,9 @@ mod tests {
         assert!(claims2.get("ath").is_none());
         assert_ne!(claims["jti"], claims2["jti"]);
         // Another origin has no nonce yet.
-        let third = key.proof("GET", "https://api.example.com/pay", None).unwrap();
+        let third = key
+            .proof("GET", "https://api.example.com/pay", None)
+            .unwrap();
         assert!(part(&third, 1).get("nonce").is_none());
     }
 

@@ -351,7 +351,9 @@ impl ClientCredentials {
     #[must_use]
     pub fn with_dpop(mut self, key: DpopKey) -> Self {
         self.dpop = Some(key);
-        self.token_types = vec!["dpop".to_owned()];
+        // A bearer token is not what was asked for; any other type allowed stays allowed.
+        self.token_types.retain(|t| t != "bearer");
+        self.token_types.push("dpop".to_owned());
         self
     }
 
@@ -417,13 +419,13 @@ impl ClientCredentials {
         }
         let mut headers = Vec::new();
         if let Some(key) = &self.dpop {
-            let proof = key
-                .proof("POST", &self.issuer.url(), None)
-                .map_err(|e| GatewayError::Malformed {
+            let proof = key.proof("POST", &self.issuer.url(), None).map_err(|e| {
+                GatewayError::Malformed {
                     gateway: GATEWAY,
                     status: StatusCode::OK,
                     problem: format!("the DPoP proof cannot be made: {e}"),
-                })?;
+                }
+            })?;
             headers.push((tokenwarden_core::dpop::DPOP, proof));
         }
         if self.by_certificate {
@@ -490,7 +492,11 @@ impl ClientCredentials {
         {
             return Err(GatewayError::UnsupportedTokenType {
                 gateway: GATEWAY,
-                expected: if self.dpop.is_some() { "DPoP" } else { "Bearer" },
+                expected: if self.dpop.is_some() {
+                    "DPoP"
+                } else {
+                    "Bearer"
+                },
                 token_type: token_type
                     .chars()
                     .filter(|c| !c.is_control())
@@ -511,10 +517,10 @@ impl TokenSource for ClientCredentials {
             // once, with a new assertion (a `jti` is never sent twice).
             let mut nonce_asked = false;
             loop {
-                let (answer, assertion) = self.exchange().await?;
+                let (answer, assertion, nonce_given) = self.exchange().await?;
                 if let Err(GatewayError::OAuth { error, .. }) = &answer
                     && error == "use_dpop_nonce"
-                    && self.dpop.is_some()
+                    && nonce_given
                     && !std::mem::replace(&mut nonce_asked, true)
                 {
                     continue;
@@ -534,13 +540,15 @@ impl TokenSource for ClientCredentials {
 }
 
 impl ClientCredentials {
-    /// One token request and its answer, read; the client assertion it carried, if any. A
-    /// `DPoP-Nonce` in the answer is remembered for the next proof.
+    /// One token request and its answer, read; the client assertion it carried, if any; and
+    /// whether the answer gave a DPoP nonce, remembered for the next proof.
+    #[allow(clippy::type_complexity)]
     async fn exchange(
         &self,
-    ) -> Result<(Result<Token, GatewayError>, Option<Secret>), GatewayError> {
+    ) -> Result<(Result<Token, GatewayError>, Option<Secret>, bool), GatewayError> {
         let (form, headers, assertion) = self.request()?;
         let body = Bytes::copy_from_slice(form.expose().as_bytes());
+        let mut nonce_given = false;
         let answer = async {
             let (status, answer_headers, body) = self
                 .issuer
@@ -552,11 +560,12 @@ impl ClientCredentials {
                     .and_then(|n| n.to_str().ok())
             {
                 tokenwarden_core::DpopProver::remember_nonce(key, &self.issuer.url(), nonce);
+                nonce_given = true;
             }
             self.read(status, &body)
         }
         .await;
-        Ok((answer, assertion))
+        Ok((answer, assertion, nonce_given))
     }
 }
 

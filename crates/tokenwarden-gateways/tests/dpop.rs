@@ -34,9 +34,10 @@ async fn endpoint(server: &mut ServerGuard, status: usize, body: &'static str) -
         .with_status(status)
         .with_header("dpop-nonce", "n-1")
         .with_body_from_request(move |request| {
-            let proof = request.header("dpop").first().map_or(String::new(), |v| {
-                v.to_str().unwrap().to_owned()
-            });
+            let proof = request
+                .header("dpop")
+                .first()
+                .map_or(String::new(), |v| v.to_str().unwrap().to_owned());
             let form = String::from_utf8(request.body().unwrap().clone()).unwrap();
             kept.lock().unwrap().push((proof, form));
             body.as_bytes().to_vec()
@@ -69,8 +70,10 @@ fn verified(proof: &str, key: &DpopKey) -> Value {
         public["x"].as_str().unwrap(),
         public["y"].as_str().unwrap()
     );
-    let thumbprint = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()));
+    let thumbprint = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        canonical.as_bytes(),
+    ));
     assert_eq!(thumbprint, key.thumbprint());
     claims
 }
@@ -105,7 +108,10 @@ async fn a_token_request_carries_a_proof_of_the_key_for_the_token_endpoint() {
     // The query is not part of `htu`.
     assert_eq!(claims["htu"], format!("{}/token", server.url()));
     assert!(claims.get("ath").is_none(), "no token yet: {claims}");
-    assert!(claims.get("nonce").is_none(), "no nonce given yet: {claims}");
+    assert!(
+        claims.get("nonce").is_none(),
+        "no nonce given yet: {claims}"
+    );
     // The answer's nonce is remembered for the endpoint's origin.
     assert_eq!(key.nonce(&server.url()).as_deref(), Some("n-1"));
 }
@@ -145,7 +151,10 @@ async fn a_bearer_token_for_a_dpop_request_is_refused_by_name() {
         token_type,
         expected,
         ..
-    } = error.get_ref().downcast_ref::<GatewayError>().expect("a gateway error")
+    } = error
+        .get_ref()
+        .downcast_ref::<GatewayError>()
+        .expect("a gateway error")
     else {
         panic!("{error:?}");
     };

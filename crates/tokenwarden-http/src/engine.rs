@@ -225,7 +225,7 @@ impl Engine {
     pub fn screen(&self, token: &Snapshot, status: StatusCode, headers: &HeaderMap) -> Verdict {
         if status == StatusCode::UNAUTHORIZED
             && token.is_dpop()
-            && tokenwarden_core::dpop::asks_for_nonce(headers)
+            && crate::policy::asks_for_nonce(headers)
         {
             return Verdict::UseNonce;
         }
@@ -632,6 +632,7 @@ mod tests {
             runtime.block_on(async {
                 let engine = engine(|p| p);
                 let token = engine.cache().unwrap().get().await.unwrap();
+                let rejected = token.id();
                 let too_large = Err::<(), _>(NotReplayed::BodyTooLarge);
                 let recover = engine.recover(
                     token,
@@ -643,9 +644,12 @@ mod tests {
                 );
                 assert!(matches!(recover.await, Recovered::Respond(_)));
                 let fresh = engine.cache().unwrap().get().await.unwrap();
+                // A fresh token after the rejected one (the same token would be a DPoP nonce's
+                // replay).
+                assert_ne!(fresh.id(), rejected);
                 engine.replayed(
                     None,
-                    fresh.id(),
+                    rejected,
                     &fresh,
                     StatusCode::OK,
                     &HeaderMap::new(),

@@ -230,6 +230,16 @@ pub(crate) fn challenge_allows_refresh(headers: &HeaderMap) -> bool {
     })
 }
 
+/// Whether a response asks for a DPoP nonce: a `WWW-Authenticate` challenge with
+/// `error="use_dpop_nonce"` (RFC 9449 §9), alone or beside other challenges.
+pub(crate) fn asks_for_nonce(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|text| challenge_errors(text).any(|error| error == "use_dpop_nonce"))
+}
+
 /// The values of every `error` auth-param in a `WWW-Authenticate` header value
 /// (`Bearer realm="x", error="invalid_token", error_description="..."`), across challenges.
 pub(crate) fn challenge_errors(value: &str) -> impl Iterator<Item = &str> {
@@ -534,6 +544,25 @@ mod tests {
             h.append(WWW_AUTHENTICATE, HeaderValue::from_str(v).unwrap());
         }
         h
+    }
+
+    #[test]
+    fn a_dpop_nonce_challenge_is_found_alone_or_beside_others() {
+        assert!(!asks_for_nonce(&HeaderMap::new()));
+        assert!(!asks_for_nonce(&with_challenge(&[
+            r#"DPoP error="invalid_token""#
+        ])));
+        // A description with a comma and a quoted "error=" does not hide or fake the code.
+        assert!(!asks_for_nonce(&with_challenge(&[
+            r#"DPoP error="invalid_dpop_proof", error_description="bad, error=use_dpop_nonce""#
+        ])));
+        assert!(asks_for_nonce(&with_challenge(&[
+            r#"DPoP error_description="nonce, please", error="use_dpop_nonce""#
+        ])));
+        assert!(asks_for_nonce(&with_challenge(&[
+            r#"Bearer realm="api""#,
+            r#"dpop algs="ES256 EdDSA", error=use_dpop_nonce"#
+        ])));
     }
 
     #[test]

@@ -140,6 +140,10 @@ impl State {
                 );
             }
         };
+        let lifetime = Duration::from_millis(self.lifetime_ms.load(Relaxed));
+        if let Some(answer) = self.oauth2.handle(&parts, &body, lifetime) {
+            return answer;
+        }
         let path = parts.uri.path();
         let Some((gateway, rest)) = Gateway::ALL.into_iter().find_map(|g| {
             path.strip_prefix('/')?

@@ -263,6 +263,8 @@ pub(crate) struct State {
     pub(crate) counters: [Counters; 4],
     /// Per gateway, per merchant.
     pub(crate) merchant_counters: [Vec<Counters>; 4],
+    /// The payment-grade OAuth 2.0 mode.
+    pub(crate) oauth2: crate::fapi::OAuth2,
 }
 
 /// A running sandbox. Dropping it stops the server.
@@ -324,6 +326,7 @@ impl Sandbox {
             }),
             directory,
             counters: Default::default(),
+            oauth2: crate::fapi::OAuth2::new(format!("http://{addr}")),
         });
         let serving = Arc::clone(&state);
         let server = tokio::spawn(async move {
@@ -507,6 +510,44 @@ impl Sandbox {
             .get(index)
             .map(Counters::read)
             .unwrap_or_default()
+    }
+}
+
+/// The payment-grade OAuth 2.0 mode: `private_key_jwt` clients (RFC 7523) get DPoP-bound
+/// tokens (RFC 9449) for the API at [`oauth2_api_url`](Sandbox::oauth2_api_url).
+impl Sandbox {
+    /// Registers client `client_id` with the public key of its assertions, a JWK (EC P-256,
+    /// OKP Ed25519 or RSA; e.g. `SigningKey::public_jwk`). Registering again replaces the key.
+    pub fn register_client(&self, client_id: &str, public_jwk: serde_json::Value) {
+        self.state.oauth2.register(client_id, public_jwk);
+    }
+
+    /// The token endpoint, `http://127.0.0.1:<port>/oauth2/token`.
+    #[must_use]
+    pub fn oauth2_token_url(&self) -> String {
+        self.state.oauth2.token_url()
+    }
+
+    /// A URL of the DPoP-protected API, e.g. `…/oauth2/api/payments` for `"payments"`.
+    #[must_use]
+    pub fn oauth2_api_url(&self, path: &str) -> String {
+        format!(
+            "{}{}{}",
+            self.url(),
+            crate::fapi::API_PREFIX,
+            path.trim_start_matches('/')
+        )
+    }
+
+    /// Replaces the DPoP nonce: proofs with the one before are answered `use_dpop_nonce`.
+    pub fn rotate_dpop_nonce(&self) {
+        self.state.oauth2.rotate_nonce();
+    }
+
+    /// What the sandbox saw of its OAuth 2.0 mode.
+    #[must_use]
+    pub fn oauth2_stats(&self) -> crate::OAuth2Stats {
+        self.state.oauth2.stats()
     }
 }
 
