@@ -47,7 +47,9 @@ use crate::jose::SigningKey;
 ///
 /// **Rotating the key**: tokens are bound to the key that asked for them, so a new key needs
 /// new tokens. Build a new source and cache with the new key and move traffic to it; the old
-/// cache's tokens keep working (with the old key) until they expire.
+/// cache's tokens keep working (with the old key) until they expire. Replicas sharing tokens
+/// through a store must all hold the same key: a token bound to one replica's key is refused
+/// when another proves with its own.
 ///
 /// Cheap to clone (one reference count); clones share the nonces. `Debug` shows the
 /// algorithm and thumbprint, never the key.
