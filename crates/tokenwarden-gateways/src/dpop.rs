@@ -132,6 +132,10 @@ impl DpopKey {
         url: &str,
         ath: Option<&str>,
     ) -> Result<HeaderValue, BoxError> {
+        // No query, no fragment, no `user:password@` (RFC 9449 §4.2): the URL a server
+        // knows itself by.
+        let url = without_userinfo(url);
+        let url = url.as_ref();
         let htu = url.split(['?', '#']).next().unwrap_or(url);
         let iat = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -171,7 +175,10 @@ impl DpopKey {
         }
         claims.push(b'}');
         let jws = self.0.key.sign_encoded(&self.0.header, &claims)?;
-        Ok(HeaderValue::try_from(jws)?)
+        let mut value = HeaderValue::try_from(jws)?;
+        // Kept out of HTTP/2 header tables and of `Debug` of requests.
+        value.set_sensitive(true);
+        Ok(value)
     }
 }
 
@@ -186,19 +193,54 @@ impl DpopProver for DpopKey {
     }
 
     fn remember_nonce(&self, url: &str, nonce: &str) {
-        if self.nonce(url).as_deref() == Some(nonce) {
+        // RFC 9449 §8: a nonce is 1*NQCHAR (visible ASCII but `"` and `\`); a longer one
+        // than any server needs would be signed into every proof: refused.
+        let nqchar = |b: u8| matches!(b, 0x21 | 0x23..=0x5B | 0x5D..=0x7E);
+        if nonce.is_empty() || nonce.len() > MAX_NONCE || !nonce.bytes().all(nqchar) {
+            tracing::debug!(
+                len = nonce.len(),
+                "DPoP nonce not remembered: not a valid nonce"
+            );
             return;
         }
-        let Some(origin) = origin_of(url) else {
+        let url = without_userinfo(url);
+        if self.nonce(&url).as_deref() == Some(nonce) {
+            return;
+        }
+        let Some(origin) = origin_of(&url) else {
             return;
         };
         let origin = origin.to_ascii_lowercase();
         tracing::debug!(origin = %origin, "DPoP nonce remembered");
-        self.0
+        let mut nonces = self
+            .0
             .nonces
             .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(origin, Arc::from(nonce));
+            .unwrap_or_else(PoisonError::into_inner);
+        // Bounded: a layer over any origin meets origins without end. Forgetting them costs
+        // at most a challenge each.
+        if nonces.len() >= MAX_ORIGINS && !nonces.contains_key(&origin) {
+            nonces.clear();
+        }
+        nonces.insert(origin, Arc::from(nonce));
+    }
+}
+
+/// The longest nonce remembered.
+const MAX_NONCE: usize = 512;
+
+/// The most origins whose nonces are remembered at once.
+const MAX_ORIGINS: usize = 1024;
+
+/// `url` without `user:password@` in its authority.
+fn without_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.into();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]).into(),
+        None => url.into(),
     }
 }
 
@@ -261,6 +303,31 @@ mod tests {
             .proof("GET", "https://api.example.com/pay", None)
             .unwrap();
         assert!(part(&third, 1).get("nonce").is_none());
+    }
+
+    #[test]
+    fn a_proof_leaves_out_the_urls_userinfo_and_is_sensitive() {
+        let key = key();
+        key.remember_nonce("https://u:p@api.example.com/a", "n-2");
+        let proof = key
+            .proof("GET", "https://u:p@api.example.com/pay?x", None)
+            .unwrap();
+        assert!(proof.is_sensitive());
+        let claims = part(&proof, 1);
+        assert_eq!(claims["htu"], "https://api.example.com/pay");
+        assert_eq!(claims["nonce"], "n-2");
+    }
+
+    #[test]
+    fn a_nonce_that_is_not_one_is_not_remembered() {
+        let key = key();
+        let url = "https://api.example.com/";
+        for bad in ["", "a\"b", "a b", &"n".repeat(MAX_NONCE + 1)] {
+            key.remember_nonce(url, bad);
+            assert_eq!(key.nonce(url), None, "{bad:?}");
+        }
+        key.remember_nonce(url, &"n".repeat(MAX_NONCE));
+        assert!(key.nonce(url).is_some());
     }
 
     #[test]

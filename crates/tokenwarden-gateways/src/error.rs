@@ -228,6 +228,17 @@ fn oauth_code(error: &str) -> (OAuthKind, &'static str) {
             OAuthKind::Transient,
             "the issuer failed; it will be asked again shortly",
         ),
+        // RFC 9449 §8: asked again at once with the nonce; asked twice, the nonce changed
+        // meanwhile (replicas of the server, a rotation), and a later request carries it.
+        "use_dpop_nonce" => (
+            OAuthKind::Transient,
+            "the server wants its DPoP nonce; the next request carries the newest one",
+        ),
+        "invalid_dpop_proof" => (
+            OAuthKind::Configuration,
+            "the server refused the DPoP proof: check the key's algorithm is one the server \
+             takes, the token URL is the one the server knows itself by, and the clock",
+        ),
         _ => (OAuthKind::Other, SEE_DOCS),
     }
 }

@@ -225,6 +225,7 @@ impl Engine {
     pub fn screen(&self, token: &Snapshot, status: StatusCode, headers: &HeaderMap) -> Verdict {
         if status == StatusCode::UNAUTHORIZED
             && token.is_dpop()
+            && headers.contains_key(tokenwarden_core::dpop::DPOP_NONCE)
             && crate::policy::asks_for_nonce(headers)
         {
             return Verdict::UseNonce;
@@ -518,6 +519,9 @@ where
                     }
                 }
                 Phase::Nonce => {
+                    // What of the challenge's body has arrived is read, so an HTTP/1
+                    // connection can be reused; the replay does not wait for more.
+                    let _ = this.body().poll_read_ahead(cx, DRAIN_LIMIT);
                     return Poll::Ready(match this.kept.take().expect("kept until decided") {
                         Ok(kept) => {
                             this.phase = Phase::Done;

@@ -75,6 +75,7 @@
 mod fapi;
 mod issuers;
 mod jws;
+mod proof;
 mod server;
 
 pub use fapi::OAuth2Stats;

@@ -30,7 +30,6 @@
 //! ```
 
 use async_trait::async_trait;
-use base64::Engine;
 use bytes::Bytes;
 use http::header::AUTHORIZATION;
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -43,9 +42,15 @@ use tokenwarden_core::{
 
 use crate::dpop::DpopKey;
 use crate::jose::SigningKey;
+
+mod client_auth;
+mod discovery;
+
 use crate::redact::Secrets;
 use crate::wire::{Answer, Issuer, error_answer, with_expiry};
 use crate::{GatewayError, HttpSend};
+use client_auth::{basic_credentials, client_assertion};
+use discovery::{metadata_unusable, token_endpoint};
 
 const GATEWAY: &str = "OAuth 2.0";
 const FORM: &str = "application/x-www-form-urlencoded";
@@ -483,8 +488,8 @@ impl ClientCredentials {
         let answer = Answer::parse(GATEWAY, status, body)?;
         let secret = answer.string("/access_token")?;
         // `token_type` is REQUIRED (§5.1); a server that leaves it out is taken as Bearer.
-        let token_type = answer.text("/token_type");
-        let token_type = token_type.as_deref().unwrap_or("Bearer");
+        let given = answer.text("/token_type");
+        let token_type = given.as_deref().unwrap_or("Bearer");
         if !self
             .token_types
             .iter()
@@ -497,7 +502,9 @@ impl ClientCredentials {
                 } else {
                     "Bearer"
                 },
-                token_type: token_type
+                token_type: given
+                    .as_deref()
+                    .unwrap_or("(none given, taken as Bearer)")
                     .chars()
                     .filter(|c| !c.is_control())
                     .take(40)
@@ -567,110 +574,6 @@ impl ClientCredentials {
         .await;
         Ok((answer, assertion, nonce_given))
     }
-}
-
-/// The token endpoint the metadata of the authorization server `issuer` names (RFC 8414's
-/// `/.well-known/oauth-authorization-server`, else OpenID Connect's
-/// `/.well-known/openid-configuration`), read under the same rules as token requests, with
-/// the issuer as the metadata writes it.
-async fn token_endpoint<S: HttpSend + Clone>(
-    sender: S,
-    issuer: &str,
-) -> Result<(String, String), GatewayError> {
-    let mut last = None;
-    for path in [
-        "/.well-known/oauth-authorization-server",
-        "/.well-known/openid-configuration",
-    ] {
-        let metadata = Issuer::new(Arc::new(sender.clone()), GATEWAY, issuer, path, "issuer")
-            .map_err(metadata_unusable)?;
-        let (status, body) = match metadata.get().await {
-            Ok(answer) => answer,
-            Err(e) => {
-                last = Some(e);
-                continue;
-            }
-        };
-        if !status.is_success() {
-            last = Some(GatewayError::Status {
-                gateway: GATEWAY,
-                status,
-                retry_after: None,
-            });
-            continue;
-        }
-        let answer = Answer::parse(GATEWAY, status, &body)?;
-        // RFC 8414 §3.3 (and OpenID Connect Discovery §4.3): the metadata must be for the
-        // issuer it was fetched from, or its token endpoint could be anyone's.
-        let named = answer.string("/issuer")?;
-        if named.trim_end_matches('/') != issuer.trim_end_matches('/') {
-            return Err(GatewayError::IssuerMismatch {
-                gateway: GATEWAY,
-                named: tokenwarden_origin::redact_url(named),
-            });
-        }
-        return Ok((
-            named.to_owned(),
-            answer.string("/token_endpoint")?.to_owned(),
-        ));
-    }
-    Err(last.unwrap_or(GatewayError::Status {
-        gateway: GATEWAY,
-        status: StatusCode::NOT_FOUND,
-        retry_after: None,
-    }))
-}
-
-fn metadata_unusable(e: ConfigError) -> GatewayError {
-    GatewayError::Malformed {
-        gateway: GATEWAY,
-        status: StatusCode::OK,
-        problem: format!("the issuer's metadata cannot be used: {e}"),
-    }
-}
-
-/// A `private_key_jwt` assertion (RFC 7523 §3): the client asserting itself to `audience`,
-/// for a minute, once (`jti`).
-fn client_assertion(
-    key: &SigningKey,
-    client_id: &str,
-    audience: &str,
-) -> Result<Secret, GatewayError> {
-    // Issued five seconds back: a server whose clock is a little behind this one's (or that
-    // refuses an `iat` in its future) still takes it; valid for a minute from then.
-    let iat = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
-        .saturating_sub(5);
-    let jti = crate::jose::unique_id().map_err(|e| GatewayError::Malformed {
-        gateway: GATEWAY,
-        status: StatusCode::OK,
-        problem: format!("the client assertion cannot be made: {e}"),
-    })?;
-    let claims = serde_json::json!({
-        "iss": client_id,
-        "sub": client_id,
-        "aud": audience,
-        "jti": jti,
-        "iat": iat,
-        "exp": iat + 60,
-    });
-    key.sign(Some("JWT"), &claims)
-        .map(Secret::new)
-        .map_err(|e| GatewayError::Malformed {
-            gateway: GATEWAY,
-            status: StatusCode::OK,
-            problem: format!("the client assertion cannot be signed: {e}"),
-        })
-}
-
-/// `client_secret_basic`'s credentials (RFC 6749 §2.3.1): id and secret each form-encoded,
-/// joined by `:` and base64-encoded.
-fn basic_credentials(client_id: &str, client_secret: &Secret) -> String {
-    let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    let pair = format!("{}:{}", encode(client_id), encode(client_secret.expose()));
-    base64::engine::general_purpose::STANDARD.encode(pair)
 }
 
 /// A cache for `credentials`: named `"oauth2"`, presenting `Authorization: Bearer` (or, for
