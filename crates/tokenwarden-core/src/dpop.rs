@@ -29,13 +29,19 @@ pub trait DpopProver: Send + Sync + fmt::Debug + 'static {
     fn token_hash(&self, token: &str) -> String;
 
     /// A fresh proof for a request of `method` to `url` (an absolute URL; its query and
-    /// fragment are left out of `htu`), carrying `ath` if given and the newest nonce
-    /// remembered for the URL's origin.
+    /// fragment are left out of `htu`), carrying `ath` if given, and `nonce` if given — the
+    /// one a challenge just named — else the newest nonce remembered for the URL's origin.
     ///
     /// # Errors
     ///
     /// When the proof cannot be signed.
-    fn proof(&self, method: &str, url: &str, ath: Option<&str>) -> Result<HeaderValue, BoxError>;
+    fn proof(
+        &self,
+        method: &str,
+        url: &str,
+        ath: Option<&str>,
+        nonce: Option<&str>,
+    ) -> Result<HeaderValue, BoxError>;
 
     /// Remembers `nonce` as the newest the origin of `url` gave (RFC 9449 §8).
     fn remember_nonce(&self, url: &str, nonce: &str);

@@ -135,6 +135,9 @@ impl Snapshot {
     /// For a DPoP-bound token, puts a fresh `DPoP` proof for a request of `method` to `url`
     /// (absolute; asked for only then) in `headers`, replacing any there; for any other
     /// token, does nothing. The HTTP layers call it on every request they put the token on.
+    /// `nonce` is the one a `use_dpop_nonce` challenge named, for its replay (`None`: the
+    /// newest the key remembers for the URL's origin — which an answer that arrived late can
+    /// have set back to an older one).
     ///
     /// # Errors
     ///
@@ -145,6 +148,7 @@ impl Snapshot {
         &self,
         method: &str,
         url: impl FnOnce() -> Option<std::borrow::Cow<'u, str>>,
+        nonce: Option<&HeaderValue>,
         headers: &mut HeaderMap,
     ) -> Result<(), Error> {
         let Some(bound) = &self.0.bound else {
@@ -156,7 +160,12 @@ impl Snapshot {
         })?;
         let proof = bound
             .prover
-            .proof(method, &url, Some(&bound.ath))
+            .proof(
+                method,
+                &url,
+                Some(&bound.ath),
+                nonce.and_then(|n| n.to_str().ok()),
+            )
             .map_err(|e| Error::DpopProof {
                 reason: e.to_string(),
             })?;

@@ -132,6 +132,17 @@ impl DpopKey {
         url: &str,
         ath: Option<&str>,
     ) -> Result<HeaderValue, BoxError> {
+        self.proof_with(method, url, ath, None)
+    }
+
+    /// [`proof`](Self::proof), carrying `nonce` if given instead of the remembered one.
+    fn proof_with(
+        &self,
+        method: &str,
+        url: &str,
+        ath: Option<&str>,
+        nonce: Option<&str>,
+    ) -> Result<HeaderValue, BoxError> {
         // No query, no fragment, no `user:password@` (RFC 9449 §4.2): the URL a server
         // knows itself by.
         let url = without_userinfo(url);
@@ -149,7 +160,10 @@ impl DpopKey {
         URL_SAFE_NO_PAD
             .encode_slice(random, &mut jti)
             .map_err(|_| "a jti does not fit")?;
-        let nonce = self.nonce(url);
+        let nonce = match nonce {
+            Some(nonce) => Some(Arc::from(nonce)),
+            None => self.nonce(url),
+        };
         // The claims written straight into one buffer: the strings escaped as JSON.
         let mut claims = Vec::with_capacity(
             96 + htu.len()
@@ -188,8 +202,14 @@ impl DpopProver for DpopKey {
         URL_SAFE_NO_PAD.encode(digest.as_ref())
     }
 
-    fn proof(&self, method: &str, url: &str, ath: Option<&str>) -> Result<HeaderValue, BoxError> {
-        DpopKey::proof(self, method, url, ath)
+    fn proof(
+        &self,
+        method: &str,
+        url: &str,
+        ath: Option<&str>,
+        nonce: Option<&str>,
+    ) -> Result<HeaderValue, BoxError> {
+        self.proof_with(method, url, ath, nonce)
     }
 
     fn remember_nonce(&self, url: &str, nonce: &str) {

@@ -364,6 +364,9 @@ pub enum Recovered<B: Body, K> {
         /// The key the request was sent for, if the engine is keyed: pass it to
         /// [`Engine::replayed`], and hold it until then.
         key: Option<KeyHandle>,
+        /// For a DPoP nonce's replay: the nonce the challenge named, for the proof
+        /// ([`Snapshot::prove`]).
+        nonce: Option<http::HeaderValue>,
     },
 }
 
@@ -531,6 +534,11 @@ where
                                 fresh: this.token.clone(),
                                 rejected: this.token.id(),
                                 key: this.key.take(),
+                                nonce: this.head.as_ref().and_then(|head| {
+                                    head.headers
+                                        .get(tokenwarden_core::dpop::DPOP_NONCE)
+                                        .cloned()
+                                }),
                             }
                         }
                         // The token is kept; the proof of the next request carries the nonce.
@@ -562,6 +570,7 @@ where
                                 fresh,
                                 rejected,
                                 key: this.key.take(),
+                                nonce: None,
                             });
                         }
                     };
@@ -688,6 +697,90 @@ mod tests {
         assert!(counts.contains(&expect("body_too_large")), "{counts:?}");
         assert!(counts.contains(&expect("replayed")), "{counts:?}");
         assert_eq!(counts.len(), 2, "{counts:?}");
+    }
+
+    /// A DPoP key that signs nothing: a proof is the nonce it would carry.
+    #[derive(Debug)]
+    struct NonceEcho;
+
+    impl tokenwarden_core::DpopProver for NonceEcho {
+        fn token_hash(&self, _: &str) -> String {
+            "hash".to_owned()
+        }
+
+        fn proof(
+            &self,
+            _: &str,
+            _: &str,
+            _: Option<&str>,
+            nonce: Option<&str>,
+        ) -> Result<http::HeaderValue, tokenwarden_core::BoxError> {
+            Ok(http::HeaderValue::from_str(nonce.unwrap_or("remembered"))?)
+        }
+
+        fn remember_nonce(&self, _: &str, _: &str) {}
+    }
+
+    #[tokio::test]
+    async fn a_nonce_challenge_is_replayed_with_its_own_nonce_and_the_same_token() {
+        let cache = TokenCache::builder(|| async { Ok::<_, FetchError>(Token::new("t0k3n")) })
+            .with_presentation(tokenwarden_core::Presentation::dpop(std::sync::Arc::new(
+                NonceEcho,
+            )))
+            .build()
+            .unwrap();
+        let engine = Engine::new(cache, Scope::any_origin());
+        let token = engine.cache().unwrap().get().await.unwrap();
+        let challenge = Response::builder()
+            .status(401)
+            .header("www-authenticate", r#"DPoP error="use_dpop_nonce""#)
+            .header("dpop-nonce", "n-2")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let verdict = engine.screen(&token, challenge.status(), challenge.headers());
+        assert_eq!(verdict, Verdict::UseNonce);
+        let recover = engine.recover(
+            token.clone(),
+            challenge,
+            verdict,
+            Ok("the request"),
+            None,
+            route(),
+        );
+        let Recovered::Replay {
+            fresh,
+            rejected,
+            nonce,
+            ..
+        } = recover.await
+        else {
+            panic!("a nonce challenge is replayed");
+        };
+        assert_eq!((fresh.id(), rejected), (token.id(), token.id()));
+        // The replay's proof carries the challenge's nonce, whatever the key remembers (an
+        // answer that arrived late may have set it back).
+        let mut headers = HeaderMap::new();
+        fresh
+            .prove(
+                "GET",
+                || Some("https://api.example.com/".into()),
+                nonce.as_ref(),
+                &mut headers,
+            )
+            .unwrap();
+        assert_eq!(headers["dpop"], "n-2");
+        assert_eq!(engine.cache().unwrap().stats().invalidations, 0);
+
+        // Without a nonce to carry, the challenge is not replayed.
+        let bare = Response::builder()
+            .status(401)
+            .header("www-authenticate", r#"DPoP error="use_dpop_nonce""#)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_ne!(
+            engine.screen(&token, bare.status(), bare.headers()),
+            Verdict::UseNonce
+        );
     }
 
     #[tokio::test]

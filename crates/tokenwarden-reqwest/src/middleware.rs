@@ -147,13 +147,23 @@ impl TokenMiddleware {
     }
 }
 
-/// Puts a fresh DPoP proof on the request, for a DPoP-bound token (nothing otherwise).
-fn prove(token: &tokenwarden_core::Snapshot, request: &mut Request) -> Result<()> {
+/// Puts a fresh DPoP proof on the request, for a DPoP-bound token (nothing otherwise), with
+/// `nonce` if a challenge named one.
+fn prove(
+    token: &tokenwarden_core::Snapshot,
+    request: &mut Request,
+    nonce: Option<&http::HeaderValue>,
+) -> Result<()> {
     if token.is_dpop() {
         let url = request.url().as_str().to_owned();
         let method = request.method().clone();
         token
-            .prove(method.as_str(), || Some(url.into()), request.headers_mut())
+            .prove(
+                method.as_str(),
+                || Some(url.into()),
+                nonce,
+                request.headers_mut(),
+            )
             .map_err(Error::middleware)?;
     }
     Ok(())
@@ -231,7 +241,7 @@ impl Middleware for TokenMiddleware {
         // Cheap for the standard methods (no allocation); read only after a rejection.
         let method = request.method().clone();
         token.apply_to(request.headers_mut());
-        prove(&token, &mut request)?;
+        prove(&token, &mut request, None)?;
         let response = next.clone().run(request, extensions).await?;
         self.check_final(&response)?;
         token.observe(response.headers(), || Some(response.url().as_str().into()));
@@ -246,7 +256,7 @@ impl Middleware for TokenMiddleware {
         let route = self.engine.policy().route(method.as_str(), url.path());
         let response = http::Response::from(response);
         let again = kept.and_then(replayable);
-        let (mut again, fresh, rejected, key) = match self
+        let (mut again, fresh, rejected, key, nonce) = match self
             .engine
             .recover(token, response, verdict, again, key, route)
             .await
@@ -257,10 +267,11 @@ impl Middleware for TokenMiddleware {
                 fresh,
                 rejected,
                 key,
-            } => (kept, fresh, rejected, key),
+                nonce,
+            } => (kept, fresh, rejected, key, nonce),
         };
         fresh.apply_to(again.headers_mut());
-        prove(&fresh, &mut again)?;
+        prove(&fresh, &mut again, nonce.as_ref())?;
         let mut response = next.run(again, extensions).await?;
         self.check_final(&response)?;
         fresh.observe(response.headers(), || Some(response.url().as_str().into()));

@@ -215,6 +215,7 @@ where
                             fresh,
                             rejected,
                             key,
+                            nonce,
                         } => {
                             fresh.apply_to(request.headers_mut());
                             let (parts, body) = request.into_parts();
@@ -222,6 +223,7 @@ where
                             fresh.prove(
                                 parts.method.as_str(),
                                 || absolute(&parts.uri),
+                                nonce.as_ref(),
                                 &mut parts.headers,
                             )?;
                             let request = Request::from_parts(parts, body);

@@ -251,6 +251,7 @@ where
     token.prove(
         parts.method.as_str(),
         || absolute(&parts.uri),
+        None,
         &mut parts.headers,
     )?;
     let request = Request::from_parts(parts, body);
