@@ -45,6 +45,12 @@ pub trait DpopProver: Send + Sync + fmt::Debug + 'static {
 
     /// Remembers `nonce` as the newest the origin of `url` gave (RFC 9449 §8).
     fn remember_nonce(&self, url: &str, nonce: &str);
+
+    /// The key's identity: its JWK SHA-256 thumbprint (RFC 7638), the `cnf.jkt` of the tokens
+    /// bound to it. A cache sharing tokens with other replicas
+    /// ([`with_shared`](crate::TokenCacheBuilder::with_shared)) shares them only with caches
+    /// proving with the same key: a token bound to another key would be refused.
+    fn thumbprint(&self) -> String;
 }
 
 /// What a DPoP-bound token's snapshot carries: the key, and the token's hash, computed once.

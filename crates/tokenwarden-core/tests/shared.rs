@@ -462,6 +462,54 @@ async fn keyed_caches_share_one_store_key_per_cache_key() {
     assert_eq!((tokens.len(), issuer.calls()), (10, 10));
 }
 
+/// A DPoP key known by its thumbprint alone (its proofs are not under test here).
+#[derive(Debug)]
+struct Key(&'static str);
+
+impl tokenwarden_core::DpopProver for Key {
+    fn token_hash(&self, _: &str) -> String {
+        "hash".to_owned()
+    }
+
+    fn proof(
+        &self,
+        _: &str,
+        _: &str,
+        _: Option<&str>,
+        _: Option<&str>,
+    ) -> Result<http::HeaderValue, tokenwarden_core::BoxError> {
+        Ok(http::HeaderValue::from_static("proof"))
+    }
+
+    fn remember_nonce(&self, _: &str, _: &str) {}
+
+    fn thumbprint(&self) -> String {
+        self.0.to_owned()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn replicas_share_dpop_bound_tokens_only_with_replicas_holding_the_same_key() {
+    let store = MemoryStore::new();
+    let issuer = CountingIssuer::up().with_lifetime(LIFETIME);
+    let replica = |key: &'static str| {
+        replica_with(&SharedTokens::new(store.clone()), &issuer)
+            .with_presentation(tokenwarden_core::Presentation::dpop(Arc::new(Key(key))))
+            .build()
+            .unwrap()
+    };
+    let (a1, a2, b) = (replica("key-a"), replica("key-a"), replica("key-b"));
+    let from_a1 = secret(&a1.get().await.unwrap());
+    assert_eq!(
+        secret(&a2.get().await.unwrap()),
+        from_a1,
+        "the same key: one token"
+    );
+    let from_b = secret(&b.get().await.unwrap());
+    assert_ne!(from_b, from_a1, "a token bound to key A is no use to key B");
+    assert_eq!(issuer.calls(), 2);
+}
+
 #[test]
 fn settings_that_cannot_work_are_refused() {
     let shared = SharedTokens::new(MemoryStore::new());

@@ -48,8 +48,8 @@ use crate::jose::SigningKey;
 /// **Rotating the key**: tokens are bound to the key that asked for them, so a new key needs
 /// new tokens. Build a new source and cache with the new key and move traffic to it; the old
 /// cache's tokens keep working (with the old key) until they expire. Replicas sharing tokens
-/// through a store must all hold the same key: a token bound to one replica's key is refused
-/// when another proves with its own.
+/// through a store share them only with replicas holding the same key (its thumbprint is
+/// part of the store identity).
 ///
 /// Cheap to clone (one reference count); clones share the nonces. `Debug` shows the
 /// algorithm and thumbprint, never the key.
@@ -210,6 +210,10 @@ impl DpopProver for DpopKey {
         nonce: Option<&str>,
     ) -> Result<HeaderValue, BoxError> {
         self.proof_with(method, url, ath, nonce)
+    }
+
+    fn thumbprint(&self) -> String {
+        DpopKey::thumbprint(self)
     }
 
     fn remember_nonce(&self, url: &str, nonce: &str) {

@@ -719,6 +719,10 @@ mod tests {
         }
 
         fn remember_nonce(&self, _: &str, _: &str) {}
+
+        fn thumbprint(&self) -> String {
+            "echo".to_owned()
+        }
     }
 
     #[tokio::test]

@@ -323,6 +323,10 @@ impl TokenCacheBuilder {
     /// the replica that fetched a token (a source's metadata):
     /// [docs/replicas.md](https://github.com/tokenwarden/tokenwarden/blob/main/docs/replicas.md).
     ///
+    /// With a [`Presentation::dpop`](crate::Presentation::dpop), the key's thumbprint is
+    /// part of the identity: replicas share DPoP-bound tokens only with replicas holding the
+    /// same key (each key's replicas fetch their own).
+    ///
     /// Not for [`single_use`](Self::single_use) caches ([`build`](Self::build) refuses it).
     #[must_use]
     pub fn with_shared(mut self, shared: &SharedTokens, identity: impl Into<String>) -> Self {
@@ -401,10 +405,14 @@ impl TokenCacheBuilder {
 
     /// The cache, with `config` (checked) for its settings.
     pub(super) fn assemble(self, config: Arc<CacheConfig>) -> TokenCache {
-        let store = self
-            .shared
-            .as_ref()
-            .map(|(shared, identity)| Link::new(shared, identity, Arc::clone(&config)));
+        let store = self.shared.as_ref().map(|(shared, identity)| {
+            // DPoP-bound tokens are shared only by replicas holding the same key.
+            let identity = match self.presentation.dpop_key() {
+                Some(key) => format!("{identity}#dpop-jkt={}", key.thumbprint()).into(),
+                None => std::borrow::Cow::Borrowed(&**identity),
+            };
+            Link::new(shared, &identity, Arc::clone(&config))
+        });
         TokenCache {
             inner: Arc::new_cyclic(|me| {
                 Inner::new(
