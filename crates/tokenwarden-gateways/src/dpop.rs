@@ -28,11 +28,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::HeaderValue;
-use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::json;
 use tokenwarden_core::{BoxError, DpopProver};
 
-use crate::jose::SigningKey;
+use crate::jose::{SigningKey, unique_id_bytes};
 
 /// A key that proves possession of itself: a DPoP proof (RFC 9449 §4) for each request,
 /// with the newest `DPoP-Nonce` each origin gave. Give it to
@@ -132,11 +131,17 @@ impl DpopKey {
         url: &str,
         ath: Option<&str>,
     ) -> Result<HeaderValue, BoxError> {
-        self.proof_with(method, url, ath, None)
+        <Self as DpopProver>::proof(self, method, url, ath, None)
+    }
+}
+
+impl DpopProver for DpopKey {
+    fn token_hash(&self, token: &str) -> String {
+        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        URL_SAFE_NO_PAD.encode(digest.as_ref())
     }
 
-    /// [`proof`](Self::proof), carrying `nonce` if given instead of the remembered one.
-    fn proof_with(
+    fn proof(
         &self,
         method: &str,
         url: &str,
@@ -152,14 +157,7 @@ impl DpopKey {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        let mut random = [0_u8; 16];
-        SystemRandom::new()
-            .fill(&mut random)
-            .map_err(|_| "the system's random generator failed")?;
-        let mut jti = [0_u8; 22];
-        URL_SAFE_NO_PAD
-            .encode_slice(random, &mut jti)
-            .map_err(|_| "a jti does not fit")?;
+        let jti = unique_id_bytes()?;
         let nonce = match nonce {
             Some(nonce) => Some(Arc::from(nonce)),
             None => self.nonce(url),
@@ -193,23 +191,6 @@ impl DpopKey {
         // Kept out of HTTP/2 header tables and of `Debug` of requests.
         value.set_sensitive(true);
         Ok(value)
-    }
-}
-
-impl DpopProver for DpopKey {
-    fn token_hash(&self, token: &str) -> String {
-        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-        URL_SAFE_NO_PAD.encode(digest.as_ref())
-    }
-
-    fn proof(
-        &self,
-        method: &str,
-        url: &str,
-        ath: Option<&str>,
-        nonce: Option<&str>,
-    ) -> Result<HeaderValue, BoxError> {
-        self.proof_with(method, url, ath, nonce)
     }
 
     fn thumbprint(&self) -> String {

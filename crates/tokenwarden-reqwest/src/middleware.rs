@@ -155,16 +155,17 @@ fn prove(
     nonce: Option<&http::HeaderValue>,
 ) -> Result<()> {
     if token.is_dpop() {
-        let url = request.url().as_str().to_owned();
-        let method = request.method().clone();
-        token
-            .prove(
-                method.as_str(),
-                || Some(url.into()),
-                nonce,
-                request.headers_mut(),
-            )
-            .map_err(Error::middleware)?;
+        // The headers taken out (an empty map allocates nothing), so the URL and method are
+        // read where they are, not copied.
+        let mut headers = std::mem::take(request.headers_mut());
+        let proved = token.prove(
+            request.method().as_str(),
+            || Some(request.url().as_str().into()),
+            nonce,
+            &mut headers,
+        );
+        *request.headers_mut() = headers;
+        proved.map_err(Error::middleware)?;
     }
     Ok(())
 }
