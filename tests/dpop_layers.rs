@@ -129,3 +129,63 @@ async fn a_request_outside_the_scope_carries_no_token_and_fetches_none() {
     );
     assert_eq!(fetches.load(SeqCst), 0);
 }
+
+#[tokio::test]
+async fn a_server_that_asks_for_a_nonce_every_time_gets_each_request_twice_and_no_more() {
+    let key = key();
+    // Broken: every request is challenged, whatever nonce its proof carries.
+    let api = tokenwarden_test_support::LoopbackApi::start(|_| {
+        tokenwarden_test_support::Answer::new(401, "")
+            .with_header("www-authenticate", r#"DPoP error="use_dpop_nonce""#)
+            .with_header("dpop-nonce", "always-new")
+    })
+    .await;
+    let (cache, fetches) = cache(&key);
+    let hyper =
+        tokenwarden::tower::TokenLayer::new(cache.clone(), Scope::origin(&api.origin()).unwrap())
+            .cloning_bodies()
+            .layer(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+    let reqwest = tokenwarden_test_support::middleware_client(cache.clone(), &api.origin());
+    let url = api.url("/v1/payments");
+    let response = hyper
+        .clone()
+        .oneshot(Request::get(&url).body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(matches!(
+        response.extensions().get::<Replay>(),
+        Some(Replay::WithNonce { .. })
+    ));
+    let response = reqwest.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(matches!(
+        response.extensions().get::<Replay>(),
+        Some(Replay::WithNonce { .. })
+    ));
+    // Two sends per request, the replay with the challenge's nonce; the token kept.
+    let received = api.received();
+    assert_eq!(received.len(), 4);
+    let nonce_of = |i: usize| {
+        use base64::Engine;
+        let proof = received[i].header("dpop").expect("a proof");
+        let claims = proof.split('.').nth(1).unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(claims)
+                .unwrap(),
+        )
+        .unwrap();
+        claims["nonce"].as_str().map(str::to_owned)
+    };
+    assert_eq!(nonce_of(0), None);
+    for replay in [1, 2, 3] {
+        assert_eq!(
+            nonce_of(replay).as_deref(),
+            Some("always-new"),
+            "send {replay}"
+        );
+    }
+    assert_eq!(fetches.load(SeqCst), 1);
+    assert_eq!(cache.stats().invalidations, 0);
+}
